@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo install bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# The stamp re-installs when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python cli.py demo
+
+bench: install
+	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/heads.py
+
+clean:
+	rm -rf $(VENV) runs data/demo .pytest_cache

@@ -1,0 +1,418 @@
+"""The feature store: a ragged, self-describing, crash-safe HDF5 cache of per-frame embeddings.
+
+Layout on disk (see docs/store.md):
+
+    STORE/                      a directory
+      _store.h5                 header: config + fingerprint (attrs), written once, atomically
+      <prefix>-<seq>.h5         immutable shards: written under a temp name, fsynced, renamed
+      .<prefix>.lock            flock held by the one writer of that prefix
+
+A store is the set of its complete shards; a temp file left by a killed writer is ignored and
+removed by the next writer of that prefix. A single compacted `.h5` file (`compact`) has the
+same datasets and attributes as one shard and is accepted everywhere a store is.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+HEADER = "_store.h5"
+SHARD_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+)-(?P<seq>\d{6})\.h5$")
+STR = h5py.string_dtype("utf-8")
+
+# Per-video columns: name -> numpy dtype ("str" for utf-8 strings).
+VIDEO_COLUMNS: dict[str, object] = {
+    "video_id": "str", "path": "str", "label": "str", "group": "str", "split": "str",
+    "status": "str", "error": "str", "offset": np.int64, "length": np.int64,
+    "fps": np.float64, "n_frames": np.int64, "width": np.int64, "height": np.int64,
+}
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened or written as asked (the message says why and what to do)."""
+
+
+class ConfigMismatch(StoreError):
+    """Appending to a store that was made with a different extraction config."""
+
+
+def fingerprint(config: dict, keys: Iterable[str]) -> str:
+    """Hash of the settings that change the features; the same settings always give the same hash."""
+    import hashlib
+
+    subset = {k: config.get(k) for k in sorted(keys)}
+    return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def diff_configs(old: dict, new: dict, keys: Iterable[str]) -> list[str]:
+    """Human-readable differences between two configs over the fingerprinted keys."""
+    return [f"{k}: store has {old.get(k)!r}, this run has {new.get(k)!r}"
+            for k in sorted(keys) if old.get(k) != new.get(k)]
+
+
+@dataclass
+class VideoRecord:
+    """One finished item, ready to write: metadata plus its frames' features (empty if failed)."""
+    video_id: str
+    path: str = ""
+    label: str = ""
+    group: str = ""
+    split: str = ""
+    status: str = "ok"
+    error: str = ""
+    fps: float = 0.0
+    n_frames: int = 0
+    width: int = 0
+    height: int = 0
+    features: np.ndarray | None = None      # (T, D)
+    frame_index: np.ndarray | None = None   # (T,)
+    time_s: np.ndarray | None = None        # (T,)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.features is None else int(len(self.features))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int) -> None:
+    f.attrs["framecache_format"] = FORMAT_VERSION
+    f.attrs["config"] = json.dumps(config, sort_keys=True)
+    f.attrs["fingerprint"] = fp
+    f.attrs["dim"] = dim
+
+
+def write_shard(path: Path, records: list[VideoRecord], config: dict, fp: str, dim: int,
+                dtype: str = "float16", compression: str | None = None, chunk_rows: int = 128) -> None:
+    """Write records to `path` atomically: temp file, fsync, rename. Never leaves a partial shard."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    ok = [r for r in records if r.length > 0]
+    n = sum(r.length for r in ok)
+    comp = {} if compression is None else {"compression": compression, "shuffle": True}
+    with h5py.File(tmp, "w") as f:
+        _write_attrs(f, config, fp, dim)
+        f.attrs["created"] = time.time()
+        rows = max(1, min(chunk_rows, n))
+        feats = np.concatenate([r.features for r in ok]).astype(dtype) if ok else np.zeros((0, dim), dtype)
+        f.create_dataset("features", data=feats, chunks=(rows, dim) if n else None,
+                         fletcher32=bool(n), **(comp if n else {}))
+        for name, dt in (("frame_index", np.int64), ("time_s", np.float64)):
+            col = np.concatenate([getattr(r, name) for r in ok]).astype(dt) if ok else np.zeros(0, dt)
+            f.create_dataset(name, data=col, chunks=(max(1, min(4096, n)),) if n else None, fletcher32=bool(n))
+        offsets, off = [], 0
+        for r in records:
+            offsets.append(off)
+            off += r.length
+        for name, dt in VIDEO_COLUMNS.items():
+            if name == "offset":
+                values = offsets
+            elif name == "length":
+                values = [r.length for r in records]
+            else:
+                values = [getattr(r, name) for r in records]
+            f.create_dataset(name, data=np.array(values, dtype=object if dt == "str" else dt),
+                             dtype=STR if dt == "str" else dt)
+        f.flush()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class _Entry:
+    shard: int       # index into Store._files
+    row: int         # row in that shard's per-video columns
+    meta: dict
+
+
+class Store:
+    """Read access to a store directory or a compacted `.h5` file.
+
+    Every item (ok or failed) is described by `meta(id)`; features exist for ok items only.
+    When an id was written twice (a retried failure), the ok record wins, then the newest.
+    HDF5 handles open lazily per process, so a Store can be handed to DataLoader workers.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"no store at {self.path}: run `cli.py extract ... --store {self.path}` first")
+        self._files = self._shard_files()
+        self.config, self.fingerprint, self.dim = self._read_header()
+        self._entries: dict[str, _Entry] = {}
+        self._order: list[str] = []
+        for i, f in enumerate(self._files):
+            self._index_shard(i, f)
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    # -- opening --------------------------------------------------------------
+    def _shard_files(self) -> list[Path]:
+        if self.path.is_file():
+            return [self.path]
+        shards = [p for p in self.path.iterdir() if SHARD_RE.match(p.name)]
+        # mtime then name: later shards supersede earlier ones for retried ids.
+        return sorted(shards, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def _read_header(self) -> tuple[dict, str, int]:
+        src = self.path if self.path.is_file() else self.path / HEADER
+        if not src.exists():
+            raise StoreError(f"{self.path} is not a framecache store (no {HEADER})")
+        try:
+            with h5py.File(src, "r") as f:
+                return json.loads(f.attrs["config"]), str(f.attrs["fingerprint"]), int(f.attrs["dim"])
+        except (OSError, KeyError) as e:
+            raise StoreError(f"cannot read store header {src}: {e}") from None
+
+    def _index_shard(self, i: int, file: Path) -> None:
+        with h5py.File(file, "r") as f:
+            cols = {name: f[name][()] for name in VIDEO_COLUMNS}
+        for row in range(len(cols["video_id"])):
+            meta = {k: (v[row].decode() if isinstance(v[row], bytes) else v[row].item())
+                    for k, v in cols.items()}
+            vid = meta.pop("video_id")
+            meta["id"] = vid
+            old = self._entries.get(vid)
+            if old is None:
+                self._order.append(vid)
+            elif old.meta["status"] == "ok" and meta["status"] != "ok":
+                continue  # a later failure never hides an earlier success
+            self._entries[vid] = _Entry(i, row, meta)
+
+    def _handle(self, shard: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked: inherited HDF5 handles are not safe to use
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = h5py.File(self._files[shard], "r")
+        return self._handles[shard]
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            h.close()
+        self._handles = {}
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- public API -----------------------------------------------------------
+    def ids(self, status: str | None = "ok") -> list[str]:
+        """Item ids in write order; `status=None` for all items, 'failed' for failures only."""
+        return [v for v in self._order if status is None or self._entries[v].meta["status"] == status]
+
+    def __contains__(self, vid: str) -> bool:
+        return vid in self._entries
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def meta(self, vid: str) -> dict:
+        """id, path, label, labels, group, split, status, error, length, fps, n_frames, width, height."""
+        m = dict(self._get(vid).meta)
+        m.pop("offset")
+        m["labels"] = [x for x in m["label"].split("|") if x]
+        return m
+
+    def items(self) -> list[dict]:
+        return [self.meta(v) for v in self._order]
+
+    def _get(self, vid: str) -> _Entry:
+        try:
+            return self._entries[vid]
+        except KeyError:
+            raise KeyError(f"{vid!r} is not in store {self.path}") from None
+
+    def _rows(self, vid: str, dataset: str) -> np.ndarray:
+        e = self._get(vid)
+        off, n = e.meta["offset"], e.meta["length"]
+        return self._handle(e.shard)[dataset][off:off + n]
+
+    def features(self, vid: str) -> np.ndarray:
+        """(T, D) float32 features of one item (T = 0 for a failed item)."""
+        return self._rows(vid, "features").astype(np.float32)
+
+    def frame_index(self, vid: str) -> np.ndarray:
+        return self._rows(vid, "frame_index")
+
+    def time_s(self, vid: str) -> np.ndarray:
+        return self._rows(vid, "time_s")
+
+    def load_all(self, ids: list[str] | None = None, dtype=np.float32) -> "Loaded":
+        """Every chosen item's features concatenated, with offsets: the fast path for training."""
+        ids = self.ids() if ids is None else list(ids)
+        lengths = np.array([self._entries[v].meta["length"] for v in ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(ids) else lengths
+        out = np.empty((int(lengths.sum()), self.dim), dtype=dtype)
+        by_shard: dict[int, list[tuple[int, str]]] = {}
+        for pos, v in enumerate(ids):
+            by_shard.setdefault(self._entries[v].shard, []).append((pos, v))
+        for shard, members in by_shard.items():
+            data = self._handle(shard)["features"][()]  # one read per shard beats many small reads
+            for pos, v in members:
+                m = self._entries[v].meta
+                out[offsets[pos]:offsets[pos] + lengths[pos]] = data[m["offset"]:m["offset"] + m["length"]]
+        metas = [self.meta(v) for v in ids]
+        return Loaded(out, offsets, lengths, ids, metas)
+
+    def summary(self) -> dict:
+        items = self.items()
+        ok = [m for m in items if m["status"] == "ok"]
+        return {
+            "store": str(self.path), "videos": len(items), "ok": len(ok), "failed": len(items) - len(ok),
+            "frames": int(sum(m["length"] for m in ok)), "dim": self.dim,
+            "backbone": self.config.get("backbone"), "fingerprint": self.fingerprint,
+            "config": self.config, "shards": len(self._files),
+            "items": [{k: m[k] for k in ("id", "label", "group", "split", "status", "length", "error")}
+                      for m in items],
+        }
+
+
+@dataclass
+class Loaded:
+    features: np.ndarray   # (N, D) all frames of all chosen items
+    offsets: np.ndarray    # (V,) first row of each item
+    lengths: np.ndarray    # (V,) rows per item
+    ids: list[str]
+    metas: list[dict]
+
+    def item(self, i: int) -> np.ndarray:
+        return self.features[self.offsets[i]:self.offsets[i] + self.lengths[i]]
+
+
+def open_store(path: str | Path) -> Store:
+    """Open a store directory or a compacted `.h5` file for reading."""
+    return Store(path)
+
+
+class StoreWriter:
+    """Appends finished items to a store as immutable shards; one writer per prefix at a time.
+
+    `flush_videos`/`flush_seconds` bound what a crash can lose: the records not yet in a shard.
+    """
+
+    def __init__(self, path: str | Path, config: dict, fingerprint_keys: Iterable[str], dim: int,
+                 prefix: str = "p0", flush_videos: int = 32, flush_seconds: float = 60.0,
+                 dtype: str = "float16", compression: str | None = None):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", prefix):
+            raise StoreError(f"shard prefix {prefix!r} must be letters, digits or _")
+        self.path = Path(path)
+        self.config, self.dim, self.prefix = config, dim, prefix
+        self.keys = sorted(fingerprint_keys)
+        self.fp = fingerprint(config, self.keys)
+        self.flush_videos, self.flush_seconds = flush_videos, flush_seconds
+        self.dtype, self.compression = dtype, compression
+        self._pending: list[VideoRecord] = []
+        self._last_flush = time.monotonic()
+        self._create_or_check()
+        self._lock = self._take_lock()
+        for stale in self.path.glob(f".{prefix}-*.h5.tmp"):  # left by a killed writer of this prefix
+            stale.unlink()
+        self._seq = 1 + max((int(m["seq"]) for p in self.path.iterdir()
+                             if (m := SHARD_RE.match(p.name)) and m["prefix"] == prefix), default=-1)
+
+    def _create_or_check(self) -> None:
+        if self.path.exists() and self.path.is_file():
+            raise StoreError(f"{self.path} is a compacted store file; extract into a store directory instead")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create store directory {self.path}: {e.strerror}") from None
+        if not os.access(self.path, os.W_OK):
+            raise StoreError(f"store directory {self.path} is not writable")
+        header = self.path / HEADER
+        if not header.exists():
+            tmp = self.path / f".{HEADER}.{os.getpid()}.tmp"
+            with h5py.File(tmp, "w") as f:
+                _write_attrs(f, self.config, self.fp, self.dim)
+                f.attrs["fingerprint_keys"] = json.dumps(self.keys)
+            try:
+                os.link(tmp, header)  # atomic and fails if another writer created it first
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        with h5py.File(header, "r") as f:
+            old = json.loads(f.attrs["config"])
+            old_fp = str(f.attrs["fingerprint"])
+        if old_fp != self.fp:
+            diffs = diff_configs(old, self.config, self.keys) or ["fingerprint keys differ"]
+            raise ConfigMismatch(f"store {self.path} was extracted with other settings ("
+                                 + "; ".join(diffs) + "): use another --store or the same settings")
+
+    def _take_lock(self):
+        fh = open(self.path / f".{self.prefix}.lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise StoreError(f"another process is writing shards '{self.prefix}' of {self.path}; wait for it, "
+                             "or give each process its own part with --shard i/N") from None
+        return fh
+
+    def add(self, record: VideoRecord) -> None:
+        self._pending.append(record)
+        due = time.monotonic() - self._last_flush >= self.flush_seconds
+        if len(self._pending) >= self.flush_videos or due:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            name = f"{self.prefix}-{self._seq:06d}.h5"
+            write_shard(self.path / name, self._pending, self.config, self.fp, self.dim,
+                        self.dtype, self.compression)
+            self._seq += 1
+            self._pending = []
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush what is pending and release the lock."""
+        try:
+            self.flush()
+        finally:
+            self._lock.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def compact(src: str | Path, out: str | Path, compression: str | None = "gzip") -> Path:
+    """Write every current record of `src` into one portable `.h5` file (superseded records dropped)."""
+    store = open_store(src)
+    out = Path(out)
+    records = []
+    for vid in store.ids(status=None):
+        m = store.meta(vid)
+        fields = {k: m[k] for k in ("path", "label", "group", "split", "status", "error",
+                                    "fps", "n_frames", "width", "height")}
+        ok = m["status"] == "ok" and m["length"] > 0
+        records.append(VideoRecord(vid, **fields,
+                                   features=store.features(vid) if ok else None,
+                                   frame_index=store.frame_index(vid) if ok else None,
+                                   time_s=store.time_s(vid) if ok else None))
+    dtype = "float32" if store.config.get("dtype") == "float32" else "float16"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_shard(out, records, store.config, store.fingerprint, store.dim, dtype, compression)
+    store.close()
+    return out
