@@ -1,0 +1,197 @@
+"""Heads: small modules that map a padded batch of frame embeddings to class logits.
+
+Every head has the same signature, `forward(x, lengths) -> logits`, with `x` (B, T, D) padded per
+batch (padding rows are never read: masked pooling, packed RNNs, key padding masks) and `lengths`
+(B,) int64. Each head starts with a `FrameInput`: per-dimension standardization with statistics of
+the training frames (buffers, so a checkpoint carries them) and an optional linear projection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+
+class HeadError(ValueError):
+    """A head, split or run that cannot be built as asked; the message names the flag and value."""
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "linear"         # a key of HEADS
+    in_dim: int = 0              # D, the store's feature dimension
+    n_classes: int = 2           # C, logits per clip
+    hidden: int = 256            # MLP width, RNN hidden size, transformer width
+    layers: int = 1              # MLP hidden layers, RNN layers, transformer encoder layers
+    bidirectional: bool = False  # rnn / gru / lstm only
+    dropout: float = 0.2         # before the classifier (and between layers where there are several)
+    proj_dim: int = 0            # project frames to this many dims first (0: keep D)
+    heads: int = 4               # transformer attention heads (must divide hidden)
+    max_len: int = 64            # transformer learned positions: the most frames a clip may have
+    pool: str = "mean"           # transformer pooling: masked "mean" or a learned "cls" token
+
+
+def length_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """(B, T) bool, True on real frames."""
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    return (x * mask).sum(1) / lengths.clamp_min(1).unsqueeze(-1).to(x.dtype)  # (B, D)
+
+
+class FrameInput(nn.Module):
+    """Standardize each feature dimension, then optionally project: (B, T, D) -> (B, T, out_dim)."""
+
+    def __init__(self, in_dim: int, proj_dim: int = 0):
+        super().__init__()
+        # Identity until `set_stats`; buffers travel with the state_dict so predictions need no side file.
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.proj = nn.Linear(in_dim, proj_dim) if proj_dim else nn.Identity()
+        self.out_dim = proj_dim or in_dim
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj((x - self.mean) / self.std)
+
+
+class LinearHead(nn.Module):
+    """Masked mean over time, then one linear layer: order-blind, the frozen-feature baseline."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.input = FrameInput(cfg.in_dim, cfg.proj_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(self.input.out_dim, cfg.n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(masked_mean(self.input(x), lengths)))  # (B, C)
+
+
+class MLPHead(nn.Module):
+    """Masked mean over time, then `layers` hidden layers with GELU and dropout."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.input = FrameInput(cfg.in_dim, cfg.proj_dim)
+        blocks, width = [], self.input.out_dim
+        for _ in range(max(1, cfg.layers)):
+            blocks += [nn.Dropout(cfg.dropout), nn.Linear(width, cfg.hidden), nn.GELU()]
+            width = cfg.hidden
+        self.body = nn.Sequential(*blocks, nn.Dropout(cfg.dropout))
+        self.fc = nn.Linear(width, cfg.n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(masked_mean(self.input(x), lengths)))  # (B, C)
+
+
+class RecurrentHead(nn.Module):
+    """RNN / GRU / LSTM over the packed sequence; classifies the final hidden state(s) of the top layer."""
+
+    cells = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.input = FrameInput(cfg.in_dim, cfg.proj_dim)
+        self.rnn = self.cells[cfg.kind](
+            self.input.out_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+            bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.directions = 2 if cfg.bidirectional else 1
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden * self.directions, cfg.n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.input(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)
+        h = h[0] if isinstance(h, tuple) else h  # LSTM returns (h_n, c_n)
+        top = h[-self.directions:]  # (dirs, B, H): the last layer, forward (and backward)
+        return self.fc(self.drop(torch.cat(list(top), dim=-1)))  # (B, C)
+
+
+class AttentionHead(nn.Module):
+    """Learned attention pooling: a tanh scorer weighs frames, padding gets zero weight."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.input = FrameInput(cfg.in_dim, cfg.proj_dim)
+        d = self.input.out_dim
+        self.score = nn.Sequential(nn.Linear(d, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(d, cfg.n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        h = self.input(x)  # (B, T, d)
+        s = self.score(h).squeeze(-1)  # (B, T)
+        s = s.masked_fill(~length_mask(lengths, h.shape[1]), float("-inf"))
+        w = torch.softmax(s, dim=1).unsqueeze(-1)  # (B, T, 1)
+        return self.fc(self.drop((w * h).sum(1)))  # (B, C)
+
+
+class TransformerHead(nn.Module):
+    """A small pre-norm encoder with learned positions and a key padding mask; masked mean or CLS pooling."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        if cfg.hidden % cfg.heads:
+            raise HeadError(f"--hidden {cfg.hidden} must be a multiple of --heads {cfg.heads} for the transformer")
+        if cfg.pool not in ("mean", "cls"):
+            raise HeadError(f"--pool {cfg.pool!r} is not a pooling; choose mean or cls")
+        self.input = FrameInput(cfg.in_dim, cfg.proj_dim)
+        self.embed = nn.Linear(self.input.out_dim, cfg.hidden)
+        self.max_len, self.pool = cfg.max_len, cfg.pool
+        extra = 1 if cfg.pool == "cls" else 0
+        self.pos = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, cfg.max_len + extra, cfg.hidden), std=0.02))
+        self.cls = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1, cfg.hidden), std=0.02)) if extra else None
+        layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=2 * cfg.hidden,
+                                           dropout=cfg.dropout, batch_first=True, norm_first=True)
+        # No nested-tensor fast path: results must not depend on how much padding a batch has.
+        self.encoder = nn.TransformerEncoder(layer, max(1, cfg.layers), enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden, cfg.n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        if t > self.max_len:
+            raise HeadError(f"a clip of {t} frames exceeds the transformer's max_len {self.max_len}: "
+                            "sample fewer frames (--max-frames)")
+        h = self.embed(self.input(x))  # (B, T, H)
+        pad = ~length_mask(lengths, t)  # (B, T), True on padding
+        if self.pool == "cls":
+            h = torch.cat([self.cls.expand(b, -1, -1), h], dim=1)  # (B, T+1, H)
+            pad = torch.cat([pad.new_zeros(b, 1), pad], dim=1)
+        h = self.encoder(h + self.pos[:, :h.shape[1]], src_key_padding_mask=pad)
+        h = self.norm(h)
+        pooled = h[:, 0] if self.pool == "cls" else masked_mean(h, lengths)  # (B, H)
+        return self.fc(self.drop(pooled))  # (B, C)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearHead,
+    "mlp": MLPHead,
+    "rnn": RecurrentHead,
+    "gru": RecurrentHead,
+    "lstm": RecurrentHead,
+    "attention": AttentionHead,
+    "transformer": TransformerHead,
+}
+
+
+def build_head(cfg: HeadConfig) -> nn.Module:
+    """The head `cfg.kind` built from `cfg`; unknown kinds fail with the list of valid ones."""
+    if cfg.kind not in HEADS:
+        raise HeadError(f"--head {cfg.kind!r} is not a head; choose one of: {', '.join(HEADS)}")
+    if cfg.in_dim < 1 or cfg.n_classes < 1:
+        raise HeadError(f"a head needs in_dim >= 1 and n_classes >= 1 (got {cfg.in_dim}, {cfg.n_classes})")
+    return HEADS[cfg.kind](cfg)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,157 @@
+"""Backbone registry: a name maps to a torchvision builder, its weights enum and its embedding size.
+
+`load_backbone(name, weights)` returns the frozen model together with the preprocessing that its
+weights define (resize / crop / mean / std from the enum's own `transforms()`), so the two always
+travel together. Adding a torchvision 2D model is one line in `REGISTRY`.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import models
+from torchvision.models import quantization as qmodels
+
+SEED_FOR_RANDOM_INIT = 0  # `--weights none` is always the same network, so one fingerprint = one model
+
+
+class BackboneError(ValueError):
+    """A backbone or weights choice that cannot be honoured (the message says what to do instead)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    builder: Callable[..., nn.Module]   # torchvision builder taking `weights=`
+    weights: type                       # torchvision WeightsEnum
+    dim: int                            # embedding size after the classifier is removed
+    head: str                           # attribute holding the classifier, replaced by Identity
+    cpu_only: bool = False              # int8 quantized models run on CPU kernels only
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(models.resnet18, models.ResNet18_Weights, 512, "fc"),
+    "resnet34": BackboneSpec(models.resnet34, models.ResNet34_Weights, 512, "fc"),
+    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, 2048, "fc"),
+    "resnet101": BackboneSpec(models.resnet101, models.ResNet101_Weights, 2048, "fc"),
+    "resnet152": BackboneSpec(models.resnet152, models.ResNet152_Weights, 2048, "fc"),
+    "quantized_mobilenet_v2": BackboneSpec(partial(qmodels.mobilenet_v2, quantize=True),
+                                           qmodels.MobileNet_V2_QuantizedWeights, 1280, "classifier",
+                                           cpu_only=True),
+}
+
+
+def available_backbones() -> list[str]:
+    return sorted(REGISTRY)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the weights expect: a `crop` x `crop` RGB image cut from a frame resized to `resize`."""
+    crop: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def scaled(self, size: int) -> "Preprocess":
+        """The same recipe at another input size (keeps the resize/crop ratio)."""
+        return Preprocess(size, round(size * self.resize / self.crop), self.mean, self.std)
+
+
+@dataclass
+class Backbone:
+    name: str
+    model: nn.Module          # frozen, eval mode, outputs (B, dim)
+    preprocess: Preprocess
+    dim: int
+    weights_id: str           # what identifies the weights in a store fingerprint
+    cpu_only: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise BackboneError(f"unknown backbone {name!r}; choose one of: {', '.join(available_backbones())}") from None
+
+
+def _preprocess_of(enum_member) -> Preprocess:
+    t = enum_member.transforms()
+    return Preprocess(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std))
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _state_dict_from_file(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file; all mean "not loadable"
+        raise BackboneError(f"cannot load weights file {path}: {str(e).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise BackboneError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    if not any(k.startswith("module.") for k in obj):
+        return obj  # keep it as is: quantized modules read version info from its `_metadata`
+    out = type(obj)((k.removeprefix("module."), v) for k, v in obj.items())
+    meta = getattr(obj, "_metadata", None)
+    if meta is not None:
+        out._metadata = type(meta)((k.removeprefix("module."), v) for k, v in meta.items())
+    return out
+
+
+def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str, object]:
+    """Returns (model with its classifier, weights id for the fingerprint, enum member for preprocessing)."""
+    default = spec.weights.DEFAULT
+    if weights.lower() == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED_FOR_RANDOM_INIT)
+            return spec.builder(weights=None), f"none(seed={SEED_FOR_RANDOM_INIT})", default
+    path = Path(weights).expanduser()
+    if path.suffix in {".pth", ".pt", ".bin", ".ckpt"} or path.exists():
+        if not path.is_file():
+            raise BackboneError(f"weights file {path} does not exist")
+        model = spec.builder(weights=None)
+        state = _state_dict_from_file(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # A backbone-only file (classifier dropped) is fine; anything else means the wrong architecture.
+        missing = [k for k in missing if not k.startswith(spec.head + ".")]
+        if missing or unexpected:
+            bad = (missing + unexpected)[:3]
+            raise BackboneError(f"{path} does not fit {name}: mismatched keys {bad} "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected)")
+        return model, f"file:sha256:{_file_sha256(path)[:16]}", default
+    names = [m for m in spec.weights.__members__]
+    key = weights.upper()
+    if key not in spec.weights.__members__:
+        raise BackboneError(f"unknown weights {weights!r} for {name}; use one of {names}, 'none', or a file path")
+    member = spec.weights[key]
+    try:
+        return spec.builder(weights=member), f"{member.__class__.__name__}.{member.name}", member
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; hub raises RuntimeError on bad downloads
+        raise BackboneError(
+            f"cannot get {name} {member.name} weights offline ({str(e).splitlines()[0][:80]}): download "
+            f"{member.url} on a connected machine and pass --weights /path/to/{Path(member.url).name}, "
+            f"or put the file in {torch.hub.get_dir()}/checkpoints/") from None
+
+
+def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
+    """Build `name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), frozen."""
+    spec = get_spec(name)
+    model, weights_id, member = _build(name, spec, weights)
+    setattr(model, spec.head, nn.Identity())
+    model.eval().requires_grad_(False)
+    return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only,
+                    {"categories": len(member.meta.get("categories", []))})
