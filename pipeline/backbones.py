@@ -125,7 +125,10 @@ def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str,
             raise BackboneError(f"weights file {path} does not exist")
         model = spec.builder(weights=None)
         state = _state_dict_from_file(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches raise even when strict=False
+            raise BackboneError(f"{path} does not fit {name}: {str(e).splitlines()[1].strip()[:160]}") from None
         # A backbone-only file (classifier dropped) is fine; anything else means the wrong architecture.
         missing = [k for k in missing if not k.startswith(spec.head + ".")]
         if missing or unexpected:
