@@ -5,7 +5,7 @@ Layout on disk (see docs/store.md):
     STORE/                      a directory
       _store.h5                 header: config + fingerprint (attrs), written once, atomically
       <prefix>-<seq>.h5         immutable shards: written under a temp name, fsynced, renamed
-      .<prefix>.lock            flock held by the one writer of that prefix
+      .<prefix>.lock            POSIX lock (lockf) held by the one writer of that prefix
 
 A store is the set of its complete shards; a temp file left by a killed writer is ignored and
 removed by the next writer of that prefix. A single compacted `.h5` file (`compact`) has the
@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 HEADER = "_store.h5"
 SHARD_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+)-(?P<seq>\d{6})\.h5$")
 STR = h5py.string_dtype("utf-8")
+_HELD_LOCKS: set[str] = set()  # lock files held by writers of this process
 
 # Per-video columns: name -> numpy dtype ("str" for utf-8 strings).
 VIDEO_COLUMNS: dict[str, object] = {
@@ -359,14 +360,26 @@ class StoreWriter:
                                  + "; ".join(diffs) + "): use another --store or the same settings")
 
     def _take_lock(self):
-        fh = open(self.path / f".{self.prefix}.lock", "w")
+        # POSIX record locks (lockf) belong to the process: a forked DataLoader worker does not inherit them,
+        # so a killed extract never leaves an orphan holding the lock. They do not exclude the same process,
+        # hence the in-process set as well.
+        key = str((self.path / f".{self.prefix}.lock").resolve())
+        fh = open(key, "a")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if key in _HELD_LOCKS:
+                raise BlockingIOError
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             fh.close()
             raise StoreError(f"another process is writing shards '{self.prefix}' of {self.path}; wait for it, "
                              "or give each process its own part with --shard i/N") from None
-        return fh
+        _HELD_LOCKS.add(key)
+        return key, fh
+
+    def _release_lock(self) -> None:
+        key, fh = self._lock
+        _HELD_LOCKS.discard(key)
+        fh.close()
 
     def add(self, record: VideoRecord) -> None:
         self._pending.append(record)
@@ -388,7 +401,7 @@ class StoreWriter:
         try:
             self.flush()
         finally:
-            self._lock.close()
+            self._release_lock()
 
     def __enter__(self) -> "StoreWriter":
         return self

@@ -141,7 +141,8 @@ class _Decoded(Dataset):
             return {"i": i, "error": str(e)}
         except Exception as e:  # noqa: BLE001 — an unforeseen decoder failure must cost one item, not the run
             return {"i": i, "error": f"{type(e).__name__}: {e} ({item.path})"}
-        return {"i": i, "frames": torch.from_numpy(v.frames), "frame_index": v.frame_index, "time_s": v.time_s,
+        frames = v.frames if v.frames.flags.writeable else v.frames.copy()  # torch wants writable memory
+        return {"i": i, "frames": torch.from_numpy(frames), "frame_index": v.frame_index, "time_s": v.time_s,
                 "fps": v.fps, "n_frames": v.n_frames, "width": v.width, "height": v.height}
 
 
