@@ -209,6 +209,263 @@ def compact(
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+class HeadKind(str, Enum):
+    linear = "linear"
+    mlp = "mlp"
+    rnn = "rnn"
+    gru = "gru"
+    lstm = "lstm"
+    attention = "attention"
+    transformer = "transformer"
+
+
+class Task(str, Enum):
+    auto = "auto"
+    multiclass = "multiclass"
+    multilabel = "multilabel"
+
+
+class SplitKind(str, Enum):
+    official = "official"
+    group = "group"
+    stratified = "stratified"
+
+
+class Optim(str, Enum):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Sched(str, Enum):
+    plateau = "plateau"
+    cosine = "cosine"
+    exp = "exp"
+    none = "none"
+
+
+def default_run_dir(store: Path, head: str) -> Path:
+    return Path("runs") / f"{store.stem}-{head}"
+
+
+@app.command("fit-head")
+def fit_head(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
+    task: Annotated[Task, typer.Option(help="auto: multilabel when any item has several labels.")] = Task.auto,
+    split: Annotated[SplitKind, typer.Option(help="official: the store's split column; group: no group on both "
+                                             "sides; stratified.")] = SplitKind.official,
+    val_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Share of train held out for validation.")]
+    = 0.2,
+    epochs: Annotated[int, typer.Option(min=1)] = 50,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    optimizer: Annotated[Optim, typer.Option()] = Optim.adamw,
+    scheduler: Annotated[Sched, typer.Option()] = Sched.plateau,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")] = 10,
+    max_frames: Annotated[int, typer.Option(min=1, help="Frames per clip (random at train, uniform at eval).")]
+    = 64,
+    hidden: Annotated[int, typer.Option(min=1)] = 256,
+    layers: Annotated[int, typer.Option(min=1)] = 1,
+    bidirectional: Annotated[bool, typer.Option()] = False,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.2,
+    proj_dim: Annotated[int, typer.Option(min=0, help="Project frames to this size first (0: off).")] = 0,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
+    class_weights: Annotated[bool, typer.Option(help="Weigh classes by inverse frequency.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-<head>).")]
+    = None,
+) -> None:
+    """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory."""
+    from heads.run import fit_head as run_fit
+    from heads.train import TrainConfig
+
+    with user_errors():
+        cfg = TrainConfig(head=head.value, task=task.value, split=split.value, val_frac=val_frac, epochs=epochs,
+                          lr=lr, batch_size=batch_size, optimizer=optimizer.value, scheduler=scheduler.value,
+                          patience=patience, max_frames=max_frames, hidden=hidden, layers=layers,
+                          bidirectional=bidirectional, dropout=dropout, proj_dim=proj_dim,
+                          label_smoothing=label_smoothing, class_weights=class_weights, seed=seed, device=device)
+        run_dir = out_dir or default_run_dir(store, head.value)
+        with progress_bar() as bar:
+            t = bar.add_task(f"fit {head.value}", total=epochs, rate="")
+
+            def on_epoch(row: dict) -> None:
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in row.items()
+                                  if isinstance(v, float) and k not in ("lr", "seconds"))
+                bar.update(t, completed=row.get("epoch", 0), rate=shown)
+
+            metrics = run_fit(store, cfg, run_dir, on_epoch)
+            bar.update(t, total=bar.tasks[t].completed)
+    print_metrics(metrics, run_dir)
+
+
+def print_metrics(metrics: dict, run_dir: Path) -> None:
+    keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
+    t = Table(title=f"{metrics.get('head', '')} on {metrics.get('backbone', '')} → {run_dir}")
+    t.add_column("split")
+    shown = [k for k in keys if any(isinstance(metrics.get(s) or {}, dict) and k in (metrics.get(s) or {})
+                                    for s in ("val", "test"))]
+    for k in shown:
+        t.add_column(k, justify="right")
+    for split in ("val", "test"):
+        m = metrics.get(split)
+        if isinstance(m, dict):
+            t.add_row(split, *[f"{m[k]:.3f}" if isinstance(m.get(k), float) else "" for k in shown])
+    out.print(t)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by fit-head.")],
+    store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
+    split: Annotated[str, typer.Option(help="Split name in the store (train, val, test, holdout, ...).")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+) -> None:
+    """Re-score a trained head on any split of a store made with the same extraction settings."""
+    from heads.run import evaluate_run
+
+    with user_errors():
+        metrics = evaluate_run(run, store, split)
+    if as_json:
+        print(json.dumps(metrics, default=float))
+        return
+    print_metrics({**metrics, "test": metrics.get("metrics", metrics)}, run)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory written by fit-head.")],
+    videos: Annotated[list[Path], typer.Argument(help="Video or image files.")],
+    top: Annotated[int, typer.Option(min=1, help="Labels shown per file.")] = 5,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Embed new files exactly as the run's store was made, apply the head, print the top labels."""
+    import numpy as np
+
+    from heads.run import load_run, predict_features
+    from pipeline.extract import embed_files
+
+    with user_errors():
+        model, ckpt = load_run(run)
+        records = embed_files([str(v) for v in videos], ckpt["store_config"], device)
+        ok = [r for r in records if r.status == "ok"]
+        probs = predict_features(model, ckpt, [r.features for r in ok]) if ok else np.zeros((0, 0))
+    labels, rows = ckpt["labels"], []
+    for r, p in zip(ok, probs):
+        order = np.argsort(-p)[:top]
+        rows.append({"path": r.video_id, "top": [{"label": labels[i], "prob": round(float(p[i]), 4)} for i in order]})
+    failed = [r for r in records if r.status != "ok"]
+    if as_json:
+        print(json.dumps(rows + [{"path": r.video_id, "error": r.error} for r in failed]))
+    else:
+        for row in rows:
+            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]),
+                      highlight=False)
+        for r in failed:
+            err.print(f"[red]failed[/] {r.video_id}: {r.error}", highlight=False)
+    if failed:
+        raise typer.Exit(2)
+
+
+class Level(str, Enum):
+    video = "video"
+    frame = "frame"
+
+
+class Pool(str, Enum):
+    mean = "mean"
+    max = "max"
+
+
+class Plot(str, Enum):
+    tsne = "tsne"
+    pca = "pca"
+    none = "none"
+
+
+@app.command("cluster-eval")
+def cluster_eval(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    k: Annotated[Optional[int], typer.Option(min=2, help="Clusters (default: number of labels).")] = None,
+    level: Annotated[Level, typer.Option(help="video: pooled clips; frame: every sampled frame.")] = Level.video,
+    pool: Annotated[Pool, typer.Option(help="Pooling of a clip's frames at --level video.")] = Pool.mean,
+    split: Annotated[Optional[str], typer.Option(help="Cluster only this split (default: all).")] = None,
+    fit_split: Annotated[Optional[str], typer.Option(help="Fit centroids on this split, score --split.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Repeat with this many seeds; report mean ± std.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    n_init: Annotated[int, typer.Option(min=1)] = 10,
+    pca: Annotated[Optional[int], typer.Option(min=1, help="Reduce to this many PCA components first.")] = None,
+    whiten: Annotated[bool, typer.Option(help="Whiten the PCA components.")] = False,
+    k_range: Annotated[Optional[str], typer.Option(help="Sweep k, e.g. 5:50, reporting inertia/silhouette.")]
+    = None,
+    plot: Annotated[Plot, typer.Option(help="2-D picture of the points.")] = Plot.tsne,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-kmeans).")]
+    = None,
+) -> None:
+    """k-means on the cache, scored against labels: NMI, ARI, purity, accuracy, H(label|cluster), plots."""
+    from heads.cluster import cluster_eval as run_cluster
+
+    sweep = None
+    if k_range is not None:
+        try:
+            lo, hi = (int(x) for x in k_range.split(":"))
+        except ValueError:
+            fail(f"--k-range expects LOW:HIGH such as 5:50, got {k_range!r}")
+        sweep = (lo, hi)
+    run_dir = out_dir or Path("runs") / f"{store.stem}-kmeans"
+    with user_errors(), progress_bar() as bar:
+        t = bar.add_task("cluster", total=None, rate="")
+
+        def on_progress(p: dict) -> None:
+            bar.update(t, description=p["stage"], total=p["total"], completed=p["done"])
+
+        result = run_cluster(store, run_dir, k=k, level=level.value, pool=pool.value, split=split,
+                             fit_split=fit_split, seeds=seeds, seed=seed, n_init=n_init, pca=pca, whiten=whiten,
+                             k_range=sweep, plot=plot.value, on_progress=on_progress)
+    print_cluster(result, run_dir)
+
+
+def print_cluster(result: dict, run_dir: Path) -> None:
+    t = Table(title=f"k-means → {run_dir}")
+    t.add_column("metric")
+    t.add_column("mean", justify="right")
+    t.add_column("std", justify="right")
+    mean, std = result.get("metrics", {}), result.get("std", {})
+    for name, value in mean.items():
+        if isinstance(value, (int, float)):
+            t.add_row(name, f"{value:.4f}", f"{std.get(name, 0.0):.4f}" if name in std else "")
+    out.print(t)
+
+
+@app.command()
+def runs(
+    runs_dir: Annotated[Path, typer.Argument(help="Folder holding run directories.")] = Path("runs"),
+    sort: Annotated[Optional[str], typer.Option(help="Sort by this column, best first (e.g. accuracy).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """One table comparing every run under RUNS_DIR."""
+    from heads.run import list_runs
+
+    with user_errors():
+        rows = list_runs(runs_dir, sort)
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    if not rows:
+        fail(f"no runs under {runs_dir}: train one with `cli.py fit-head STORE --out {runs_dir}/NAME`")
+    cols = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+    t = Table(title=f"runs in {runs_dir}")
+    for c in cols:
+        t.add_column(c, justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
+    for r in rows:
+        t.add_row(*[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c) if r.get(c) is not None else "")
+                    for c in cols])
+    out.print(t)
+
+
 def main() -> None:
     app()
 

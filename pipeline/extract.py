@@ -22,7 +22,7 @@ from featstore import StoreWriter, VideoRecord, open_store
 from featstore.store import HEADER
 from pipeline.backbones import Backbone, BackboneError, load_backbone
 from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video
-from pipeline.sources import Item, shard_items
+from pipeline.sources import IMAGE_EXTENSIONS, Item, shard_items
 
 STORE_FORMAT = 1
 # Settings that change the features: a store refuses appends that differ in any of them.
@@ -101,7 +101,8 @@ def resolve_precision(precision: str, device: torch.device, backbone: Backbone) 
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
-def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry) -> dict:
+def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, device: torch.device,
+                 precision: str) -> dict:
     import av
     import torchvision
 
@@ -111,7 +112,7 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry) -> 
         "weights_arg": cfg.weights, "every": s.every, "frames": s.frames, "fps": s.fps,
         "max_frames": s.max_frames, "size": geometry.size, "resize": geometry.resize, "crop": geometry.crop,
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
-        "dim": backbone.dim, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+        "dim": backbone.dim, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                                           "av": av.__version__},
     }
 
@@ -221,7 +222,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     device = resolve_device(cfg.device, backbone)
     precision = resolve_precision(cfg.precision, device, backbone)
     geometry = geometry_for(cfg, backbone)
-    config = store_config(cfg, backbone, geometry)
+    config = store_config(cfg, backbone, geometry, device, precision)
     prefix = "p0" if cfg.shard is None else f"s{cfg.shard[0]}of{cfg.shard[1]}"
     writer = StoreWriter(store_path, config, FINGERPRINT_KEYS, backbone.dim, prefix=prefix,
                          flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
@@ -235,7 +236,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     thread.start()
     start = time.perf_counter()
     try:
-        _run(todo, cfg, geometry, _Embedder(backbone, device, precision), thread, result, on_progress)
+        _run(todo, cfg, geometry, _Embedder(backbone, device, precision), thread.put, result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
@@ -247,7 +248,8 @@ def _auto_workers(device: torch.device) -> int:
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
-def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: _Embedder, thread: _Writer,
+def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: _Embedder,
+         sink: Callable[[VideoRecord], None],
          result: ExtractResult, on_progress) -> None:
     workers = _auto_workers(embed.device) if cfg.workers is None else cfg.workers
     loader = DataLoader(_Decoded(todo, cfg.sampling, geometry), batch_size=None, shuffle=False,
@@ -266,7 +268,7 @@ def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: _Embed
                 return
             del open_videos[slot]
             rec = _record(todo[slot], v)
-            thread.put(rec)
+            sink(rec)
             result.done += 1
             result.frames += rec.length
             if rec.status == "failed":
@@ -322,3 +324,36 @@ def _report(on_progress, result: ExtractResult, total: int, current: str) -> Non
     if on_progress is not None:
         on_progress({"done": result.done, "total": total, "frames": result.frames,
                      "failed": len(result.failed), "current": current})
+
+
+def config_from_store(config: dict, device: str = "auto", workers: int | None = 0) -> ExtractConfig:
+    """The ExtractConfig that made a store (its backbone, weights, sampling and preprocessing)."""
+    sampling = Sampling(every=config["every"], frames=config["frames"], fps=config["fps"],
+                        max_frames=config["max_frames"])
+    return ExtractConfig(backbone=config["backbone"], weights=config["weights_arg"], sampling=sampling,
+                         size=config["size"], crop=config["crop"], device=device, workers=workers,
+                         dtype=config["dtype"])
+
+
+def embed_files(paths: list[str], config: dict, device: str = "auto") -> list[VideoRecord]:
+    """Decode and embed files exactly as the store with `config` was made; no store is written.
+
+    Features go through the store's dtype, so a file embedded here equals the same file read from the store.
+    """
+    cfg = config_from_store(config, device)
+    backbone = load_backbone(cfg.backbone, cfg.weights)
+    if backbone.weights_id != config["weights"]:
+        raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "
+                            f"({backbone.weights_id} vs {config['weights']})")
+    dev = resolve_device(cfg.device, backbone)
+    geometry = geometry_for(cfg, backbone)
+    items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(),
+                  kind="image" if Path(p).suffix.lower() in IMAGE_EXTENSIONS else "video") for p in paths]
+    records: list[VideoRecord] = []
+    result = ExtractResult("")
+    embed = _Embedder(backbone, dev, resolve_precision(config.get("precision", "auto"), dev, backbone))
+    _run(items, cfg, geometry, embed, records.append, result, None)
+    for r in records:
+        if r.features is not None:
+            r.features = r.features.astype(cfg.dtype).astype(np.float32)
+    return records
