@@ -466,6 +466,45 @@ def runs(
     out.print(t)
 
 
+@app.command()
+def demo(
+    root: Annotated[Path, typer.Option(help="Where the synthetic clips, store and runs go.")] = Path("data/demo"),
+    clips_per_class: Annotated[int, typer.Option(min=4, help="Clips per class (4 classes).")] = 16,
+) -> None:
+    """The whole pipeline offline on generated clips whose classes differ only in temporal order."""
+    from data.synth import make_temporal_dataset
+
+    manifest = root / "clips" / "manifest.csv"
+    if not manifest.exists():
+        out.print(f"[bold]1/4[/] generating {4 * clips_per_class} synthetic clips in {manifest.parent} "
+                  "(grow vs shrink, brighten vs darken: the same frames in opposite order)")
+        make_temporal_dataset(manifest.parent, n_per_class=clips_per_class, frames=16, size=64, seed=0)
+    store = root / "store"
+    out.print(f"[bold]2/4[/] extract: resnet18, random init (offline), every frame, 112 px → {store}")
+    try:
+        extract(manifest, backbone="resnet18", weights="none", every=1, frames=None, fps=None, max_frames=None,
+                size=112, crop=Crop.none, batch_size=64, workers=None, device="auto", precision=Precision.auto,
+                store=store, shard=None, retry_failed=False, limit=None, split_id=1, dtype=DType.float16,
+                compression=Compression.none)
+    except typer.Exit as e:
+        if e.exit_code not in (0, None):
+            raise
+    runs_dir = root / "runs"
+    for head in (HeadKind.linear, HeadKind.lstm):
+        out.print(f"[bold]3/4[/] fit-head {head.value} (official split from the manifest)")
+        fit_head(store, head=head, task=Task.auto, split=SplitKind.official, val_frac=0.2, epochs=60, lr=3e-3,
+                 batch_size=16, optimizer=Optim.adamw, scheduler=Sched.plateau, patience=15, max_frames=64,
+                 hidden=64, layers=1, bidirectional=False, dropout=0.1, proj_dim=0, label_smoothing=0.0,
+                 class_weights=False, seed=0, device="auto", out_dir=runs_dir / head.value)
+    out.print("[bold]4/4[/] cluster-eval (k-means on mean-pooled clips)")
+    cluster_eval(store, k=None, level=Level.video, pool=Pool.mean, split=None, fit_split=None, seeds=1, seed=0,
+                 n_init=10, pca=None, whiten=False, k_range=None, plot=Plot.pca, out_dir=runs_dir / "kmeans")
+    runs(runs_dir, sort=None, as_json=False)
+    out.print("The order-blind head (linear: mean of frames) cannot tell a clip from its reverse and sits near "
+              "chance on each pair;\nthe sequence head (lstm) reads the order. k-means on pooled features is "
+              f"order-blind too. Plots and metrics: {runs_dir}/*/")
+
+
 def main() -> None:
     app()
 
