@@ -7,6 +7,7 @@ the training frames (buffers, so a checkpoint carries them) and an optional line
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ class HeadConfig:
     hidden: int = 256            # MLP width, RNN hidden size, transformer width
     layers: int = 1              # MLP hidden layers, RNN layers, transformer encoder layers
     bidirectional: bool = False  # rnn / gru / lstm only
-    dropout: float = 0.2         # before the classifier (and between layers where there are several)
+    dropout: float = 0.0         # before the classifier (and between layers where there are several)
     proj_dim: int = 0            # project frames to this many dims first (0: keep D)
     heads: int = 4               # transformer attention heads (must divide hidden)
     max_len: int = 64            # transformer learned positions: the most frames a clip may have
@@ -134,6 +135,16 @@ class AttentionHead(nn.Module):
         return self.fc(self.drop((w * h).sum(1)))  # (B, C)
 
 
+def sinusoid(n: int, d: int) -> torch.Tensor:
+    """(n, d) sin/cos position table of "Attention is all you need"."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return table
+
+
 class TransformerHead(nn.Module):
     """A small pre-norm encoder with learned positions and a key padding mask; masked mean or CLS pooling."""
 
@@ -147,7 +158,9 @@ class TransformerHead(nn.Module):
         self.embed = nn.Linear(self.input.out_dim, cfg.hidden)
         self.max_len, self.pool = cfg.max_len, cfg.pool
         extra = 1 if cfg.pool == "cls" else 0
-        self.pos = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, cfg.max_len + extra, cfg.hidden), std=0.02))
+        # Learned positions, started from the sinusoidal table: order is visible from the first step,
+        # which tiny caches need (from a 0.02-std init, training often stops before positions matter).
+        self.pos = nn.Parameter(sinusoid(cfg.max_len + extra, cfg.hidden).unsqueeze(0))  # (1, L, H)
         self.cls = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1, cfg.hidden), std=0.02)) if extra else None
         layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, dim_feedforward=2 * cfg.hidden,
                                            dropout=cfg.dropout, batch_first=True, norm_first=True)

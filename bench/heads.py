@@ -1,0 +1,144 @@
+"""How fast heads train on a UCF101-sized cache, compared with extracting that cache. Run by hand:
+
+    python bench/heads.py [--store /tmp/framecache_bench/heads_store] [--lstm-fit]
+
+Writes a synthetic store the size of UCF101 split 1 at every 10th frame (9,537 clips x 25 frames x
+2048-d float16, ~1 GB; kept and reused), then measures: store load time (`load_all`, and the
+in-memory cache built on it), seconds per training epoch for `linear` and `lstm` (proj_dim 256), a
+full `fit_head` of the linear head with default settings (an lstm one with --lstm-fit), and ResNet-50
+throughput on synthetic 224 px batches (bf16 autocast, channels_last) to estimate what extracting
+the cache would take. Prints the JSON it writes to bench/results/heads.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# `python bench/heads.py` puts bench/ first on the path, where this very file would shadow the heads package.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from featstore import StoreWriter, VideoRecord, open_store  # noqa: E402
+from heads.data import batches, build_vocab, encode_targets, load_cache, make_splits  # noqa: E402
+from heads.run import fit_head  # noqa: E402
+from heads.train import TrainConfig, make_optimizer, prepare_head, train_one_epoch  # noqa: E402
+
+CLIPS, FRAMES, DIM, CLASSES = 9537, 25, 2048, 101
+RESULTS = Path(__file__).parent / "results" / "heads.json"
+
+
+def write_store(path: Path) -> float:
+    """A synthetic UCF101-sized store: class-dependent means plus noise, 25 groups, 1 in 4 clips test."""
+    if (path / "_store.h5").exists():
+        store = open_store(path)
+        if len(store.ids()) == CLIPS and store.dim == DIM:
+            return 0.0  # reuse: writing ~1 GB is not what this measures
+        shutil.rmtree(path)
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 0.4, (CLASSES, DIM)).astype(np.float32)
+    config = {"backbone": "synthetic_resnet50", "every": 10, "dim": DIM, "dtype": "float16"}
+    start = time.perf_counter()
+    with StoreWriter(path, config=config, fingerprint_keys=sorted(config), dim=DIM, flush_videos=512) as w:
+        for i in range(CLIPS):
+            c = i % CLASSES
+            feats = centers[c] + rng.standard_normal((FRAMES, DIM), dtype=np.float32)
+            w.add(VideoRecord(f"v{i:05d}", label=f"class{c:03d}", group=f"g{(i // CLASSES) % 25:02d}",
+                              split="test" if i % 4 == 0 else "train", features=np.maximum(feats, 0),
+                              frame_index=np.arange(FRAMES) * 10, time_s=np.arange(FRAMES) * 0.4))
+    return time.perf_counter() - start
+
+
+def time_load(path: Path) -> dict:
+    store = open_store(path)
+    t0 = time.perf_counter()
+    loaded = store.load_all(dtype=np.float16)
+    t1 = time.perf_counter()
+    del loaded
+    cache = load_cache(path)
+    t2 = time.perf_counter()
+    return {"load_all_seconds": t1 - t0, "load_cache_seconds": t2 - t1,
+            "cache_gb": cache.features.numel() * cache.features.element_size() / 2**30,
+            "cache_dtype": str(cache.features.dtype).replace("torch.", "")}, cache
+
+
+def epoch_seconds(cache, cfg: TrainConfig, epochs: int = 3) -> float:
+    """Median wall seconds of one training epoch (after a warm-up epoch) over the official train split."""
+    labels = build_vocab(cache.labels)
+    y = encode_targets(cache.labels, labels, "multiclass")
+    train = make_splits(cache, "official", cfg.val_frac, cfg.test_frac, cfg.seed)["train"]
+    device = torch.device("cpu")
+    model, loss_fn, aug = prepare_head(cache, y, "multiclass", train, cfg, len(labels), device)
+    optimizer = make_optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(epochs + 1):
+        t0 = time.perf_counter()
+        data = batches(cache, y, train, cfg.batch_size, cfg.max_frames, device, train=True, gen=gen, aug=aug)
+        train_one_epoch(model, data, loss_fn, optimizer)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))  # the median: other work on a shared machine only ever adds time
+
+
+def resnet50_frames_per_second(batch: int = 16, steps: int = 3) -> dict:
+    """ResNet-50 forward throughput on synthetic 224 px frames, bf16 autocast, channels_last, CPU."""
+    from torchvision.models import resnet50
+
+    model = resnet50(weights=None)
+    model.fc = torch.nn.Identity()
+    model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model(x)
+        seconds = time.perf_counter() - t0
+    return {"batch": batch, "steps": steps, "precision": "bf16", "frames_per_s": batch * steps / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=Path("/tmp/framecache_bench/heads_store"))
+    parser.add_argument("--lstm-fit", action="store_true", help="also time a full lstm fit-head (minutes)")
+    args = parser.parse_args()
+    out: dict = {"clips": CLIPS, "frames_per_clip": FRAMES, "dim": DIM, "rows": CLIPS * FRAMES,
+                 "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor()
+                 or platform.machine(), "cpus": os.cpu_count(), "device": "cpu"}
+    out["write_seconds"] = write_store(args.store)
+    load, cache = time_load(args.store)
+    out.update(load)
+    linear = TrainConfig(head="linear", device="cpu")
+    lstm = TrainConfig(head="lstm", proj_dim=256, device="cpu")
+    out["epoch_seconds"] = {"linear": epoch_seconds(cache, linear), "lstm_proj256": epoch_seconds(cache, lstm)}
+    del cache
+    fits = {"linear": linear}
+    if args.lstm_fit:
+        fits["lstm_proj256"] = lstm
+    out["fit_head"] = {}
+    runs = Path("/tmp/framecache_bench/runs")
+    for name, cfg in fits.items():
+        m = fit_head(args.store, cfg, runs / name)
+        out["fit_head"][name] = {"seconds": m["seconds"], "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+                                 "refit": m["refit"], "test_accuracy": m["test"]["accuracy"]}
+    out["resnet50"] = resnet50_frames_per_second()
+    out["extract_seconds_estimate"] = CLIPS * FRAMES / out["resnet50"]["frames_per_s"]
+    out["fit_to_extract_ratio"] = {name: f["seconds"] / out["extract_seconds_estimate"]
+                                   for name, f in out["fit_head"].items()}
+    # Without a measured lstm fit: the most it can take, every epoch of the default budget plus the refit.
+    out["lstm_fit_upper_bound_seconds"] = out["epoch_seconds"]["lstm_proj256"] * 2 * lstm.epochs
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

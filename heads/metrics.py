@@ -1,0 +1,105 @@
+"""Metrics for clip-level predictions, from sklearn.metrics wherever sklearn has them.
+
+Ranking metrics for multilabel (sklearn has no top-K versions), over samples with at least one
+positive label, ranking labels by score (ties: lower label index first):
+- precision@K = |top-K ∩ positives| / K, averaged over samples;
+- AP@K = (1 / min(K, n_pos)) * sum_{k<=K} precision@k * rel(k), where rel(k) = 1 if the k-th ranked
+  label is positive; mAP@K is its mean over samples (the usual "mapk" of recommender benchmarks).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support, top_k_accuracy_score)
+
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
+    """accuracy, top-k (k = min(5, C)), macro-F1, per-class report, confusion matrix; y_true (N,), probs (N, C)."""
+    c = len(labels)
+    classes = list(range(c))
+    pred = probs.argmax(1)
+    k = min(5, c)
+    p, r, f, s = precision_recall_fscore_support(y_true, pred, labels=classes, zero_division=0)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "top5_accuracy": _top_k(y_true, probs, k),
+        "top_k": k,
+        # over the classes present in truth or predictions: a class missing from a small test set is no error
+        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                             "support": int(s[i])} for i, name in enumerate(labels)},
+        "confusion": confusion_matrix(y_true, pred, labels=classes).tolist(),
+        "confusion_labels": list(labels),
+    }
+
+
+def _top_k(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
+    c = probs.shape[1]
+    score = probs[:, 1] if c == 2 else probs  # sklearn takes binary problems as one score column
+    with warnings.catch_warnings():  # k >= C is trivially 1.0; sklearn says so in a warning
+        warnings.filterwarnings("ignore", message=".*'k'.*")
+        return float(top_k_accuracy_score(y_true, score, k=k, labels=list(range(c)))) if c > 1 else 1.0
+
+
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], threshold: float,
+                       ks: tuple[int, ...] = (1, 3, 5)) -> dict:
+    """micro/macro F1 at `threshold`, mAP, mAP@K and precision@K; y_true (N, C) 0/1, probs (N, C)."""
+    y_true = np.asarray(y_true).astype(int)
+    pred = (probs >= threshold).astype(int)
+    has_pos = y_true.sum(0) > 0
+    ap = {name: float(average_precision_score(y_true[:, i], probs[:, i]))
+          for i, name in enumerate(labels) if has_pos[i]}
+    out = {
+        "n": int(len(y_true)),
+        "threshold": float(threshold),
+        "micro_f1": float(f1_score(y_true, pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+        "mAP": mean_average_precision(y_true, probs),
+        "ap_per_label": ap,
+    }
+    for k in (k for k in ks if k <= len(labels)):
+        out[f"mAP@{k}"], out[f"precision@{k}"] = ranking_at_k(y_true, probs, k)
+    return out
+
+
+def ranking_at_k(y_true: np.ndarray, probs: np.ndarray, k: int) -> tuple[float, float]:
+    """(mAP@K, precision@K) as defined in the module docstring."""
+    keep = y_true.sum(1) > 0
+    y, s = y_true[keep], probs[keep]
+    if len(y) == 0:
+        return 0.0, 0.0
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]  # (N, K)
+    rel = np.take_along_axis(y, top, axis=1)  # (N, K) 1 where the k-th ranked label is positive
+    prec_at = np.cumsum(rel, axis=1) / np.arange(1, k + 1)  # precision@1..K per sample
+    ap = (prec_at * rel).sum(1) / np.minimum(k, y.sum(1))
+    return float(ap.mean()), float(prec_at[:, -1].mean())
+
+
+def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The threshold in 0.05..0.95 that maximizes micro-F1 (ties: the one closest to 0.5)."""
+    scores = [f1_score(y_true, probs >= t, average="micro", zero_division=0) for t in THRESHOLDS]
+    best = max(scores)
+    return float(min((t for t, f in zip(THRESHOLDS, scores) if f == best), key=lambda t: abs(t - 0.5)))
+
+
+HEADLINE = {"multiclass": "accuracy", "multilabel": "mAP"}
+
+
+def headline(task: str, y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The one number early stopping watches, cheap enough for every epoch: accuracy, or mAP for multilabel."""
+    if task == "multiclass":
+        return float(accuracy_score(y_true, probs.argmax(1)))
+    return mean_average_precision(y_true, probs)
+
+
+def mean_average_precision(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Macro average precision over the labels that have positives (0 if none has)."""
+    has_pos = np.asarray(y_true).sum(0) > 0
+    if not has_pos.any():
+        return 0.0
+    return float(average_precision_score(y_true[:, has_pos], probs[:, has_pos], average="macro"))

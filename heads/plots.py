@@ -1,0 +1,54 @@
+"""PNG plots of a run: learning curves and the confusion matrix (matplotlib, Agg backend, no display)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict], path: str | Path, metric_name: str = "accuracy",
+                best_epoch: int | None = None) -> Path:
+    """Train/val loss and the val metric per epoch, side by side."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_metric.plot(epochs, [r["val_metric"] for r in history], color="tab:green")
+    ax_metric.set(xlabel="epoch", ylabel=metric_name, title=f"val {metric_name}")
+    if best_epoch:
+        for ax in (ax_loss, ax_metric):
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: str | Path, title: str = "confusion") -> Path:
+    """Heat map of a confusion matrix, rows normalized to recall, true labels down, predictions across."""
+    cm = np.asarray(matrix, dtype=float)
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    c = len(labels)
+    size = min(4 + 0.3 * c, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(c), labels, rotation=90, fontsize=max(4, 10 - c // 15))
+    ax.set_yticks(range(c), labels, fontsize=max(4, 10 - c // 15))
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if c <= 30:  # counts stay legible up to about 30 classes
+        for i in range(c):
+            for j in range(c):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

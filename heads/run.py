@@ -1,0 +1,229 @@
+"""Runs: fit a head on a store into a run directory, load it back, evaluate it, predict with it, list runs.
+
+A run directory holds everything needed to reuse or judge a head, nothing in side files elsewhere:
+
+    config.json    train config, head config, store path, store fingerprint and extraction config
+    splits.json    the clip ids of train / val / test
+    history.csv    one row per epoch
+    metrics.json   {"val": {...}, "test": {...} or null, "task", "head", "store_fingerprint", ...}
+    head.pt        torch.save of plain types and tensors only (torch.load(..., weights_only=True) works)
+    curves.png, confusion.png (multiclass)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from featstore import Store, diff_configs, open_store
+from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
+                        make_splits)
+from heads.metrics import HEADLINE
+from heads.models import HeadConfig, HeadError, build_head, count_params
+from heads.plots import plot_confusion, plot_curves
+from heads.train import TrainConfig, TrainResult, evaluate, probabilities, score, train_head
+
+# Config keys that describe the extraction run rather than the features: never the reason for a mismatch
+# when something else differs.
+INFORMATIONAL = {"versions", "library_versions", "created", "host", "hostname", "command", "workers", "shard"}
+RUN_SPLITS = ("train", "val", "test")  # the run's own splits; "all" and split-column names also work
+
+
+def fit_head(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
+             on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train `cfg.head` on a store, evaluate it on val and test, write the run directory; returns metrics.json."""
+    start = time.perf_counter()
+    store = open_store(store_path)
+    cache = load_cache(store)
+    if len(cache) == 0:
+        raise HeadError(f"store {store.path} has no clips with features: extract some first")
+    task = detect_task(cache.labels, cfg.task)
+    labels = build_vocab(cache.labels)
+    if len(labels) < 2:
+        raise HeadError(f"store {store.path} has {len(labels)} label(s) {labels}: a head needs at least 2")
+    targets = encode_targets(cache.labels, labels, task)
+    splits = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
+    result = train_head(cache, targets, task, labels, splits, cfg, on_epoch)
+    # val chose the epoch count, so the early-stopped head is the one val can judge fairly (refit saw val)
+    val = _score(result.early, cache, targets, splits["val"], task, labels, result.threshold, cfg.max_frames)
+    test = (_score(result.model, cache, targets, splits["test"], task, labels, result.threshold, cfg.max_frames)
+            if len(splits["test"]) else None)
+    shown, metric_name = test or val, HEADLINE[task]
+    metrics = {
+        "val": val, "test": test, "task": task, "head": cfg.head, "split": cfg.split,
+        "eval_split": "test" if test else "val", "metric_name": metric_name, "metric": shown[metric_name],
+        "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint,
+        "backbone": store.config.get("backbone"), "n_params": count_params(result.model),
+        "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
+        "n_unused": len(cache) - sum(len(v) for v in splits.values()),
+        "labels": labels, "threshold": result.threshold, "best_epoch": result.best_epoch,
+        "epochs_run": sum(r["phase"] == "fit" for r in result.history), "refit": cfg.refit,
+        "train_seconds": result.seconds,
+    }
+    if test is None:
+        metrics["note"] = ("the test split is empty (no clip has split 'test'): only val metrics are reported, "
+                           "and val also chose the best epoch")
+    _write_run(Path(out_dir), cfg, result, store, metrics, {k: [cache.ids[i] for i in v] for k, v in splits.items()})
+    metrics["seconds"] = time.perf_counter() - start
+    _write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, metrics: dict,
+               split_ids: dict[str, list[str]]) -> None:
+    """Everything but metrics.json: config, splits, history, checkpoint (plain types only), plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    task, labels = metrics["task"], metrics["labels"]
+    store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint, "store_config": store.config}
+    _write_json(out / "config.json", {"train": asdict(cfg), "head": asdict(result.head_config),
+                                      "task": task, "labels": labels, **store_info})
+    _write_json(out / "splits.json", split_ids)
+    _write_history(out / "history.csv", result.history)
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+                "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
+                "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
+                "store_config": store.config}, out / "head.pt")
+    plot_curves([r for r in result.history if r["phase"] == "fit"], out / "curves.png", metrics["metric_name"],
+                result.best_epoch)
+    if task == "multiclass":
+        plot_confusion((metrics["test"] or metrics["val"])["confusion"], labels, out / "confusion.png",
+                       f"{cfg.head} on {metrics['eval_split']}")
+
+
+def _score(model: nn.Module, cache: Cache, targets: torch.Tensor, idx: np.ndarray, task: str, labels: list[str],
+           threshold: float, max_frames: int) -> dict:
+    device = next(model.parameters()).device
+    logits, y, _ = evaluate(model, batches(cache, targets, idx, 256, max_frames, device))
+    return score(task, y, probabilities(logits, task), labels, threshold)
+
+
+def load_run(run_dir: str | Path) -> tuple[nn.Module, dict]:
+    """(model in eval mode on CPU, checkpoint dict) of a run directory's head.pt."""
+    path = Path(run_dir) / "head.pt"
+    if not path.exists():
+        raise HeadError(f"{run_dir} is not a run directory (no head.pt): train one with `cli.py fit-head`")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_head(HeadConfig(**ckpt["head_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def check_store(store: Store, ckpt: dict, run_dir: str | Path) -> None:
+    """Refuse a store whose features were extracted with other settings than the run's store."""
+    if store.fingerprint == ckpt["store_fingerprint"]:
+        return
+    have, want = store.config, ckpt["store_config"]
+    keys = set(have) | set(want)
+    diffs = diff_configs(have, want, keys - INFORMATIONAL) or diff_configs(have, want, keys)
+    detail = "; ".join(diffs) if diffs else (f"fingerprint {store.fingerprint} vs {ckpt['store_fingerprint']}, "
+                                             "though the recorded configs match")
+    raise HeadError(f"store {store.path} does not match run {run_dir} (the run was trained on other features: "
+                    f"{detail}); pass --store with a store extracted with the run's settings")
+
+
+def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test") -> dict:
+    """Metrics of a run's head on a split of its store, or of another store extracted with the same settings.
+
+    split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
+    any other value of the store's split column (e.g. holdout).
+    """
+    model, ckpt = load_run(run_dir)
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    store = open_store(store_path or config["store"])
+    check_store(store, ckpt, run_dir)
+    labels, task = ckpt["labels"], ckpt["task"]
+    index = load_cache(store, features=False)
+    ids = _split_ids(index, run_dir, config, store, split)
+    known = set(labels)
+    keep = [i for i in ids if index.labels[i] and set(index.labels[i]) <= known]
+    if not keep:
+        raise HeadError(f"no clip of split {split!r} in {store.path} has labels this run knows: "
+                        "nothing to evaluate")
+    sub = load_cache(store, [index.ids[i] for i in keep])
+    targets = encode_targets(sub.labels, labels, task)
+    cfg = ckpt["train_config"]
+    out = _score(model, sub, targets, np.arange(len(sub)), task, labels, ckpt["threshold"], cfg["max_frames"])
+    unknown = sorted({x for i in ids for x in index.labels[i]} - known)
+    return {**out, "split": split, "store": str(store.path), "run": str(run_dir), "head": cfg["head"],
+            "task": task, "n_skipped": len(ids) - len(keep), "unknown_labels": unknown}
+
+
+def _split_ids(cache: Cache, run_dir, config: dict, store: Store, split: str) -> list[int]:
+    """Clip positions of `split`: the run's own split when this is its store, else the same rule re-applied."""
+    if split == "all":
+        return list(range(len(cache)))
+    if split not in RUN_SPLITS:
+        found = [i for i, s in enumerate(cache.splits) if s.strip().lower() == split.lower()]
+        if not found:
+            names = sorted({s for s in cache.splits if s}) or ["(none)"]
+            raise HeadError(f"--split {split!r}: no clip of {store.path} has that split; use train, val, test, "
+                            f"all, or a split the store has: {', '.join(names)}")
+        return found
+    saved = Path(run_dir) / "splits.json"
+    if Path(store.path).resolve() == Path(config["store"]) and saved.exists():
+        wanted = set(json.loads(saved.read_text())[split])
+        return [i for i, vid in enumerate(cache.ids) if vid in wanted]
+    t = config["train"]
+    return list(make_splits(cache, t["split"], t["val_frac"], t["test_frac"], t["seed"])[split])
+
+
+def predict_features(model: nn.Module, ckpt: dict, feats_list: list[np.ndarray]) -> np.ndarray:
+    """Class probabilities (N, C) for clips given as (T, D) arrays: softmax, or sigmoid for multilabel."""
+    dim = ckpt["head_config"]["in_dim"]
+    bad = [i for i, f in enumerate(feats_list) if np.ndim(f) != 2 or np.shape(f)[1] != dim]
+    if bad:
+        raise HeadError(f"clip {bad[0]} has features of shape {np.shape(feats_list[bad[0]])}, "
+                        f"the head expects (T, {dim}): extract with the run's store settings")
+    cache = cache_from_arrays(feats_list)
+    device = next(model.parameters()).device
+    logits, _, _ = evaluate(model, batches(cache, None, np.arange(len(cache)), 256,
+                                           ckpt["train_config"]["max_frames"], device))
+    return probabilities(logits, ckpt["task"])
+
+
+RUN_COLUMNS = ("name", "backbone", "head", "task", "split", "eval_split", "metric", "accuracy", "top5_accuracy",
+               "macro_f1", "mAP", "micro_f1", "nmi", "n_params", "seconds", "store")
+
+
+def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list[dict]:
+    """One row per run directory (with a metrics.json) under runs_dir, best first by `sort_by` if given."""
+    rows = []
+    for path in sorted(Path(runs_dir).glob("*/metrics.json")):
+        m = json.loads(path.read_text())
+        row = {"name": path.parent.name, **{k: m.get(k) for k in ("backbone", "head", "task", "split",
+                                                                   "eval_split", "metric", "n_params",
+                                                                   "seconds", "store")}}
+        if m.get("kind") == "cluster":  # cluster-eval runs share the table: Hungarian accuracy, NMI
+            shown = m.get("metrics") or {}
+            row.update(task="cluster", metric=shown.get("accuracy"))
+        else:
+            shown = m.get("test") or m.get("val") or {}
+        row.update({k: shown.get(k) for k in ("accuracy", "top5_accuracy", "macro_f1", "mAP", "micro_f1", "nmi")})
+        rows.append({k: row.get(k) for k in RUN_COLUMNS})
+    if sort_by is not None:
+        if rows and sort_by not in RUN_COLUMNS:
+            raise HeadError(f"--sort {sort_by!r} is not a column; choose one of: {', '.join(RUN_COLUMNS)}")
+        numeric = all(isinstance(r[sort_by], (int, float)) for r in rows if r[sort_by] is not None)
+        missing = [r for r in rows if r[sort_by] is None]
+        present = sorted((r for r in rows if r[sort_by] is not None),
+                         key=lambda r: r[sort_by] if numeric else str(r[sort_by]), reverse=numeric)
+        rows = present + missing  # numbers best (highest) first, text A to Z, runs without the value last
+    return rows
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)

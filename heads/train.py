@@ -1,0 +1,282 @@
+"""One training loop for every head: `train_one_epoch`, `evaluate`, and `train_head` around them.
+
+Early stopping watches the validation headline metric (accuracy, or mAP for multilabel; ties go
+to the lower validation loss), keeps the best weights in memory and restores them at the end.
+With `refit` (the default) the head is then retrained from the same init on train + val for that
+many epochs, replaying the learning rates: on small caches the clips val held out are worth more
+as training data than as a fixed early-stopped model (UCF101 dev cache: 0.61 -> 0.71 for the linear head).
+With the same seed on CPU, a run is repeatable bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads.data import SAMPLINGS, SPLITS, TASKS, Augment, Cache, batches, feature_stats
+from heads.metrics import HEADLINE, headline, multiclass_metrics, multilabel_metrics, tune_threshold
+from heads.models import HEADS, HeadConfig, HeadError, build_head
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("plateau", "cosine", "exp", "none")
+NORMALIZE = ("scalar", "dim", "none")
+
+
+@dataclass
+class TrainConfig:
+    head: str = "linear"           # a key of heads.models.HEADS
+    task: str = "auto"             # auto | multiclass | multilabel (auto: multilabel if any clip has 2+ labels)
+    split: str = "official"        # official (store's split column) | group | stratified
+    val_frac: float = 0.2          # share of train held out for early stopping (rounded to 1/k)
+    test_frac: float = 0.2         # share held out as test by --split group/stratified
+    epochs: int = 100              # upper bound; early stopping usually ends sooner
+    lr: float = 3e-3               # peak learning rate
+    batch_size: int = 32           # clips per batch
+    optimizer: str = "adamw"       # adamw | adam | sgd (momentum 0.9, nesterov)
+    weight_decay: float = 1.0      # decoupled for adamw (shrinks by lr*wd a step), L2 for adam/sgd
+    scheduler: str = "plateau"     # plateau (halve when the val loss stalls) | cosine | exp | none
+    patience: int = 20             # epochs without improvement (a better val metric, or as good with a lower loss)
+    max_frames: int = 64           # frames sampled per clip (random at train time, uniform at eval)
+    seed: int = 0                  # splits, init, shuffling, sampling, dropout
+    label_smoothing: float = 0.0   # multiclass cross-entropy only
+    class_weights: bool = False    # weigh classes (pos_weight for multilabel) by inverse train frequency
+    device: str = "auto"           # auto (cuda when present) | cpu | cuda | cuda:N
+    hidden: int = 256              # head width (MLP, RNN hidden size, transformer width)
+    layers: int = 1                # head depth
+    bidirectional: bool = False    # rnn / gru / lstm
+    dropout: float = 0.0           # head dropout (frame_dropout already regularizes every head)
+    proj_dim: int = 0              # project frames to this many dims first (0: no projection)
+    heads: int = 4                 # transformer attention heads
+    pool: str = "mean"             # transformer pooling: mean | cls
+    normalize: str = "scalar"      # center each dim, divide by one std for all dims (scalar), per dim (dim) | none
+    frame_dropout: float = 0.5     # train-time augmentation: drop frames with this probability
+    noise_std: float = 0.0         # train-time augmentation: gaussian noise, in units of the normalizing std
+    sampling: str = "random"       # train-time frame sampling: random (sorted subset) | contiguous
+    refit: bool = True             # after early stopping, retrain on train + val for the best epoch count
+
+    def __post_init__(self):
+        choices = {"head": HEADS, "task": TASKS, "split": SPLITS, "optimizer": OPTIMIZERS,
+                   "scheduler": SCHEDULERS, "sampling": SAMPLINGS, "pool": ("mean", "cls"),
+                   "normalize": NORMALIZE}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise HeadError(f"--{name} {getattr(self, name)!r} is not valid; choose one of: {', '.join(allowed)}")
+        for name in ("val_frac", "test_frac"):
+            if not 0 < getattr(self, name) < 1:
+                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be between 0 and 1")
+        for name in ("epochs", "batch_size", "patience", "max_frames", "hidden", "layers", "heads"):
+            if getattr(self, name) < 1:
+                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if self.lr <= 0:
+            raise HeadError(f"--lr {self.lr} must be > 0")
+        for name in ("weight_decay", "proj_dim", "noise_std"):
+            if getattr(self, name) < 0:
+                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
+        for name in ("dropout", "frame_dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be in [0, 1)")
+
+    def head_config(self, in_dim: int, n_classes: int) -> HeadConfig:
+        shared = {f.name for f in fields(HeadConfig)} & {f.name for f in fields(TrainConfig)}
+        return HeadConfig(kind=self.head, in_dim=in_dim, n_classes=n_classes, max_len=self.max_frames,
+                          **{k: getattr(self, k) for k in shared})
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module       # the final head, in eval mode: refit on train + val, or `early` without refit
+    early: nn.Module       # the early-stopped head (best val epoch), what val metrics are honest for
+    head_config: HeadConfig
+    history: list[dict]    # one row per epoch, phase "fit" then "refit"
+    best_epoch: int
+    threshold: float       # multilabel decision threshold tuned on val (0.5 for multiclass)
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HeadError(f"--device {name}: no CUDA device is available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise HeadError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+def train_one_epoch(model: nn.Module, data: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer) -> float:
+    """One pass over the training batches; returns the mean loss per clip."""
+    model.train()
+    total, n = 0.0, 0
+    for x, lengths, y in data:
+        loss = loss_fn(model(x, lengths), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        n += len(y)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Iterable,
+             loss_fn: Callable | None = None) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(logits (N, C), targets or None, mean loss or nan) over batches, in eval mode."""
+    model.eval()
+    logits, targets, total = [], [], 0.0
+    for x, lengths, y in data:
+        out = model(x, lengths)
+        logits.append(out.float().cpu())
+        if y is not None:
+            targets.append(y.cpu())
+            if loss_fn is not None:
+                total += float(loss_fn(out, y)) * len(y)
+    n = sum(len(t) for t in logits)
+    y_all = torch.cat(targets).numpy() if targets else None
+    return torch.cat(logits).numpy(), y_all, total / n if (targets and loss_fn and n) else math.nan
+
+
+def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
+    t = torch.from_numpy(logits)
+    return (torch.softmax(t, 1) if task == "multiclass" else torch.sigmoid(t)).numpy()
+
+
+def score(task: str, y: np.ndarray, probs: np.ndarray, labels: list[str], threshold: float = 0.5) -> dict:
+    if task == "multiclass":
+        return multiclass_metrics(y, probs, labels)
+    return multilabel_metrics(y, probs, labels, threshold)
+
+
+def make_loss(task: str, cfg: TrainConfig, train_targets: torch.Tensor, n_classes: int,
+              device: torch.device) -> nn.Module:
+    if task == "multiclass":
+        weight = None
+        if cfg.class_weights:
+            counts = torch.bincount(train_targets, minlength=n_classes).float()
+            weight = (counts.sum() / (n_classes * counts.clamp_min(1))).to(device)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    pos_weight = None
+    if cfg.class_weights:
+        pos = train_targets.sum(0)
+        pos_weight = ((len(train_targets) - pos) / pos.clamp_min(1)).to(device)
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices only: biases, norm gains, positions and CLS token keep their scale."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim == 2]
+    keep = [p for p in model.parameters() if p.requires_grad and p.ndim != 2]
+    params = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    if cfg.scheduler == "plateau":
+        # On the val loss, not the metric: on a small val set accuracy sits flat for many epochs while
+        # the loss still falls, and halving then would freeze the head early.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
+                                                          patience=max(1, cfg.patience // 3))
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "exp":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.95)
+    return None
+
+
+def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str], splits: dict[str, np.ndarray],
+               cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train `cfg.head` on splits['train'], early-stop on splits['val'] and restore the best weights;
+    with `cfg.refit`, then retrain from the same init on train + val for the best epoch count."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        cache = Cache(**{**vars(cache), "features": cache.features.to(device)})  # gather on the GPU
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model, loss_fn, aug = prepare_head(cache, targets, task, splits["train"], cfg, len(labels), device)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer)
+    metric_name = HEADLINE[task]
+
+    def val_batches():
+        return batches(cache, targets, splits["val"], cfg.batch_size, cfg.max_frames, device)
+
+    history, best, best_state, best_epoch, stale = [], (-math.inf, math.inf), None, 0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        train_data = batches(cache, targets, splits["train"], cfg.batch_size, cfg.max_frames, device,
+                             train=True, gen=gen, aug=aug)
+        train_loss = train_one_epoch(model, train_data, loss_fn, optimizer)
+        logits, y, val_loss = evaluate(model, val_batches(), loss_fn)
+        metric = headline(task, y, probabilities(logits, task))
+        lr = optimizer.param_groups[0]["lr"]
+        improved = (metric, -val_loss) > (best[0], -best[1])  # a tie on the metric goes to the lower loss
+        if improved:
+            best, best_epoch, stale = (metric, val_loss), epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        row = {"phase": "fit", "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+               "val_metric": metric, "lr": lr, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch({**row, "epochs": cfg.epochs, "best": improved, "best_epoch": best_epoch,
+                      "metric_name": metric_name})
+        if scheduler is not None:
+            scheduler.step(val_loss) if cfg.scheduler == "plateau" else scheduler.step()
+        if stale >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    threshold = 0.5
+    if task == "multilabel":
+        logits, y, _ = evaluate(model, val_batches())
+        threshold = tune_threshold(y, probabilities(logits, task))
+    final = model
+    if cfg.refit:
+        lrs = [r["lr"] for r in history[:best_epoch]]
+        final = _refit(cache, targets, task, np.concatenate([splits["train"], splits["val"]]), cfg,
+                       len(labels), lrs, device, on_epoch, history)
+    return TrainResult(final, model, cfg.head_config(cache.dim, len(labels)), history, best_epoch, threshold,
+                       time.perf_counter() - start)
+
+
+def prepare_head(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig,
+                 n_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module, Augment]:
+    """A new head (same init for the same seed) normalized with the frames of `idx`, its loss and augmentation."""
+    torch.manual_seed(cfg.seed)
+    model = build_head(cfg.head_config(cache.dim, n_classes))
+    mean, std = feature_stats(cache, idx)
+    if cfg.normalize == "scalar":  # keeps the dims' relative scales: rare, noisy dims are not blown up
+        std = std.pow(2).mean().sqrt().expand_as(std)
+    if cfg.normalize != "none":
+        model.input.set_stats(mean, std)
+    aug = Augment(cfg.frame_dropout, std * cfg.noise_std if cfg.noise_std else None, cfg.sampling)
+    return model.to(device), make_loss(task, cfg, targets[idx], n_classes, device), aug
+
+
+def _refit(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig, n_classes: int,
+           lrs: list[float], device: torch.device, on_epoch: Callable | None, history: list[dict]) -> nn.Module:
+    """Retrain on `idx` (train + val) for len(lrs) epochs, replaying the learning rates the fit phase used."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    model, loss_fn, aug = prepare_head(cache, targets, task, idx, cfg, n_classes, device)
+    optimizer = make_optimizer(cfg, model)
+    for epoch, lr in enumerate(lrs, 1):
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        data = batches(cache, targets, idx, cfg.batch_size, cfg.max_frames, device, train=True, gen=gen, aug=aug)
+        row = {"phase": "refit", "epoch": epoch, "train_loss": train_one_epoch(model, data, loss_fn, optimizer),
+               "val_loss": math.nan, "val_metric": math.nan, "lr": lr, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch({**row, "epochs": len(lrs), "best": False, "best_epoch": len(lrs), "metric_name": ""})
+    return model.eval()
