@@ -252,52 +252,62 @@ def default_run_dir(store: Path, head: str) -> Path:
 def fit_head(
     store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
     head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
-    task: Annotated[Task, typer.Option(help="auto: multilabel when any item has several labels.")] = Task.auto,
-    split: Annotated[SplitKind, typer.Option(help="official: the store's split column; group: no group on both "
-                                             "sides; stratified.")] = SplitKind.official,
-    val_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Share of train held out for validation.")]
-    = 0.2,
-    epochs: Annotated[int, typer.Option(min=1)] = 50,
-    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    optimizer: Annotated[Optim, typer.Option()] = Optim.adamw,
-    scheduler: Annotated[Sched, typer.Option()] = Sched.plateau,
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")] = 10,
-    max_frames: Annotated[int, typer.Option(min=1, help="Frames per clip (random at train, uniform at eval).")]
-    = 64,
-    hidden: Annotated[int, typer.Option(min=1)] = 256,
-    layers: Annotated[int, typer.Option(min=1)] = 1,
-    bidirectional: Annotated[bool, typer.Option()] = False,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.2,
-    proj_dim: Annotated[int, typer.Option(min=0, help="Project frames to this size first (0: off).")] = 0,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
-    class_weights: Annotated[bool, typer.Option(help="Weigh classes by inverse frequency.")] = False,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    task: Annotated[Optional[Task], typer.Option(help="auto: multilabel when any item has several labels.")] = None,
+    split: Annotated[Optional[SplitKind], typer.Option(help="official: the store's split column (default); "
+                                                       "group: no group on both sides; stratified.")] = None,
+    val_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9, help="Share of train for validation.")]
+    = None,
+    test_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9, help="Test share (group/stratified).")]
+    = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Upper bound; early stopping ends sooner.")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(min=0.0)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
+    optimizer: Annotated[Optional[Optim], typer.Option()] = None,
+    scheduler: Annotated[Optional[Sched], typer.Option()] = None,
+    patience: Annotated[Optional[int], typer.Option(min=1, help="Epochs without improvement before stopping.")]
+    = None,
+    max_frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (random at train, uniform "
+                                                      "at eval).")] = None,
+    hidden: Annotated[Optional[int], typer.Option(min=1)] = None,
+    layers: Annotated[Optional[int], typer.Option(min=1)] = None,
+    bidirectional: Annotated[Optional[bool], typer.Option()] = None,
+    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95)] = None,
+    proj_dim: Annotated[Optional[int], typer.Option(min=0, help="Project frames to this size first (0: off).")]
+    = None,
+    frame_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Train-time frame drop.")]
+    = None,
+    noise_std: Annotated[Optional[float], typer.Option(min=0.0, help="Train-time gaussian noise.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.5)] = None,
+    class_weights: Annotated[Optional[bool], typer.Option(help="Weigh classes by inverse frequency.")] = None,
+    refit: Annotated[Optional[bool], typer.Option(help="Retrain on train+val for the best epoch count.")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-<head>).")]
     = None,
 ) -> None:
-    """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory."""
+    """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory.
+
+    Options left out take the library's tuned defaults (heads.train.TrainConfig)."""
     from heads.run import fit_head as run_fit
     from heads.train import TrainConfig
 
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
+             if k not in ("store", "out_dir", "run_fit", "TrainConfig") and v is not None}
     with user_errors():
-        cfg = TrainConfig(head=head.value, task=task.value, split=split.value, val_frac=val_frac, epochs=epochs,
-                          lr=lr, batch_size=batch_size, optimizer=optimizer.value, scheduler=scheduler.value,
-                          patience=patience, max_frames=max_frames, hidden=hidden, layers=layers,
-                          bidirectional=bidirectional, dropout=dropout, proj_dim=proj_dim,
-                          label_smoothing=label_smoothing, class_weights=class_weights, seed=seed, device=device)
+        cfg = TrainConfig(**given)
         run_dir = out_dir or default_run_dir(store, head.value)
         with progress_bar() as bar:
-            t = bar.add_task(f"fit {head.value}", total=epochs, rate="")
+            t = bar.add_task(f"fit {head.value}", total=cfg.epochs, rate="")
 
             def on_epoch(row: dict) -> None:
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in row.items()
-                                  if isinstance(v, float) and k not in ("lr", "seconds"))
-                bar.update(t, completed=row.get("epoch", 0), rate=shown)
+                phase = row.get("phase", "fit")
+                shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
+                                  if isinstance(row.get(k), float) and row[k] == row[k])  # skip NaN
+                bar.update(t, description=f"{phase} {head.value}", completed=row.get("epoch", 0),
+                           total=row.get("epochs", cfg.epochs), rate=shown)
 
             metrics = run_fit(store, cfg, run_dir, on_epoch)
-            bar.update(t, total=bar.tasks[t].completed)
     print_metrics(metrics, run_dir)
 
 
@@ -440,6 +450,9 @@ def print_cluster(result: dict, run_dir: Path) -> None:
     out.print(t)
 
 
+RUN_TABLE = ("name", "head", "backbone", "split", "accuracy", "macro_f1", "mAP", "micro_f1", "nmi", "seconds")
+
+
 @app.command()
 def runs(
     runs_dir: Annotated[Path, typer.Argument(help="Folder holding run directories.")] = Path("runs"),
@@ -456,20 +469,26 @@ def runs(
         return
     if not rows:
         fail(f"no runs under {runs_dir}: train one with `cli.py fit-head STORE --out {runs_dir}/NAME`")
-    cols = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
-    t = Table(title=f"runs in {runs_dir}")
+    cols = [c for c in RUN_TABLE if any(r.get(c) is not None for r in rows)]
+    t = Table(title=f"runs in {runs_dir} (all columns: --json)")
     for c in cols:
-        t.add_column(c, justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
+        numeric = any(isinstance(r.get(c), (int, float)) for r in rows)
+        t.add_column(c, justify="right" if numeric else "left", min_width=min(len(c), 8))
     for r in rows:
-        t.add_row(*[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c) if r.get(c) is not None else "")
-                    for c in cols])
+        t.add_row(*[f"{r[c]:.{1 if c == 'seconds' else 3}f}" if isinstance(r.get(c), float)
+                    else str(r.get(c) if r.get(c) is not None else "") for c in cols])
     out.print(t)
+
+
+FIT_OPTIONS = ("task", "split", "val_frac", "test_frac", "epochs", "lr", "weight_decay", "batch_size", "optimizer",
+               "scheduler", "patience", "max_frames", "layers", "bidirectional", "dropout", "proj_dim",
+               "frame_dropout", "noise_std", "label_smoothing", "class_weights", "refit", "seed", "device")
 
 
 @app.command()
 def demo(
     root: Annotated[Path, typer.Option(help="Where the synthetic clips, store and runs go.")] = Path("data/demo"),
-    clips_per_class: Annotated[int, typer.Option(min=4, help="Clips per class (4 classes).")] = 16,
+    clips_per_class: Annotated[int, typer.Option(min=4, help="Clips per class (4 classes).")] = 80,
 ) -> None:
     """The whole pipeline offline on generated clips whose classes differ only in temporal order."""
     from data.synth import make_temporal_dataset
@@ -481,6 +500,8 @@ def demo(
         make_temporal_dataset(manifest.parent, n_per_class=clips_per_class, frames=16, size=64, seed=0)
     store = root / "store"
     out.print(f"[bold]2/4[/] extract: resnet18, random init (offline), every frame, 112 px → {store}")
+    # every frame and many clips: random-init features carry the order signal weakly, so the sequence head
+    # needs ~60 training clips per class to reach ~97 % (measured: 16/class 0.75, 40/class 0.89, 80/class 0.97)
     try:
         extract(manifest, backbone="resnet18", weights="none", every=1, frames=None, fps=None, max_frames=None,
                 size=112, crop=Crop.none, batch_size=64, workers=None, device="auto", precision=Precision.auto,
@@ -492,10 +513,7 @@ def demo(
     runs_dir = root / "runs"
     for head in (HeadKind.linear, HeadKind.lstm):
         out.print(f"[bold]3/4[/] fit-head {head.value} (official split from the manifest)")
-        fit_head(store, head=head, task=Task.auto, split=SplitKind.official, val_frac=0.2, epochs=60, lr=3e-3,
-                 batch_size=16, optimizer=Optim.adamw, scheduler=Sched.plateau, patience=15, max_frames=64,
-                 hidden=64, layers=1, bidirectional=False, dropout=0.1, proj_dim=0, label_smoothing=0.0,
-                 class_weights=False, seed=0, device="auto", out_dir=runs_dir / head.value)
+        fit_head(store, head=head, **{name: None for name in FIT_OPTIONS}, hidden=64, out_dir=runs_dir / head.value)
     out.print("[bold]4/4[/] cluster-eval (k-means on mean-pooled clips)")
     cluster_eval(store, k=None, level=Level.video, pool=Pool.mean, split=None, fit_split=None, seeds=1, seed=0,
                  n_init=10, pca=None, whiten=False, k_range=None, plot=Plot.pca, out_dir=runs_dir / "kmeans")
