@@ -26,28 +26,15 @@ err = Console(stderr=True)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
 
 
-class Crop(str, Enum):
-    center = "center"
-    square = "square"
-    none = "none"
+def choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum of CLI choices: typer lists them in --help and rejects anything else."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class DType(str, Enum):
-    float16 = "float16"
-    float32 = "float32"
-
-
-class Compression(str, Enum):
-    none = "none"
-    lzf = "lzf"
-    gzip = "gzip"
+Crop = choices("Crop", "center", "square", "none")
+Precision = choices("Precision", "auto", "fp32", "bf16", "fp16")
+DType = choices("DType", "float16", "float32")
+Compression = choices("Compression", "none", "lzf", "gzip")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -209,39 +196,11 @@ def compact(
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-class HeadKind(str, Enum):
-    linear = "linear"
-    mlp = "mlp"
-    rnn = "rnn"
-    gru = "gru"
-    lstm = "lstm"
-    attention = "attention"
-    transformer = "transformer"
-
-
-class Task(str, Enum):
-    auto = "auto"
-    multiclass = "multiclass"
-    multilabel = "multilabel"
-
-
-class SplitKind(str, Enum):
-    official = "official"
-    group = "group"
-    stratified = "stratified"
-
-
-class Optim(str, Enum):
-    adamw = "adamw"
-    adam = "adam"
-    sgd = "sgd"
-
-
-class Sched(str, Enum):
-    plateau = "plateau"
-    cosine = "cosine"
-    exp = "exp"
-    none = "none"
+HeadKind = choices("HeadKind", "linear", "mlp", "rnn", "gru", "lstm", "attention", "transformer")
+Task = choices("Task", "auto", "multiclass", "multilabel")
+SplitKind = choices("SplitKind", "official", "group", "stratified")
+Optim = choices("Optim", "adamw", "adam", "sgd")
+Sched = choices("Sched", "plateau", "cosine", "exp", "none")
 
 
 def default_run_dir(store: Path, head: str) -> Path:
@@ -380,20 +339,9 @@ def predict(
         raise typer.Exit(2)
 
 
-class Level(str, Enum):
-    video = "video"
-    frame = "frame"
-
-
-class Pool(str, Enum):
-    mean = "mean"
-    max = "max"
-
-
-class Plot(str, Enum):
-    tsne = "tsne"
-    pca = "pca"
-    none = "none"
+Level = choices("Level", "video", "frame")
+Pool = choices("Pool", "mean", "max")
+Plot = choices("Plot", "tsne", "pca", "none")
 
 
 @app.command("cluster-eval")

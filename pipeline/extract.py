@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from featstore import StoreWriter, VideoRecord, open_store
 from featstore.store import HEADER
 from pipeline.backbones import Backbone, BackboneError, load_backbone
-from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video
+from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video, set_decoder_threads
 from pipeline.sources import IMAGE_EXTENSIONS, Item, shard_items
 
 STORE_FORMAT = 1
@@ -254,7 +254,8 @@ def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: _Embed
     workers = _auto_workers(embed.device) if cfg.workers is None else cfg.workers
     loader = DataLoader(_Decoded(todo, cfg.sampling, geometry), batch_size=None, shuffle=False,
                         num_workers=workers, prefetch_factor=2 if workers else None,
-                        pin_memory=embed.device.type == "cuda", persistent_workers=False)
+                        pin_memory=embed.device.type == "cuda", persistent_workers=False,
+                        worker_init_fn=_init_decode_worker if workers else None)
     open_videos: dict[int, dict] = {}   # videos whose frames are not all embedded yet, in order
     chunks: list[tuple[int, torch.Tensor]] = []   # (video slot, frames) waiting for a batch
     queued = 0
@@ -309,6 +310,12 @@ def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: _Embed
     if queued:
         run_batch(queued)
     finish_ready()
+
+
+def _init_decode_worker(_: int) -> None:
+    # A decode worker runs no model: one decoder thread and one torch thread each, the rest for inference.
+    set_decoder_threads(1)
+    torch.set_num_threads(1)
 
 
 def _record(item: Item, v: dict) -> VideoRecord:
