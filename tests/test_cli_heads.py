@@ -97,3 +97,26 @@ def test_head_cli_user_errors_are_one_line(trained, tmp_path):
     assert res.exit_code == 2 and "cnn" in res.output  # typer's own choice validation
     res = invoke("cluster-eval", root / "store", "--k-range", "five")
     assert res.exit_code == 1 and "--k-range" in res.output
+
+
+def test_multilabel_image_store_trains_like_videos(tmp_path):
+    """Posters-style data: one frame per item, several labels each, chosen automatically as multilabel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    for i in range(40):
+        red, blue = i % 2, (i // 2) % 2
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[..., 0], img[..., 2] = 200 * red, 200 * blue
+        img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / f"p{i}.png")
+        labels = "|".join(n for n, on in (("red", red), ("blue", blue), ("any", 1)) if on)
+        rows.append(f"p{i}.png,{labels},{'test' if i >= 28 else 'train'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    assert invoke("extract", tmp_path / "m.csv", *EXTRACT, "--store", tmp_path / "s").exit_code == 0
+    res = invoke("fit-head", tmp_path / "s", "--head", "mlp", "--epochs", "30", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == "multilabel"
+    assert metrics["test"]["mAP"] > 0.9 and "mAP@3" in metrics["test"]
