@@ -27,18 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.backbones import load_backbone  # noqa: E402
 from pipeline.decode import Sampling  # noqa: E402
-from pipeline.extract import (ExtractConfig, _Decoded, _Embedder, _auto_workers, _init_decode_worker,  # noqa: E402
-                              extract, geometry_for, resolve_device, resolve_precision)
+from pipeline.extract import (ExtractConfig, _Embedder, decode_loader, extract, geometry_for,  # noqa: E402
+                              resolve_device, resolve_precision)
 from pipeline.sources import load_source  # noqa: E402
 
 
 def decode_only(items, cfg: ExtractConfig, backbone, device) -> tuple[float, int, int]:
-    from torch.utils.data import DataLoader
-
-    workers = _auto_workers(device) if cfg.workers is None else cfg.workers
-    ds = _Decoded(items, cfg.sampling, geometry_for(cfg, backbone))
-    loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
-                        worker_init_fn=_init_decode_worker if workers else None)
+    loader = decode_loader(items, cfg, geometry_for(cfg, backbone), device)
     t, frames, decoded = time.perf_counter(), 0, 0
     for s in loader:
         frames += len(s.get("frames", ()))

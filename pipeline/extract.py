@@ -248,14 +248,19 @@ def _auto_workers(device: torch.device) -> int:
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
+def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
+    """Decoded videos in item order, one per step, from `cfg.workers` processes (auto when None)."""
+    workers = _auto_workers(device) if cfg.workers is None else cfg.workers
+    return DataLoader(_Decoded(todo, cfg.sampling, geometry), batch_size=None, shuffle=False,
+                      num_workers=workers, prefetch_factor=2 if workers else None,
+                      pin_memory=device.type == "cuda", persistent_workers=False,
+                      worker_init_fn=_init_decode_worker if workers else None)
+
+
 def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: _Embedder,
          sink: Callable[[VideoRecord], None],
          result: ExtractResult, on_progress) -> None:
-    workers = _auto_workers(embed.device) if cfg.workers is None else cfg.workers
-    loader = DataLoader(_Decoded(todo, cfg.sampling, geometry), batch_size=None, shuffle=False,
-                        num_workers=workers, prefetch_factor=2 if workers else None,
-                        pin_memory=embed.device.type == "cuda", persistent_workers=False,
-                        worker_init_fn=_init_decode_worker if workers else None)
+    loader = decode_loader(todo, cfg, geometry, embed.device)
     open_videos: dict[int, dict] = {}   # videos whose frames are not all embedded yet, in order
     chunks: list[tuple[int, torch.Tensor]] = []   # (video slot, frames) waiting for a batch
     queued = 0
