@@ -99,35 +99,35 @@ def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int) -> None:
     f.attrs["dim"] = dim
 
 
-def write_shard(path: Path, records: list[VideoRecord], config: dict, fp: str, dim: int,
+def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: str, dim: int,
                 dtype: str = "float16", compression: str | None = None, chunk_rows: int = 128) -> None:
-    """Write records to `path` atomically: temp file, fsync, rename. Never leaves a partial shard."""
+    """Write records to `path` atomically: temp file, fsync, rename. Never leaves a partial shard.
+
+    Records are consumed one at a time (frame datasets grow as they come), so a generator keeps memory at one
+    item whatever the shard's size: that is how `compact` copies a large store."""
     tmp = path.with_name(f".{path.name}.tmp")
-    ok = [r for r in records if r.length > 0]
-    n = sum(r.length for r in ok)
     comp = {} if compression is None else {"compression": compression, "shuffle": True}
+    columns: dict[str, list] = {name: [] for name in VIDEO_COLUMNS}
     with h5py.File(tmp, "w") as f:
         _write_attrs(f, config, fp, dim)
         f.attrs["created"] = time.time()
-        rows = max(1, min(chunk_rows, n))
-        feats = np.concatenate([r.features for r in ok]).astype(dtype) if ok else np.zeros((0, dim), dtype)
-        f.create_dataset("features", data=feats, chunks=(rows, dim) if n else None,
-                         fletcher32=bool(n), **(comp if n else {}))
-        for name, dt in (("frame_index", np.int64), ("time_s", np.float64)):
-            col = np.concatenate([getattr(r, name) for r in ok]).astype(dt) if ok else np.zeros(0, dt)
-            f.create_dataset(name, data=col, chunks=(max(1, min(4096, n)),) if n else None, fletcher32=bool(n))
-        offsets, off = [], 0
+        rows = {"features": f.create_dataset("features", (0, dim), dtype, maxshape=(None, dim),
+                                             chunks=(chunk_rows, dim), fletcher32=True, **comp),
+                "frame_index": f.create_dataset("frame_index", (0,), np.int64, maxshape=(None,), chunks=(4096,),
+                                                fletcher32=True),
+                "time_s": f.create_dataset("time_s", (0,), np.float64, maxshape=(None,), chunks=(4096,),
+                                           fletcher32=True)}
+        n = 0
         for r in records:
-            offsets.append(off)
-            off += r.length
+            for name in VIDEO_COLUMNS:
+                columns[name].append(n if name == "offset" else r.length if name == "length" else getattr(r, name))
+            if r.length:
+                for name, ds in rows.items():
+                    ds.resize(n + r.length, axis=0)
+                    ds[n:] = getattr(r, name)
+                n += r.length
         for name, dt in VIDEO_COLUMNS.items():
-            if name == "offset":
-                values = offsets
-            elif name == "length":
-                values = [r.length for r in records]
-            else:
-                values = [getattr(r, name) for r in records]
-            f.create_dataset(name, data=np.array(values, dtype=object if dt == "str" else dt),
+            f.create_dataset(name, data=np.array(columns[name], dtype=object if dt == "str" else dt),
                              dtype=STR if dt == "str" else dt)
         f.flush()
     with open(tmp, "rb+") as fh:
@@ -411,21 +411,23 @@ class StoreWriter:
 
 
 def compact(src: str | Path, out: str | Path, compression: str | None = "gzip") -> Path:
-    """Write every current record of `src` into one portable `.h5` file (superseded records dropped)."""
-    store = open_store(src)
+    """Write every current record of `src` into one portable `.h5` file (superseded records dropped).
+
+    Streams item by item: memory stays at one item's features, whatever the store's size."""
     out = Path(out)
-    records = []
-    for vid in store.ids(status=None):
-        m = store.meta(vid)
-        fields = {k: m[k] for k in ("path", "label", "group", "split", "status", "error",
-                                    "fps", "n_frames", "width", "height")}
-        ok = m["status"] == "ok" and m["length"] > 0
-        records.append(VideoRecord(vid, **fields,
-                                   features=store.features(vid) if ok else None,
-                                   frame_index=store.frame_index(vid) if ok else None,
-                                   time_s=store.time_s(vid) if ok else None))
-    dtype = "float32" if store.config.get("dtype") == "float32" else "float16"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_shard(out, records, store.config, store.fingerprint, store.dim, dtype, compression)
-    store.close()
+    with open_store(src) as store:
+        def records():
+            for vid in store.ids(status=None):
+                m = store.meta(vid)
+                ok = m["status"] == "ok" and m["length"] > 0
+                # raw rows (no float32 round trip) so the copy is bit-identical
+                yield VideoRecord(vid, **{k: m[k] for k in ("path", "label", "group", "split", "status", "error",
+                                                            "fps", "n_frames", "width", "height")},
+                                  features=store._rows(vid, "features") if ok else None,
+                                  frame_index=store.frame_index(vid) if ok else None,
+                                  time_s=store.time_s(vid) if ok else None)
+
+        dtype = "float32" if store.config.get("dtype") == "float32" else "float16"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_shard(out, records(), store.config, store.fingerprint, store.dim, dtype, compression)
     return out
