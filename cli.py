@@ -46,23 +46,20 @@ def fail(message: str, code: int = 1) -> None:
 def user_errors():
     """Turn the library's user-facing exceptions into one line on stderr and exit code 1."""
     from featstore import StoreError
+    from heads.cluster import ClusterError
+    from heads.models import HeadError
     from pipeline.backbones import BackboneError
     from pipeline.decode import DecodeError
     from pipeline.sources import SourceError
 
-    handled: tuple = (StoreError, BackboneError, SourceError, DecodeError, ValueError, FileNotFoundError)
-    try:
-        from heads.cluster import ClusterError
-        from heads.train import HeadError
-        handled += (HeadError, ClusterError)
-    except ImportError:
-        pass
+    handled = (StoreError, BackboneError, SourceError, DecodeError, HeadError, ClusterError, ValueError,
+               FileNotFoundError)
     try:
         yield
     except handled as e:
         fail(str(e))
     except KeyboardInterrupt:
-        err.print("interrupted: finished items are saved; rerun the same command to resume")
+        err.print("interrupted (extract keeps every finished item: rerun the same command to resume)")
         raise typer.Exit(130)
 
 
