@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -29,7 +30,8 @@ FORMAT_VERSION = 1
 HEADER = "_store.h5"
 SHARD_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+)-(?P<seq>\d{6})\.h5$")
 STR = h5py.string_dtype("utf-8")
-_HELD_LOCKS: set[str] = set()  # lock files held by writers of this process
+_HELD_LOCKS: set[str] = set()
+MAX_OPEN_SHARDS = 64  # HDF5 handles a reader keeps open at once (file descriptors are limited)  # lock files held by writers of this process
 
 # Per-video columns: name -> numpy dtype ("str" for utf-8 strings).
 VIDEO_COLUMNS: dict[str, object] = {
@@ -161,7 +163,7 @@ class Store:
         self._order: list[str] = []
         for i, f in enumerate(self._files):
             self._index_shard(i, f)
-        self._handles: dict[int, h5py.File] = {}
+        self._handles: OrderedDict[int, h5py.File] = OrderedDict()
         self._pid = os.getpid()
 
     # -- opening --------------------------------------------------------------
@@ -199,15 +201,20 @@ class Store:
 
     def _handle(self, shard: int) -> h5py.File:
         if os.getpid() != self._pid:  # forked: inherited HDF5 handles are not safe to use
-            self._handles, self._pid = {}, os.getpid()
-        if shard not in self._handles:
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
+            # A big store has thousands of shards: keep the recently used handles, not one per shard.
+            if len(self._handles) >= MAX_OPEN_SHARDS:
+                self._handles.popitem(last=False)[1].close()
             self._handles[shard] = h5py.File(self._files[shard], "r")
         return self._handles[shard]
 
     def close(self) -> None:
         for h in self._handles.values():
             h.close()
-        self._handles = {}
+        self._handles = OrderedDict()
 
     def __enter__(self) -> "Store":
         return self

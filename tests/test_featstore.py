@@ -136,3 +136,17 @@ def test_kill_9_while_writing_never_leaves_a_corrupt_or_partial_store(tmp_path):
         w.add(VideoRecord("extra", features=np.zeros((1, 64)), frame_index=np.zeros(1), time_s=np.zeros(1)))
     assert not list(path.glob(".*.tmp"))
     assert open_store(path).ids()[-1] == "extra"
+
+
+def test_a_store_with_more_shards_than_open_handles_reads_everything(tmp_path, monkeypatch):
+    import featstore.store as fs
+
+    monkeypatch.setattr(fs, "MAX_OPEN_SHARDS", 3)
+    with StoreWriter(tmp_path / "s", CFG, KEYS, dim=4, flush_videos=1) as w:
+        for i in range(8):
+            w.add(rec(f"v{i}", 2, seed=i))
+    s = open_store(tmp_path / "s")
+    assert s.load_all().features.shape == (16, 4)
+    for vid in reversed(s.ids()):
+        assert s.features(vid).shape == (2, 4)
+    assert len(s._handles) == 3
