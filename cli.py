@@ -264,21 +264,21 @@ def fit_head(
                            total=row.get("epochs", cfg.epochs), rate=shown)
 
             metrics = run_fit(store, cfg, run_dir, on_epoch)
-    print_metrics(metrics, run_dir)
+    print_metrics({"val": metrics.get("val"), "test": metrics.get("test")},
+                  f"{metrics.get('head')} on {metrics.get('backbone')} → {run_dir}")
 
 
-def print_metrics(metrics: dict, run_dir: Path) -> None:
+def print_metrics(by_split: dict[str, dict], title: str) -> None:
+    """One row per split with the headline metrics that are present."""
     keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
-    t = Table(title=f"{metrics.get('head', '')} on {metrics.get('backbone', '')} → {run_dir}")
+    rows = {name: m for name, m in by_split.items() if isinstance(m, dict)}
+    shown = [k for k in keys if any(k in m for m in rows.values())]
+    t = Table(title=title)
     t.add_column("split")
-    shown = [k for k in keys if any(isinstance(metrics.get(s) or {}, dict) and k in (metrics.get(s) or {})
-                                    for s in ("val", "test"))]
     for k in shown:
         t.add_column(k, justify="right")
-    for split in ("val", "test"):
-        m = metrics.get(split)
-        if isinstance(m, dict):
-            t.add_row(split, *[f"{m[k]:.3f}" if isinstance(m.get(k), float) else "" for k in shown])
+    for name, m in rows.items():
+        t.add_row(name, *[f"{m[k]:.3f}" if isinstance(m.get(k), float) else "" for k in shown])
     out.print(t)
 
 
@@ -297,7 +297,8 @@ def evaluate(
     if as_json:
         print(json.dumps(metrics, default=float))
         return
-    print_metrics({**metrics, "test": metrics.get("metrics", metrics)}, run)
+    print_metrics({split: metrics}, f"{metrics.get('head')} ({run}) on {metrics.get('store')}, "
+                                    f"{metrics.get('n')} clips")
 
 
 @app.command()
