@@ -396,7 +396,8 @@ def print_cluster(result: dict, run_dir: Path) -> None:
     out.print(t)
 
 
-RUN_TABLE = ("name", "head", "backbone", "split", "accuracy", "macro_f1", "mAP", "micro_f1", "nmi", "seconds")
+RUN_TABLE = ("name", "backbone", "head", "task", "split", "accuracy", "macro_f1", "mAP", "micro_f1", "nmi", "n_params",
+             "seconds")
 
 
 @app.command()
