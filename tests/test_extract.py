@@ -115,13 +115,15 @@ def test_resume_skips_done_items_and_retry_failed_redoes_only_failures(dataset, 
 
 
 KILLED_RUN = textwrap.dedent("""
-    import sys
+    import sys, time
     from pipeline.decode import Sampling
     from pipeline.extract import ExtractConfig, extract
     from pipeline.sources import load_source
     cfg = ExtractConfig(backbone="resnet18", weights="none", sampling=Sampling(every=1), size=32, crop="none",
                         batch_size=4, workers=1, precision="fp32", dtype="float32", flush_videos=2)
-    extract(load_source(sys.argv[1]), sys.argv[2], cfg)
+    # Slow down after a few videos so the kill reliably lands mid-run, however fast the machine.
+    extract(load_source(sys.argv[1]), sys.argv[2], cfg,
+            on_progress=lambda p: time.sleep(0.3) if p["done"] >= 4 else None)
 """)
 
 
