@@ -121,7 +121,9 @@ def extract(
                             dtype=dtype.value, compression=None if compression is Compression.none
                             else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit)
         items = load_source(source, split_id=split_id)
-        store = store or Path("stores") / f"{source.stem}-{backbone}"
+        # a manifest is often just "manifest.csv": name the store after its folder too
+        name = source.name if source.is_dir() else f"{source.resolve().parent.name}-{source.stem}"
+        store = store or Path("stores") / f"{name}-{backbone}"
         with progress_bar() as bar:
             task = bar.add_task("extract", total=None, rate="")
 
