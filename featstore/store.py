@@ -30,8 +30,8 @@ FORMAT_VERSION = 1
 HEADER = "_store.h5"
 SHARD_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+)-(?P<seq>\d{6})\.h5$")
 STR = h5py.string_dtype("utf-8")
-_HELD_LOCKS: set[str] = set()
-MAX_OPEN_SHARDS = 64  # HDF5 handles a reader keeps open at once (file descriptors are limited)  # lock files held by writers of this process
+_HELD_LOCKS: set[str] = set()  # lock files held by writers of this process
+MAX_OPEN_SHARDS = 64  # HDF5 handles a reader keeps open at once (file descriptors are limited)
 
 # Per-video columns: name -> numpy dtype ("str" for utf-8 strings).
 VIDEO_COLUMNS: dict[str, object] = {
@@ -370,16 +370,18 @@ class StoreWriter:
         # POSIX record locks (lockf) belong to the process: a forked DataLoader worker does not inherit them,
         # so a killed extract never leaves an orphan holding the lock. They do not exclude the same process,
         # hence the in-process set as well.
+        # Closing ANY descriptor of the file drops this process's lock, so the in-process check comes before open.
         key = str((self.path / f".{self.prefix}.lock").resolve())
+        busy = StoreError(f"another process is writing shards '{self.prefix}' of {self.path}; wait for it, "
+                          "or give each process its own part with --shard i/N")
+        if key in _HELD_LOCKS:
+            raise busy
         fh = open(key, "a")
         try:
-            if key in _HELD_LOCKS:
-                raise BlockingIOError
             fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError):
             fh.close()
-            raise StoreError(f"another process is writing shards '{self.prefix}' of {self.path}; wait for it, "
-                             "or give each process its own part with --shard i/N") from None
+            raise busy from None
         _HELD_LOCKS.add(key)
         return key, fh
 
