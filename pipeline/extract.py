@@ -22,7 +22,7 @@ from featstore import StoreWriter, VideoRecord, open_store
 from featstore.store import HEADER
 from pipeline.backbones import Backbone, BackboneError, load_backbone
 from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video, set_decoder_threads
-from pipeline.sources import IMAGE_EXTENSIONS, Item, shard_items
+from pipeline.sources import Item, item_kind, shard_items
 
 STORE_FORMAT = 1
 # Settings that change the features: a store refuses appends that differ in any of them.
@@ -359,8 +359,7 @@ def embed_files(paths: list[str], config: dict, device: str = "auto") -> list[Vi
                             f"({backbone.weights_id} vs {config['weights']})")
     dev = resolve_device(cfg.device, backbone)
     geometry = geometry_for(cfg, backbone)
-    items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(),
-                  kind="image" if Path(p).suffix.lower() in IMAGE_EXTENSIONS else "video") for p in paths]
+    items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]
     records: list[VideoRecord] = []
     result = ExtractResult("")
     embed = _Embedder(backbone, dev, resolve_precision(config.get("precision", "auto"), dev, backbone))

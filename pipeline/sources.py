@@ -77,7 +77,8 @@ def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
 
 
-def _kind(path: Path) -> str:
+def item_kind(path: Path) -> str:
+    """'image' or 'video', by the file's extension."""
     return "image" if path.suffix.lower() in IMAGE_EXTENSIONS else "video"
 
 
@@ -116,7 +117,7 @@ def _from_file(path: Path) -> list[Item]:
     if suffix not in MEDIA_EXTENSIONS:
         raise SourceError(f"{path} is neither a manifest (.csv) nor a video/image file "
                           f"(known extensions: {', '.join(sorted(MEDIA_EXTENSIONS))})")
-    return [Item(id=path.stem, path=str(path), labels=(), group=_ucf_group(path.stem), kind=_kind(path))]
+    return [Item(id=path.stem, path=str(path), labels=(), group=_ucf_group(path.stem), kind=item_kind(path))]
 
 
 def _from_manifest(manifest: Path) -> list[Item]:
@@ -148,7 +149,7 @@ def _manifest_item(row: dict, manifest: Path, line: int) -> Item:
     path = Path(os.path.normpath(manifest.parent / Path(cell("path")).expanduser()))
     labels = tuple(dict.fromkeys(x.strip() for x in cell("label").split("|") if x.strip()))
     return Item(id=cell("id") or _relative_id(path, manifest.parent), path=str(path), labels=labels,
-                group=cell("group"), split=cell("split"), kind=_kind(path))
+                group=cell("group"), split=cell("split"), kind=item_kind(path))
 
 
 # --- folders: one sub-folder per class, or flat -------------------------------------------------------------
@@ -175,7 +176,7 @@ def _from_folder(root: Path) -> list[Item]:
                           "put every file in a class sub-folder (or none of them), or pass a manifest CSV")
     # The folder that directly holds a file names its class, so root/videos/<Class>/x.mp4 works like root/<Class>/x.mp4.
     items = [Item(id=_relative_id(f, root), path=str(f), labels=() if top else (f.parent.name,),
-                  group=_ucf_group(f.stem), kind=_kind(f)) for f in files]
+                  group=_ucf_group(f.stem), kind=item_kind(f)) for f in files]
     return sorted(items, key=lambda item: item.id)
 
 
