@@ -429,11 +429,6 @@ def runs(
     out.print(t)
 
 
-FIT_OPTIONS = ("task", "split", "val_frac", "test_frac", "epochs", "lr", "weight_decay", "batch_size", "optimizer",
-               "scheduler", "patience", "max_frames", "layers", "bidirectional", "dropout", "proj_dim",
-               "frame_dropout", "noise_std", "label_smoothing", "class_weights", "refit", "seed", "device")
-
-
 @app.command()
 def demo(
     root: Annotated[Path, typer.Option(help="Where the synthetic clips, store and runs go.")] = Path("data/demo"),
@@ -451,22 +446,15 @@ def demo(
     out.print(f"[bold]2/4[/] extract: resnet18, random init (offline), every frame, 112 px → {store}")
     # every frame and many clips: random-init features carry the order signal weakly, so the sequence head
     # needs ~60 training clips per class to reach ~97 % (measured: 16/class 0.75, 40/class 0.89, 80/class 0.97)
-    try:
-        extract(manifest, backbone="resnet18", weights="none", every=1, frames=None, fps=None, max_frames=None,
-                size=112, crop=Crop.none, batch_size=64, workers=None, device="auto", precision=Precision.auto,
-                store=store, shard=None, retry_failed=False, limit=None, split_id=1, dtype=DType.float16,
-                compression=Compression.none)
-    except typer.Exit as e:
-        if e.exit_code not in (0, None):
-            raise
+    # Typer commands with Annotated options are plain functions: their Python defaults are the CLI's defaults.
+    extract(manifest, backbone="resnet18", weights="none", every=1, size=112, crop=Crop.none, store=store)
     runs_dir = root / "runs"
     for head in (HeadKind.linear, HeadKind.lstm):
         out.print(f"[bold]3/4[/] fit-head {head.value} (official split from the manifest)")
-        fit_head(store, head=head, **{name: None for name in FIT_OPTIONS}, hidden=64, out_dir=runs_dir / head.value)
+        fit_head(store, head=head, hidden=64, out_dir=runs_dir / head.value)
     out.print("[bold]4/4[/] cluster-eval (k-means on mean-pooled clips)")
-    cluster_eval(store, k=None, level=Level.video, pool=Pool.mean, split=None, fit_split=None, seeds=1, seed=0,
-                 n_init=10, pca=None, whiten=False, k_range=None, plot=Plot.pca, out_dir=runs_dir / "kmeans")
-    runs(runs_dir, sort=None, as_json=False)
+    cluster_eval(store, plot=Plot.pca, out_dir=runs_dir / "kmeans")
+    runs(runs_dir)
     out.print("The order-blind head (linear: mean of frames) cannot tell a clip from its reverse and sits near "
               "chance on each pair;\nthe sequence head (lstm) reads the order. k-means on pooled features is "
               f"order-blind too. Plots and metrics: {runs_dir}/*/")
