@@ -94,14 +94,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int) -> None:
+def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int, keys: list[str]) -> None:
     f.attrs["framecache_format"] = FORMAT_VERSION
     f.attrs["config"] = json.dumps(config, sort_keys=True)
     f.attrs["fingerprint"] = fp
+    f.attrs["fingerprint_keys"] = json.dumps(sorted(keys))  # which config keys the fingerprint covers
     f.attrs["dim"] = dim
 
 
-def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: str, dim: int,
+def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: str, keys: list[str], dim: int,
                 dtype: str = "float16", compression: str | None = None, chunk_rows: int = 128) -> None:
     """Write records to `path` atomically: temp file, fsync, rename. Never leaves a partial shard.
 
@@ -111,7 +112,7 @@ def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: st
     comp = {} if compression is None else {"compression": compression, "shuffle": True}
     columns: dict[str, list] = {name: [] for name in VIDEO_COLUMNS}
     with h5py.File(tmp, "w") as f:
-        _write_attrs(f, config, fp, dim)
+        _write_attrs(f, config, fp, dim, keys)
         f.attrs["created"] = time.time()
         rows = {"features": f.create_dataset("features", (0, dim), dtype, maxshape=(None, dim),
                                              chunks=(chunk_rows, dim), fletcher32=True, **comp),
@@ -158,7 +159,7 @@ class Store:
         if not self.path.exists():
             raise StoreError(f"no store at {self.path}: run `cli.py extract ... --store {self.path}` first")
         self._files = self._shard_files()
-        self.config, self.fingerprint, self.dim = self._read_header()
+        self.config, self.fingerprint, self.fingerprint_keys, self.dim = self._read_header()
         self._entries: dict[str, _Entry] = {}
         self._order: list[str] = []
         for i, f in enumerate(self._files):
@@ -174,13 +175,15 @@ class Store:
         # mtime then name: later shards supersede earlier ones for retried ids.
         return sorted(shards, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
-    def _read_header(self) -> tuple[dict, str, int]:
+    def _read_header(self) -> tuple[dict, str, list[str], int]:
         src = self.path if self.path.is_file() else self.path / HEADER
         if not src.exists():
             raise StoreError(f"{self.path} is not a framecache store (no {HEADER})")
         try:
             with h5py.File(src, "r") as f:
-                return json.loads(f.attrs["config"]), str(f.attrs["fingerprint"]), int(f.attrs["dim"])
+                config = json.loads(f.attrs["config"])
+                return (config, str(f.attrs["fingerprint"]), json.loads(f.attrs["fingerprint_keys"]),
+                        int(f.attrs["dim"]))
         except (OSError, KeyError) as e:
             raise StoreError(f"cannot read store header {src}: {e}") from None
 
@@ -350,8 +353,7 @@ class StoreWriter:
         if not header.exists():
             tmp = self.path / f".{HEADER}.{os.getpid()}.tmp"
             with h5py.File(tmp, "w") as f:
-                _write_attrs(f, self.config, self.fp, self.dim)
-                f.attrs["fingerprint_keys"] = json.dumps(self.keys)
+                _write_attrs(f, self.config, self.fp, self.dim, self.keys)
             try:
                 os.link(tmp, header)  # atomic and fails if another writer created it first
             except FileExistsError:
@@ -399,7 +401,7 @@ class StoreWriter:
     def flush(self) -> None:
         if self._pending:
             name = f"{self.prefix}-{self._seq:06d}.h5"
-            write_shard(self.path / name, self._pending, self.config, self.fp, self.dim,
+            write_shard(self.path / name, self._pending, self.config, self.fp, self.keys, self.dim,
                         self.dtype, self.compression)
             self._seq += 1
             self._pending = []
@@ -438,5 +440,6 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip") 
 
         dtype = "float32" if store.config.get("dtype") == "float32" else "float16"
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_shard(out, records(), store.config, store.fingerprint, store.dim, dtype, compression)
+        write_shard(out, records(), store.config, store.fingerprint, store.fingerprint_keys, store.dim, dtype,
+                    compression)
     return out

@@ -30,9 +30,6 @@ from heads.models import HeadConfig, HeadError, build_head, count_params
 from heads.plots import plot_confusion, plot_curves
 from heads.train import TrainConfig, TrainResult, evaluate, probabilities, score, train_head
 
-# Config keys that describe the extraction run rather than the features: never the reason for a mismatch
-# when something else differs.
-INFORMATIONAL = {"versions", "library_versions", "created", "host", "hostname", "command", "workers", "shard"}
 RUN_SPLITS = ("train", "val", "test")  # the run's own splits; "all" and split-column names also work
 
 
@@ -120,8 +117,7 @@ def check_store(store: Store, ckpt: dict, run_dir: str | Path) -> None:
     if store.fingerprint == ckpt["store_fingerprint"]:
         return
     have, want = store.config, ckpt["store_config"]
-    keys = set(have) | set(want)
-    diffs = diff_configs(have, want, keys - INFORMATIONAL) or diff_configs(have, want, keys)
+    diffs = diff_configs(have, want, store.fingerprint_keys)
     detail = "; ".join(diffs) if diffs else (f"fingerprint {store.fingerprint} vs {ckpt['store_fingerprint']}, "
                                              "though the recorded configs match")
     raise HeadError(f"store {store.path} does not match run {run_dir} (the run was trained on other features: "
