@@ -45,15 +45,10 @@ def fail(message: str, code: int = 1) -> None:
 @contextmanager
 def user_errors():
     """Turn the library's user-facing exceptions into one line on stderr and exit code 1."""
-    from featstore import StoreError
-    from heads.cluster import ClusterError
-    from heads.models import HeadError
-    from pipeline.backbones import BackboneError
-    from pipeline.decode import DecodeError
-    from pipeline.sources import SourceError
+    from featstore.errors import FramecacheError
 
-    handled = (StoreError, BackboneError, SourceError, DecodeError, HeadError, ClusterError, ValueError,
-               FileNotFoundError)
+    # ValueError/FileNotFoundError: argument checks of the standard library and torch that reach the user.
+    handled = (FramecacheError, ValueError, FileNotFoundError)
     try:
         yield
     except handled as e:

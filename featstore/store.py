@@ -26,6 +26,8 @@ from typing import Iterable
 import h5py
 import numpy as np
 
+from featstore.errors import FramecacheError
+
 FORMAT_VERSION = 1
 HEADER = "_store.h5"
 SHARD_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+)-(?P<seq>\d{6})\.h5$")
@@ -41,7 +43,7 @@ VIDEO_COLUMNS: dict[str, object] = {
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(FramecacheError, RuntimeError):
     """A store that cannot be opened or written as asked (the message says why and what to do)."""
 
 

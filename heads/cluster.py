@@ -43,6 +43,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from sklearn.preprocessing import normalize
 
 from featstore import Loaded, open_store
+from featstore.errors import FramecacheError
 
 MINIBATCH_ABOVE = 20_000     # frame-level points above which MiniBatchKMeans replaces KMeans
 SILHOUETTE_SAMPLE = 5_000    # silhouette on a seeded sample of this many points when there are more
@@ -54,7 +55,7 @@ HEADLINE = ("nmi", "ari", "purity", "accuracy", "cond_entropy_bits")
 Progress = Callable[[dict], None]  # called with {"stage": load|fit|sweep|plot, "done": int, "total": int}
 
 
-class ClusterError(ValueError):
+class ClusterError(FramecacheError, ValueError):
     """A cluster-eval request that cannot be run as asked; the message names the CLI flag to change."""
 
 

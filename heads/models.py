@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from featstore.errors import FramecacheError
 
-class HeadError(ValueError):
+
+class HeadError(FramecacheError, ValueError):
     """A head, split or run that cannot be built as asked; the message names the flag and value."""
 
 

@@ -17,10 +17,12 @@ from torch import nn
 from torchvision import models
 from torchvision.models import quantization as qmodels
 
+from featstore.errors import FramecacheError
+
 SEED_FOR_RANDOM_INIT = 0  # `--weights none` is always the same network, so one fingerprint = one model
 
 
-class BackboneError(ValueError):
+class BackboneError(FramecacheError, ValueError):
     """A backbone or weights choice that cannot be honoured (the message says what to do instead)."""
 
 

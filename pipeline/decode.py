@@ -18,6 +18,8 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps
 
+from featstore.errors import FramecacheError
+
 # What FFmpeg and the OS raise for unreadable input; anything else is a bug and should surface as one.
 _AV_ERRORS = (av.error.FFmpegError, OSError)
 # Slack when comparing a frame's time with the next --fps tick: pts * time_base is not exact in floating point.
@@ -95,7 +97,7 @@ class DecodedVideo:
     height: int
 
 
-class DecodeError(RuntimeError):
+class DecodeError(FramecacheError, RuntimeError):
     """A video or image that cannot be read; the one-line message names the file and says why."""
 
 

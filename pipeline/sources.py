@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from featstore.errors import FramecacheError
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
@@ -41,7 +43,7 @@ class Item:
         return "|".join(self.labels)
 
 
-class SourceError(ValueError):
+class SourceError(FramecacheError, ValueError):
     """The source cannot be read as a list of items: the message says which file or value and what to fix."""
 
 
