@@ -98,6 +98,8 @@ def extract(
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
     dtype: Annotated[DType, typer.Option(help="Storage dtype of features.")] = DType.float16,
     compression: Annotated[Compression, typer.Option(help="HDF5 compression of features.")] = Compression.none,
+    force: Annotated[bool, typer.Option(help="Make --store a store even if it is a non-empty other directory.")]
+    = False,
 ) -> None:
     """Decode, sample and embed every item of SOURCE into a resumable HDF5 store."""
     from pipeline.decode import Sampling
@@ -114,7 +116,8 @@ def extract(
         cfg = ExtractConfig(backbone=backbone, weights=weights, sampling=sampling, size=size, crop=crop.value,
                             batch_size=batch_size, workers=workers, device=device, precision=precision.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
-                            else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit)
+                            else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
+                            force=force)
         items = load_source(source, split_id=split_id)
         # a manifest is often just "manifest.csv": name the store after its folder too
         name = source.name if source.is_dir() else f"{source.resolve().parent.name}-{source.stem}"
@@ -143,13 +146,15 @@ def print_extract_summary(result) -> None:
     for vid, reason in result.failed[:20]:
         err.print(f"[red]failed[/] {vid}: {reason}", highlight=False, soft_wrap=True)
     if len(result.failed) > 20:
-        err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store}` lists them all")
+        err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store} --failed` lists them all")
 
 
 @app.command()
 def info(
     store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Print every failed item (ID<TAB>reason), nothing else.")]
+    = False,
 ) -> None:
     """Describe a store: counts, backbone, config, fingerprint, failures."""
     from featstore import open_store
@@ -158,6 +163,11 @@ def info(
         summary = s.summary()
     if as_json:
         print(json.dumps(summary, indent=2))
+        return
+    failures = [i for i in summary["items"] if i["status"] != "ok"]
+    if failed:
+        for it in failures:
+            print(f"{it['id']}\t{it['error']}")
         return
     t = Table(title=f"store {store}", show_header=False)
     for k in ("videos", "ok", "failed", "frames", "dim", "backbone", "fingerprint", "shards"):
@@ -172,8 +182,10 @@ def info(
         splits[it["split"] or "(none)"] = splits.get(it["split"] or "(none)", 0) + 1
     t.add_row("splits", ", ".join(f"{k}: {v}" for k, v in sorted(splits.items())))
     out.print(t)
-    for it in [i for i in summary["items"] if i["status"] != "ok"][:20]:
+    for it in failures[:20]:
         err.print(f"[red]failed[/] {it['id']}: {it['error']}", highlight=False, soft_wrap=True)
+    if len(failures) > 20:
+        err.print(f"... and {len(failures) - 20} more: `cli.py info {store} --failed` lists them all")
 
 
 @app.command()
@@ -181,13 +193,56 @@ def compact(
     store: Annotated[Path, typer.Argument(help="Store directory.")],
     out_file: Annotated[Path, typer.Argument(help="Output .h5 file, usable as a store everywhere.")],
     compression: Annotated[Compression, typer.Option(help="HDF5 compression.")] = Compression.gzip,
+    force: Annotated[bool, typer.Option(help="Overwrite OUT.h5 even if it is not a framecache file.")] = False,
 ) -> None:
     """Write a store as one portable HDF5 file."""
     from featstore import compact as run_compact
 
     with user_errors():
-        path = run_compact(store, out_file, None if compression is Compression.none else compression.value)
+        path = run_compact(store, out_file, None if compression is Compression.none else compression.value,
+                           force=force)
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    deep: Annotated[bool, typer.Option(help="Also read every block of every shard and check values are finite.")]
+    = False,
+    quarantine: Annotated[bool, typer.Option(help="Move bad shards to STORE/_quarantine/; the next extract redoes "
+                                             "their videos.")] = False,
+) -> None:
+    """Check a store: header and shards readable and consistent, settings equal, no video stored twice.
+
+    Exit 0 when every shard is good, 1 when any is bad (also after --quarantine moved them)."""
+    from featstore.verify import verify_store
+
+    with user_errors(), progress_bar() as bar:
+        task = bar.add_task("verify", total=None, rate="")
+        report = verify_store(store, deep=deep, quarantine=quarantine,
+                              on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    print_verify(report)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def print_verify(report) -> None:
+    t = Table(title=f"verify {report.store}" + (" (deep)" if report.deep else ""), show_header=False)
+    for k, v in [("shards", report.shards), ("bad shards", len(report.bad)), ("videos", report.videos),
+                 ("ok", report.ok), ("frames", report.frames)]:
+        t.add_row(k, str(v))
+    out.print(t)
+    for name, problem in report.bad.items():
+        err.print(f"[red]bad[/] {name}: {problem}", highlight=False, soft_wrap=True)
+    if report.quarantined:
+        videos = "videos" if report.lost_videos is None else f"{report.lost_videos} video(s)"
+        err.print(f"moved {len(report.quarantined)} shard(s) to {Path(report.store) / '_quarantine'}; rerun "
+                  f"extract to redo their {videos}", highlight=False, soft_wrap=True)
+    elif report.bad:
+        err.print(f"run `cli.py verify {report.store} --quarantine` to move them aside, then rerun extract",
+                  highlight=False, soft_wrap=True)
+    else:
+        out.print("store ok" + ("" if report.deep else " (--deep also reads every frame block)"))
 
 
 HeadKind = choices("HeadKind", "linear", "mlp", "rnn", "gru", "lstm", "attention", "transformer")
