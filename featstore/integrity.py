@@ -224,10 +224,11 @@ def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep
     with f:
         try:
             _check_fingerprint(f, header)
-            columns = {name: _read(f, name) for name in dtypes}
-            _check_columns(f, columns, dtypes, header)
+            sets = _datasets(f, dtypes)  # each looked up once: h5py's per-access cost adds up over 1,000s of shards
+            columns = {name: _read(sets[name], name) for name in dtypes}
+            _check_columns(f.attrs.get(DIGEST_ATTR), sets, columns, dtypes, header)
             if deep:
-                _check_blocks(f, columns)
+                _check_blocks(sets, columns)
         except _Foreign as p:
             raise ForeignShard(path, str(p), compacted) from None
         except _Problem as p:
@@ -235,11 +236,21 @@ def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep
     return columns
 
 
-def _read(f: h5py.File, name: str, selection=()) -> np.ndarray:
-    if name not in f:
-        raise _Problem(f"has no {name} dataset (not a complete framecache shard)")
+def _datasets(f: h5py.File, columns: dict[str, object]) -> dict[str, h5py.Dataset]:
+    """The shard's per-video column and row datasets by name; span datasets only when present."""
+    found = {}
+    for name in (*columns, *ROW_DATASETS, *SPAN_DATASETS):
+        try:
+            found[name] = f[name]
+        except KeyError:
+            if name not in SPAN_DATASETS:
+                raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
+    return found
+
+
+def _read(ds: h5py.Dataset, name: str, selection=()) -> np.ndarray:
     try:
-        return f[name][selection]
+        return ds[selection]
     except OSError as e:
         raise _Problem(describe_read_error(name, e)) from None
 
@@ -261,10 +272,10 @@ def _check_fingerprint(f: h5py.File, header: Header) -> None:
     raise _Foreign("was extracted with other settings than its store (" + "; ".join(diffs) + ")")
 
 
-def _check_columns(f: h5py.File, columns: dict[str, np.ndarray], dtypes: dict[str, object], header: Header) -> None:
+def _check_columns(recorded: str | None, sets: dict[str, h5py.Dataset], columns: dict[str, np.ndarray],
+                   dtypes: dict[str, object], header: Header) -> None:
     if len({len(v) for v in columns.values()}) > 1:
         raise _Problem("has per-video columns of different lengths")
-    recorded = f.attrs.get(DIGEST_ATTR)
     if recorded is not None:  # optional: shards written before digests existed have none
         try:
             expected = json.loads(recorded)
@@ -283,31 +294,29 @@ def _check_columns(f: h5py.File, columns: dict[str, np.ndarray], dtypes: dict[st
         raise _Problem(f"video {ids[i]} has offset {offset[i]} and length {length[i]}; its videos must be "
                        f"contiguous (expected offset {starts[i]})")
     rows = int(length.sum())
-    for name in ROW_DATASETS:
-        if name not in f:
-            raise _Problem(f"has no {name} dataset (not a complete framecache shard)")
-    for name in _row_datasets(f):
-        if f[name].shape[0] != rows:
-            raise _Problem(f"{name} has {f[name].shape[0]} rows but its videos' lengths add up to {rows}")
-    if f["features"].ndim != 2 or f["features"].shape[1] != header.dim:
-        raise _Problem(f"features are {f['features'].shape[1:]} wide, the store's dim is {header.dim}")
+    for name in _row_datasets(sets):
+        if sets[name].shape[0] != rows:
+            raise _Problem(f"{name} has {sets[name].shape[0]} rows but its videos' lengths add up to {rows}")
+    shape = sets["features"].shape
+    if len(shape) != 2 or shape[1] != header.dim:
+        raise _Problem(f"features are {shape[1:]} wide, the store's dim is {header.dim}")
     status = [v.decode() if isinstance(v, bytes) else str(v) for v in columns["status"]]
     for vid, st, n in zip(ids, status, length):
         if st not in ("ok", "failed") or (st == "failed" and n):
             raise _Problem(f"video {vid} has status {st!r} with {n} rows")
 
 
-def _row_datasets(f: h5py.File) -> list[str]:
-    return [*ROW_DATASETS, *(name for name in SPAN_DATASETS if name in f)]
+def _row_datasets(sets: dict[str, h5py.Dataset]) -> list[str]:
+    return [name for name in (*ROW_DATASETS, *SPAN_DATASETS) if name in sets]
 
 
-def _check_blocks(f: h5py.File, columns: dict[str, np.ndarray]) -> None:
+def _check_blocks(sets: dict[str, h5py.Dataset], columns: dict[str, np.ndarray]) -> None:
     """Read every block (HDF5 checks each chunk's fletcher32 on read) and check values are finite."""
     rows = int(columns["length"].sum())
     ends = np.cumsum(columns["length"].astype(np.int64))
-    for name in _row_datasets(f):
+    for name in _row_datasets(sets):
         for start in range(0, rows, DEEP_BLOCK_ROWS):
-            block = _read(f, name, np.s_[start:start + DEEP_BLOCK_ROWS])
+            block = _read(sets[name], name, np.s_[start:start + DEEP_BLOCK_ROWS])
             if block.dtype.kind == "f" and not np.isfinite(block).all():
                 row = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
                 vid = columns["video_id"][int(np.searchsorted(ends, row, side="right"))]
