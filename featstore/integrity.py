@@ -71,7 +71,7 @@ class Header:
 def describe_bytes(n: float | None) -> str:
     if n is None:
         return "an unknown amount"
-    for unit in ("B", "KB", "MB", "GB"):
+    for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
@@ -134,6 +134,10 @@ class _GuardedFile:
     def flush(self) -> None:
         pass
 
+    def discard(self) -> None:
+        self.raw.close()
+        Path(self.raw.name).unlink(missing_ok=True)
+
     def fsync(self) -> None:
         if self.error is None:
             try:
@@ -150,25 +154,24 @@ def h5_temp(tmp: Path, target: Path, needed: Callable[[], int]) -> Iterator[tupl
     may poll `guard.error` to stop early (a long `compact` should not read the rest of the store for nothing).
     """
     guard = _GuardedFile(tmp)
-    done = False
     try:
-        try:
-            with h5py.File(guard, "w") as f:
-                yield f, guard
-        except Exception:
-            if is_disk_full(guard.error):
-                raise disk_full(target, needed()) from None
-            raise
+        with h5py.File(guard, "w") as f:
+            yield f, guard
         guard.fsync()
+    except Exception:
+        guard.discard()
+        if is_disk_full(guard.error):
+            raise disk_full(target, needed()) from None
+        raise
+    except BaseException:  # Ctrl-C: no partial file either
+        guard.discard()
+        raise
+    if guard.error is not None:
+        guard.discard()  # before measuring the free space: the temp file's blocks count as free again
         if is_disk_full(guard.error):
             raise disk_full(target, needed())
-        if guard.error is not None:
-            raise guard.error
-        done = True
-    finally:
-        guard.raw.close()
-        if not done:
-            tmp.unlink(missing_ok=True)
+        raise guard.error
+    guard.raw.close()
 
 
 def _digest(values, dtype) -> str:

@@ -153,6 +153,27 @@ def test_disk_full_mid_run_leaves_earlier_shards_and_no_temp_file_and_exits_clea
     assert verify_store(store, deep=True).passed
 
 
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 700 kB tmpfs (a really full disk: ENOSPC); skipped where this process may not mount one."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mnt)],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_really_full_disk_gives_the_same_one_line_as_the_size_limit(small_filesystem):
+    store = small_filesystem / "s"
+    run = subprocess.run([sys.executable, "-c", GROWING_WRITER, str(store)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "disk full writing" in run.stdout and "p0-000001.h5" in run.stdout and "kB is free there" in run.stdout
+    assert no_temp_files(store) and open_store(store).ids() == ["v0", "v1"]
+
+
 @pytest.mark.slow
 def test_disk_full_in_compact_is_one_line_and_leaves_no_file(reference, tmp_path):
     out = tmp_path / "one.h5"
