@@ -1,5 +1,6 @@
 """framecache feature store: ragged, self-describing, crash-safe HDF5 shards."""
 from featstore.store import (
+    FORMAT_VERSION,
     ConfigMismatch,
     Loaded,
     Store,
@@ -12,5 +13,5 @@ from featstore.store import (
     open_store,
 )
 
-__all__ = ["ConfigMismatch", "Loaded", "Store", "StoreError", "StoreWriter", "VideoRecord", "compact",
+__all__ = ["FORMAT_VERSION", "ConfigMismatch", "Loaded", "Store", "StoreError", "StoreWriter", "VideoRecord", "compact",
            "diff_configs", "fingerprint", "open_store"]

@@ -24,10 +24,12 @@ from pipeline.backbones import Backbone, BackboneError, load_backbone
 from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video, set_decoder_threads
 from pipeline.sources import Item, item_kind, shard_items
 
-STORE_FORMAT = 1
-# Settings that change the features: a store refuses appends that differ in any of them.
-FINGERPRINT_KEYS = ("format", "backbone", "weights", "every", "frames", "fps", "max_frames",
+# Settings that change the features: a store refuses appends that differ in any of them. (The row layout is the
+# store's own business: featstore records its format.)
+FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames",
                     "size", "resize", "crop", "mean", "std", "dtype")
+# Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
+OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -108,13 +110,18 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
 
     s = cfg.sampling
     return {
-        "format": STORE_FORMAT, "backbone": backbone.name, "weights": backbone.weights_id,
+        "backbone": backbone.name, "weights": backbone.weights_id,
         "weights_arg": cfg.weights, "every": s.every, "frames": s.frames, "fps": s.fps,
         "max_frames": s.max_frames, "size": geometry.size, "resize": geometry.resize, "crop": geometry.crop,
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
         "dim": backbone.dim, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                                           "av": av.__version__},
     }
+
+
+def fingerprint_keys(config: dict) -> tuple[str, ...]:
+    """The config keys whose values identify the features: the base set, plus the newer ones that are set."""
+    return FINGERPRINT_KEYS + tuple(k for k in OPTIONAL_KEYS if config.get(k) is not None)
 
 
 def geometry_for(cfg: ExtractConfig, backbone: Backbone) -> Geometry:
@@ -224,7 +231,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     geometry = geometry_for(cfg, backbone)
     config = store_config(cfg, backbone, geometry, device, precision)
     prefix = "p0" if cfg.shard is None else f"s{cfg.shard[0]}of{cfg.shard[1]}"
-    writer = StoreWriter(store_path, config, FINGERPRINT_KEYS, backbone.dim, prefix=prefix,
+    writer = StoreWriter(store_path, config, fingerprint_keys(config), backbone.dim, prefix=prefix,
                          flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
     result = ExtractResult(str(store_path), device=str(device), precision=precision)
     try:
