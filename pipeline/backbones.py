@@ -63,6 +63,11 @@ class BackboneSpec:
     fixed_clip: bool = False            # the weights' minimal clip is also the only one (MViT)
 
     @property
+    def input_size(self) -> int:
+        """The side of the weights' own input (their preset's crop)."""
+        return int(self.weights.DEFAULT.transforms().crop_size[0])
+
+    @property
     def clip(self) -> ClipSpec | None:
         """None for image backbones; for video ones the clip constraints their weights record."""
         member = self.weights.DEFAULT
