@@ -77,12 +77,19 @@ def progress_bar() -> Progress:
 @app.command()
 def extract(
     source: Annotated[Path, typer.Argument(help="Manifest CSV, folder-per-class, UCF101/HMDB51 root, or a file.")],
-    backbone: Annotated[str, typer.Option(help="resnet18/34/50/101/152, quantized_mobilenet_v2.")] = "resnet50",
+    backbone: Annotated[str, typer.Option(help="An image (resnet50, mobilenet_v2, ...) or video (r2plus1d_18, "
+                                          "mvit_v2_s, ...) backbone; an unknown name lists them all.")] = "resnet50",
     weights: Annotated[str, typer.Option(help="DEFAULT, an enum name (IMAGENET1K_V2), none, or a file.")] = "DEFAULT",
     every: Annotated[Optional[int], typer.Option(min=1, help="Keep frames 0, N, 2N, ...")] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help="Keep K uniformly spaced frames.")] = None,
     fps: Annotated[Optional[float], typer.Option(min=0.001, help="Keep F frames per second.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="At most M frames per video.")] = None,
+    clip_len: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: frames per clip (default: the "
+                                                    "model's own, 16).")] = None,
+    clip_stride: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: frames between clip starts "
+                                                       "(default: --clip-len).")] = None,
+    clips: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: K clips placed uniformly instead.")]
+    = None,
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
     batch_size: Annotated[int, typer.Option(min=1, help="Frames per forward pass, across videos.")] = 64,
@@ -102,8 +109,7 @@ def extract(
     = False,
 ) -> None:
     """Decode, sample and embed every item of SOURCE into a resumable HDF5 store."""
-    from pipeline.decode import Sampling
-    from pipeline.extract import ExtractConfig
+    from pipeline.extract import ExtractConfig, sampling_for
     from pipeline.extract import extract as run_extract
     from pipeline.sources import load_source
 
@@ -111,8 +117,8 @@ def extract(
         fail("choose one of --every, --frames, --fps")
     shard_t = parse_shard(shard)
     with user_errors():
-        sampling = Sampling(every=every if (every or frames or fps) else 10, frames=frames, fps=fps,
-                            max_frames=max_frames)
+        sampling = sampling_for(backbone, every=every, frames=frames, fps=fps, max_frames=max_frames,
+                                clip_len=clip_len, clip_stride=clip_stride, clips=clips)
         cfg = ExtractConfig(backbone=backbone, weights=weights, sampling=sampling, size=size, crop=crop.value,
                             batch_size=batch_size, workers=workers, device=device, precision=precision.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
@@ -128,7 +134,7 @@ def extract(
             def on_progress(p: dict) -> None:
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, total=p["total"], completed=p["done"],
-                           rate=f"{p['frames'] / elapsed:.0f} frames/s, {p['failed']} failed")
+                           rate=f"{p['frames'] / elapsed:.0f} rows/s, {p['failed']} failed")
 
             result = run_extract(items, store, cfg, on_progress)
     print_extract_summary(result)
@@ -139,8 +145,9 @@ def extract(
 def print_extract_summary(result) -> None:
     t = Table(title=f"extract → {result.store}", show_header=False)
     for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
-                 ("frames", result.frames), ("frames/s", f"{result.frames_per_s:.1f}"),
-                 ("device / precision", f"{result.device} / {result.precision}")]:
+                 (result.unit, result.frames), (f"{result.unit}/s", f"{result.frames_per_s:.1f}"),
+                 ("device / precision", f"{result.device} / {result.precision}"),
+                 ("startup (to first batch)", f"{result.startup_s:.2f} s" if result.startup_s else "-")]:
         t.add_row(k, str(v))
     out.print(t)
     for vid, reason in result.failed[:20]:
@@ -174,7 +181,8 @@ def info(
         t.add_row(k, str(summary[k]))
     cfg = summary["config"]
     t.add_row("weights", str(cfg.get("weights")))
-    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames")
+    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames", "clip_len",
+                                                              "clip_stride", "clips")
                                     if cfg.get(k) is not None))
     t.add_row("input", f"{cfg.get('size')}px, crop={cfg.get('crop')}, resize={cfg.get('resize')}")
     splits: dict[str, int] = {}
