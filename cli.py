@@ -98,24 +98,29 @@ def extract(
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
     dtype: Annotated[DType, typer.Option(help="Storage dtype of features.")] = DType.float16,
     compression: Annotated[Compression, typer.Option(help="HDF5 compression of features.")] = Compression.none,
+    classes: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated: A,B,C.")] = None,
+    classes_file: Annotated[Optional[Path], typer.Option(help="Only the classes listed in this file.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="At most N items per class, whole groups.")] = None,
 ) -> None:
     """Decode, sample and embed every item of SOURCE into a resumable HDF5 store."""
     from pipeline.decode import Sampling
     from pipeline.extract import ExtractConfig
     from pipeline.extract import extract as run_extract
-    from pipeline.sources import load_source
+    from pipeline.sources import Subset, load_source, read_classes
 
     if sum(x is not None for x in (every, frames, fps)) > 1:
         fail("choose one of --every, --frames, --fps")
     shard_t = parse_shard(shard)
     with user_errors():
+        subset = Subset(read_classes(classes, classes_file), per_class)
         sampling = Sampling(every=every if (every or frames or fps) else 10, frames=frames, fps=fps,
                             max_frames=max_frames)
         cfg = ExtractConfig(backbone=backbone, weights=weights, sampling=sampling, size=size, crop=crop.value,
                             batch_size=batch_size, workers=workers, device=device, precision=precision.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
-                            else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit)
-        items = load_source(source, split_id=split_id)
+                            else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
+                            subset=subset.record())
+        items = load_source(source, split_id=split_id, subset=subset)
         # a manifest is often just "manifest.csv": name the store after its folder too
         name = source.name if source.is_dir() else f"{source.resolve().parent.name}-{source.stem}"
         store = store or Path("stores") / f"{name}-{backbone}"
