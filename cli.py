@@ -243,6 +243,10 @@ def fit_head(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-<head>).")]
     = None,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Train with N seeds (N val carvings): mean ± std.")]
+    = None,
+    folds: Annotated[Optional[int], typer.Option(min=2, help="K-fold group-aware CV on the training split.")]
+    = None,
 ) -> None:
     """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory.
 
@@ -251,7 +255,7 @@ def fit_head(
     from heads.train import TrainConfig
 
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
-             if k not in ("store", "out_dir", "run_fit", "TrainConfig") and v is not None}
+             if k not in ("store", "out_dir", "run_fit", "TrainConfig", "seeds", "folds") and v is not None}
     with user_errors():
         cfg = TrainConfig(**given)
         run_dir = out_dir or default_run_dir(store, head.value)
@@ -262,10 +266,17 @@ def fit_head(
                 phase = row.get("phase", "fit")
                 shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
                                   if isinstance(row.get(k), float) and row[k] == row[k])  # skip NaN
-                bar.update(t, description=f"{phase} {head.value}", completed=row.get("epoch", 0),
-                           total=row.get("epochs", cfg.epochs), rate=shown)
+                bar.update(t, description=f"{phase} {head.value} {row.get('member', '')}",
+                           completed=row.get("epoch", 0), total=row.get("epochs", cfg.epochs), rate=shown)
 
-            metrics = run_fit(store, cfg, run_dir, on_epoch)
+            if seeds or folds:
+                metrics = fit_repeated(store, cfg, run_dir, on_epoch, seeds, folds)
+            else:
+                metrics = run_fit(store, cfg, run_dir, on_epoch)
+    if metrics.get("kind") == "repeated":
+        print_repeated(metrics, f"{metrics.get('head')} on {metrics.get('backbone')}, {metrics['n']} "
+                                f"{metrics['mode']} → {run_dir}")
+        return
     print_metrics({"val": metrics.get("val"), "test": metrics.get("test")},
                   f"{metrics.get('head')} on {metrics.get('backbone')} → {run_dir}")
 
@@ -398,6 +409,71 @@ def print_cluster(result: dict, run_dir: Path) -> None:
     out.print(t)
 
 
+# -- repeated runs and sweeps (heads.experiments) ---------------------------------------------------------
+def fit_repeated(store: Path, cfg, run_dir: Path, on_epoch, seeds: Optional[int], folds: Optional[int]) -> dict:
+    from heads.experiments import fit_folds, fit_seeds
+
+    if seeds and folds:
+        fail("choose one of --seeds (repeated training) and --folds (cross-validation)")
+    if folds:
+        return fit_folds(store, cfg, run_dir, folds, on_epoch)
+    return fit_seeds(store, cfg, run_dir, seeds, on_epoch)
+
+
+def print_repeated(metrics: dict, title: str) -> None:
+    """mean ± std per split of a repeated run or a sweep's chosen cell."""
+    keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
+    rows = {name: (metrics[name], metrics.get(f"{name}_std") or {}) for name in ("val", "cv", "test")
+            if isinstance(metrics.get(name), dict)}
+    shown = [k for k in keys if any(k in m for m, _ in rows.values())]
+    t = Table(title=title)
+    t.add_column("split")
+    for k in shown:
+        t.add_column(k, justify="right")
+    for name, (m, sd) in rows.items():
+        t.add_row(name, *[f"{m[k]:.3f} ± {sd.get(k, 0.0):.3f}" if isinstance(m.get(k), float) else ""
+                          for k in shown])
+    out.print(t)
+
+
+@app.command()
+def sweep(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    grid: Annotated[list[str], typer.Option(help="KEY=V1,V2 (a TrainConfig field); repeat for more axes.")],
+    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds (val carvings) per cell; cells compare on means.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    split: Annotated[Optional[SplitKind], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep directory (default runs/<store>-sweep).")]
+    = None,
+) -> None:
+    """Train every cell of a grid on one cache, choose by validation only, score the chosen cell on test once."""
+    from heads.experiments import parse_grid
+    from heads.experiments import sweep as run_sweep
+    from heads.train import TrainConfig
+
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in
+             {"head": head, "seed": seed, "epochs": epochs, "split": split, "device": device}.items() if v is not None}
+    run_dir = out_dir or Path("runs") / f"{store.stem}-sweep"
+    with user_errors():
+        cfg = TrainConfig(**given)
+        axes = parse_grid(grid, cfg)
+        with progress_bar() as bar:
+            t = bar.add_task("sweep", total=None, rate="")
+
+            def on_progress(p: dict) -> None:
+                cell = " ".join(f"{k}={v}" for k, v in p["params"].items())
+                rate = f"{cell}: val {p['val']:.3f}" if "val" in p else f"test of {cell}"
+                bar.update(t, description=p["stage"], total=p["total"], completed=p["done"], rate=rate)
+
+            metrics = run_sweep(store, cfg, axes, run_dir, seeds, on_progress)
+    chosen = " ".join(f"{k}={v}" for k, v in metrics["chosen"].items())
+    print_repeated(metrics, f"sweep of {metrics['n_cells']} cells × {seeds} seeds → {run_dir}; chosen by val: "
+                            f"{chosen}")
+
+
 RUN_TABLE = ("name", "backbone", "head", "task", "split", "accuracy", "macro_f1", "mAP", "micro_f1", "nmi", "n_params",
              "seconds")
 
@@ -419,14 +495,31 @@ def runs(
     if not rows:
         fail(f"no runs under {runs_dir}: train one with `cli.py fit-head STORE --out {runs_dir}/NAME`")
     cols = [c for c in RUN_TABLE if any(r.get(c) is not None for r in rows)]
+    differing = differing_params(rows)
     t = Table(title=f"runs in {runs_dir} (all columns: --json)")
-    for c in cols:
+    for c in [*cols[:3], *differing, *cols[3:]]:
         numeric = any(isinstance(r.get(c), (int, float)) for r in rows)
         t.add_column(c, justify="right" if numeric else "left", min_width=min(len(c), 8))
     for r in rows:
-        t.add_row(*[f"{r[c]:.{1 if c == 'seconds' else 3}f}" if isinstance(r.get(c), float)
-                    else str(r.get(c) if r.get(c) is not None else "") for c in cols])
+        params = [str(r["params"].get(k, "")) for k in differing]
+        cells = [run_cell(r, c) for c in cols]
+        t.add_row(*cells[:3], *params, *cells[3:])
     out.print(t)
+
+
+def differing_params(rows: list[dict]) -> list[str]:
+    """Train settings (config.json) that differ between the listed runs; head is a column of its own."""
+    keys = sorted({k for r in rows for k in r.get("params", {})} - {"head", "device"})
+    trained = [r.get("params", {}) for r in rows if r.get("params")]
+    return [k for k in keys if len({json.dumps(p.get(k)) for p in trained}) > 1]
+
+
+def run_cell(row: dict, col: str) -> str:
+    value, std = row.get(col), row.get(f"{col}_std")
+    if isinstance(value, float):
+        digits = 1 if col == "seconds" else 3
+        return f"{value:.{digits}f} ± {std:.{digits}f}" if isinstance(std, float) else f"{value:.{digits}f}"
+    return str(value if value is not None else "")
 
 
 @app.command()
