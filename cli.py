@@ -474,6 +474,34 @@ def sweep(
                             f"{chosen}")
 
 
+# -- fusion (heads.fusion) ------------------------------------------------------------------------------
+def parse_floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        fail(f"{flag} expects comma-separated numbers such as 0.5,0.5, got {text!r}")
+
+
+@app.command()
+def fuse(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories of the same classes.")],
+    weights: Annotated[Optional[str], typer.Option(help="One weight per run, e.g. 0.7,0.3 (default: equal).")]
+    = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/fuse-<runs>).")]
+    = None,
+) -> None:
+    """Late fusion: average the runs' probabilities on their common test clips; writes a run that `runs` lists."""
+    from heads.fusion import fuse_runs
+
+    run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
+    with user_errors():
+        metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
+    print_metrics({"fused": metrics["test"], **{Path(k).name: v for k, v in metrics["alone"].items()}},
+                  f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
+
+
 RUN_TABLE = ("name", "backbone", "head", "task", "split", "accuracy", "macro_f1", "mAP", "micro_f1", "nmi", "n_params",
              "seconds")
 
