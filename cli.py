@@ -206,9 +206,15 @@ def default_run_dir(store: Path, head: str) -> Path:
     return Path("runs") / f"{store.stem}-{head}"
 
 
+Fuse = choices("Fuse", "concat")
+
+
 @app.command("fit-head")
 def fit_head(
-    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    store: Annotated[Optional[Path], typer.Argument(help="Store directory or compacted .h5 file.")] = None,
+    more_stores: Annotated[Optional[list[Path]], typer.Argument(help="More stores: one trunk, a classifier "
+                                                                "per store (multi-task).", show_default=False)]
+    = None,
     head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
     task: Annotated[Optional[Task], typer.Option(help="auto: multilabel when any item has several labels.")] = None,
     split: Annotated[Optional[SplitKind], typer.Option(help="official: the store's split column (default); "
@@ -247,6 +253,10 @@ def fit_head(
     = None,
     folds: Annotated[Optional[int], typer.Option(min=2, help="K-fold group-aware CV on the training split.")]
     = None,
+    store_opt: Annotated[Optional[list[Path]], typer.Option("--store", help="A store (repeat: --store A --store B).")]
+    = None,
+    fuse: Annotated[Optional[Fuse], typer.Option(help="concat: the same videos from two stores, features joined.")]
+    = None,
 ) -> None:
     """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory.
 
@@ -255,7 +265,12 @@ def fit_head(
     from heads.train import TrainConfig
 
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
-             if k not in ("store", "out_dir", "run_fit", "TrainConfig", "seeds", "folds") and v is not None}
+             if k not in ("store", "out_dir", "run_fit", "TrainConfig", "seeds", "folds", "more_stores", "store_opt",
+                          "fuse") and v is not None}
+    stores = [s for s in (store, *(more_stores or []), *(store_opt or [])) if s is not None]
+    if not stores:
+        fail("give a store: `cli.py fit-head STORE --head linear` (see --help)")
+    store = stores[0]
     with user_errors():
         cfg = TrainConfig(**given)
         run_dir = out_dir or default_run_dir(store, head.value)
@@ -269,10 +284,14 @@ def fit_head(
                 bar.update(t, description=f"{phase} {head.value} {row.get('member', '')}",
                            completed=row.get("epoch", 0), total=row.get("epochs", cfg.epochs), rate=shown)
 
-            if seeds or folds:
+            if fuse or len(stores) > 1:
+                metrics = fit_several(stores, cfg, run_dir, on_epoch, fuse, seeds or folds)
+            elif seeds or folds:
                 metrics = fit_repeated(store, cfg, run_dir, on_epoch, seeds, folds)
             else:
                 metrics = run_fit(store, cfg, run_dir, on_epoch)
+    if "fusion" in metrics:
+        report_fusion(metrics["fusion"])
     if metrics.get("kind") == "repeated":
         print_repeated(metrics, f"{metrics.get('head')} on {metrics.get('backbone')}, {metrics['n']} "
                                 f"{metrics['mode']} → {run_dir}")
@@ -482,6 +501,29 @@ def parse_floats(text: Optional[str], flag: str) -> Optional[list[float]]:
         return [float(x) for x in text.split(",")]
     except ValueError:
         fail(f"{flag} expects comma-separated numbers such as 0.5,0.5, got {text!r}")
+
+
+def fit_several(stores: list[Path], cfg, run_dir: Path, on_epoch, fuse, repeated) -> dict:
+    """fit-head on two or more stores: concat fusion (--fuse) or one trunk with a classifier per store."""
+    from heads.fusion import fit_fused
+
+    if repeated:
+        fail("--seeds/--folds take a single store")
+    if fuse:
+        return fit_fused(stores, cfg, run_dir, fuse.value, on_epoch)
+    fail("several stores without --fuse: multi-task training is not available yet")
+
+
+def report_fusion(info: dict) -> None:
+    left = {Path(s).name: n for s, n in info["left_out"].items() if n}
+    if left:
+        err.print(f"fused {info['n_common']} videos held by both stores; left out (in one store only): "
+                  + ", ".join(f"{n} of {s} (e.g. {info['left_out_examples'][k][0]})"
+                              for (s, n), k in zip(left.items(), [k for k, v in info["left_out"].items() if v])),
+                  highlight=False, soft_wrap=True)
+    if info.get("label_mismatches"):
+        err.print(f"{info['label_mismatches']} common videos have other labels in the second store; the first "
+                  "store's labels were used", highlight=False)
 
 
 @app.command()
