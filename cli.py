@@ -292,6 +292,11 @@ def fit_head(
                 metrics = run_fit(store, cfg, run_dir, on_epoch)
     if "fusion" in metrics:
         report_fusion(metrics["fusion"])
+    if metrics.get("kind") == "multitask":
+        print_metrics({f"{name} {part}": m for name, parts in metrics["per_store"].items()
+                       for part, m in parts.items()} | {"mean test": metrics["test"]},
+                      f"{metrics.get('head')}, one trunk for {len(metrics['tasks'])} stores → {run_dir}")
+        return
     if metrics.get("kind") == "repeated":
         print_repeated(metrics, f"{metrics.get('head')} on {metrics.get('backbone')}, {metrics['n']} "
                                 f"{metrics['mode']} → {run_dir}")
@@ -322,9 +327,17 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
 ) -> None:
     """Re-score a trained head on any split of a store made with the same extraction settings."""
-    from heads.run import evaluate_run
+    from heads.multitask import evaluate_multi, is_multitask
+    from heads.run import evaluate_run, load_run
 
     with user_errors():
+        if is_multitask(load_run(run)[1]):
+            per_store = evaluate_multi(run, split)
+            if as_json:
+                print(json.dumps(per_store, default=float))
+            else:
+                print_metrics({f"{name} {split}": m for name, m in per_store.items()}, f"{run}: one row per store")
+            return
         metrics = evaluate_run(run, store, split)
     if as_json:
         print(json.dumps(metrics, default=float))
@@ -356,6 +369,7 @@ def predict(
     for r, p in zip(ok, probs):
         order = np.argsort(-p)[:top]
         rows.append({"path": r.video_id, "top": [{"label": labels[i], "prob": round(float(p[i]), 4)} for i in order]})
+    rows = per_store_rows(ckpt, ok, probs, top) or rows
     failed = [r for r in records if r.status != "ok"]
     if as_json:
         print(json.dumps(rows + [{"path": r.video_id, "error": r.error} for r in failed]))
@@ -493,6 +507,22 @@ def sweep(
                             f"{chosen}")
 
 
+def per_store_rows(ckpt: dict, records, probs, top: int) -> list[dict]:
+    """predict on a multi-task run: the top labels of each store, named "store:label"."""
+    import numpy as np
+
+    from heads.multitask import is_multitask, predict_multi
+
+    if not is_multitask(ckpt):
+        return []
+    rows = []
+    for r, by_store in zip(records, predict_multi(ckpt, probs)):
+        shown = [{"store": name, "label": f"{name}:{labels[i]}", "prob": round(float(p[i]), 4)}
+                 for name, (labels, p) in by_store.items() for i in np.argsort(-p)[:top]]
+        rows.append({"path": r.video_id, "top": shown})
+    return rows
+
+
 # -- fusion (heads.fusion) ------------------------------------------------------------------------------
 def parse_floats(text: Optional[str], flag: str) -> Optional[list[float]]:
     if text is None:
@@ -509,9 +539,11 @@ def fit_several(stores: list[Path], cfg, run_dir: Path, on_epoch, fuse, repeated
 
     if repeated:
         fail("--seeds/--folds take a single store")
+    from heads.multitask import fit_multi
+
     if fuse:
         return fit_fused(stores, cfg, run_dir, fuse.value, on_epoch)
-    fail("several stores without --fuse: multi-task training is not available yet")
+    return fit_multi(stores, cfg, run_dir, on_epoch)
 
 
 def report_fusion(info: dict) -> None:
