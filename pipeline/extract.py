@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from featstore import StoreWriter, VideoRecord, open_store
+from featstore import StoreError, StoreWriter, VideoRecord, open_store
 from featstore.store import HEADER, claim_store
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone
 from pipeline.decode import ClipSampling, Geometry, Sampling, set_decoder_threads
@@ -54,6 +54,7 @@ class ExtractConfig:
     limit: int | None = None          # process at most this many new items
     flush_videos: int = 32            # videos per shard: what a crash can lose at most
     force: bool = False               # make a non-empty directory that is not a store into one
+    subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -143,8 +144,8 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
         "size": geometry.size, "crop": geometry.crop,
         "resize": list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
-        "dim": backbone.dim, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                                          "av": av.__version__},
+        "dim": backbone.dim, "subset": cfg.subset, "device": str(device), "precision": precision,
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
     }
 
 
@@ -197,10 +198,19 @@ def pending_items(items: list[Item], store_path: Path, cfg: ExtractConfig) -> tu
     done: set[str] = set()
     if (store_path / HEADER).exists():
         with open_store(store_path) as store:
+            _check_subset(store.config, cfg.subset, store_path)
             done = set(store.ids(status="ok" if cfg.retry_failed else None))
     todo = [it for it in items if it.id not in done]
     skipped = len(items) - len(todo)
     return (todo if cfg.limit is None else todo[:cfg.limit]), skipped
+
+
+def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
+    """A store's config names one subset: appending another would make that record wrong."""
+    if config.get("subset") != subset:
+        raise StoreError(f"store {store_path} holds the subset {config.get('subset') or 'all items'}, this run asks "
+                         f"for {subset or 'all items'}: rerun with the store's --classes/--per-class, or use "
+                         "another --store")
 
 
 def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
