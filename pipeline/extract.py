@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featstore import StoreWriter, VideoRecord, open_store
-from featstore.store import HEADER
+from featstore.store import HEADER, claim_store
 from pipeline.backbones import Backbone, BackboneError, load_backbone
 from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video, set_decoder_threads
 from pipeline.sources import Item, item_kind, shard_items
@@ -49,6 +49,7 @@ class ExtractConfig:
     retry_failed: bool = False
     limit: int | None = None          # process at most this many new items
     flush_videos: int = 32            # videos per shard: what a crash can lose at most
+    force: bool = False               # make a non-empty directory that is not a store into one
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -171,11 +172,10 @@ class _Writer(threading.Thread):
     def finish(self) -> None:
         self.q.put(None)
         self.join()
-        try:
-            self.writer.close()
-        finally:
-            if self.error is not None:
-                raise self.error
+        if self.error is not None:
+            self.writer.abort()  # the write failed (disk full): trying the same shard again would fail again
+            raise self.error
+        self.writer.close()
 
 
 class _Embedder:
@@ -219,20 +219,22 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
             on_progress: Callable[[dict], None] | None = None) -> ExtractResult:
     """Embed every pending item into the store at `store_path`; returns what was done."""
     store_path = Path(store_path)
-    backbone = load_backbone(cfg.backbone, cfg.weights)
-    device = resolve_device(cfg.device, backbone)
-    precision = resolve_precision(cfg.precision, device, backbone)
-    geometry = geometry_for(cfg, backbone)
-    config = store_config(cfg, backbone, geometry, device, precision)
     prefix = "p0" if cfg.shard is None else f"s{cfg.shard[0]}of{cfg.shard[1]}"
-    writer = StoreWriter(store_path, config, FINGERPRINT_KEYS, backbone.dim, prefix=prefix,
-                         flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
-    result = ExtractResult(str(store_path), device=str(device), precision=precision)
+    # The lock and the store's shards are checked before the model loads: a refusal costs nothing.
+    lock = claim_store(store_path, prefix, cfg.force)
     try:
-        todo, result.skipped = pending_items(items, store_path, cfg)
+        todo, skipped = pending_items(items, store_path, cfg)
+        backbone = load_backbone(cfg.backbone, cfg.weights)
+        device = resolve_device(cfg.device, backbone)
+        precision = resolve_precision(cfg.precision, device, backbone)
+        geometry = geometry_for(cfg, backbone)
+        config = store_config(cfg, backbone, geometry, device, precision)
     except BaseException:
-        writer.close()
+        lock.release()
         raise
+    writer = StoreWriter(store_path, config, FINGERPRINT_KEYS, backbone.dim, prefix=prefix, lock=lock,
+                         flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
+    result = ExtractResult(str(store_path), skipped=skipped, device=str(device), precision=precision)
     thread = _Writer(writer)
     thread.start()
     start = time.perf_counter()
