@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pipeline.launch import ENGINES
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cache per-frame embeddings of videos/images in HDF5; train and evaluate heads on the cache.")
 out = Console()
@@ -35,10 +37,14 @@ Crop = choices("Crop", "center", "square", "none")
 Precision = choices("Precision", "auto", "fp32", "bf16", "fp16")
 DType = choices("DType", "float16", "float32")
 Compression = choices("Compression", "none", "lzf", "gzip")
+Engine = choices("Engine", *ENGINES)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -99,7 +105,8 @@ def extract(
     = Precision.auto,
     store: Annotated[Optional[Path], typer.Option(help="Store directory (default: stores/<source>-<backbone>).")]
     = None,
-    shard: Annotated[Optional[str], typer.Option(help="i/N: process part i of N (one writer per part).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="i/N: process part i of N (one writer per part); auto: "
+                                                 "from Slurm array / torchrun variables.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Retry items recorded as failed.")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Process at most N new items.")] = None,
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
@@ -110,15 +117,31 @@ def extract(
     classes: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated: A,B,C.")] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Only the classes listed in this file.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="At most N items per class, whole groups.")] = None,
+    engine: Annotated[Engine, typer.Option(help="local: this process; ray: one Ray task per part.")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray: auto or HOST:PORT (default: RAY_ADDRESS, else a "
+                                                   "local cluster).")] = None,
+    tasks: Annotated[Optional[int], typer.Option(min=1, help="Ray: parts (default 4 x GPUs, or CPUs / C).")] = None,
+    gpus_per_task: Annotated[Optional[float], typer.Option(min=0, help="Ray: GPUs per task (default 1 if any).")]
+    = None,
+    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default 1).")]
+    = None,
+    connect_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds --address may take to answer.")]
+    = 30.0,
 ) -> None:
-    """Decode, sample and embed every item of SOURCE into a resumable HDF5 store."""
+    """Decode, sample and embed every item of SOURCE into a resumable HDF5 store.
+
+    --shard auto reads the part from a Slurm job array or torchrun; --engine ray runs the parts as Ray tasks."""
     from pipeline.extract import ExtractConfig, sampling_for
     from pipeline.extract import extract as run_extract
     from pipeline.sources import Subset, load_source, read_classes
 
     if sum(x is not None for x in (every, frames, fps)) > 1:
         fail("choose one of --every, --frames, --fps")
-    shard_t = parse_shard(shard)
+    ray_flags = {"--address": address, "--tasks": tasks, "--gpus-per-task": gpus_per_task,
+                 "--cpus-per-task": cpus_per_task}
+    if engine is not Engine.ray and (given := [k for k, v in ray_flags.items() if v is not None]):
+        fail(f"{', '.join(given)} only apply to --engine ray")
+    shard_t = None if shard == "auto" else parse_shard(shard)
     with user_errors():
         subset = Subset(read_classes(classes, classes_file), per_class)
         sampling = sampling_for(backbone, every=every, frames=frames, fps=fps, max_frames=max_frames,
@@ -128,6 +151,8 @@ def extract(
                             dtype=dtype.value, compression=None if compression is Compression.none
                             else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
                             force=force, subset=subset.record())
+        if shard == "auto":
+            cfg = shard_from_launcher(cfg)
         items = load_source(source, split_id=split_id, subset=subset)
         # a manifest is often just "manifest.csv": name the store after its folder too
         name = source.name if source.is_dir() else f"{source.resolve().parent.name}-{source.stem}"
@@ -140,10 +165,28 @@ def extract(
                 bar.update(task, total=p["total"], completed=p["done"],
                            rate=f"{p['frames'] / elapsed:.0f} rows/s, {p['failed']} failed")
 
-            result = run_extract(items, store, cfg, on_progress)
+            if engine is Engine.ray:
+                from pipeline.ray_engine import RayOptions, extract_on_ray
+
+                options = RayOptions(address=address, tasks=tasks, gpus_per_task=gpus_per_task,
+                                     cpus_per_task=cpus_per_task or 1.0, connect_timeout=connect_timeout)
+                result = extract_on_ray(items, store, cfg, options, on_progress)
+            else:
+                result = run_extract(items, store, cfg, on_progress)
     print_extract_summary(result)
     if result.failed:
         raise typer.Exit(2)
+
+
+def shard_from_launcher(cfg):
+    """--shard auto: this process's part, GPU and cores from the launcher's environment, said on stderr."""
+    from pipeline.launch import configure, detect_launch
+
+    launch = detect_launch()
+    cfg = configure(cfg, launch)
+    cores = f", {cfg.cores} cores for decoding" if cfg.cores else ""
+    err.print(f"--shard auto: {launch.describe()}, device {cfg.device}{cores}", highlight=False, soft_wrap=True)
+    return cfg
 
 
 def print_extract_summary(result) -> None:

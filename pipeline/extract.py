@@ -45,6 +45,7 @@ class ExtractConfig:
     crop: str = "center"              # center (weights' recipe) | square | none (squash)
     batch_size: int = 64              # frames (or clips) per forward pass, across videos
     workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
+    cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
     device: str = "auto"              # auto | cpu | cuda | cuda:i
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 (autocast dtype)
     dtype: str = "float16"            # storage dtype of features: float16 | float32
@@ -245,14 +246,14 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     return result
 
 
-def _auto_workers(device: torch.device) -> int:
-    cores = len(os.sched_getaffinity(0))
+def _auto_workers(device: torch.device, cores: int | None = None) -> int:
+    cores = cores or len(os.sched_getaffinity(0))
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
-    workers = _auto_workers(device) if cfg.workers is None else cfg.workers
+    workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
     return DataLoader(DecodeStream(todo, cfg.sampling, geometry), batch_size=None,
                       num_workers=workers, prefetch_factor=2 if workers else None,
                       pin_memory=device.type == "cuda", persistent_workers=False,
