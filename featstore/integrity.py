@@ -32,10 +32,15 @@ import numpy as np
 from featstore.errors import StoreError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
-ROW_DATASETS = ("features", "frame_index", "time_s")  # one row per sampled frame (or span)
-SPAN_DATASETS = ("frame_end", "time_end_s")  # rows too, in shards that have them (format 2): checked when present
+ROW_DATASETS = ("features", "frame_index", "time_s")  # one row per sampled frame (or span of frames)
+SPAN_DATASETS = ("frame_end", "time_end_s")  # format 2 and later: where each row's span ends
 DIGEST_ATTR = "columns_sha256"
 DEEP_BLOCK_ROWS = 16384  # rows read at once by a deep check: bounded memory whatever the shard's size
+
+
+def row_datasets(f: h5py.File) -> tuple[str, ...]:
+    """The per-row datasets a shard of its format must have."""
+    return ROW_DATASETS + (SPAN_DATASETS if int(f.attrs.get("framecache_format", 1)) >= 2 else ())
 
 
 class DiskFull(StoreError):
@@ -66,6 +71,7 @@ class Header:
     fingerprint: str
     keys: list[str]
     dim: int
+    format: int = 1  # 1: frame rows; 2: span rows (frame_end, time_end_s) -- featstore.store.FORMAT_VERSION
 
 
 def describe_bytes(n: float | None) -> str:
@@ -240,14 +246,13 @@ def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep
 
 
 def _datasets(f: h5py.File, columns: dict[str, object]) -> dict[str, h5py.Dataset]:
-    """The shard's per-video column and row datasets by name; span datasets only when present."""
+    """The shard's per-video column datasets and the row datasets of its format, by name."""
     found = {}
-    for name in (*columns, *ROW_DATASETS, *SPAN_DATASETS):
+    for name in (*columns, *row_datasets(f)):
         try:
             found[name] = f[name]
         except KeyError:
-            if name not in SPAN_DATASETS:
-                raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
+            raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
     return found
 
 
@@ -310,6 +315,7 @@ def _check_columns(recorded: str | None, sets: dict[str, h5py.Dataset], columns:
 
 
 def _row_datasets(sets: dict[str, h5py.Dataset]) -> list[str]:
+    """The row datasets `_datasets` found (it required those of the shard's format)."""
     return [name for name in (*ROW_DATASETS, *SPAN_DATASETS) if name in sets]
 
 
