@@ -51,13 +51,16 @@ class BadShard(StoreError):
     """A shard that cannot be trusted: damaged, truncated, inconsistent or made with other settings."""
 
     def __init__(self, shard: Path, problem: str, compacted: bool = False):
-        self.shard, self.problem = Path(shard), problem
+        self.shard, self.problem, self.compacted = Path(shard), problem, compacted
         if compacted:
-            hint = "re-create it with `cli.py compact STORE OUT.h5` from the store directory"
+            what, hint = "store file", "re-create it with `cli.py compact STORE OUT.h5` from the store directory"
         else:
-            hint = (f"run `cli.py verify {self.shard.parent} --quarantine` to move it aside, then rerun extract "
-                    "to redo its videos")
-        super().__init__(f"shard {self.shard}: {problem}; {hint}")
+            what, hint = "shard", (f"run `cli.py verify {self.shard.parent} --quarantine` to move it aside, then "
+                                   "rerun extract to redo its videos")
+        super().__init__(f"{what} {self.shard}: {problem}; {hint}")
+
+    def __reduce__(self):  # raised in Ray or DataLoader workers too: pickle the fields, not the message
+        return type(self), (self.shard, self.problem, self.compacted)
 
 
 class ForeignShard(BadShard):

@@ -448,3 +448,16 @@ def test_info_failed_lists_every_failure(tmp_path):
     listed = invoke("info", tmp_path / "s", "--failed")
     assert listed.exit_code == 0
     assert listed.stdout.splitlines() == [f"bad{i:02d}\treason {i}" for i in range(25)]
+
+
+def test_a_damaged_compacted_file_is_named_and_verify_says_to_compact_again(reference, tmp_path):
+    one = tmp_path / "one.h5"
+    assert invoke("compact", reference, one, "--compression", "none").exit_code == 0
+    flip_byte(one, feature_chunk_offset(one) + 64)
+    res = invoke("fit-head", one, "--out", tmp_path / "run")
+    assert res.exit_code == 1 and f"store file {one}: checksum mismatch in features" in res.output
+    assert "cli.py compact" in res.output and "Traceback" not in res.output
+    res = invoke("verify", one, "--deep")
+    assert res.exit_code == 1 and "checksum mismatch in features" in res.output
+    res = invoke("verify", one, "--quarantine")
+    assert res.exit_code == 1 and "compact it again" in res.output
