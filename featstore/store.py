@@ -221,13 +221,14 @@ def claim_store(path: Path, prefix: str, force: bool = False) -> WriterLock:
             shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
             raise StoreError(f"{path} is a non-empty directory that is not a framecache store (it holds {shown}): "
                              "give --store a new or empty directory, or pass --force to make this one a store")
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot create store directory {path}: {e.strerror}") from None
     if not os.access(path, os.W_OK):
         raise StoreError(f"store directory {path} is not writable")
-    return WriterLock(path, prefix)
+    return WriterLock(path, prefix, created)
 
 
 def _refuse(path: Path, bad: list[BadShard]) -> StoreError:

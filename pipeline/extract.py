@@ -229,7 +229,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
         geometry = geometry_for(cfg, backbone)
         config = store_config(cfg, backbone, geometry, device, precision)
     except BaseException:
-        lock.release()
+        lock.abandon()  # a typo in --weights must not leave an empty store directory behind
         raise
     writer = StoreWriter(store_path, config, fingerprint_keys(config), backbone.dim, prefix=prefix, lock=lock,
                          flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)

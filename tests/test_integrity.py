@@ -461,3 +461,10 @@ def test_a_damaged_compacted_file_is_named_and_verify_says_to_compact_again(refe
     assert res.exit_code == 1 and "checksum mismatch in features" in res.output
     res = invoke("verify", one, "--quarantine")
     assert res.exit_code == 1 and "compact it again" in res.output
+
+
+def test_a_run_that_fails_before_its_first_shard_leaves_no_store_directory(clips, tmp_path):
+    res = invoke("extract", clips, "--backbone", "resnet18", "--weights", tmp_path / "absent.pth",
+                 "--store", tmp_path / "new")
+    assert res.exit_code == 1 and "absent.pth" in res.output
+    assert not (tmp_path / "new").exists()
