@@ -117,6 +117,21 @@ def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int, keys: list[str],
     f.attrs["dim"] = dim
 
 
+def _create_row_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, comp: dict,
+                         fmt: int) -> dict[str, h5py.Dataset]:
+    """The empty, growable, fletcher32-checked per-row datasets of a shard of format `fmt`."""
+    rows = {"features": f.create_dataset("features", (0, dim), dtype, maxshape=(None, dim),
+                                         chunks=(chunk_rows, dim), fletcher32=True, **comp),
+            "frame_index": f.create_dataset("frame_index", (0,), np.int64, maxshape=(None,), chunks=(4096,),
+                                            fletcher32=True),
+            "time_s": f.create_dataset("time_s", (0,), np.float64, maxshape=(None,), chunks=(4096,),
+                                       fletcher32=True)}
+    if fmt >= 2:
+        for name, dt in SPAN_COLUMNS.items():
+            rows[name] = f.create_dataset(name, (0,), dt, maxshape=(None,), chunks=(4096,), fletcher32=True)
+    return rows
+
+
 def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: str, keys: list[str], dim: int,
                 dtype: str = "float16", compression: str | None = None, chunk_rows: int = 128,
                 size_hint: int | None = None, fmt: int = FORMAT_VERSION) -> None:
@@ -138,15 +153,7 @@ def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: st
     with h5_temp(tmp, path, needed) as (f, guard):
         _write_attrs(f, config, fp, dim, keys, fmt)
         f.attrs["created"] = time.time()
-        rows = {"features": f.create_dataset("features", (0, dim), dtype, maxshape=(None, dim),
-                                             chunks=(chunk_rows, dim), fletcher32=True, **comp),
-                "frame_index": f.create_dataset("frame_index", (0,), np.int64, maxshape=(None,), chunks=(4096,),
-                                                fletcher32=True),
-                "time_s": f.create_dataset("time_s", (0,), np.float64, maxshape=(None,), chunks=(4096,),
-                                           fletcher32=True)}
-        if fmt >= 2:
-            for name, dt in SPAN_COLUMNS.items():
-                rows[name] = f.create_dataset(name, (0,), dt, maxshape=(None,), chunks=(4096,), fletcher32=True)
+        rows = _create_row_datasets(f, dim, dtype, chunk_rows, comp, fmt)
         n = 0
         for r in records:
             if fmt < 2 and r.length and np.any(np.asarray(r.frame_end) != np.asarray(r.frame_index) + 1):
