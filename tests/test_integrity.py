@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import cli
 from data.synth import write_video
-from featstore import BadShard, DiskFull, ForeignShard, StoreError, StoreWriter, VideoRecord, open_store, verify_store
+from featstore import BadShard, ForeignShard, StoreError, StoreWriter, VideoRecord, open_store, verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -87,16 +87,24 @@ def one_line_error(stderr: str) -> str:
     return errors[0]
 
 
-def cli_child(*args, file_limit: int | None = None, **kw) -> subprocess.CompletedProcess:
-    """`python cli.py ARGS` in a child process, optionally under RLIMIT_FSIZE (SIGXFSZ ignored: writes then fail
-    with EFBIG, as they fail with ENOSPC on a full disk)."""
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+class FileSizeLimit:
+    """preexec_fn of a child whose files may not grow past `nbytes`: with SIGXFSZ ignored, a write past the limit
+    fails with EFBIG, as it fails with ENOSPC on a full disk."""
 
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+    def __call__(self) -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.nbytes, self.nbytes))
+
+
+def cli_child(*args, file_limit: int | None = None) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` in a child process, optionally under a file size limit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}  # wide: rich must not wrap the one line
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *[str(a) for a in args]], env=env, text=True,
-                          capture_output=True, preexec_fn=limit if file_limit else None, timeout=300, **kw)
+                          capture_output=True, preexec_fn=FileSizeLimit(file_limit) if file_limit else None,
+                          timeout=300)
 
 
 # -- disk full -------------------------------------------------------------------------------------------------
@@ -139,12 +147,8 @@ GROWING_WRITER = textwrap.dedent("""
 
 def test_disk_full_mid_run_leaves_earlier_shards_and_no_temp_file_and_exits_cleanly(tmp_path):
     store = tmp_path / "s"
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
-
     run = subprocess.run([sys.executable, "-c", GROWING_WRITER, str(store)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit, timeout=120)
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=FileSizeLimit(600_000), timeout=120)
     assert run.returncode == 0, run.stderr  # not 139: HDF5 never saw the failed write
     assert "disk full writing" in run.stdout and "p0-000001.h5" in run.stdout
     assert no_temp_files(store)
