@@ -24,7 +24,11 @@ from featstore.errors import FramecacheError
 _AV_ERRORS = (av.error.FFmpegError, OSError)
 # Slack when comparing a frame's time with the next --fps tick: pts * time_base is not exact in floating point.
 _TICK_EPS = 1e-6
-_CROPS = ("center", "square", "none")
+CROPS = ("center", "square", "none")  # the --crop choices (cli.py reads them here)
+
+
+class SamplingError(FramecacheError, ValueError):
+    """A sampling or geometry setting that cannot be honoured; the message names the flag."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Sampling:
         rules = {"--every": self.every, "--frames": self.frames, "--fps": self.fps}
         given = {flag: value for flag, value in rules.items() if value is not None}
         if len(given) > 1:
-            raise ValueError("choose one sampling rule out of --every, --frames and --fps; got "
+            raise SamplingError("choose one sampling rule out of --every, --frames and --fps; got "
                              + " and ".join(f"{flag} {value}" for flag, value in given.items()))
         if not given:
             object.__setattr__(self, "every", 1)  # no rule means every frame
@@ -49,7 +53,7 @@ class Sampling:
                 _check_positive_int(flag, value)
         if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real)
                                      or not math.isfinite(self.fps) or self.fps <= 0):
-            raise ValueError(f"--fps must be a positive number of frames per second, got {self.fps!r}")
+            raise SamplingError(f"--fps must be a positive number of frames per second, got {self.fps!r}")
         _normalize(self, int, "every", "frames", "max_frames")  # plain Python numbers: the config goes to JSON
         _normalize(self, float, "fps")
 
@@ -63,19 +67,19 @@ class Geometry:
     crop: str = "center"   # 'center' | 'square' (shorter side -> size, center square) | 'none' (squash to size x size)
 
     def __post_init__(self) -> None:
-        if self.crop not in _CROPS:
-            raise ValueError(f"--crop must be one of {', '.join(_CROPS)}; got {self.crop!r}")
+        if self.crop not in CROPS:
+            raise SamplingError(f"--crop must be one of {', '.join(CROPS)}; got {self.crop!r}")
         _check_positive_int("--size", self.size)
         _check_positive_int("resize", self.resize)
         _normalize(self, int, "size", "resize")
         if self.crop == "center" and self.resize < self.size:
-            raise ValueError(f"with --crop center the resize ({self.resize}) must be at least --size ({self.size}); "
+            raise SamplingError(f"with --crop center the resize ({self.resize}) must be at least --size ({self.size}); "
                              "lower --size or use --crop square")
 
 
 def _check_positive_int(flag: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+        raise SamplingError(f"{flag} must be a positive integer, got {value!r}")
 
 
 def _normalize(config: object, kind: type, *fields: str) -> None:

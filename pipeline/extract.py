@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import queue
+import re
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,16 +21,25 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featstore import StoreWriter, VideoRecord, open_store
+from featstore.errors import FramecacheError
 from featstore.store import HEADER
 from pipeline.backbones import Backbone, BackboneError, load_backbone
-from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video, set_decoder_threads
+from pipeline.decode import (CROPS, DecodeError, Geometry, Sampling, decode_image, decode_video,
+                             set_decoder_threads)
 from pipeline.sources import Item, item_kind, shard_items
 
 STORE_FORMAT = 1
 # Settings that change the features: a store refuses appends that differ in any of them.
 FINGERPRINT_KEYS = ("format", "backbone", "weights", "every", "frames", "fps", "max_frames",
                     "size", "resize", "crop", "mean", "std", "dtype")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = ("float16", "float32")          # storage dtype of features
+COMPRESSIONS = ("none", "lzf", "gzip")   # HDF5 compression of features; "none" is stored as None
+
+
+class ExtractError(FramecacheError, ValueError):
+    """An extraction setting that cannot be honoured; the message names the flag."""
 
 
 @dataclass
@@ -51,15 +62,15 @@ class ExtractConfig:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise ValueError("--batch-size must be at least 1")
+            raise ExtractError("--batch-size must be at least 1")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
-        if self.crop not in ("center", "square", "none"):
-            raise ValueError(f"--crop must be center, square or none, not {self.crop!r}")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"--dtype must be float16 or float32, not {self.dtype!r}")
+            raise ExtractError(f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.crop not in CROPS:
+            raise ExtractError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
+        if self.dtype not in DTYPES:
+            raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
-            raise ValueError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
+            raise ExtractError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
 
 
 @dataclass
@@ -85,6 +96,8 @@ def resolve_device(device: str, backbone: Backbone) -> torch.device:
         return torch.device("cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not DEVICE_RE.fullmatch(device):
+        raise BackboneError(f"--device {device!r} is not a device this tool runs on; use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackboneError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(device)
@@ -321,6 +334,16 @@ def _init_decode_worker(_: int) -> None:
     # A decode worker runs no model: one decoder thread and one torch thread each, the rest for inference.
     set_decoder_threads(1)
     torch.set_num_threads(1)
+    # Stopping is the main process's job: it saves the finished videos, then shuts the workers down. Ctrl-C reaches
+    # the whole process group, so a worker ignores it (no traceback of its own); SIGTERM (DataLoader's own shutdown,
+    # or Slurm/systemd signalling every process) ends a worker quietly, with a status the main process does not
+    # report as a crashed worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _quiet_exit)
+
+
+def _quiet_exit(signum: int, frame) -> None:
+    os._exit(0)
 
 
 def _record(item: Item, v: dict) -> VideoRecord:
