@@ -91,10 +91,13 @@ class Terminated(KeyboardInterrupt):
 
 class StopSignals:
     """SIGINT and SIGTERM interrupt the command once, as KeyboardInterrupt / Terminated, so that `finally` blocks
-    save finished work; a second signal while that runs is ignored, so it cannot abandon the save halfway."""
+    save finished work; a second signal while that runs is ignored, so it cannot abandon the save halfway.
+
+    A signal that lands inside a C extension can have its exception swallowed there (PyAV replaces it with its own
+    error), so progress callbacks call `check()`, which raises it again."""
 
     def __init__(self) -> None:
-        self.raised = False
+        self.raised: int | None = None  # the signal that interrupted, once one did
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -104,11 +107,15 @@ class StopSignals:
         return self
 
     def handle(self, signum: int, frame) -> None:
-        if self.raised:
+        if self.raised is not None:
             os.write(2, b"\nstill saving what is finished; it takes a moment\n")
             return
-        self.raised = True
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.raised = signum
+        self.check()
+
+    def check(self) -> None:
+        if self.raised is not None:
+            raise Terminated() if self.raised == signal.SIGTERM else KeyboardInterrupt()
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
@@ -144,8 +151,8 @@ def user_errors(on_interrupt: str = "nothing was written"):
     from featstore.errors import FramecacheError
 
     try:
-        with StopSignals():
-            yield
+        with StopSignals() as stop:
+            yield stop
     except FramecacheError as e:
         fail(str(e))
     except OSError as e:  # disk full, permissions, a file where a folder should be: the environment, not a bug
@@ -208,7 +215,7 @@ def extract(
     if sum(x is not None for x in (every, frames, fps)) > 1:
         fail("choose one of --every, --frames, --fps")
     shard_t = parse_shard(shard)
-    with user_errors("every finished item is saved: rerun the same command to resume"):
+    with user_errors("every finished item is saved: rerun the same command to resume") as stop:
         sampling = Sampling(every=every if (every or frames or fps) else 10, frames=frames, fps=fps,
                             max_frames=max_frames)
         cfg = ExtractConfig(backbone=backbone, weights=weights, sampling=sampling, size=size, crop=crop.value,
@@ -223,6 +230,7 @@ def extract(
             task = bar.add_task("extract", total=None, rate="")
 
             def on_progress(p: dict) -> None:
+                stop.check()
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, total=p["total"], completed=p["done"],
                            rate=f"{p['frames'] / elapsed:.0f} frames/s, {p['failed']} failed")

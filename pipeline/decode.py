@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -215,10 +216,10 @@ def _reason(error: BaseException) -> str:
 
 def _check_file(path: str) -> None:
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
     except OSError as e:
         raise DecodeError(f"failed to open {path}: {_reason(e)}") from e
-    if size == 0:
+    if info.st_size == 0 and stat.S_ISREG(info.st_mode):  # a named pipe has no size and is read like a file
         raise DecodeError(f"failed to open {path}: the file is empty (0 bytes)")
 
 
