@@ -422,6 +422,8 @@ def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video or image files.")],
     top: Annotated[int, typer.Option(min=1, help="Labels shown per file.")] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    weights: Annotated[Optional[Path], typer.Option(help="The store's weights file, if it moved since extract "
+                                                    "(checked against the sha256 the store recorded).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """Embed new files exactly as the run's store was made, apply the head, print the top labels."""
@@ -432,7 +434,8 @@ def predict(
 
     with user_errors():
         model, ckpt = load_run(run)
-        records = embed_files([str(v) for v in videos], ckpt["store_config"], device)
+        records = embed_files([str(v) for v in videos], ckpt["store_config"], device,
+                              None if weights is None else str(weights))
         ok = [r for r in records if r.status == "ok"]
         probs = predict_features(model, ckpt, [r.features for r in ok]) if ok else np.zeros((0, 0))
     labels, rows = ckpt["labels"], []

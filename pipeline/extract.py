@@ -122,7 +122,8 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
     s = cfg.sampling
     return {
         "format": STORE_FORMAT, "backbone": backbone.name, "weights": backbone.weights_id,
-        "weights_arg": cfg.weights, "every": s.every, "frames": s.frames, "fps": s.fps,
+        "weights_arg": cfg.weights, "weights_file": backbone.meta.get("weights_file"),
+        "weights_sha256": backbone.meta.get("weights_sha256"), "every": s.every, "frames": s.frames, "fps": s.fps,
         "max_frames": s.max_frames, "size": geometry.size, "resize": geometry.resize, "crop": geometry.crop,
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
         "dim": backbone.dim, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -361,25 +362,44 @@ def _report(on_progress, result: ExtractResult, total: int, current: str) -> Non
                      "failed": len(result.failed), "current": current})
 
 
-def config_from_store(config: dict, device: str = "auto", workers: int | None = 0) -> ExtractConfig:
-    """The ExtractConfig that made a store (its backbone, weights, sampling and preprocessing)."""
+def config_from_store(config: dict, device: str = "auto", workers: int | None = 0,
+                      weights: str | None = None) -> ExtractConfig:
+    """The ExtractConfig that made a store (its backbone, weights, sampling and preprocessing).
+
+    `weights` replaces a weights file that is no longer where the store recorded it (embed_files checks its hash)."""
     sampling = Sampling(every=config["every"], frames=config["frames"], fps=config["fps"],
                         max_frames=config["max_frames"])
-    return ExtractConfig(backbone=config["backbone"], weights=config["weights_arg"], sampling=sampling,
+    return ExtractConfig(backbone=config["backbone"], weights=weights or store_weights(config), sampling=sampling,
                          size=config["size"], crop=config["crop"], device=device, workers=workers,
                          dtype=config["dtype"])
 
 
-def embed_files(paths: list[str], config: dict, device: str = "auto") -> list[VideoRecord]:
+def store_weights(config: dict) -> str:
+    """The --weights that rebuilds a store's backbone: its enum name, or the weights file, looked for at the absolute
+    path extract recorded, then at the path extract was given (relative to the working directory)."""
+    if not str(config["weights"]).startswith("file:"):
+        return config["weights_arg"]
+    for candidate in (config.get("weights_file"), config["weights_arg"]):
+        if candidate and Path(candidate).expanduser().is_file():
+            return candidate
+    raise BackboneError(f"the weights file the store was made with is gone (recorded at "
+                        f"{config.get('weights_file') or config['weights_arg']}, {config['weights']}): "
+                        "pass --weights PATH to a copy of it (its sha256 is checked)")
+
+
+def embed_files(paths: list[str], config: dict, device: str = "auto", weights: str | None = None) -> list[VideoRecord]:
     """Decode and embed files exactly as the store with `config` was made; no store is written.
 
     Features go through the store's dtype, so a file embedded here equals the same file read from the store.
+    `weights` points at the store's weights file when it has moved; a file with other content is refused.
     """
-    cfg = config_from_store(config, device)
+    cfg = config_from_store(config, device, weights=weights)
     backbone = load_backbone(cfg.backbone, cfg.weights)
-    if backbone.weights_id != config["weights"]:
+    recorded = config.get("weights_sha256")
+    if backbone.weights_id != config["weights"] or (recorded and backbone.meta.get("weights_sha256") != recorded):
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "
-                            f"({backbone.weights_id} vs {config['weights']})")
+                            f"({backbone.meta.get('weights_sha256') or backbone.weights_id} vs "
+                            f"{recorded or config['weights']})")
     dev = resolve_device(cfg.device, backbone)
     geometry = geometry_for(cfg, backbone)
     items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]

@@ -25,7 +25,8 @@ from pipeline.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "1", "--size", "32", "--crop", "none"]
+EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "1", "--size", "32", "--crop", "none",
+           "--precision", "fp32"]
 
 
 def invoke(*args):
@@ -320,3 +321,37 @@ def test_k_range_takes_lo_colon_hi_as_its_help_says(store, tmp_path):
     assert [row["k"] for row in sweep] == [2, 3]
     help_text = invoke("cluster-eval", "--help").output
     assert "LO:HI" in help_text and "LO,HI" not in help_text
+
+
+# -- weights found by content ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_predict_finds_weights_by_absolute_path_and_accepts_a_moved_copy_checked_by_hash(tmp_path, monkeypatch):
+    from pipeline.backbones import load_backbone
+
+    work = tmp_path / "work"
+    (work / "w").mkdir(parents=True)
+    torch.save(load_backbone("resnet18", "none").model.state_dict(), work / "w" / "r18.pth")
+    manifest = write_manifest(tmp_path, [f"c{i}.mkv" for i in range(6)])
+    monkeypatch.chdir(work)  # extract is given a path relative to this folder
+    args = [*EXTRACT[:2], "--weights", "w/r18.pth", *EXTRACT[4:]]
+    res = invoke("extract", manifest, *args, "--workers", "0", "--store", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    config = open_store(tmp_path / "s").config
+    assert config["weights_file"] == str(work / "w" / "r18.pth") and len(config["weights_sha256"]) == 64
+    assert invoke("fit-head", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "run").exit_code == 0
+    monkeypatch.chdir(tmp_path)  # the relative path no longer resolves; the recorded absolute one does
+    res = invoke("predict", tmp_path / "run", tmp_path / "c0.mkv", "--json")
+    assert res.exit_code == 0, res.output
+    expected = json.loads(res.stdout)
+    (work / "w" / "r18.pth").rename(tmp_path / "moved.pth")
+    res = invoke("predict", tmp_path / "run", tmp_path / "c0.mkv")
+    assert res.exit_code == 1 and "--weights PATH" in res.output and "Traceback" not in res.output
+    res = invoke("predict", tmp_path / "run", tmp_path / "c0.mkv", "--json", "--weights", tmp_path / "moved.pth")
+    assert res.exit_code == 0 and json.loads(res.stdout) == expected
+    other = load_backbone("resnet18", "none").model.state_dict()
+    other["conv1.weight"] = other["conv1.weight"] + 1
+    torch.save(other, tmp_path / "other.pth")
+    res = invoke("predict", tmp_path / "run", tmp_path / "c0.mkv", "--weights", tmp_path / "other.pth")
+    assert res.exit_code == 1 and "not the ones the store was made with" in res.output
