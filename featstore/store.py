@@ -40,7 +40,9 @@ VIDEO_COLUMNS: dict[str, object] = {
     "video_id": "str", "path": "str", "label": "str", "group": "str", "split": "str",
     "status": "str", "error": "str", "offset": np.int64, "length": np.int64,
     "fps": np.float64, "n_frames": np.int64, "width": np.int64, "height": np.int64,
+    "rotation": np.int64,  # display-matrix rotation applied at decode; shards written before it lack it: 0
 }
+OPTIONAL_COLUMNS = {"rotation": 0}  # columns older shards may lack, with the value they mean there
 
 
 class StoreError(FramecacheError, RuntimeError):
@@ -79,6 +81,7 @@ class VideoRecord:
     n_frames: int = 0
     width: int = 0
     height: int = 0
+    rotation: int = 0                       # degrees counter-clockwise applied from the display matrix
     features: np.ndarray | None = None      # (T, D)
     frame_index: np.ndarray | None = None   # (T,)
     time_s: np.ndarray | None = None        # (T,)
@@ -191,7 +194,9 @@ class Store:
 
     def _index_shard(self, i: int, file: Path) -> None:
         with h5py.File(file, "r") as f:
-            cols = {name: f[name][()] for name in VIDEO_COLUMNS}
+            cols = {name: f[name][()] for name in VIDEO_COLUMNS if name in f or name not in OPTIONAL_COLUMNS}
+        for name, value in OPTIONAL_COLUMNS.items():
+            cols.setdefault(name, np.full(len(cols["video_id"]), value))
         for row in range(len(cols["video_id"])):
             meta = {k: (v[row].decode() if isinstance(v[row], bytes) else v[row].item())
                     for k, v in cols.items()}
@@ -435,7 +440,8 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip") 
                 ok = m["status"] == "ok" and m["length"] > 0
                 # raw rows (no float32 round trip) so the copy is bit-identical
                 yield VideoRecord(vid, **{k: m[k] for k in ("path", "label", "group", "split", "status", "error",
-                                                            "fps", "n_frames", "width", "height")},
+                                                            "fps", "n_frames", "width", "height",
+                                                            "rotation")},
                                   features=store._rows(vid, "features") if ok else None,
                                   frame_index=store.frame_index(vid) if ok else None,
                                   time_s=store.time_s(vid) if ok else None)

@@ -98,8 +98,9 @@ class DecodedVideo:
     time_s: np.ndarray       # (T,) float64, pts * time_base (index / nominal fps where a frame has no pts)
     fps: float               # measured: (frames - 1) / (t_last - t_first); the stream's nominal rate if unmeasurable
     n_frames: int            # frames decoded, not the header's claim (see decode_video for max_frames)
-    width: int               # source frame size
+    width: int               # source frame size as displayed (after `rotation`)
     height: int
+    rotation: int = 0        # degrees counter-clockwise applied from the display matrix (phone videos): 0/90/180/270
 
 
 class DecodeError(FramecacheError, RuntimeError):
@@ -200,10 +201,18 @@ class _Converter:
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        width, height = _resized_size(frame.width, frame.height, self.geometry)
         rgb = self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        rgb = np.rot90(rgb, quarter_turns(frame))  # upright first: the crop must see the frame as it is shown
+        width, height = _resized_size(rgb.shape[1], rgb.shape[0], self.geometry)
         scaled = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
         return np.ascontiguousarray(_center_crop(scaled, self.geometry))
+
+
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that show `frame` upright, from its display matrix (PyAV's `rotation` is
+    counter-clockwise degrees, as FFmpeg's av_display_rotation_get). Angles between quarter turns are rounded to the
+    nearest; a mirroring display matrix is not undone (phones record rotation only)."""
+    return round((frame.rotation or 0) / 90) % 4
 
 
 # --- opening and reading -------------------------------------------------------------------------------------------
@@ -328,7 +337,7 @@ class _Pass:
         self.frames: list[np.ndarray] = []
         self.index: list[int] = []
         self.times: list[float] = []
-        self.n, self.t_first, self.t_last, self.source_size = 0, math.nan, math.nan, (0, 0)
+        self.n, self.t_first, self.t_last, self.source_size, self.rotation = 0, math.nan, math.nan, (0, 0), 0
 
     def add(self, frame: av.VideoFrame) -> bool:
         """Take one decoded frame; False once the cap on kept frames is reached."""
@@ -336,7 +345,9 @@ class _Pass:
         if t is None:  # no pts (some raw streams): the nominal rate is the best guess left
             t = self.n / self.rate if self.rate else math.nan
         if self.n == 0:
-            self.t_first, self.source_size = t, (frame.width, frame.height)
+            turns = quarter_turns(frame)
+            self.t_first, self.rotation = t, 90 * turns
+            self.source_size = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
         if self.pick(self.n, t):
             self.frames.append(self.convert(frame))
             self.index.append(self.n)
@@ -372,4 +383,5 @@ def _result(path: str, taken: _Pass, n_frames: int, error: BaseException | None)
                           "use --every or --frames")
     return DecodedVideo(frames=np.stack(taken.frames), frame_index=np.asarray(taken.index, dtype=np.int64),
                         time_s=np.asarray(taken.times, dtype=np.float64), fps=taken.measured_fps(),
-                        n_frames=n_frames, width=taken.source_size[0], height=taken.source_size[1])
+                        n_frames=n_frames, width=taken.source_size[0], height=taken.source_size[1],
+                        rotation=taken.rotation)

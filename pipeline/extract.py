@@ -126,7 +126,7 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
         "weights_sha256": backbone.meta.get("weights_sha256"), "every": s.every, "frames": s.frames, "fps": s.fps,
         "max_frames": s.max_frames, "size": geometry.size, "resize": geometry.resize, "crop": geometry.crop,
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
-        "dim": backbone.dim, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+        "dim": backbone.dim, "autorotate": True, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                                           "av": av.__version__},
     }
 
@@ -158,7 +158,8 @@ class _Decoded(Dataset):
             return {"i": i, "error": f"{type(e).__name__}: {e} ({item.path})"}
         frames = v.frames if v.frames.flags.writeable else v.frames.copy()  # torch wants writable memory
         return {"i": i, "frames": torch.from_numpy(frames), "frame_index": v.frame_index, "time_s": v.time_s,
-                "fps": v.fps, "n_frames": v.n_frames, "width": v.width, "height": v.height}
+                "fps": v.fps, "n_frames": v.n_frames, "width": v.width, "height": v.height,
+                "rotation": v.rotation}
 
 
 class _Writer(threading.Thread):
@@ -352,7 +353,7 @@ def _record(item: Item, v: dict) -> VideoRecord:
     if "error" in v:
         return VideoRecord(**base, status="failed", error=v["error"])
     return VideoRecord(**base, fps=float(v["fps"]), n_frames=int(v["n_frames"]), width=int(v["width"]),
-                       height=int(v["height"]), features=np.concatenate(v["feats"]),
+                       height=int(v["height"]), rotation=int(v["rotation"]), features=np.concatenate(v["feats"]),
                        frame_index=np.asarray(v["frame_index"]), time_s=np.asarray(v["time_s"]))
 
 

@@ -355,3 +355,47 @@ def test_predict_finds_weights_by_absolute_path_and_accepts_a_moved_copy_checked
     torch.save(other, tmp_path / "other.pth")
     res = invoke("predict", tmp_path / "run", tmp_path / "c0.mkv", "--weights", tmp_path / "other.pth")
     assert res.exit_code == 1 and "not the ones the store was made with" in res.output
+
+
+# -- rotation metadata ------------------------------------------------------------------------------------------------
+
+
+def write_rotated(path: Path, frames: np.ndarray, degrees: int) -> Path:
+    """A lossless clip whose stream carries a display matrix (what phones write) rotating it `degrees` CCW."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=25, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
+        stream.set_display_rotation(degrees)
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_a_display_matrix_is_applied_like_a_player_shows_the_clip(tmp_path, degrees):
+    from pipeline.decode import Geometry, decode_video
+
+    frames = np.zeros((3, 32, 48, 3), np.uint8)  # landscape as stored; a red block marks the top-left corner
+    frames[:, :8, :12, 0] = 255
+    frames[:, 8:, :, 2] = np.arange(3)[:, None, None] * 60 + 40
+    rotated = write_rotated(tmp_path / "phone.mp4", frames, degrees)
+    upright = write_video(tmp_path / "upright.mkv", np.ascontiguousarray(np.rot90(frames, degrees // 90, axes=(1, 2))))
+    geometry = Geometry(size=24, resize=24, crop="square")
+    got, want = decode_video(rotated, Sampling(), geometry), decode_video(upright, Sampling(), geometry)
+    np.testing.assert_array_equal(got.frames, want.frames)
+    assert got.rotation == degrees % 360 and want.rotation == 0
+    assert (got.width, got.height) == (want.width, want.height) == ((32, 48) if degrees % 180 else (48, 32))
+
+
+def test_extract_records_each_videos_rotation(tmp_path):
+    frames = clip(0)
+    write_rotated(tmp_path / "phone.mp4", frames, -90)
+    write_video(tmp_path / "plain.mkv", frames)
+    (tmp_path / "m.csv").write_text("path,label\nphone.mp4,a\nplain.mkv,b\n")
+    extract(load_source(tmp_path / "m.csv"), tmp_path / "s", small_cfg())
+    s = open_store(tmp_path / "s")
+    assert (s.meta("phone")["rotation"], s.meta("plain")["rotation"]) == (270, 0)
+    assert s.config["autorotate"] is True
