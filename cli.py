@@ -205,12 +205,17 @@ def extract(
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
     dtype: Annotated[DType, typer.Option(help="Storage dtype of features.")] = DType.float16,
     compression: Annotated[Compression, typer.Option(help="HDF5 compression of features.")] = Compression.none,
+    update_meta: Annotated[bool, typer.Option(help="Only record the manifest's labels/groups/splits for items "
+                                              "already in --store; nothing is embedded.")] = False,
 ) -> None:
     """Decode, sample and embed every item of SOURCE into a resumable HDF5 store."""
     from pipeline.decode import Sampling
     from pipeline.extract import ExtractConfig
     from pipeline.extract import extract as run_extract
     from pipeline.sources import load_source
+
+    if update_meta:
+        return update_store_meta(source, store, split_id)
 
     if sum(x is not None for x in (every, frames, fps)) > 1:
         fail("choose one of --every, --frames, --fps")
@@ -241,6 +246,20 @@ def extract(
         raise typer.Exit(FAILED_ITEMS)
 
 
+def update_store_meta(source: Path, store: Optional[Path], split_id: int) -> None:
+    """extract --update-meta: the manifest's labels, groups and splits for the items a store already holds."""
+    from pipeline.extract import update_meta
+    from pipeline.sources import load_source
+
+    if store is None:
+        fail("--update-meta needs --store: the store whose metadata to update")
+    with user_errors():
+        changes = update_meta(load_source(source, split_id=split_id), store)
+    for change in changes[:20]:
+        out.print(f"updated {change.describe()}", highlight=False, soft_wrap=True)
+    out.print(f"{len(changes)} item(s) updated in {store} (features unchanged)", highlight=False)
+
+
 def print_extract_summary(result) -> None:
     t = Table(title=f"extract → {result.store}", show_header=False)
     for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
@@ -252,6 +271,11 @@ def print_extract_summary(result) -> None:
         err.print(f"[red]failed[/] {vid}: {reason}", highlight=False, soft_wrap=True)
     if len(result.failed) > 20:
         err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store}` lists them all")
+    if result.meta_changed:
+        shown = "; ".join(c.describe() for c in result.meta_changed[:3])
+        err.print(f"[yellow]warning:[/] {len(result.meta_changed)} item(s) already in the store have another "
+                  f"label/group/split in the source (e.g. {shown}); the store keeps the old values: rerun with "
+                  "--update-meta to record the new ones (no re-embedding)", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import FramecacheError
+from featstore.meta import read_meta_updates
 
 FORMAT_VERSION = 1
 HEADER = "_store.h5"
@@ -169,6 +170,9 @@ class Store:
         self._order: list[str] = []
         for i, f in enumerate(self._files):
             self._index_shard(i, f)
+        for vid, changes in read_meta_updates(self.path).items():  # extract --update-meta: newer labels/splits
+            if vid in self._entries:
+                self._entries[vid].meta.update(changes)
         self._handles: OrderedDict[int, h5py.File] = OrderedDict()
         self._pid = os.getpid()
 

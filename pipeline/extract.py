@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featstore import StoreWriter, VideoRecord, open_store
+from featstore import StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
+from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER
 from pipeline.backbones import Backbone, BackboneError, load_backbone
 from pipeline.decode import (CROPS, DecodeError, Geometry, Sampling, decode_image, decode_video,
@@ -83,6 +84,7 @@ class ExtractResult:
     seconds: float = 0.0
     device: str = ""
     precision: str = ""
+    meta_changed: list[MetaChange] = field(default_factory=list)  # items whose manifest label/group/split differ
 
     @property
     def frames_per_s(self) -> float:
@@ -229,6 +231,23 @@ def pending_items(items: list[Item], store_path: Path, cfg: ExtractConfig) -> tu
     return (todo if cfg.limit is None else todo[:cfg.limit]), skipped
 
 
+def meta_changes(items: list[Item], store_path: str | Path) -> list[MetaChange]:
+    """Items already in the store whose label, group or split in `items` differ from what the store holds."""
+    if not (Path(store_path) / HEADER).exists():
+        return []
+    with open_store(store_path) as store:
+        return diff_meta(store, {it.id: {"label": it.label, "group": it.group, "split": it.split} for it in items})
+
+
+def update_meta(items: list[Item], store_path: str | Path) -> list[MetaChange]:
+    """Record the label, group and split of `items` for those already in the store; nothing is decoded or embedded."""
+    if not (Path(store_path) / HEADER).exists():
+        raise StoreError(f"no store at {store_path}: --update-meta updates a store that extract wrote")
+    changes = meta_changes(items, store_path)
+    write_meta_update(store_path, changes)
+    return changes
+
+
 def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
             on_progress: Callable[[dict], None] | None = None) -> ExtractResult:
     """Embed every pending item into the store at `store_path`; returns what was done."""
@@ -244,6 +263,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     result = ExtractResult(str(store_path), device=str(device), precision=precision)
     try:
         todo, result.skipped = pending_items(items, store_path, cfg)
+        result.meta_changed = meta_changes(items, store_path)
     except BaseException:
         writer.close()
         raise
