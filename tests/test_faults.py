@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 import cli
 from data.synth import write_video
 from featstore import open_store
+from featstore.verify import verify_store
 from pipeline.decode import Sampling
 from pipeline.extract import ExtractConfig, extract
 from pipeline.sources import load_source
@@ -210,6 +211,7 @@ def assert_resume_equals_uninterrupted(store: Path, manifest: Path, tmp_path: Pa
     assert resumed.skipped == len(done) and not resumed.failed
     extract(items, tmp_path / "clean", small_cfg())
     a, b = open_store(store), open_store(tmp_path / "clean")
+    assert verify_store(store, deep=True).passed
     assert sorted(a.ids()) == sorted(b.ids()) == sorted(it.id for it in items)
     for vid in b.ids():
         np.testing.assert_allclose(a.features(vid), b.features(vid), atol=2e-3)
