@@ -129,9 +129,9 @@ class StopSignals:
 
 # What to do about an OS error, by errno; the error's own text says what happened.
 OS_ERROR_HINTS = {
-    errno.ENOSPC: "free some space (or choose another path) and rerun: finished work is kept",
-    errno.EDQUOT: "free some space (or choose another path) and rerun: finished work is kept",
-    errno.EFBIG: "the file grew past a size limit (ulimit -f or the filesystem's); raise it or choose another path",
+    errno.ENOSPC: "free some space or choose another path, then rerun: finished work is kept",
+    errno.EDQUOT: "free some space or choose another path, then rerun: finished work is kept",
+    errno.EFBIG: "the file grew past a size limit, ulimit -f or the filesystem's: raise it or choose another path",
     errno.EACCES: "check the permissions of that path, or choose another one",
     errno.EPERM: "check the permissions of that path, or choose another one",
     errno.EROFS: "that filesystem is read-only; choose another path",
@@ -143,10 +143,11 @@ OS_ERROR_HINTS = {
 
 def os_error_line(e: OSError) -> str:
     """One line for an OS error: what failed, on which path, and what to do."""
-    what = e.strerror or " ".join(str(e).split()) or type(e).__name__
-    where = f" {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+    line = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    if e.filename:
+        line += f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
     hint = OS_ERROR_HINTS.get(e.errno or 0)
-    return f"{what}:{where}" + (f" ({hint})" if hint else "") if where else what + (f" ({hint})" if hint else "")
+    return line + (f" ({hint})" if hint else "")
 
 
 @contextmanager
