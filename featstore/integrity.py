@@ -227,8 +227,10 @@ class _Foreign(_Problem):
 
 
 def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep: bool = False,
-                     compacted: bool = False) -> dict[str, np.ndarray]:
-    """The per-video columns of one shard, after every check that does not read its frames (all with `deep`)."""
+                     compacted: bool = False, optional: dict[str, object] | None = None) -> dict[str, np.ndarray]:
+    """The per-video columns of one shard, after every check that does not read its frames (all with `deep`).
+
+    `optional`: columns added after shards existed, name -> the value an older shard's videos have."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -236,9 +238,13 @@ def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep
     with f:
         try:
             _check_fingerprint(f, header)
-            sets = _datasets(f, dtypes)  # each looked up once: h5py's per-access cost adds up over 1,000s of shards
-            columns = {name: _read(sets[name], name) for name in dtypes}
+            optional = optional or {}
+            present = {k: v for k, v in dtypes.items() if k not in optional or k in f}
+            sets = _datasets(f, present)  # each looked up once: h5py's per-access cost adds up over 1,000s of shards
+            columns = {name: _read(sets[name], name) for name in present}
             _check_columns(f.attrs.get(DIGEST_ATTR), sets, columns, dtypes, header)
+            n = len(columns["video_id"])
+            columns.update({name: np.full(n, value) for name, value in optional.items() if name not in columns})
             if deep:
                 _check_blocks(sets, columns)
         except _Foreign as p:

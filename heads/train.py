@@ -58,6 +58,7 @@ class TrainConfig:
     noise_std: float = 0.0         # train-time augmentation: gaussian noise, in units of the normalizing std
     sampling: str = "random"       # train-time frame sampling: random (sorted subset) | contiguous
     refit: bool = True             # after early stopping, retrain on train + val for the best epoch count
+    skip_unlabelled: bool = False  # leave out clips without a label instead of refusing (multiclass needs one each)
 
     def __post_init__(self):
         choices = {"head": HEADS, "task": TASKS, "split": SPLITS, "optimizer": OPTIMIZERS,

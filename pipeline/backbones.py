@@ -230,5 +230,9 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     model, weights_id, member = _build(name, spec, weights)
     setattr(model, spec.head, nn.Identity())
     model.eval().requires_grad_(False)
-    return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only,
-                    {"categories": len(member.meta.get("categories", []))}, spec.clip, spec.cam_layer)
+    meta = {"categories": len(member.meta.get("categories", []))}
+    if weights_id.startswith("file:"):  # where the file was and what it holds: a store can find it again
+        path = Path(weights).expanduser().resolve()
+        meta.update(weights_file=str(path), weights_sha256=_file_sha256(path))
+    return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only, meta, spec.clip,
+                    spec.cam_layer)
