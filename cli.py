@@ -275,7 +275,7 @@ def fit_head(
 
 def print_metrics(by_split: dict[str, dict], title: str) -> None:
     """One row per split with the headline metrics that are present."""
-    keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
+    keys = ("accuracy", "clip_accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
     rows = {name: m for name, m in by_split.items() if isinstance(m, dict)}
     shown = [k for k in keys if any(k in m for m in rows.values())]
     t = Table(title=title)
