@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, extract, geometry_for,  # noqa: E402
-                      load_backbone, load_source, resolve_device, resolve_precision, sampling_for)
+from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, load_backbone,  # noqa: E402
+                      load_source, resolve_device, resolve_precision, run_extraction, sampling_for)
 
 
 def decode_only(items, cfg: ExtractConfig, backbone, device) -> tuple[float, int, int]:
@@ -68,18 +68,18 @@ def backbone_only(backbone, device, precision, batch_size: int, size: int, clip_
 
 def end_to_end(items, cfg: ExtractConfig) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
-        r = extract(items, Path(tmp) / "store", cfg)
+        r = run_extraction(items, Path(tmp) / "store", cfg)
     return r.frames_per_s, r.frames
 
 
 RSS_PROBE = """
 import resource, sys, tempfile
 sys.path.insert(0, {root!r})
-from pipeline import ExtractConfig, extract, load_source, sampling_for
+from pipeline import ExtractConfig, load_source, run_extraction, sampling_for
 items = [it for it in load_source({manifest!r}) if it.id in set({ids!r})]
 flags = {flags!r}
 cfg = ExtractConfig(backbone={backbone!r}, weights="none", size={size!r}, sampling=sampling_for({backbone!r}, **flags))
-extract(items, tempfile.mkdtemp() + "/s", cfg)
+run_extraction(items, tempfile.mkdtemp() + "/s", cfg)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 

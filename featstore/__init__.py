@@ -12,6 +12,9 @@ from featstore.store import (
     fingerprint,
     open_store,
 )
+from featstore.integrity import BadShard, DiskFull, ForeignShard
+from featstore.verify import VerifyReport, verify_store
 
-__all__ = ["FORMAT_VERSION", "ConfigMismatch", "Loaded", "Store", "StoreError", "StoreWriter", "VideoRecord", "compact",
-           "diff_configs", "fingerprint", "open_store"]
+__all__ = ["FORMAT_VERSION", "BadShard", "ConfigMismatch", "DiskFull", "ForeignShard", "Loaded", "Store", "StoreError",
+           "StoreWriter", "VerifyReport", "VideoRecord", "compact", "diff_configs", "fingerprint", "open_store",
+           "verify_store"]

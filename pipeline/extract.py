@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from featstore import StoreWriter, VideoRecord, open_store
+from featstore import StoreError, StoreWriter, VideoRecord, open_store
 from featstore.store import HEADER, claim_store
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone
 from pipeline.decode import ClipSampling, Geometry, Sampling, set_decoder_threads
@@ -46,6 +46,7 @@ class ExtractConfig:
     crop: str = "center"              # center (weights' recipe) | square | none (squash)
     batch_size: int | None = None     # units per forward pass, across videos; None: 64 frames, or 8 clips
     workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
+    cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
     device: str = "auto"              # auto | cpu | cuda | cuda:i
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 (autocast dtype)
     dtype: str = "float16"            # storage dtype of features: float16 | float32
@@ -55,6 +56,7 @@ class ExtractConfig:
     limit: int | None = None          # process at most this many new items
     flush_videos: int = 32            # videos per shard: what a crash can lose at most
     force: bool = False               # make a non-empty directory that is not a store into one
+    subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
         if self.batch_size is None:  # a clip is 16 frames: 8 clips hold twice the pixels of 64 frames
@@ -146,8 +148,8 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
         "size": geometry.size, "crop": geometry.crop,
         "resize": list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
-        "dim": backbone.dim, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                                          "av": av.__version__},
+        "dim": backbone.dim, "subset": cfg.subset, "device": str(device), "precision": precision,
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
     }
 
 
@@ -200,10 +202,19 @@ def pending_items(items: list[Item], store_path: Path, cfg: ExtractConfig) -> tu
     done: set[str] = set()
     if (store_path / HEADER).exists():
         with open_store(store_path) as store:
+            _check_subset(store.config, cfg.subset, store_path)
             done = set(store.ids(status="ok" if cfg.retry_failed else None))
     todo = [it for it in items if it.id not in done]
     skipped = len(items) - len(todo)
     return (todo if cfg.limit is None else todo[:cfg.limit]), skipped
+
+
+def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
+    """A store's config names one subset: appending another would make that record wrong."""
+    if config.get("subset") != subset:
+        raise StoreError(f"store {store_path} holds the subset {config.get('subset') or 'all items'}, this run asks "
+                         f"for {subset or 'all items'}: rerun with the store's --classes/--per-class, or use "
+                         "another --store")
 
 
 def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
@@ -238,14 +249,14 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     return result
 
 
-def _auto_workers(device: torch.device) -> int:
-    cores = len(os.sched_getaffinity(0))
+def _auto_workers(device: torch.device, cores: int | None = None) -> int:
+    cores = cores or len(os.sched_getaffinity(0))
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
-    workers = _auto_workers(device) if cfg.workers is None else cfg.workers
+    workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
     return DataLoader(DecodeStream(todo, cfg.sampling, geometry), batch_size=None,
                       num_workers=workers, prefetch_factor=2 if workers else None,
                       pin_memory=device.type == "cuda", persistent_workers=False,

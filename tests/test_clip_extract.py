@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 import cli
 from data.synth import write_video
 from featstore import open_store
-from pipeline import ClipSampling, ExtractConfig, extract, load_source
+from pipeline import ClipSampling, ExtractConfig, load_source
+from pipeline import run_extraction as extract
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

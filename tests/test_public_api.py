@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_exported_name_exists_and_is_public():
     assert all(hasattr(pipeline, name) and not name.startswith("_") for name in pipeline.__all__)
-    for needed in ("load_backbone", "ClipStream", "decode_video", "Embedder", "extract", "embed_files"):
+    for needed in ("load_backbone", "ClipStream", "decode_video", "Embedder", "run_extraction", "embed_files"):
         assert needed in pipeline.__all__
 
 
