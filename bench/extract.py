@@ -97,9 +97,10 @@ def frames_by_id(data: Path) -> dict[str, int]:
         return {row["path"].rsplit(".", 1)[0]: int(row["frames_decoded_pyav"]) for row in csv.DictReader(f)}
 
 
-def rss_short_vs_long(data: Path, items, backbone: str, flags: dict, n: int = 20) -> dict:
+def rss_short_vs_long(data: Path, backbone: str, flags: dict, n: int = 20) -> dict:
+    """Peak RSS extracting the n shortest vs the n longest clips of the whole dataset."""
     frames = frames_by_id(data)
-    ranked = sorted((it.id for it in items), key=lambda v: frames.get(v, 0))
+    ranked = sorted((it.id for it in load_source(data / "manifest.csv")), key=lambda v: frames.get(v, 0))
     short, long = ranked[:n], ranked[-n:]
     a = peak_rss_mb(data / "manifest.csv", short, backbone, flags)
     b = peak_rss_mb(data / "manifest.csv", long, backbone, flags)
@@ -151,9 +152,10 @@ def measure(name: str, items, args) -> dict:
     precision = resolve_precision(cfg.precision, device, backbone)
     D, units, decoded = decode_only(items, cfg, backbone, device)
     size, clip_len = geometry_for(cfg, backbone).size, cfg.sampling.clip_len if clip else None
-    B_before = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len)
+    timing = {"batches": args.b_batches, "blocks": args.b_blocks}
+    B_before = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
     E, rows = end_to_end(items, cfg)
-    B_after = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len)
+    B_after = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
     B = max(B_before, B_after)
     ceiling = min(B, D) if device.type == "cuda" else 1 / (1 / B + 1 / D)
     return {"backbone": name, "unit": "clips" if clip else "frames", **flags, "size": size,
@@ -177,6 +179,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "extract.json")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-clips", type=int, default=20, help="clips in each of the shortest / longest sets")
+    ap.add_argument("--b-batches", type=int, default=6, help="batches per timed block of B")
+    ap.add_argument("--b-blocks", type=int, default=3, help="timed blocks of B (the best counts)")
     args = ap.parse_args()
 
     items = load_source(args.data / "manifest.csv")[:args.limit]
@@ -188,7 +193,7 @@ def main() -> None:
         run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
         if not args.skip_rss:
             flags = {k: run[k] for k in ("every", "clip_len", "clip_stride") if k in run}
-            run["peak_rss"] = rss_short_vs_long(args.data, items, name, flags)
+            run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
             if run["unit"] == "clips":
                 run["peak_rss_video_length"] = rss_video_length(name, flags)
         results["runs"].append(run)
