@@ -204,7 +204,8 @@ def extract(
     = None,
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
-    batch_size: Annotated[int, typer.Option(min=1, help="Frames per forward pass, across videos.")] = 64,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Frames (or clips) per forward pass, across "
+                                                      "videos (default: 64 frames, 8 clips).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="auto: bf16 where supported, else fp16 (GPU) / fp32.")]
@@ -549,7 +550,7 @@ def fit_head(
 
 def print_metrics(by_split: dict[str, dict], title: str) -> None:
     """One row per split with the headline metrics that are present."""
-    keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
+    keys = ("accuracy", "clip_accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
     rows = {name: m for name, m in by_split.items() if isinstance(m, dict)}
     shown = [k for k in keys if any(k in m for m in rows.values())]
     t = Table(title=title)

@@ -27,7 +27,7 @@ from featstore import Store, diff_configs, open_store
 from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
                         make_splits)
 from heads.metrics import HEADLINE
-from heads.models import HeadConfig, HeadError, build_head, count_params
+from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params
 from heads.plots import plot_confusion, plot_curves
 from heads.rundir import check_run_dir, staged_run
 from heads.train import TrainConfig, TrainResult, evaluate, probabilities, score, train_head
@@ -230,9 +230,22 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     targets = encode_targets(sub.labels, labels, task)
     cfg = ckpt["train_config"]
     out = score_split(model, sub, targets, np.arange(len(sub)), task, labels, ckpt["threshold"], cfg["max_frames"])
+    if cfg["head"] in POOLING_HEADS and task == "multiclass":
+        out["clip_accuracy"] = _row_accuracy(model, sub, targets)
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
     return {**out, "split": split, "store": str(store.path), "run": str(run_dir), "head": cfg["head"],
             "task": task, "n_skipped": len(ids) - len(keep), "unknown_labels": unknown}
+
+
+def _row_accuracy(model: nn.Module, cache: Cache, targets: torch.Tensor) -> float:
+    """Accuracy with every row (a clip of a clip store, a frame of a frame store) classified alone."""
+    n = len(cache.features)
+    rows = Cache(cache.features, torch.arange(n), torch.ones(n, dtype=torch.int64), [str(i) for i in range(n)],
+                 [[]] * n, [""] * n, [""] * n)
+    row_targets = targets.repeat_interleave(cache.lengths)
+    device = next(model.parameters()).device
+    logits, y, _ = evaluate(model, batches(rows, row_targets, np.arange(n), 1024, 1, device))
+    return float((logits.argmax(1) == y).mean())
 
 
 def _split_ids(cache: Cache, run_dir, config: dict, store: Store, split: str) -> list[int]:

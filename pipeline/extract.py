@@ -37,6 +37,7 @@ FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
 OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FRAME_BATCH, CLIP_BATCH = 64, 8  # default units per forward pass
 DTYPES = ("float16", "float32")          # storage dtype of features
 COMPRESSIONS = ("none", "lzf", "gzip")   # HDF5 compression of features; "none" is stored as None
 
@@ -52,7 +53,7 @@ class ExtractConfig:
     sampling: Sampling | ClipSampling | None = None  # None: every 10th frame, or the video backbone's own clips
     size: int | None = None           # model input side; None = the weights' own crop size
     crop: str = "center"              # center (weights' recipe) | square | none (squash)
-    batch_size: int = 64              # frames (or clips) per forward pass, across videos
+    batch_size: int | None = None     # units per forward pass, across videos; None: 64 frames, or 8 clips
     workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
     cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
     device: str = "auto"              # auto | cpu | cuda | cuda:i
@@ -67,6 +68,8 @@ class ExtractConfig:
     subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
+        if self.batch_size is None:  # a clip is 16 frames: 8 clips hold twice the pixels of 64 frames
+            self.batch_size = CLIP_BATCH if get_spec(self.backbone).clip is not None else FRAME_BATCH
         if self.batch_size < 1:
             raise ExtractError("--batch-size must be at least 1")
         if self.precision not in PRECISIONS:
