@@ -243,14 +243,14 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     return result
 
 
-def _auto_workers(device: torch.device) -> int:
+def auto_workers(device: torch.device) -> int:
     cores = len(os.sched_getaffinity(0))
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
     """Decoded videos in item order, one per step, from `cfg.workers` processes (auto when None)."""
-    workers = _auto_workers(device) if cfg.workers is None else cfg.workers
+    workers = auto_workers(device) if cfg.workers is None else cfg.workers
     return DataLoader(_Decoded(todo, cfg.sampling, geometry), batch_size=None, shuffle=False,
                       num_workers=workers, prefetch_factor=2 if workers else None,
                       pin_memory=device.type == "cuda", persistent_workers=False,
