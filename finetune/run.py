@@ -73,8 +73,6 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint)
     if resume and checkpoint.exists():
         trainer.resume()
-    else:
-        out.mkdir(parents=True, exist_ok=True)
     state = trainer.run(on_epoch)
     metrics = _final_metrics(trainer, items, prep, geometry, data, cfg, state, precision)
     _write_run(out, cfg, prep, backbone, geometry, state, metrics, index)
