@@ -477,26 +477,25 @@ def finetune(
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
              if k not in ("source", "out_dir", "resume", "split_id", "FinetuneConfig", "NothingTrained",
                           "run_finetune", "load_source") and v is not None}
-    try:
-        with user_errors():
-            cfg = FinetuneConfig(**given)
-            items = load_source(source, split_id=split_id)
-            with progress_bar() as bar:
-                t = bar.add_task(f"finetune {cfg.objective}", total=cfg.epochs, rate="")
+    with user_errors():
+        cfg = FinetuneConfig(**given)
+        items = load_source(source, split_id=split_id)
+        with progress_bar() as bar:
+            t = bar.add_task(f"finetune {cfg.objective}", total=cfg.epochs, rate="")
 
-                def on_epoch(row: dict) -> None:
-                    shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
-                                      if isinstance(row.get(k), float) and row[k] == row[k])
-                    bar.update(t, completed=row["epoch"], rate=shown)
+            def on_epoch(row: dict) -> None:
+                shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
+                                  if isinstance(row.get(k), float) and row[k] == row[k])
+                bar.update(t, completed=row["epoch"], rate=shown)
 
-                try:
-                    metrics = run_finetune(items, cfg, out_dir, resume=resume, on_epoch=on_epoch)
-                except NothingTrained as e:
-                    print_failures(sorted(e.failures.items()))
-                    fail(f"{e}; fix the clips above (nothing was written to {out_dir})", code=2)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: {out_dir}/checkpoint.pt holds the last finished epoch; rerun with --resume")
-        raise typer.Exit(130) from None
+            try:
+                metrics = run_finetune(items, cfg, out_dir, resume=resume, on_epoch=on_epoch)
+            except NothingTrained as e:
+                print_failures(sorted(e.failures.items()))
+                fail(f"{e}; fix the clips above (nothing was written to {out_dir})", code=2)
+            except KeyboardInterrupt:
+                err.print(f"interrupted: {out_dir}/checkpoint.pt keeps the last finished epoch; rerun with --resume")
+                raise typer.Exit(130) from None
     title = f"finetune {metrics['objective']} {metrics['backbone']} → {out_dir}/backbone.pt"
     if metrics["objective"] == "supervised":
         print_metrics({"val": metrics.get("val"), "test": metrics.get("test")}, title)
