@@ -8,6 +8,7 @@ run sees exactly the data an uninterrupted one sees, whatever the number of work
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,6 +162,12 @@ def clip_loader(dataset: ClipFrames, order: list[int], batch_size: int, workers:
     return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate, num_workers=workers,
                       prefetch_factor=2 if workers else None, pin_memory=pin_memory, persistent_workers=False,
                       worker_init_fn=_init_worker if workers else None)
+
+
+def default_workers(device: torch.device) -> int:
+    """extract's rule: on a GPU up to 8 decode processes (one core left for the main one); on a CPU one, since
+    decoding and the model share the same cores there."""
+    return min(8, max(1, len(os.sched_getaffinity(0)) - 1)) if device.type == "cuda" else 1
 
 
 def _init_worker(_: int) -> None:

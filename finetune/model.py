@@ -25,6 +25,9 @@ def trainable_backbone(name: str, weights: str) -> Backbone:
                f"mobilenet_v2_float_dequantized.pth) and extract with the result" if twin in REGISTRY
                else "choose a float backbone")
         raise BackboneError(f"{name} is an int8 model and cannot be trained: {use}")
+    if spec.clip is not None:
+        raise BackboneError(f"{name} is a video backbone; finetune trains image backbones frame by frame "
+                            "(resnet18/50, mobilenet_v2, ...)")
     return load_backbone(name, weights)
 
 

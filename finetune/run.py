@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from featstore import diff_configs
-from finetune.data import ClipFrames, FinetuneError, FrameSampler, item_index
+from finetune.data import ClipFrames, FinetuneError, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
@@ -29,7 +29,7 @@ from heads.plots import plot_curves
 from heads.run import load_run
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
-from pipeline.extract import ExtractConfig, auto_workers, geometry_for, resolve_device, resolve_precision
+from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision
 from pipeline.sources import Item
 
 CHECKPOINT = "checkpoint.pt"
@@ -161,7 +161,7 @@ def _loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: P
         sampler = FrameSampler(kind, cfg.segments, cfg.pos_window, random=train)
         return ClipFrames(chosen, geometry, sampler, augment=train and cfg.augment, seed=cfg.seed)
 
-    workers = auto_workers(device) if cfg.workers is None else cfg.workers
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
     return Loaders(subset("train", True), subset("val", False), workers, device.type == "cuda")
 
 
