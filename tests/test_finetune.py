@@ -15,11 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 import cli
+from conftest import N_FRAMES, read_indices
 from data.synth import make_pattern_dataset, make_temporal_dataset
 from featstore import open_store
 from finetune import FinetuneConfig, finetune
+from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
 from finetune.model import trainable_backbone
 from pipeline.backbones import BackboneError, load_backbone
+from pipeline.decode import Geometry, decode_chosen
 from pipeline.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +57,35 @@ def tuned(clips, tmp_path_factory) -> Path:
     with torch.random.fork_rng(devices=[]):
         finetune(load_source(clips), FinetuneConfig(**TINY, epochs=1), run)
     return run
+
+
+def test_decode_chosen_returns_exactly_the_picked_frames(index_clip):
+    video = decode_chosen(index_clip, lambda n, fps: np.array([n - 1, 3, 3, 0]), Geometry(32, 32, "none"))
+    assert video.frame_index.tolist() == [0, 3, N_FRAMES - 1]
+    assert read_indices(video.frames).tolist() == [0, 3, N_FRAMES - 1]
+
+
+def test_segments_take_one_frame_per_segment_and_pairs_stay_within_the_window():
+    assert segment_positions(40, 4, None).tolist() == [5, 15, 25, 35]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        pos = segment_positions(40, 4, rng)
+        assert all(10 * k <= p < 10 * (k + 1) for k, p in enumerate(pos))
+        i, j = pair_positions(100, 25.0, 0.4, rng)
+        assert i != j and abs(i - j) <= 10
+    assert segment_positions(2, 4, rng).max() <= 1 and pair_positions(1, 25.0, 1.0, rng).tolist() == [0, 0]
+
+
+def test_a_clips_frames_and_augmentation_depend_on_seed_epoch_and_clip_only(index_clip):
+    item = load_source(index_clip)
+    sampler = FrameSampler("segments", 4)
+    a, b = (ClipFrames(item, Geometry(32, 32, "none"), sampler, augment=True, seed=0) for _ in range(2))
+    a.epoch = b.epoch = 3
+    torch.manual_seed(123)
+    first = a[0][1]
+    assert torch.equal(first, b[0][1]) and first.shape == (4, 32, 32, 3)
+    b.epoch = 4
+    assert not torch.equal(first, b[0][1])
 
 
 def test_a_run_directory_like_every_run_and_runs_lists_it(tuned):
@@ -150,6 +182,7 @@ KILLED_RUN = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
     from finetune import FinetuneConfig, finetune
+from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
     from pipeline.sources import load_source
     cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
                          workers=1, batch_size=4, epochs=3)
