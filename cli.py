@@ -872,6 +872,103 @@ def run_cell(row: dict, col: str) -> str:
 
 
 @app.command()
+def finetune(
+    source: Annotated[Path, typer.Argument(help="Anything extract accepts: manifest, class folders, UCF101/HMDB51 root.")],
+    backbone: Annotated[str, typer.Option(help="A float registry backbone (resnet18/50, mobilenet_v2, ...).")]
+    = "resnet50",
+    weights: Annotated[str, typer.Option(help="DEFAULT, an enum name, none, or a file.")] = "DEFAULT",
+    objective: Annotated[str, typer.Option(help="supervised (labels, TSN segments) | temporal (InfoNCE, no "
+                                           "labels).")] = "supervised",
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/finetune"),
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's last finished epoch.")] = False,
+    split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
+    init_head: Annotated[Optional[str], typer.Option(help="Start from this fit-head run's head (same "
+                                                     "backbone/weights/input).")] = None,
+    head: Annotated[Optional[str], typer.Option(help="New head's kind when no --init-head (linear, lstm, ...).")]
+    = None,
+    hidden: Annotated[Optional[int], typer.Option(min=1)] = None,
+    segments: Annotated[Optional[int], typer.Option(min=1, help="TSN segments per clip.")] = None,
+    pos_window: Annotated[Optional[float], typer.Option(help="temporal: most seconds between positives.")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="temporal: InfoNCE temperature.")] = None,
+    proj_dim: Annotated[Optional[int], typer.Option(min=1, help="temporal: projection size.")] = None,
+    split: Annotated[Optional[SplitKind], typer.Option(help="As fit-head: official, group, stratified.")] = None,
+    val_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9)] = None,
+    test_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9)] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Head learning rate.")] = None,
+    backbone_lr_mult: Annotated[Optional[float], typer.Option(min=0.0, help="Backbone lr = lr x this.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(min=0.0)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Clips per step.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="cosine, plateau or none (after --warmup).")] = None,
+    warmup: Annotated[Optional[float], typer.Option(min=0.0, help="Epochs of linear warm-up.")] = None,
+    patience: Annotated[Optional[int], typer.Option(min=1)] = None,
+    clip_grad: Annotated[Optional[float], typer.Option(min=0.0, help="Max gradient norm (0: off).")] = None,
+    freeze_until: Annotated[Optional[str], typer.Option(help="Freeze the backbone up to this stage (layer2).")]
+    = None,
+    bn: Annotated[Optional[str], typer.Option(help="BatchNorm: frozen, partial (TSN) or train.")] = None,
+    augment: Annotated[Optional[bool], typer.Option(help="Crop/flip/colour jitter at training.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.5)] = None,
+    size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
+    crop: Annotated[Optional[Crop], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
+    precision: Annotated[Optional[Precision], typer.Option()] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
+) -> None:
+    """Stage three: train the backbone end to end (supervised) or on temporal coherence (temporal); writes
+    RUN/backbone.pt for `extract --weights RUN/backbone.pt`, plus config, history, metrics and curves."""
+    from finetune import FinetuneConfig, NothingTrained
+    from finetune import finetune as run_finetune
+    from pipeline.sources import load_source
+
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
+             if k not in ("source", "out_dir", "resume", "split_id", "FinetuneConfig", "NothingTrained",
+                          "run_finetune", "load_source") and v is not None}
+    with user_errors():
+        cfg = FinetuneConfig(**given)
+        items = load_source(source, split_id=split_id)
+        with progress_bar() as bar:
+            t = bar.add_task(f"finetune {cfg.objective}", total=cfg.epochs, rate="")
+
+            def on_epoch(row: dict) -> None:
+                shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
+                                  if isinstance(row.get(k), float) and row[k] == row[k])
+                bar.update(t, completed=row["epoch"], rate=shown)
+
+            try:
+                metrics = run_finetune(items, cfg, out_dir, resume=resume, on_epoch=on_epoch)
+            except NothingTrained as e:
+                print_failures(sorted(e.failures.items()))
+                fail(f"{e}; fix the clips above (nothing was written to {out_dir})", code=2)
+            except KeyboardInterrupt:
+                err.print(f"interrupted: {out_dir}/checkpoint.pt keeps the last finished epoch; rerun with --resume")
+                raise typer.Exit(130) from None
+    title = f"finetune {metrics['objective']} {metrics['backbone']} → {out_dir}/backbone.pt"
+    if metrics["objective"] == "supervised":
+        print_metrics({"val": metrics.get("val"), "test": metrics.get("test")}, title)
+    else:
+        t = Table(title=title)
+        for c in ("split", "loss", "pos_cos", "neg_cos", "cos_gap"):
+            t.add_column(c, justify="right")
+        for name in ("val", "test"):
+            if metrics.get(name):
+                t.add_row(name, *[f"{metrics[name][k]:.3f}" for k in ("loss", "pos_cos", "neg_cos", "cos_gap")])
+        out.print(t)
+    out.print(f"use it: cli.py extract SOURCE --backbone {metrics['backbone']} --weights {out_dir}/backbone.pt",
+              highlight=False)
+    if metrics["failed"]:
+        print_failures(metrics["failed"])
+        raise typer.Exit(2)
+
+
+def print_failures(failed: list) -> None:
+    for vid, reason in failed[:20]:
+        err.print(f"[red]failed[/] {vid}: {reason}", highlight=False, soft_wrap=True)
+    if len(failed) > 20:
+        err.print(f"... and {len(failed) - 20} more (all in metrics.json)")
+
+
+@app.command()
 def demo(
     root: Annotated[Path, typer.Option(help="Where the synthetic clips, store and runs go.")] = Path("data/demo"),
     clips_per_class: Annotated[int, typer.Option(min=4, help="Clips per class (4 classes).")] = 80,

@@ -192,6 +192,25 @@ def decode_video(path: str | os.PathLike, sampling: Sampling, geometry: Geometry
     return video
 
 
+def decode_chosen(path: str | os.PathLike, choose: Callable[[int, float], np.ndarray],
+                  geometry: Geometry) -> DecodedVideo:
+    """Decode the frames that `choose(n_frames, nominal_fps)` picks (frame positions, any order, repeats allowed;
+    the result holds each picked frame once, ascending). Fine-tuning samples new positions every epoch this way.
+
+    `choose` must be a pure function of its arguments: like `frames=K`, it is called on the packet count and again
+    on the decoded count when the two differ. Raises DecodeError for unreadable input."""
+    path = os.fspath(path)
+    _check_file(path)
+    with _opened(path) as (container, stream):
+        counted, rate = _demux_count(container, stream), _nominal_rate(stream)
+    picks = np.unique(np.clip(np.asarray(choose(counted, rate), dtype=np.int64), 0, max(counted - 1, 0)))
+    video = _decode_pass(path, Sampling(), geometry, picks=picks)
+    if video.n_frames != counted:
+        picks = np.unique(np.clip(np.asarray(choose(video.n_frames, rate), dtype=np.int64), 0, video.n_frames - 1))
+        video = _decode_pass(path, Sampling(), geometry, picks=picks)
+    return video
+
+
 def decode_image(path: str | os.PathLike, geometry: Geometry) -> DecodedVideo:
     """One image as a one-frame video (frame_index [0], time_s [0.0], fps 0.0), EXIF rotation applied."""
     path = os.fspath(path)
