@@ -424,6 +424,67 @@ def runs(
     out.print(t)
 
 
+# -- explain: Grad-CAM through the run's backbone + head ---------------------------------------------------------
+from explain import METHODS  # noqa: E402  (cheap: no torch, no grad-cam; the choices come from the registry)
+
+Method = choices("Method", *METHODS)
+
+
+@app.command("explain")
+def explain_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory written by fit-head (on a frame store).")],
+    videos: Annotated[Optional[list[Path]], typer.Argument(help="Video or image files.")] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Frames shown per video, uniformly spaced.")] = 8,
+    layer: Annotated[Optional[str], typer.Option(help="Backbone module to map (default: the registry's).")]
+    = None,
+    method: Annotated[Method, typer.Option(help="Class activation map method.")] = Method.gradcam,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: predicted).")]
+    = None,
+    mistakes: Annotated[Optional[int], typer.Option(min=1, help="Explain the N most confident mistakes of the "
+                                                    "run's test split (instead of VIDEO files).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNGs (default RUN/explain).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print [{path, label, prob, png}] as JSON.")] = False,
+) -> None:
+    """Heat maps of where the run's backbone + head look, one PNG per video (row of frames, label, prob)."""
+    from explain.core import ExplainConfig, Explainer, mistake_jobs, video_jobs, write_index
+
+    if bool(videos) == (mistakes is not None):
+        fail("give VIDEO files or --mistakes N (one of the two)")
+    target = out_dir or run / "explain"
+    with user_errors():
+        explainer = Explainer(run, ExplainConfig(frames, layer, method.value, class_name, device))
+        jobs = (mistake_jobs(run, mistakes, target, method.value) if mistakes
+                else video_jobs([str(v) for v in videos], target, method.value))
+        results = []
+        with progress_bar() as bar:
+            task = bar.add_task("explain", total=len(jobs), rate="")
+            for job in jobs:
+                results.append(explainer.explain(job.path, job.png, job.true))
+                bar.update(task, advance=1, rate=Path(job.path).name)
+        write_index(results, target)
+    print_explained(results, as_json)
+    if any(r.error for r in results):
+        raise typer.Exit(2)
+
+
+def print_explained(results: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{"path": r.path, "error": r.error} if r.error else
+                          {"path": r.path, "label": r.label, "prob": round(r.prob, 4), "png": r.png,
+                           "class": r.classes, "true": r.true} for r in results]))
+        return
+    for r in results:
+        if r.error:
+            err.print(f"[red]failed[/] {r.path}: {r.error}", highlight=False, soft_wrap=True)
+        else:
+            truth = f" (true {r.true})" if r.true else ""
+            out.print(f"[bold]{r.path}[/]: {r.label} {r.prob:.3f}{truth}, maps of {', '.join(r.classes)} → {r.png}",
+                      highlight=False, soft_wrap=True)
+
+
+
 @app.command()
 def demo(
     root: Annotated[Path, typer.Option(help="Where the synthetic clips, store and runs go.")] = Path("data/demo"),

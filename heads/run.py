@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -130,6 +130,32 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
     any other value of the store's split column (e.g. holdout).
     """
+    p = split_predictions(run_dir, store_path, split)
+    out = score(p.task, p.targets, p.probs, p.labels, p.threshold)
+    return {**out, "split": split, "store": p.store, "run": str(run_dir), "head": p.head,
+            "task": p.task, "n_skipped": p.n_skipped, "unknown_labels": p.unknown_labels}
+
+
+@dataclass
+class SplitPredictions:
+    """The head's probabilities for every scored clip of a split, with what is needed to judge them."""
+    ids: list[str]
+    paths: list[str]              # the files the clips were extracted from
+    truth: list[list[str]]        # labels per clip
+    targets: np.ndarray           # (N,) class indices, or (N, C) multi-hot for multilabel
+    probs: np.ndarray             # (N, C)
+    labels: list[str]             # the run's classes, column order of probs
+    task: str
+    threshold: float
+    head: str
+    store: str
+    n_skipped: int                # clips of the split left out: unlabelled or with labels the run does not know
+    unknown_labels: list[str]
+
+
+def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
+                      split: str = "test") -> SplitPredictions:
+    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output."""
     model, ckpt = load_run(run_dir)
     config = json.loads((Path(run_dir) / "config.json").read_text())
     store = open_store(store_path or config["store"])
@@ -145,10 +171,12 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     sub = load_cache(store, [index.ids[i] for i in keep])
     targets = encode_targets(sub.labels, labels, task)
     cfg = ckpt["train_config"]
-    out = _score(model, sub, targets, np.arange(len(sub)), task, labels, ckpt["threshold"], cfg["max_frames"])
+    device = next(model.parameters()).device
+    logits, y, _ = evaluate(model, batches(sub, targets, np.arange(len(sub)), 256, cfg["max_frames"], device))
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
-    return {**out, "split": split, "store": str(store.path), "run": str(run_dir), "head": cfg["head"],
-            "task": task, "n_skipped": len(ids) - len(keep), "unknown_labels": unknown}
+    return SplitPredictions(sub.ids, [store.meta(v)["path"] for v in sub.ids], sub.labels, y,
+                            probabilities(logits, task), labels, task, ckpt["threshold"], cfg["head"],
+                            str(store.path), len(ids) - len(keep), unknown)
 
 
 def _split_ids(cache: Cache, run_dir, config: dict, store: Store, split: str) -> list[int]:

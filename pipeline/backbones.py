@@ -33,14 +33,17 @@ class BackboneSpec:
     dim: int                            # embedding size after the classifier is removed
     head: str                           # attribute holding the classifier, replaced by Identity
     cpu_only: bool = False              # int8 quantized models run on CPU kernels only
+    cam_layer: str | None = None        # module `explain` maps by default (last conv stage); None: no gradients
 
 
 REGISTRY: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(models.resnet18, models.ResNet18_Weights, 512, "fc"),
-    "resnet34": BackboneSpec(models.resnet34, models.ResNet34_Weights, 512, "fc"),
-    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, 2048, "fc"),
-    "resnet101": BackboneSpec(models.resnet101, models.ResNet101_Weights, 2048, "fc"),
-    "resnet152": BackboneSpec(models.resnet152, models.ResNet152_Weights, 2048, "fc"),
+    "resnet18": BackboneSpec(models.resnet18, models.ResNet18_Weights, 512, "fc", cam_layer="layer4"),
+    "resnet34": BackboneSpec(models.resnet34, models.ResNet34_Weights, 512, "fc", cam_layer="layer4"),
+    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, 2048, "fc", cam_layer="layer4"),
+    "resnet101": BackboneSpec(models.resnet101, models.ResNet101_Weights, 2048, "fc", cam_layer="layer4"),
+    "resnet152": BackboneSpec(models.resnet152, models.ResNet152_Weights, 2048, "fc", cam_layer="layer4"),
+    "mobilenet_v2": BackboneSpec(models.mobilenet_v2, models.MobileNet_V2_Weights, 1280, "classifier",
+                                 cam_layer="features.18"),
     "quantized_mobilenet_v2": BackboneSpec(partial(qmodels.mobilenet_v2, quantize=True),
                                            qmodels.MobileNet_V2_QuantizedWeights, 1280, "classifier",
                                            cpu_only=True),
