@@ -285,17 +285,30 @@ def evaluate(
     store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
     split: Annotated[str, typer.Option(help="Split name in the store (train, val, test, holdout, ...).")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    report: Annotated[bool, typer.Option(help="Also write per-class and mistakes CSVs + PNGs to "
+                                         "RUN/report-<split>.")] = False,
 ) -> None:
     """Re-score a trained head on any split of a store made with the same extraction settings."""
     from heads.run import evaluate_run
 
     with user_errors():
         metrics = evaluate_run(run, store, split)
+        if report:
+            write_evaluate_report(run, store, split)
     if as_json:
         print(json.dumps(metrics, default=float))
         return
     print_metrics({split: metrics}, f"{metrics.get('head')} ({run}) on {metrics.get('store')}, "
                                     f"{metrics.get('n')} clips")
+
+
+def write_evaluate_report(run: Path, store: Optional[Path], split: str) -> None:
+    from heads.report import write_report
+    from heads.run import split_predictions
+
+    name = f"report-{split}" if store is None else f"report-{store.stem}-{split}"
+    paths = write_report(split_predictions(run, store, split), run / name, split)
+    err.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -357,9 +370,15 @@ def cluster_eval(
     plot: Annotated[Plot, typer.Option(help="2-D picture of the points.")] = Plot.tsne,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-kmeans).")]
     = None,
+    thumbnails: Annotated[bool, typer.Option(help="Also draw the frames at their 2-D positions (thumbnails.png), "
+                                             "re-decoded from the store's paths.")] = False,
+    max_points: Annotated[int, typer.Option(min=1, help="At most this many thumbnails (a seeded choice).")] = 400,
 ) -> None:
     """k-means on the cache, scored against labels: NMI, ARI, purity, accuracy, H(label|cluster), plots."""
     from heads.cluster import cluster_eval as run_cluster
+
+    if thumbnails and plot is Plot.none:
+        fail("--thumbnails draws on the 2-D map: use --plot tsne or --plot pca")
 
     sweep = None
     if k_range is not None:
@@ -379,6 +398,22 @@ def cluster_eval(
                              fit_split=fit_split, seeds=seeds, seed=seed, n_init=n_init, pca=pca, whiten=whiten,
                              k_range=sweep, plot=plot.value, on_progress=on_progress)
     print_cluster(result, run_dir)
+    if thumbnails:
+        draw_cluster_thumbnails(run_dir, max_points, seed)
+
+
+def draw_cluster_thumbnails(run_dir: Path, max_points: int, seed: int) -> None:
+    from explain.thumbnails import draw_thumbnails
+
+    with user_errors(), progress_bar() as bar:
+        t = bar.add_task("thumbnails", total=None, rate="decoding")
+        drawn = draw_thumbnails(run_dir, max_points, seed, lambda done, total: bar.update(t, completed=done,
+                                                                                            total=total))
+    out.print(f"thumbnails: {drawn.drawn} of {drawn.n_points} points drawn → {drawn.png}", highlight=False)
+    if drawn.skipped:
+        err.print(f"note: {len(drawn.skipped)} file(s) could not be decoded again and were skipped: "
+                  + "; ".join(f"{vid} ({why})" for vid, why in drawn.skipped[:5])
+                  + (" ..." if len(drawn.skipped) > 5 else ""), highlight=False, soft_wrap=True)
 
 
 def print_cluster(result: dict, run_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """explain: the composed backbone + head equals predict, maps equal a hand-written Grad-CAM, bad input is one line."""
+import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -10,10 +10,9 @@ from typer.testing import CliRunner
 
 import cli
 from data.synth import make_temporal_dataset
-from heads.data import cache_from_arrays
+from heads.data import batches, cache_from_arrays
 from heads.run import load_run
 from heads.train import evaluate
-from heads.data import batches
 from pipeline.backbones import REGISTRY, load_backbone
 from pipeline.extract import embed_files
 
@@ -178,3 +177,15 @@ def test_a_run_on_an_int8_store_is_refused_naming_the_float_backbone(tmp_path):
     res = invoke("explain", tmp_path / "run", path, "--out", tmp_path / "maps")
     assert res.exit_code == 1 and "int8" in res.output and "--backbone mobilenet_v2" in res.output
     assert "Traceback" not in res.output
+
+
+def test_evaluate_report_lists_the_mistakes_that_explain_mistakes_draws(runs, tmp_path):
+    root, _ = runs
+    res = invoke("evaluate", root / "linear", "--report")
+    assert res.exit_code == 0, res.output
+    report = root / "linear" / "report-test"
+    assert {p.name for p in report.iterdir()} == {"per_class.csv", "per_class.png", "mistakes.csv", "confusion.png"}
+    first = next(iter(csv.DictReader(open(report / "mistakes.csv"))))
+    res = invoke("explain", root / "linear", "--mistakes", "1", "--out", tmp_path, "--json")
+    (row,) = json.loads(res.stdout)
+    assert row["path"] == first["path"] and row["true"] == first["true"]
