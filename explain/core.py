@@ -55,7 +55,7 @@ class Explainer:
         cam_class(cfg.method)  # the install hint comes before any decoding
         self.run: RunModel = load_run_model(run_dir, cfg.device)
         self.layer = cfg.layer or get_spec(self.run.backbone).cam_layer
-        if self.layer is None:
+        if not self.layer:
             raise ExplainError(f"the registry records no default layer for {self.run.backbone}: pass --layer")
         find_layer(self.run.model.backbone, self.layer, self.run.backbone)
         self.target = None if cfg.target is None else self._class_index(cfg.target)

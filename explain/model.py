@@ -16,16 +16,15 @@ from torch import nn
 
 from explain import ExplainError
 from heads.data import eval_frames
+from heads.multitask import is_multitask
 from heads.run import load_run
 from heads.train import probabilities
 from pipeline.backbones import REGISTRY, BackboneError, get_spec, load_backbone
 from pipeline.decode import DecodedVideo, Geometry, Sampling, decode_image, decode_video
-from pipeline.extract import config_from_store, geometry_for, resolve_device
+from pipeline import config_from_store, geometry_for, resolve_device
 from pipeline.sources import item_kind
 
 STORE_DTYPES = {"float16": torch.float16, "float32": None}  # None: features are stored as computed
-# Store config keys that mean a row is a clip of frames, not one frame (clip backbones, issue 8).
-CLIP_KEYS = ("clip_len", "clips")
 
 
 class ComposedModel(nn.Module):
@@ -76,14 +75,16 @@ def check_explainable(config: dict, run_dir: str | Path) -> None:
                if twin in REGISTRY else "a float backbone")
         raise ExplainError(f"run {run_dir} was trained on a {name} store, and int8 kernels have no gradients: "
                            f"extract with {use}, fit a head on that store, and explain that run")
-    if any(config.get(k) for k in CLIP_KEYS):
-        raise ExplainError(f"run {run_dir} was trained on clip rows ({name}): explain supports frame stores "
-                           "only for now")
+    if spec.clip is not None or config.get("clip_len") is not None:
+        raise ExplainError(f"run {run_dir} was trained on clip rows ({name}): explain is not supported for clip "
+                           "backbones yet (frame stores only)")
 
 
 def load_run_model(run_dir: str | Path, device: str = "auto") -> RunModel:
     """The run's head behind the backbone that made its store (same weights, checked), fp32, eval mode."""
     head, ckpt = load_run(run_dir)
+    if is_multitask(ckpt):
+        raise ExplainError(f"run {run_dir} was trained on several stores at once: explain a single-store run")
     config = ckpt["store_config"]
     check_explainable(config, run_dir)
     cfg = config_from_store(config, device)

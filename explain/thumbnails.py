@@ -89,6 +89,8 @@ def draw_thumbnails(run_dir: str | Path, max_points: int = 400, seed: int = 0,
     config = json.loads((run_dir / "config.json").read_text())
     points, method = read_points(run_dir)
     with open_store(config["store"]) as store:
+        if store.config.get("clip_len") is not None:
+            raise ExplainError(f"{config['store']} holds clip rows: thumbnails are drawn for frame stores only")
         video_level = config["level"] == "video"
         chosen = choose(points, max_points, seed)
         wanted: dict[str, list[int]] = {}

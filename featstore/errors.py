@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class FramecacheError(Exception):
     """A user-facing error: the message is one actionable line."""
+
+
+class StoreError(FramecacheError, RuntimeError):
+    """A store that cannot be opened or written as asked (the message says why and what to do)."""

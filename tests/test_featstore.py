@@ -62,11 +62,12 @@ def test_appending_with_other_settings_is_refused_naming_the_setting(tmp_path):
 
 
 def test_second_writer_on_same_prefix_is_refused_other_prefix_allowed(tmp_path):
-    w1 = StoreWriter(tmp_path / "s", CFG, KEYS, dim=4)
+    w1 = StoreWriter(tmp_path / "s", CFG, KEYS, dim=4, prefix="s0of2")
     with pytest.raises(StoreError, match="another process is writing"):
-        StoreWriter(tmp_path / "s", CFG, KEYS, dim=4)
+        StoreWriter(tmp_path / "s", CFG, KEYS, dim=4, prefix="s0of2")
     # The refused attempt must not have dropped w1's lock: another process is still kept out.
-    probe = (f"from featstore import StoreWriter; StoreWriter({str(tmp_path / 's')!r}, {CFG!r}, {KEYS!r}, dim=4)")
+    probe = (f"from featstore import StoreWriter; StoreWriter({str(tmp_path / 's')!r}, {CFG!r}, {KEYS!r}, dim=4, "
+             "prefix='s0of2')")
     other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert other.returncode != 0 and "another process is writing" in other.stderr
     w2 = StoreWriter(tmp_path / "s", CFG, KEYS, dim=4, prefix="s1of2")

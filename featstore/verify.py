@@ -1,0 +1,117 @@
+"""`verify`: is every shard of a store readable, consistent, of the store's settings, and not a duplicate?
+
+Each shard is opened once (`read_shard_index`, the same checks every reader makes on open); `deep` also reads
+every block of its frame datasets in that same open. Cross-shard checks are one pass with a dict, so a store of
+thousands of shards costs one open per shard. `quarantine` moves the bad shards to `STORE/_quarantine/`: their
+videos are then absent, so the next `extract` redoes exactly them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featstore.errors import StoreError
+from featstore.integrity import BadShard, read_shard_index
+from featstore.store import VIDEO_COLUMNS, read_header, shard_files
+
+QUARANTINE = "_quarantine"
+
+
+@dataclass
+class VerifyReport:
+    store: str
+    deep: bool
+    shards: int = 0
+    videos: int = 0                  # distinct ids in good shards
+    ok: int = 0
+    frames: int = 0                  # rows of ok videos in good shards
+    bad: dict[str, str] = field(default_factory=dict)  # shard file name -> what is wrong
+    quarantined: list[str] = field(default_factory=list)  # paths the bad shards were moved to
+    lost_videos: int | None = 0      # videos only the bad shards held (the next extract redoes them); None: unknown,
+                                     # a bad shard's ids were unreadable
+
+    @property
+    def passed(self) -> bool:
+        return not self.bad
+
+
+def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False,
+                 on_progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Check every shard of the store at `path`; with `quarantine`, move the bad ones aside.
+
+    Raises StoreError when there is no store or its header is unreadable (nothing to compare shards with)."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no store at {path}")
+    if quarantine and path.is_file():
+        raise StoreError(f"{path} is a compacted file, which cannot be repaired in place: verify the store "
+                         "directory it came from and compact it again")
+    header = read_header(path)
+    files = shard_files(path)
+    report = VerifyReport(str(path), deep, shards=len(files))
+    ok_in: dict[str, str] = {}          # id -> shard whose ok record it is
+    status: dict[str, str] = {}         # id -> best status among good shards
+    bad_ids: set[str] | None = set()    # ids held by bad shards; None once one shard's ids are unreadable
+    for n, file in enumerate(files):
+        try:
+            columns = read_shard_index(file, header, VIDEO_COLUMNS, deep=deep, compacted=path.is_file())
+        except BadShard as e:
+            report.bad[file.name] = e.problem
+            ids = _ids_if_readable(file)
+            bad_ids = None if ids is None or bad_ids is None else bad_ids | ids
+        else:
+            _account(file.name, columns, ok_in, status, report)
+        if on_progress is not None:
+            on_progress(n + 1, len(files))
+    report.videos, report.ok = len(status), len(ok_in)
+    report.lost_videos = None if bad_ids is None else len(bad_ids - set(status))
+    if quarantine and report.bad:
+        report.quarantined = _quarantine(path, sorted(report.bad))
+    return report
+
+
+def _account(name: str, columns: dict, ok_in: dict[str, str], status: dict[str, str], report: VerifyReport) -> None:
+    """Add one good shard's videos; a video that is ok twice marks the later shard bad (one copy is enough)."""
+    ids = [v.decode() if isinstance(v, bytes) else str(v) for v in columns["video_id"]]
+    states = [v.decode() if isinstance(v, bytes) else str(v) for v in columns["status"]]
+    here: set[str] = set()
+    for vid, st in zip(ids, states):
+        if st == "ok" and (vid in ok_in or vid in here):
+            report.bad[name] = f"video {vid} is stored ok twice (also in {ok_in.get(vid, name)})"
+            return
+        if st == "ok":
+            here.add(vid)
+    for vid, st, length in zip(ids, states, columns["length"]):
+        if st == "ok":
+            ok_in[vid] = name
+            report.frames += int(length)
+            status[vid] = "ok"
+        else:
+            status.setdefault(vid, st)
+
+
+def _ids_if_readable(file: Path) -> set[str] | None:
+    """The ids a bad shard holds, when its id column can still be read (to count what a rerun redoes)."""
+    import h5py
+
+    try:
+        with h5py.File(file, "r") as f:
+            return {v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][()]}
+    except (OSError, KeyError):
+        return None
+
+
+def _quarantine(store: Path, names: list[str]) -> list[str]:
+    target = store / QUARANTINE
+    target.mkdir(exist_ok=True)
+    moved = []
+    for name in names:
+        dest = target / name
+        k = 1
+        while dest.exists():  # a shard quarantined before under the same name is kept too
+            dest = target / f"{name}.{k}"
+            k += 1
+        (store / name).rename(dest)
+        moved.append(str(dest))
+    return moved
