@@ -568,6 +568,8 @@ def evaluate(
     store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
     split: Annotated[str, typer.Option(help="Split name in the store (train, val, test, holdout, ...).")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    report: Annotated[bool, typer.Option(help="Also write per-class and mistakes CSVs + PNGs to "
+                                         "RUN/report-<split>.")] = False,
 ) -> None:
     """Re-score a trained head on any split of a store made with the same extraction settings."""
     from heads.multitask import evaluate_multi, is_multitask
@@ -575,6 +577,8 @@ def evaluate(
 
     with user_errors():
         if is_multitask(load_run(run)[1]):
+            if report:
+                fail("--report covers single-store runs; evaluate each store's run on its own for a report")
             per_store = evaluate_multi(run, split)
             if as_json:
                 print(json.dumps(per_store, default=float))
@@ -582,11 +586,22 @@ def evaluate(
                 print_metrics({f"{name} {split}": m for name, m in per_store.items()}, f"{run}: one row per store")
             return
         metrics = evaluate_run(run, store, split)
+        if report:
+            write_evaluate_report(run, store, split)
     if as_json:
         print(json.dumps(metrics, default=float))
         return
     print_metrics({split: metrics}, f"{metrics.get('head')} ({run}) on {metrics.get('store')}, "
                                     f"{metrics.get('n')} clips")
+
+
+def write_evaluate_report(run: Path, store: Optional[Path], split: str) -> None:
+    from heads.report import write_report
+    from heads.run import split_predictions
+
+    name = f"report-{split}" if store is None else f"report-{store.stem}-{split}"
+    paths = write_report(split_predictions(run, store, split), run / name, split)
+    err.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -653,9 +668,15 @@ def cluster_eval(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-kmeans).")]
     = None,
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    thumbnails: Annotated[bool, typer.Option(help="Also draw the frames at their 2-D positions (thumbnails.png), "
+                                             "re-decoded from the store's paths.")] = False,
+    max_points: Annotated[int, typer.Option(min=1, help="At most this many thumbnails (a seeded choice).")] = 400,
 ) -> None:
     """k-means on the cache, scored against labels: NMI, ARI, purity, accuracy, H(label|cluster), plots."""
     from heads.cluster import cluster_eval as run_cluster
+
+    if thumbnails and plot is Plot.none:
+        fail("--thumbnails draws on the 2-D map: use --plot tsne or --plot pca")
 
     sweep = None
     if k_range is not None:
@@ -674,6 +695,22 @@ def cluster_eval(
                              fit_split=fit_split, seeds=seeds, seed=seed, n_init=n_init, pca=pca, whiten=whiten,
                              k_range=sweep, plot=plot.value, on_progress=on_progress, force=force)
     print_cluster(result, run_dir)
+    if thumbnails:
+        draw_cluster_thumbnails(run_dir, max_points, seed)
+
+
+def draw_cluster_thumbnails(run_dir: Path, max_points: int, seed: int) -> None:
+    from explain.thumbnails import draw_thumbnails
+
+    with user_errors(), progress_bar() as bar:
+        t = bar.add_task("thumbnails", total=None, rate="decoding")
+        drawn = draw_thumbnails(run_dir, max_points, seed, lambda done, total: bar.update(t, completed=done,
+                                                                                            total=total))
+    out.print(f"thumbnails: {drawn.drawn} of {drawn.n_points} points drawn → {drawn.png}", highlight=False)
+    if drawn.skipped:
+        err.print(f"note: {len(drawn.skipped)} file(s) could not be decoded again and were skipped: "
+                  + "; ".join(f"{vid} ({why})" for vid, why in drawn.skipped[:5])
+                  + (" ..." if len(drawn.skipped) > 5 else ""), highlight=False, soft_wrap=True)
 
 
 def print_cluster(result: dict, run_dir: Path) -> None:
@@ -869,6 +906,67 @@ def run_cell(row: dict, col: str) -> str:
         digits = 1 if col == "seconds" else 3
         return f"{value:.{digits}f} ± {std:.{digits}f}" if isinstance(std, float) else f"{value:.{digits}f}"
     return str(value if value is not None else "")
+
+
+# -- explain: Grad-CAM through the run's backbone + head ---------------------------------------------------------
+from explain import METHODS  # noqa: E402  (cheap: no torch, no grad-cam; the choices come from the registry)
+
+Method = choices("Method", *METHODS)
+
+
+@app.command("explain")
+def explain_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory written by fit-head (on a frame store).")],
+    videos: Annotated[Optional[list[Path]], typer.Argument(help="Video or image files.")] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Frames shown per video, uniformly spaced.")] = 8,
+    layer: Annotated[Optional[str], typer.Option(help="Backbone module to map (default: the registry's).")]
+    = None,
+    method: Annotated[Method, typer.Option(help="Class activation map method.")] = Method.gradcam,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: predicted).")]
+    = None,
+    mistakes: Annotated[Optional[int], typer.Option(min=1, help="Explain the N most confident mistakes of the "
+                                                    "run's test split (instead of VIDEO files).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNGs (default RUN/explain).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print [{path, label, prob, png}] as JSON.")] = False,
+) -> None:
+    """Heat maps of where the run's backbone + head look, one PNG per video (row of frames, label, prob)."""
+    from explain.core import ExplainConfig, Explainer, mistake_jobs, video_jobs, write_index
+
+    if bool(videos) == (mistakes is not None):
+        fail("give VIDEO files or --mistakes N (one of the two)")
+    target = out_dir or run / "explain"
+    with user_errors():
+        explainer = Explainer(run, ExplainConfig(frames, layer, method.value, class_name, device))
+        jobs = (mistake_jobs(run, mistakes, target, method.value) if mistakes
+                else video_jobs([str(v) for v in videos], target, method.value))
+        results = []
+        with progress_bar() as bar:
+            task = bar.add_task("explain", total=len(jobs), rate="")
+            for job in jobs:
+                results.append(explainer.explain(job.path, job.png, job.true))
+                bar.update(task, advance=1, rate=Path(job.path).name)
+        write_index(results, target)
+    print_explained(results, as_json)
+    if any(r.error for r in results):
+        raise typer.Exit(2)
+
+
+def print_explained(results: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{"path": r.path, "error": r.error} if r.error else
+                          {"path": r.path, "label": r.label, "prob": round(r.prob, 4), "png": r.png,
+                           "class": r.classes, "true": r.true} for r in results]))
+        return
+    for r in results:
+        if r.error:
+            err.print(f"[red]failed[/] {r.path}: {r.error}", highlight=False, soft_wrap=True)
+        else:
+            truth = f" (true {r.true})" if r.true else ""
+            out.print(f"[bold]{r.path}[/]: {r.label} {r.prob:.3f}{truth}, maps of {', '.join(r.classes)} → {r.png}",
+                      highlight=False, soft_wrap=True)
+
 
 
 @app.command()

@@ -21,6 +21,7 @@ Decisions:
 - k-means runs on the unit sphere: with PCA the projected points are L2-normalised again. Points stay float32
   as the store returns them (float64 would make k-means++ faster but no longer equal the direct computation).
 - Items with no frames (failed extractions) are skipped. `assignments.csv` lists each point's cluster.
+- `embedding_2d.csv` holds the scatter's 2-D position of each point (`explain.thumbnails` draws frames there).
 - Retrieval precision@k is computed on clip vectors (pooled, L2-normalised, after PCA if asked) by cosine
   similarity, a query never retrieving itself; "relevant" means the same first label.
 """
@@ -444,6 +445,7 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
         xy, method = embed_2d(Z, plot, seed)
         title = f"{result['config']['level']} level, k={k}, {method} of {len(Z)} points"
         plot_scatter(out / "embedding.png", xy, labels if mask.any() else None, clusters, k, title)
+        _write_xy(out / "embedding_2d.csv", score, xy, method)
         plots.append("embedding.png")
     if mask.any():
         m = result["per_seed"][0]
@@ -459,6 +461,16 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:
+    """The scatter's 2-D positions, one row per point (what `explain.thumbnails` draws frames at)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "row", "label", "x", "y", "method"])
+        for i in range(len(xy)):
+            w.writerow([score.ids[score.item[i]], int(score.row[i]), score.labels[i], f"{xy[i, 0]:.6g}",
+                        f"{xy[i, 1]:.6g}", method])
+
+
 # -- plots (matplotlib's object API: no pyplot global state, no display needed) -----------------------
 def embed_2d(Z: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
     """(n, 2) seeded t-SNE (after PCA to 50 dims) for at most TSNE_MAX_POINTS points, else PCA."""
@@ -469,7 +481,7 @@ def embed_2d(Z: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
     return PCA(2, random_state=seed).fit_transform(Z), "PCA"
 
 
-def _palette(n: int) -> list:
+def palette(n: int) -> list:
     import matplotlib
 
     if n <= 20:  # tab20 pairs a dark and a light shade: use the ten dark hues first
@@ -499,10 +511,10 @@ def _cluster_colours(labels: np.ndarray | None, clusters: np.ndarray, k: int):
     """Colour and legend name per cluster: a cluster takes the colour of the label it is matched to,
     so with a good clustering both panels look alike; unmatched clusters are drawn with crosses."""
     if labels is None:
-        return _palette(k), [f"c{j}" for j in range(k)], ["o"] * k
+        return palette(k), [f"c{j}" for j in range(k)], ["o"] * k
     mask = labels != ""
     names, cont = _contingency(labels[mask], clusters[mask], k)
-    colours = _palette(len(names))
+    colours = palette(len(names))
     rows, cols = linear_sum_assignment(cont, maximize=True)
     match = dict(zip(cols.tolist(), rows.tolist()))
     out_c, out_n, out_m = [], [], []
@@ -525,7 +537,7 @@ def plot_scatter(path: Path, xy: np.ndarray, labels: np.ndarray | None, clusters
     size = 18 if len(xy) <= 1000 else 4
     if labels is not None:
         names = sorted(set(labels) - {""})
-        for name, colour in zip(names, _palette(len(names))):
+        for name, colour in zip(names, palette(len(names))):
             m = labels == name
             axes[0].scatter(xy[m, 0], xy[m, 1], s=size, color=colour, label=name, linewidths=0)
         m = labels == ""

@@ -15,7 +15,7 @@ import csv
 import json
 import pickle
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -214,6 +214,35 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
     any other value of the store's split column (e.g. holdout).
     """
+    p = split_predictions(run_dir, store_path, split)
+    out = score(p.task, p.targets, p.probs, p.labels, p.threshold)
+    if p.clip_accuracy is not None:
+        out["clip_accuracy"] = p.clip_accuracy
+    return {**out, "split": split, "store": p.store, "run": str(run_dir), "head": p.head,
+            "task": p.task, "n_skipped": p.n_skipped, "unknown_labels": p.unknown_labels}
+
+
+@dataclass
+class SplitPredictions:
+    """The head's probabilities for every scored clip of a split, with what is needed to judge them."""
+    ids: list[str]
+    paths: list[str]              # the files the clips were extracted from
+    truth: list[list[str]]        # labels per clip
+    targets: np.ndarray           # (N,) class indices, or (N, C) multi-hot for multilabel
+    probs: np.ndarray             # (N, C)
+    labels: list[str]             # the run's classes, column order of probs
+    task: str
+    threshold: float
+    head: str
+    store: str
+    n_skipped: int                # clips of the split left out: unlabelled or with labels the run does not know
+    unknown_labels: list[str]
+    clip_accuracy: float | None = None  # pooling heads, multiclass: every row (frame or clip) classified alone
+
+
+def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
+                      split: str = "test") -> SplitPredictions:
+    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output."""
     model, ckpt = load_run(run_dir)
     config = read_run_config(run_dir)
     store = open_store(store_path or config["store"])
@@ -229,12 +258,14 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     sub = load_cache(store, [index.ids[i] for i in keep])
     targets = encode_targets(sub.labels, labels, task)
     cfg = ckpt["train_config"]
-    out = score_split(model, sub, targets, np.arange(len(sub)), task, labels, ckpt["threshold"], cfg["max_frames"])
-    if cfg["head"] in POOLING_HEADS and task == "multiclass":
-        out["clip_accuracy"] = _row_accuracy(model, sub, targets)
+    device = next(model.parameters()).device
+    logits, y, _ = evaluate(model, batches(sub, targets, np.arange(len(sub)), 256, cfg["max_frames"], device))
+    clip_accuracy = (_row_accuracy(model, sub, targets) if cfg["head"] in POOLING_HEADS and task == "multiclass"
+                     else None)
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
-    return {**out, "split": split, "store": str(store.path), "run": str(run_dir), "head": cfg["head"],
-            "task": task, "n_skipped": len(ids) - len(keep), "unknown_labels": unknown}
+    return SplitPredictions(sub.ids, [store.meta(v)["path"] for v in sub.ids], sub.labels, y,
+                            probabilities(logits, task), labels, task, ckpt["threshold"], cfg["head"],
+                            str(store.path), len(ids) - len(keep), unknown, clip_accuracy)
 
 
 def _row_accuracy(model: nn.Module, cache: Cache, targets: torch.Tensor) -> float:
