@@ -927,6 +927,8 @@ def explain_cmd(
     mistakes: Annotated[Optional[int], typer.Option(min=1, help="Explain the N most confident mistakes of the "
                                                     "run's test split (instead of VIDEO files).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    weights: Annotated[Optional[Path], typer.Option(help="The store's weights file, if it moved since extract "
+                                                    "(checked against the sha256 the store recorded).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNGs (default RUN/explain).")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print [{path, label, prob, png}] as JSON.")] = False,
@@ -938,7 +940,8 @@ def explain_cmd(
         fail("give VIDEO files or --mistakes N (one of the two)")
     target = out_dir or run / "explain"
     with user_errors():
-        explainer = Explainer(run, ExplainConfig(frames, layer, method.value, class_name, device))
+        explainer = Explainer(run, ExplainConfig(frames, layer, method.value, class_name, device,
+                                                 None if weights is None else str(weights)))
         jobs = (mistake_jobs(run, mistakes, target, method.value) if mistakes
                 else video_jobs([str(v) for v in videos], target, method.value))
         results = []
@@ -950,7 +953,7 @@ def explain_cmd(
         write_index(results, target)
     print_explained(results, as_json)
     if any(r.error for r in results):
-        raise typer.Exit(2)
+        raise typer.Exit(FAILED_ITEMS)
 
 
 def print_explained(results: list, as_json: bool) -> None:
@@ -1038,9 +1041,9 @@ def finetune(
             except NothingTrained as e:
                 print_failures(sorted(e.failures.items()))
                 fail(f"{e}; fix the clips above (nothing was written to {out_dir})", code=2)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:  # SIGTERM too (cli.Terminated), with its own exit code
                 err.print(f"interrupted: {out_dir}/checkpoint.pt keeps the last finished epoch; rerun with --resume")
-                raise typer.Exit(130) from None
+                raise typer.Exit(TERMINATED if isinstance(e, Terminated) else INTERRUPTED) from None
     title = f"finetune {metrics['objective']} {metrics['backbone']} → {out_dir}/backbone.pt"
     if metrics["objective"] == "supervised":
         print_metrics({"val": metrics.get("val"), "test": metrics.get("test")}, title)
@@ -1056,7 +1059,7 @@ def finetune(
               highlight=False)
     if metrics["failed"]:
         print_failures(metrics["failed"])
-        raise typer.Exit(2)
+        raise typer.Exit(FAILED_ITEMS)
 
 
 def print_failures(failed: list) -> None:

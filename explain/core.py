@@ -29,6 +29,7 @@ class ExplainConfig:
     method: str = "gradcam"       # a key of explain.METHODS
     target: str | None = None     # class to explain; None: the predicted one (and the true one for mistakes)
     device: str = "auto"
+    weights: str | None = None    # the store's weights file if it moved since extract (sha256 checked)
 
     def __post_init__(self):
         if self.frames < 1:
@@ -53,7 +54,7 @@ class Explainer:
     def __init__(self, run_dir: str | Path, cfg: ExplainConfig):
         self.cfg = cfg
         cam_class(cfg.method)  # the install hint comes before any decoding
-        self.run: RunModel = load_run_model(run_dir, cfg.device)
+        self.run: RunModel = load_run_model(run_dir, cfg.device, cfg.weights)
         self.layer = cfg.layer or get_spec(self.run.backbone).cam_layer
         if not self.layer:
             raise ExplainError(f"the registry records no default layer for {self.run.backbone}: pass --layer")

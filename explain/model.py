@@ -19,9 +19,9 @@ from heads.data import eval_frames
 from heads.multitask import is_multitask
 from heads.run import load_run
 from heads.train import probabilities
-from pipeline.backbones import REGISTRY, BackboneError, get_spec, load_backbone
+from pipeline.backbones import REGISTRY, get_spec
 from pipeline.decode import DecodedVideo, Geometry, Sampling, decode_image, decode_video
-from pipeline import config_from_store, geometry_for, resolve_device
+from pipeline import geometry_for, resolve_device, store_backbone
 from pipeline.sources import item_kind
 
 STORE_DTYPES = {"float16": torch.float16, "float32": None}  # None: features are stored as computed
@@ -80,18 +80,16 @@ def check_explainable(config: dict, run_dir: str | Path) -> None:
                            "backbones yet (frame stores only)")
 
 
-def load_run_model(run_dir: str | Path, device: str = "auto") -> RunModel:
-    """The run's head behind the backbone that made its store (same weights, checked), fp32, eval mode."""
+def load_run_model(run_dir: str | Path, device: str = "auto", weights: str | None = None) -> RunModel:
+    """The run's head behind the backbone that made its store (same weights, checked), fp32, eval mode.
+
+    `weights`: the store's weights file when it is no longer where extract recorded it (its hash is checked)."""
     head, ckpt = load_run(run_dir)
     if is_multitask(ckpt):
         raise ExplainError(f"run {run_dir} was trained on several stores at once: explain a single-store run")
     config = ckpt["store_config"]
     check_explainable(config, run_dir)
-    cfg = config_from_store(config, device)
-    backbone = load_backbone(cfg.backbone, cfg.weights)
-    if backbone.weights_id != config["weights"]:
-        raise BackboneError(f"the weights at {cfg.weights} are not the ones the run's store was made with "
-                            f"({backbone.weights_id} vs {config['weights']})")
+    cfg, backbone = store_backbone(config, device, weights)
     dev = resolve_device(cfg.device, backbone)
     pre = backbone.preprocess
     model = ComposedModel(backbone.model, head, pre.mean, pre.std, STORE_DTYPES[config["dtype"]]).to(dev).eval()

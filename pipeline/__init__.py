@@ -18,7 +18,7 @@ _EXPORTS = {
                         "VideoInfo", "clip_count", "decode_image", "decode_video"),
     "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),
     "pipeline.extract": ("ExtractConfig", "ExtractResult", "config_from_store", "decode_loader", "embed_files",
-                         "geometry_for", "sampling_for"),
+                         "geometry_for", "sampling_for", "store_backbone"),
     "pipeline.sources": ("Item", "SourceError", "load_source"),
     "pipeline.stages": ("Done", "Rows"),
 }

@@ -374,12 +374,9 @@ def store_weights(config: dict) -> str:
                         "pass --weights PATH to a copy of it (its sha256 is checked)")
 
 
-def embed_files(paths: list[str], config: dict, device: str = "auto", weights: str | None = None) -> list[VideoRecord]:
-    """Decode and embed files exactly as the store with `config` was made; no store is written.
-
-    Features go through the store's dtype, so a file embedded here equals the same file read from the store.
-    `weights` points at the store's weights file when it has moved; a file with other content is refused.
-    """
+def store_backbone(config: dict, device: str = "auto", weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
+    """(ExtractConfig, frozen backbone) that made the store with `config`: its weights found where extract recorded
+    them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
     cfg = config_from_store(config, device, weights=weights)
     backbone = load_backbone(cfg.backbone, cfg.weights)
     recorded = config.get("weights_sha256")
@@ -387,6 +384,16 @@ def embed_files(paths: list[str], config: dict, device: str = "auto", weights: s
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "
                             f"({backbone.meta.get('weights_sha256') or backbone.weights_id} vs "
                             f"{recorded or config['weights']})")
+    return cfg, backbone
+
+
+def embed_files(paths: list[str], config: dict, device: str = "auto", weights: str | None = None) -> list[VideoRecord]:
+    """Decode and embed files exactly as the store with `config` was made; no store is written.
+
+    Features go through the store's dtype, so a file embedded here equals the same file read from the store.
+    `weights` points at the store's weights file when it has moved; a file with other content is refused.
+    """
+    cfg, backbone = store_backbone(config, device, weights)
     dev = resolve_device(cfg.device, backbone)
     geometry = geometry_for(cfg, backbone)
     items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]
