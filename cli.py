@@ -198,7 +198,7 @@ def compact(
 HeadKind = choices("HeadKind", "linear", "mlp", "rnn", "gru", "lstm", "attention", "transformer")
 Task = choices("Task", "auto", "multiclass", "multilabel")
 SplitKind = choices("SplitKind", "official", "group", "stratified")
-Optim = choices("Optim", "adamw", "adam", "sgd")
+Optim = choices("Optim", "adamw", "adam", "sgd", "rmsprop")
 Sched = choices("Sched", "plateau", "cosine", "exp", "none")
 
 
@@ -231,6 +231,13 @@ def fit_head(
     scheduler: Annotated[Optional[Sched], typer.Option()] = None,
     patience: Annotated[Optional[int], typer.Option(min=1, help="Epochs without improvement before stopping.")]
     = None,
+    lr_factor: Annotated[Optional[float], typer.Option(help="plateau: lr multiplier when the val loss stalls.")]
+    = None,
+    lr_patience: Annotated[Optional[int], typer.Option(min=0, help="plateau: stalled epochs first (0: patience//3).")]
+    = None,
+    lr_gamma: Annotated[Optional[float], typer.Option(help="exp: lr multiplier per epoch.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Multilabel: fixed decision threshold (default: tuned "
+                                                       "on val).")] = None,
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (random at train, uniform "
                                                       "at eval).")] = None,
     hidden: Annotated[Optional[int], typer.Option(min=1)] = None,
@@ -370,13 +377,19 @@ def predict(
         order = np.argsort(-p)[:top]
         rows.append({"path": r.video_id, "top": [{"label": labels[i], "prob": round(float(p[i]), 4)} for i in order]})
     rows = per_store_rows(ckpt, ok, probs, top) or rows
+    if ckpt["task"] == "multilabel":  # the decision the run was scored with: every label at/above its threshold
+        for row, p in zip(rows, probs):
+            row["labels"] = [labels[i] for i in np.flatnonzero(p >= ckpt["threshold"])]
+            row["threshold"] = ckpt["threshold"]
     failed = [r for r in records if r.status != "ok"]
     if as_json:
         print(json.dumps(rows + [{"path": r.video_id, "error": r.error} for r in failed]))
     else:
         for row in rows:
-            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]),
-                      highlight=False)
+            decided = (f" → labels at ≥ {row['threshold']:.2f}: {', '.join(row['labels']) or '(none)'}"
+                       if "labels" in row else "")
+            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+                      + decided, highlight=False)
         for r in failed:
             err.print(f"[red]failed[/] {r.video_id}: {r.error}", highlight=False)
     if failed:
