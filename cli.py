@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pipeline.launch import ENGINES
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cache per-frame embeddings of videos/images in HDF5; train and evaluate heads on the cache.")
 out = Console()
@@ -35,10 +37,14 @@ Crop = choices("Crop", "center", "square", "none")
 Precision = choices("Precision", "auto", "fp32", "bf16", "fp16")
 DType = choices("DType", "float16", "float32")
 Compression = choices("Compression", "none", "lzf", "gzip")
+Engine = choices("Engine", *ENGINES)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -77,12 +83,19 @@ def progress_bar() -> Progress:
 @app.command()
 def extract(
     source: Annotated[Path, typer.Argument(help="Manifest CSV, folder-per-class, UCF101/HMDB51 root, or a file.")],
-    backbone: Annotated[str, typer.Option(help="resnet18/34/50/101/152, quantized_mobilenet_v2.")] = "resnet50",
+    backbone: Annotated[str, typer.Option(help="An image (resnet50, mobilenet_v2, ...) or video (r2plus1d_18, "
+                                          "mvit_v2_s, ...) backbone; an unknown name lists them all.")] = "resnet50",
     weights: Annotated[str, typer.Option(help="DEFAULT, an enum name (IMAGENET1K_V2), none, or a file.")] = "DEFAULT",
     every: Annotated[Optional[int], typer.Option(min=1, help="Keep frames 0, N, 2N, ...")] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help="Keep K uniformly spaced frames.")] = None,
     fps: Annotated[Optional[float], typer.Option(min=0.001, help="Keep F frames per second.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="At most M frames per video.")] = None,
+    clip_len: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: frames per clip (default: the "
+                                                    "model's own, 16).")] = None,
+    clip_stride: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: frames between clip starts "
+                                                       "(default: --clip-len).")] = None,
+    clips: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: K clips placed uniformly instead.")]
+    = None,
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
     batch_size: Annotated[int, typer.Option(min=1, help="Frames per forward pass, across videos.")] = 64,
@@ -92,34 +105,54 @@ def extract(
     = Precision.auto,
     store: Annotated[Optional[Path], typer.Option(help="Store directory (default: stores/<source>-<backbone>).")]
     = None,
-    shard: Annotated[Optional[str], typer.Option(help="i/N: process part i of N (one writer per part).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="i/N: process part i of N (one writer per part); auto: "
+                                                 "from Slurm array / torchrun variables.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Retry items recorded as failed.")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Process at most N new items.")] = None,
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
     dtype: Annotated[DType, typer.Option(help="Storage dtype of features.")] = DType.float16,
     compression: Annotated[Compression, typer.Option(help="HDF5 compression of features.")] = Compression.none,
+    force: Annotated[bool, typer.Option(help="Make --store a store even if it is a non-empty other directory.")]
+    = False,
     classes: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated: A,B,C.")] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Only the classes listed in this file.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="At most N items per class, whole groups.")] = None,
+    engine: Annotated[Engine, typer.Option(help="local: this process; ray: one Ray task per part.")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray: auto or HOST:PORT (default: RAY_ADDRESS, else a "
+                                                   "local cluster).")] = None,
+    tasks: Annotated[Optional[int], typer.Option(min=1, help="Ray: parts (default 4 x GPUs, or CPUs / C).")] = None,
+    gpus_per_task: Annotated[Optional[float], typer.Option(min=0, help="Ray: GPUs per task (default 1 if any).")]
+    = None,
+    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default 1).")]
+    = None,
+    connect_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds --address may take to answer.")]
+    = 30.0,
 ) -> None:
-    """Decode, sample and embed every item of SOURCE into a resumable HDF5 store."""
-    from pipeline.decode import Sampling
-    from pipeline.extract import ExtractConfig
+    """Decode, sample and embed every item of SOURCE into a resumable HDF5 store.
+
+    --shard auto reads the part from a Slurm job array or torchrun; --engine ray runs the parts as Ray tasks."""
+    from pipeline.extract import ExtractConfig, sampling_for
     from pipeline.extract import extract as run_extract
     from pipeline.sources import Subset, load_source, read_classes
 
     if sum(x is not None for x in (every, frames, fps)) > 1:
         fail("choose one of --every, --frames, --fps")
-    shard_t = parse_shard(shard)
+    ray_flags = {"--address": address, "--tasks": tasks, "--gpus-per-task": gpus_per_task,
+                 "--cpus-per-task": cpus_per_task}
+    if engine is not Engine.ray and (given := [k for k, v in ray_flags.items() if v is not None]):
+        fail(f"{', '.join(given)} only apply to --engine ray")
+    shard_t = None if shard == "auto" else parse_shard(shard)
     with user_errors():
         subset = Subset(read_classes(classes, classes_file), per_class)
-        sampling = Sampling(every=every if (every or frames or fps) else 10, frames=frames, fps=fps,
-                            max_frames=max_frames)
+        sampling = sampling_for(backbone, every=every, frames=frames, fps=fps, max_frames=max_frames,
+                                clip_len=clip_len, clip_stride=clip_stride, clips=clips)
         cfg = ExtractConfig(backbone=backbone, weights=weights, sampling=sampling, size=size, crop=crop.value,
                             batch_size=batch_size, workers=workers, device=device, precision=precision.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
                             else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
-                            subset=subset.record())
+                            force=force, subset=subset.record())
+        if shard == "auto":
+            cfg = shard_from_launcher(cfg)
         items = load_source(source, split_id=split_id, subset=subset)
         # a manifest is often just "manifest.csv": name the store after its folder too
         name = source.name if source.is_dir() else f"{source.resolve().parent.name}-{source.stem}"
@@ -130,31 +163,52 @@ def extract(
             def on_progress(p: dict) -> None:
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, total=p["total"], completed=p["done"],
-                           rate=f"{p['frames'] / elapsed:.0f} frames/s, {p['failed']} failed")
+                           rate=f"{p['frames'] / elapsed:.0f} rows/s, {p['failed']} failed")
 
-            result = run_extract(items, store, cfg, on_progress)
+            if engine is Engine.ray:
+                from pipeline.ray_engine import RayOptions, extract_on_ray
+
+                options = RayOptions(address=address, tasks=tasks, gpus_per_task=gpus_per_task,
+                                     cpus_per_task=cpus_per_task or 1.0, connect_timeout=connect_timeout)
+                result = extract_on_ray(items, store, cfg, options, on_progress)
+            else:
+                result = run_extract(items, store, cfg, on_progress)
     print_extract_summary(result)
     if result.failed:
         raise typer.Exit(2)
 
 
+def shard_from_launcher(cfg):
+    """--shard auto: this process's part, GPU and cores from the launcher's environment, said on stderr."""
+    from pipeline.launch import configure, detect_launch
+
+    launch = detect_launch()
+    cfg = configure(cfg, launch)
+    cores = f", {cfg.cores} cores for decoding" if cfg.cores else ""
+    err.print(f"--shard auto: {launch.describe()}, device {cfg.device}{cores}", highlight=False, soft_wrap=True)
+    return cfg
+
+
 def print_extract_summary(result) -> None:
     t = Table(title=f"extract → {result.store}", show_header=False)
     for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
-                 ("frames", result.frames), ("frames/s", f"{result.frames_per_s:.1f}"),
-                 ("device / precision", f"{result.device} / {result.precision}")]:
+                 (result.unit, result.frames), (f"{result.unit}/s", f"{result.frames_per_s:.1f}"),
+                 ("device / precision", f"{result.device} / {result.precision}"),
+                 ("startup (to first batch)", f"{result.startup_s:.2f} s" if result.startup_s else "-")]:
         t.add_row(k, str(v))
     out.print(t)
     for vid, reason in result.failed[:20]:
         err.print(f"[red]failed[/] {vid}: {reason}", highlight=False, soft_wrap=True)
     if len(result.failed) > 20:
-        err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store}` lists them all")
+        err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store} --failed` lists them all")
 
 
 @app.command()
 def info(
     store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Print every failed item (ID<TAB>reason), nothing else.")]
+    = False,
 ) -> None:
     """Describe a store: counts, backbone, config, fingerprint, failures."""
     from featstore import open_store
@@ -164,12 +218,18 @@ def info(
     if as_json:
         print(json.dumps(summary, indent=2))
         return
+    failures = [i for i in summary["items"] if i["status"] != "ok"]
+    if failed:
+        for it in failures:
+            print(f"{it['id']}\t{it['error']}")
+        return
     t = Table(title=f"store {store}", show_header=False)
     for k in ("videos", "ok", "failed", "frames", "dim", "backbone", "fingerprint", "shards"):
         t.add_row(k, str(summary[k]))
     cfg = summary["config"]
     t.add_row("weights", str(cfg.get("weights")))
-    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames")
+    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames", "clip_len",
+                                                              "clip_stride", "clips")
                                     if cfg.get(k) is not None))
     t.add_row("input", f"{cfg.get('size')}px, crop={cfg.get('crop')}, resize={cfg.get('resize')}")
     splits: dict[str, int] = {}
@@ -177,8 +237,10 @@ def info(
         splits[it["split"] or "(none)"] = splits.get(it["split"] or "(none)", 0) + 1
     t.add_row("splits", ", ".join(f"{k}: {v}" for k, v in sorted(splits.items())))
     out.print(t)
-    for it in [i for i in summary["items"] if i["status"] != "ok"][:20]:
+    for it in failures[:20]:
         err.print(f"[red]failed[/] {it['id']}: {it['error']}", highlight=False, soft_wrap=True)
+    if len(failures) > 20:
+        err.print(f"... and {len(failures) - 20} more: `cli.py info {store} --failed` lists them all")
 
 
 @app.command()
@@ -186,13 +248,56 @@ def compact(
     store: Annotated[Path, typer.Argument(help="Store directory.")],
     out_file: Annotated[Path, typer.Argument(help="Output .h5 file, usable as a store everywhere.")],
     compression: Annotated[Compression, typer.Option(help="HDF5 compression.")] = Compression.gzip,
+    force: Annotated[bool, typer.Option(help="Overwrite OUT.h5 even if it is not a framecache file.")] = False,
 ) -> None:
     """Write a store as one portable HDF5 file."""
     from featstore import compact as run_compact
 
     with user_errors():
-        path = run_compact(store, out_file, None if compression is Compression.none else compression.value)
+        path = run_compact(store, out_file, None if compression is Compression.none else compression.value,
+                           force=force)
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    deep: Annotated[bool, typer.Option(help="Also read every block of every shard and check values are finite.")]
+    = False,
+    quarantine: Annotated[bool, typer.Option(help="Move bad shards to STORE/_quarantine/; the next extract redoes "
+                                             "their videos.")] = False,
+) -> None:
+    """Check a store: header and shards readable and consistent, settings equal, no video stored twice.
+
+    Exit 0 when every shard is good, 1 when any is bad (also after --quarantine moved them)."""
+    from featstore.verify import verify_store
+
+    with user_errors(), progress_bar() as bar:
+        task = bar.add_task("verify", total=None, rate="")
+        report = verify_store(store, deep=deep, quarantine=quarantine,
+                              on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    print_verify(report)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def print_verify(report) -> None:
+    t = Table(title=f"verify {report.store}" + (" (deep)" if report.deep else ""), show_header=False)
+    for k, v in [("shards", report.shards), ("bad shards", len(report.bad)), ("videos", report.videos),
+                 ("ok", report.ok), ("frames", report.frames)]:
+        t.add_row(k, str(v))
+    out.print(t)
+    for name, problem in report.bad.items():
+        err.print(f"[red]bad[/] {name}: {problem}", highlight=False, soft_wrap=True)
+    if report.quarantined:
+        videos = "videos" if report.lost_videos is None else f"{report.lost_videos} video(s)"
+        err.print(f"moved {len(report.quarantined)} shard(s) to {Path(report.store) / '_quarantine'}; rerun "
+                  f"extract to redo their {videos}", highlight=False, soft_wrap=True)
+    elif report.bad:
+        err.print(f"run `cli.py verify {report.store} --quarantine` to move them aside, then rerun extract",
+                  highlight=False, soft_wrap=True)
+    else:
+        out.print("store ok" + ("" if report.deep else " (--deep also reads every frame block)"))
 
 
 HeadKind = choices("HeadKind", "linear", "mlp", "rnn", "gru", "lstm", "attention", "transformer")

@@ -1,0 +1,158 @@
+"""extract --engine ray on a local Ray cluster: same store as one process; a killed worker costs nothing twice.
+
+One cluster for the whole module (Ray takes seconds to start); skipped cleanly without Ray.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from data.synth import write_video
+from featstore import open_store
+from pipeline.decode import Sampling
+from pipeline.extract import ExtractConfig, extract
+from pipeline.sources import load_source
+
+ray = pytest.importorskip("ray")
+from pipeline.ray_engine import RayOptions, extract_on_ray, runtime_env  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
+    yield
+    ray.shutdown()
+
+
+def make_clips(folder: Path, n: int, frames: int, size: int = 32) -> Path:
+    rows = ["path,label"]
+    for i in range(n):
+        data = np.random.default_rng(i).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+        write_video(folder / f"c{i:02d}.mkv", data)
+        rows.append(f"c{i:02d}.mkv,{'ab'[i % 2]}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder / "m.csv"
+
+
+def cfg(**kw) -> ExtractConfig:
+    base = dict(backbone="resnet18", weights="none", sampling=Sampling(every=2), size=32, crop="none",
+                batch_size=4, workers=0, precision="fp32", dtype="float32")
+    return ExtractConfig(**{**base, **kw})
+
+
+def records_per_id(store: Path) -> dict[str, int]:
+    """How many records each id has across all shard files (a duplicate would show as 2)."""
+    counts: dict[str, int] = {}
+    for shard in store.glob("*-0*.h5"):
+        with h5py.File(shard, "r") as f:
+            for vid in f["video_id"][()]:
+                counts[vid.decode()] = counts.get(vid.decode(), 0) + 1
+    return counts
+
+
+def assert_same(a: Path, b: Path) -> None:
+    sa, sb = open_store(a), open_store(b)
+    assert sorted(sa.ids()) == sorted(sb.ids())
+    for vid in sb.ids():
+        np.testing.assert_allclose(sa.features(vid), sb.features(vid), atol=1e-5)
+        np.testing.assert_array_equal(sa.frame_index(vid), sb.frame_index(vid))
+
+
+def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
+    items = load_source(make_clips(tmp_path, 8, 5))
+    seen = []
+    r = extract_on_ray(items, tmp_path / "ray", cfg(), RayOptions(tasks=3, poll_seconds=0.2), seen.append)
+    assert (r.done, r.skipped, r.failed) == (8, 0, []) and r.frames == 8 * 3
+    extract(items, tmp_path / "one", cfg())
+    assert_same(tmp_path / "ray", tmp_path / "one")
+    assert {p.name.split("-")[0] for p in (tmp_path / "ray").glob("*-0*.h5")} <= {"s0of3", "s1of3", "s2of3"}
+    assert seen[-1]["done"] == seen[-1]["total"] == 8
+    again = extract_on_ray(items, tmp_path / "ray", cfg(), RayOptions(tasks=3))
+    assert (again.done, again.skipped) == (0, 8)  # a rerun resumes: nothing left, no task started
+
+
+def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
+    # ~10 items of 30 frames per part: the part is still running when the kill lands, even on a fast machine
+    items = load_source(make_clips(tmp_path, 20, 30, size=48))
+    store = tmp_path / "killed"
+    progress: list[dict] = []
+    killed: list[int] = []
+
+    def kill_first_writer():
+        # Kill a part's worker once its first shard exists: it has written some items and has most still to do.
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            for p in (progress[-1]["parts"] if progress else []):
+                if p.pid and p.done < p.first_total - 3 and (store / f"s{p.part}of2-000000.h5").exists():
+                    os.kill(p.pid, signal.SIGKILL)
+                    killed.append(p.part)
+                    break
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_writer, daemon=True)
+    killer.start()
+    run = dict(sampling=Sampling(every=1), size=48)
+    r = extract_on_ray(items, store, cfg(**run, flush_videos=2), RayOptions(tasks=2, poll_seconds=0.1),
+                       progress.append)
+    killer.join()
+    assert killed, "the kill must land mid-run"
+    victim = next(p for p in progress[-1]["parts"] if p.part == killed[0])
+    assert victim.attempts == 2
+    assert r.done == 20 and not r.failed and r.frames == 20 * 30
+    assert records_per_id(store) == {it.id: 1 for it in items}
+    s = open_store(store)
+    assert all(np.array_equal(s.frame_index(it.id), np.arange(30)) for it in items)
+
+
+def test_cli_engine_ray_prints_the_usual_summary_and_exit_2_on_failures(tmp_path):
+    manifest = make_clips(tmp_path, 4, 3)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    manifest.write_text(manifest.read_text() + "broken.mp4,a\n")
+    res = CliRunner().invoke(cli.app, ["extract", str(manifest), "--backbone", "resnet18", "--weights", "none",
+                                       "--size", "32", "--workers", "0", "--store", str(tmp_path / "s"),
+                                       "--engine", "ray", "--tasks", "2"])
+    assert res.exit_code == 2, res.output
+    assert "written" in res.stdout and "broken" in res.output
+    assert sorted(open_store(tmp_path / "s").ids(status=None)) == ["broken", "c00", "c01", "c02", "c03"]
+
+
+def cli_subprocess(tmp_path: Path, *args: str, prelude: str = "pass") -> subprocess.CompletedProcess:
+    (tmp_path / "m.csv").write_text("path,label\nx.mp4,a\n")
+    code = f"{prelude}; import sys, cli; sys.argv = ['cli.py', *sys.argv[1:]]; cli.app()"
+    cmd = [sys.executable, "-c", code, "extract", str(tmp_path / "m.csv"), "--weights", "none", "--store",
+           str(tmp_path / "s"), "--engine", "ray", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+
+
+def test_engine_ray_without_ray_installed_names_the_install_command(tmp_path):
+    res = cli_subprocess(tmp_path, prelude="import sys; sys.modules['ray'] = None")  # import ray fails
+    assert res.returncode == 1 and 'pip install "framecache[ray]"' in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_address_that_does_not_answer_is_a_timeout_with_a_message(tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    refused = cli_subprocess(tmp_path, "--address", f"127.0.0.1:{port}")  # nothing listens there now
+    assert refused.returncode == 1 and f"cannot reach Ray at 127.0.0.1:{port}" in refused.stderr
+    with socket.socket() as silent:  # accepts TCP connections but never speaks Ray's protocol
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        start = time.monotonic()
+        res = cli_subprocess(tmp_path, "--address", f"127.0.0.1:{silent.getsockname()[1]}", "--connect-timeout", "3")
+        assert res.returncode == 1 and "did not answer within 3 s" in res.stderr, res.stderr
+        assert time.monotonic() - start < 90
