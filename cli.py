@@ -443,6 +443,7 @@ def evaluate(
     from heads.run import evaluate_run, load_run
 
     with user_errors():
+        refuse_fused(load_run(run)[1], run)
         if is_multitask(load_run(run)[1]):
             per_store = evaluate_multi(run, split)
             if as_json:
@@ -474,6 +475,7 @@ def predict(
 
     with user_errors():
         model, ckpt = load_run(run)
+        refuse_fused(ckpt, run)
         records = embed_files([str(v) for v in videos], ckpt["store_config"], device)
         ok = [r for r in records if r.status == "ok"]
         probs = predict_features(model, ckpt, [r.features for r in ok]) if ok else np.zeros((0, 0))
@@ -662,6 +664,13 @@ def fit_several(stores: list[Path], cfg, run_dir: Path, on_epoch, fuse, repeated
     if fuse:
         return fit_fused(stores, cfg, run_dir, fuse.value, on_epoch)
     return fit_multi(stores, cfg, run_dir, on_epoch)
+
+
+def refuse_fused(ckpt: dict, run: Path) -> None:
+    stores = ckpt.get("store_config", {}).get("fused_stores")
+    if stores:
+        fail(f"{run} was trained on the features of {' and '.join(s['store'] for s in stores)} joined (--fuse): "
+             "evaluate/predict cannot rebuild them yet; its metrics.json holds val and test")
 
 
 def report_fusion(info: dict) -> None:
