@@ -231,7 +231,7 @@ def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list
             shown = m.get("metrics") or {}
             row.update(task="cluster", metric=shown.get("accuracy"))
         else:
-            shown = m.get("test") or m.get("val") or {}
+            shown = m.get("test") or m.get("cv") or m.get("val") or {}  # cv: --folds runs
         row.update({k: shown.get(k) for k in SHOWN_METRICS})
         rows.append({**{k: row.get(k) for k in RUN_COLUMNS}, **_spread(m), "params": _train_params(path.parent)})
     if sort_by is not None:
