@@ -699,7 +699,7 @@ def fuse(
     run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
         metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
-    print_metrics({"fused": metrics["test"], **{Path(k).name: v for k, v in metrics["alone"].items()}},
+    print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
                   f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
 
 
