@@ -35,6 +35,7 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 ROW_DATASETS = ("features", "frame_index", "time_s")  # one row per sampled frame
 DIGEST_ATTR = "columns_sha256"
 DEEP_BLOCK_ROWS = 16384  # rows read at once by a deep check: bounded memory whatever the shard's size
+STR_DTYPE = h5py.string_dtype("utf-8")
 
 
 class DiskFull(StoreError):
@@ -223,7 +224,7 @@ def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep
     with f:
         try:
             _check_fingerprint(f, header)
-            columns = {name: _read(f, name) for name in dtypes}
+            columns = {name: _read_column(f, name, dtype) for name, dtype in dtypes.items()}
             _check_columns(f, columns, dtypes, header)
             if deep:
                 _check_blocks(f, columns)
@@ -241,6 +242,21 @@ def _read(f: h5py.File, name: str, selection=()) -> np.ndarray:
         return f[name][selection]
     except OSError as e:
         raise _Problem(describe_read_error(name, e)) from None
+
+
+def _read_column(f: h5py.File, name: str, dtype) -> np.ndarray:
+    """A whole per-video column through h5py's low-level API: the high-level `f[name][()]` costs ~0.2 ms of
+    Python per dataset, which is most of opening a store of thousands of small shards (bench/scale.py)."""
+    try:
+        ds = h5py.h5d.open(f.id, name.encode())
+    except KeyError:
+        raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
+    out = np.empty(ds.shape, dtype=STR_DTYPE if dtype == "str" else dtype)
+    try:
+        ds.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+    except (OSError, TypeError) as e:  # TypeError: stored with a type that does not convert (a string as int)
+        raise _Problem(describe_read_error(name, e)) from None
+    return out
 
 
 def _check_fingerprint(f: h5py.File, header: Header) -> None:
@@ -282,13 +298,16 @@ def _check_columns(f: h5py.File, columns: dict[str, np.ndarray], dtypes: dict[st
         raise _Problem(f"video {ids[i]} has offset {offset[i]} and length {length[i]}; its videos must be "
                        f"contiguous (expected offset {starts[i]})")
     rows = int(length.sum())
+    shapes = {}
     for name in ROW_DATASETS:
-        if name not in f:
-            raise _Problem(f"has no {name} dataset (not a complete framecache shard)")
-        if f[name].shape[0] != rows:
-            raise _Problem(f"{name} has {f[name].shape[0]} rows but its videos' lengths add up to {rows}")
-    if f["features"].ndim != 2 or f["features"].shape[1] != header.dim:
-        raise _Problem(f"features are {f['features'].shape[1:]} wide, the store's dim is {header.dim}")
+        try:
+            shapes[name] = h5py.h5d.open(f.id, name.encode()).shape
+        except KeyError:
+            raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
+        if shapes[name][0] != rows:
+            raise _Problem(f"{name} has {shapes[name][0]} rows but its videos' lengths add up to {rows}")
+    if len(shapes["features"]) != 2 or shapes["features"][1] != header.dim:
+        raise _Problem(f"features are {shapes['features'][1:]} wide, the store's dim is {header.dim}")
     status = [v.decode() if isinstance(v, bytes) else str(v) for v in columns["status"]]
     for vid, st, n in zip(ids, status, length):
         if st not in ("ok", "failed") or (st == "failed" and n):

@@ -127,20 +127,31 @@ def import_ray():
     return ray
 
 
-def _probe(address: str, timeout: float) -> None:
-    """Fail fast and clearly when nothing answers at HOST:PORT (ray.init would retry for minutes)."""
+# An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client server) answers with
+# a SETTINGS frame of its own at once, before any Ray call.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def probe(address: str, timeout: float) -> None:
+    """Fail fast and clearly unless a gRPC server answers at HOST:PORT within `timeout` (ray.init would retry for
+    minutes, and a connection that is accepted but never answered makes it hang)."""
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise RayEngineError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    silent = RayEngineError(f"Ray at {address} did not answer within {timeout:g} s: is it the head's port (6379 by "
+                            "default; `ray status --address ...` checks)?")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.sendall(_H2_PREFACE)
+            reply = conn.recv(9)
     except socket.timeout:
-        raise RayEngineError(f"no answer from Ray at {address} within {timeout:.0f} s: check --address "
-                             "(the head's port, 6379 by default) and the firewall") from None
+        raise silent from None
     except OSError as e:
         raise RayEngineError(f"cannot reach Ray at {address}: {e.strerror or e}; start the head with "
                              "`ray start --head` or fix --address") from None
+    if len(reply) < 4 or reply[3] != 0x04:  # frame type 4 = SETTINGS
+        raise silent
 
 
 def connect(ray, options: RayOptions) -> bool:
@@ -153,14 +164,14 @@ def connect(ray, options: RayOptions) -> bool:
         ray.init(include_dashboard=False, **kwargs)
         return True
     if address != "auto":
-        _probe(address, options.connect_timeout)
+        probe(address, options.connect_timeout)
     errors: list[BaseException] = []
     thread = threading.Thread(target=_init, args=(ray, kwargs, errors), daemon=True)
     thread.start()
     # Something that accepts connections but is not a Ray head makes ray.init wait for minutes: give up sooner.
     thread.join(options.connect_timeout)
     if thread.is_alive():
-        raise RayEngineError(f"Ray at {address} did not answer within {options.connect_timeout:.0f} s: is it a Ray "
+        raise RayEngineError(f"Ray at {address} did not answer within {options.connect_timeout:g} s: is it a Ray "
                              "head (`ray status --address ...`)?")
     if errors:
         if isinstance(errors[0], ConnectionError):
