@@ -82,9 +82,9 @@ def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
 
 
 def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
-    # 6 items of 120 frames per part, one per shard: at its first shard a part has seconds of work ahead, far
-    # more than the killer needs to react, however fast the machine
-    items = load_source(make_clips(tmp_path, 12, 120, size=64))
+    # 4 items of 80 frames per part, one per shard: at its first shard a part has about a second of work ahead,
+    # far more than the killer needs to react (10 ms)
+    items = load_source(make_clips(tmp_path, 8, 80, size=64))
     store = tmp_path / "killed"
     progress: list[dict] = []
     killed: list[int] = []
@@ -112,10 +112,10 @@ def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
     assert killed, "the kill must land mid-run"
     victim = next(p for p in progress[-1]["parts"] if p.part == killed[0])
     assert victim.attempts == 2, "the killed part must have been retried"
-    assert r.done == 12 and not r.failed and r.frames == 12 * 120
+    assert r.done == 8 and not r.failed and r.frames == 8 * 80
     assert records_per_id(store) == {it.id: 1 for it in items}
     s = open_store(store)
-    assert all(np.array_equal(s.frame_index(it.id), np.arange(120)) for it in items)
+    assert all(np.array_equal(s.frame_index(it.id), np.arange(80)) for it in items)
 
 
 def test_cli_joins_a_running_cluster_prints_the_usual_summary_and_exits_2_on_failures(tmp_path):
