@@ -83,12 +83,19 @@ def progress_bar() -> Progress:
 @app.command()
 def extract(
     source: Annotated[Path, typer.Argument(help="Manifest CSV, folder-per-class, UCF101/HMDB51 root, or a file.")],
-    backbone: Annotated[str, typer.Option(help="resnet18/34/50/101/152, quantized_mobilenet_v2.")] = "resnet50",
+    backbone: Annotated[str, typer.Option(help="An image (resnet50, mobilenet_v2, ...) or video (r2plus1d_18, "
+                                          "mvit_v2_s, ...) backbone; an unknown name lists them all.")] = "resnet50",
     weights: Annotated[str, typer.Option(help="DEFAULT, an enum name (IMAGENET1K_V2), none, or a file.")] = "DEFAULT",
     every: Annotated[Optional[int], typer.Option(min=1, help="Keep frames 0, N, 2N, ...")] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help="Keep K uniformly spaced frames.")] = None,
     fps: Annotated[Optional[float], typer.Option(min=0.001, help="Keep F frames per second.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="At most M frames per video.")] = None,
+    clip_len: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: frames per clip (default: the "
+                                                    "model's own, 16).")] = None,
+    clip_stride: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: frames between clip starts "
+                                                       "(default: --clip-len).")] = None,
+    clips: Annotated[Optional[int], typer.Option(min=1, help="Video backbones: K clips placed uniformly instead.")]
+    = None,
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
     batch_size: Annotated[int, typer.Option(min=1, help="Frames per forward pass, across videos.")] = 64,
@@ -105,6 +112,11 @@ def extract(
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
     dtype: Annotated[DType, typer.Option(help="Storage dtype of features.")] = DType.float16,
     compression: Annotated[Compression, typer.Option(help="HDF5 compression of features.")] = Compression.none,
+    force: Annotated[bool, typer.Option(help="Make --store a store even if it is a non-empty other directory.")]
+    = False,
+    classes: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated: A,B,C.")] = None,
+    classes_file: Annotated[Optional[Path], typer.Option(help="Only the classes listed in this file.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="At most N items per class, whole groups.")] = None,
     engine: Annotated[Engine, typer.Option(help="local: this process; ray: one Ray task per part.")] = Engine.local,
     address: Annotated[Optional[str], typer.Option(help="Ray: auto or HOST:PORT (default: RAY_ADDRESS, else a "
                                                    "local cluster).")] = None,
@@ -119,10 +131,9 @@ def extract(
     """Decode, sample and embed every item of SOURCE into a resumable HDF5 store.
 
     --shard auto reads the part from a Slurm job array or torchrun; --engine ray runs the parts as Ray tasks."""
-    from pipeline.decode import Sampling
-    from pipeline.extract import ExtractConfig
+    from pipeline.extract import ExtractConfig, sampling_for
     from pipeline.extract import extract as run_extract
-    from pipeline.sources import load_source
+    from pipeline.sources import Subset, load_source, read_classes
 
     if sum(x is not None for x in (every, frames, fps)) > 1:
         fail("choose one of --every, --frames, --fps")
@@ -132,15 +143,17 @@ def extract(
         fail(f"{', '.join(given)} only apply to --engine ray")
     shard_t = None if shard == "auto" else parse_shard(shard)
     with user_errors():
-        sampling = Sampling(every=every if (every or frames or fps) else 10, frames=frames, fps=fps,
-                            max_frames=max_frames)
+        subset = Subset(read_classes(classes, classes_file), per_class)
+        sampling = sampling_for(backbone, every=every, frames=frames, fps=fps, max_frames=max_frames,
+                                clip_len=clip_len, clip_stride=clip_stride, clips=clips)
         cfg = ExtractConfig(backbone=backbone, weights=weights, sampling=sampling, size=size, crop=crop.value,
                             batch_size=batch_size, workers=workers, device=device, precision=precision.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
-                            else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit)
+                            else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
+                            force=force, subset=subset.record())
         if shard == "auto":
             cfg = shard_from_launcher(cfg)
-        items = load_source(source, split_id=split_id)
+        items = load_source(source, split_id=split_id, subset=subset)
         # a manifest is often just "manifest.csv": name the store after its folder too
         name = source.name if source.is_dir() else f"{source.resolve().parent.name}-{source.stem}"
         store = store or Path("stores") / f"{name}-{backbone}"
@@ -150,7 +163,7 @@ def extract(
             def on_progress(p: dict) -> None:
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, total=p["total"], completed=p["done"],
-                           rate=f"{p['frames'] / elapsed:.0f} frames/s, {p['failed']} failed")
+                           rate=f"{p['frames'] / elapsed:.0f} rows/s, {p['failed']} failed")
 
             if engine is Engine.ray:
                 from pipeline.ray_engine import RayOptions, extract_on_ray
@@ -179,20 +192,23 @@ def shard_from_launcher(cfg):
 def print_extract_summary(result) -> None:
     t = Table(title=f"extract → {result.store}", show_header=False)
     for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
-                 ("frames", result.frames), ("frames/s", f"{result.frames_per_s:.1f}"),
-                 ("device / precision", f"{result.device} / {result.precision}")]:
+                 (result.unit, result.frames), (f"{result.unit}/s", f"{result.frames_per_s:.1f}"),
+                 ("device / precision", f"{result.device} / {result.precision}"),
+                 ("startup (to first batch)", f"{result.startup_s:.2f} s" if result.startup_s else "-")]:
         t.add_row(k, str(v))
     out.print(t)
     for vid, reason in result.failed[:20]:
         err.print(f"[red]failed[/] {vid}: {reason}", highlight=False, soft_wrap=True)
     if len(result.failed) > 20:
-        err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store}` lists them all")
+        err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store} --failed` lists them all")
 
 
 @app.command()
 def info(
     store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Print every failed item (ID<TAB>reason), nothing else.")]
+    = False,
 ) -> None:
     """Describe a store: counts, backbone, config, fingerprint, failures."""
     from dataclasses import asdict
@@ -209,12 +225,18 @@ def info(
         summary["parts_without_shards"] = {str(n): idx for n, idx in missing.items()}
         print(json.dumps(summary, indent=2))
         return
+    failures = [i for i in summary["items"] if i["status"] != "ok"]
+    if failed:
+        for it in failures:
+            print(f"{it['id']}\t{it['error']}")
+        return
     t = Table(title=f"store {store}", show_header=False)
     for k in ("videos", "ok", "failed", "frames", "dim", "backbone", "fingerprint", "shards"):
         t.add_row(k, str(summary[k]))
     cfg = summary["config"]
     t.add_row("weights", str(cfg.get("weights")))
-    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames")
+    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames", "clip_len",
+                                                              "clip_stride", "clips")
                                     if cfg.get(k) is not None))
     t.add_row("input", f"{cfg.get('size')}px, crop={cfg.get('crop')}, resize={cfg.get('resize')}")
     splits: dict[str, int] = {}
@@ -224,8 +246,10 @@ def info(
     out.print(t)
     if any(p.count is not None for p in parts) or len(parts) > 1:
         print_parts(parts, missing)
-    for it in [i for i in summary["items"] if i["status"] != "ok"][:20]:
+    for it in failures[:20]:
         err.print(f"[red]failed[/] {it['id']}: {it['error']}", highlight=False, soft_wrap=True)
+    if len(failures) > 20:
+        err.print(f"... and {len(failures) - 20} more: `cli.py info {store} --failed` lists them all")
 
 
 def print_parts(parts, missing: dict[int, list[int]]) -> None:
@@ -251,13 +275,56 @@ def compact(
     store: Annotated[Path, typer.Argument(help="Store directory.")],
     out_file: Annotated[Path, typer.Argument(help="Output .h5 file, usable as a store everywhere.")],
     compression: Annotated[Compression, typer.Option(help="HDF5 compression.")] = Compression.gzip,
+    force: Annotated[bool, typer.Option(help="Overwrite OUT.h5 even if it is not a framecache file.")] = False,
 ) -> None:
     """Write a store as one portable HDF5 file."""
     from featstore import compact as run_compact
 
     with user_errors():
-        path = run_compact(store, out_file, None if compression is Compression.none else compression.value)
+        path = run_compact(store, out_file, None if compression is Compression.none else compression.value,
+                           force=force)
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    deep: Annotated[bool, typer.Option(help="Also read every block of every shard and check values are finite.")]
+    = False,
+    quarantine: Annotated[bool, typer.Option(help="Move bad shards to STORE/_quarantine/; the next extract redoes "
+                                             "their videos.")] = False,
+) -> None:
+    """Check a store: header and shards readable and consistent, settings equal, no video stored twice.
+
+    Exit 0 when every shard is good, 1 when any is bad (also after --quarantine moved them)."""
+    from featstore.verify import verify_store
+
+    with user_errors(), progress_bar() as bar:
+        task = bar.add_task("verify", total=None, rate="")
+        report = verify_store(store, deep=deep, quarantine=quarantine,
+                              on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    print_verify(report)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def print_verify(report) -> None:
+    t = Table(title=f"verify {report.store}" + (" (deep)" if report.deep else ""), show_header=False)
+    for k, v in [("shards", report.shards), ("bad shards", len(report.bad)), ("videos", report.videos),
+                 ("ok", report.ok), ("frames", report.frames)]:
+        t.add_row(k, str(v))
+    out.print(t)
+    for name, problem in report.bad.items():
+        err.print(f"[red]bad[/] {name}: {problem}", highlight=False, soft_wrap=True)
+    if report.quarantined:
+        videos = "videos" if report.lost_videos is None else f"{report.lost_videos} video(s)"
+        err.print(f"moved {len(report.quarantined)} shard(s) to {Path(report.store) / '_quarantine'}; rerun "
+                  f"extract to redo their {videos}", highlight=False, soft_wrap=True)
+    elif report.bad:
+        err.print(f"run `cli.py verify {report.store} --quarantine` to move them aside, then rerun extract",
+                  highlight=False, soft_wrap=True)
+    else:
+        out.print("store ok" + ("" if report.deep else " (--deep also reads every frame block)"))
 
 
 HeadKind = choices("HeadKind", "linear", "mlp", "rnn", "gru", "lstm", "attention", "transformer")
@@ -271,9 +338,15 @@ def default_run_dir(store: Path, head: str) -> Path:
     return Path("runs") / f"{store.stem}-{head}"
 
 
+Fuse = choices("Fuse", "concat")
+
+
 @app.command("fit-head")
 def fit_head(
-    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    store: Annotated[Optional[Path], typer.Argument(help="Store directory or compacted .h5 file.")] = None,
+    more_stores: Annotated[Optional[list[Path]], typer.Argument(help="More stores: one trunk, a classifier "
+                                                                "per store (multi-task).", show_default=False)]
+    = None,
     head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
     task: Annotated[Optional[Task], typer.Option(help="auto: multilabel when any item has several labels.")] = None,
     split: Annotated[Optional[SplitKind], typer.Option(help="official: the store's split column (default); "
@@ -308,6 +381,14 @@ def fit_head(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-<head>).")]
     = None,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Train with N seeds (N val carvings): mean ± std.")]
+    = None,
+    folds: Annotated[Optional[int], typer.Option(min=2, help="K-fold group-aware CV on the training split.")]
+    = None,
+    store_opt: Annotated[Optional[list[Path]], typer.Option("--store", help="A store (repeat: --store A --store B).")]
+    = None,
+    fuse: Annotated[Optional[Fuse], typer.Option(help="concat: the same videos from two stores, features joined.")]
+    = None,
 ) -> None:
     """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory.
 
@@ -316,7 +397,12 @@ def fit_head(
     from heads.train import TrainConfig
 
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
-             if k not in ("store", "out_dir", "run_fit", "TrainConfig") and v is not None}
+             if k not in ("store", "out_dir", "run_fit", "TrainConfig", "seeds", "folds", "more_stores", "store_opt",
+                          "fuse") and v is not None}
+    stores = [s for s in (store, *(more_stores or []), *(store_opt or [])) if s is not None]
+    if not stores:
+        fail("give a store: `cli.py fit-head STORE --head linear` (see --help)")
+    store = stores[0]
     with user_errors():
         cfg = TrainConfig(**given)
         run_dir = out_dir or default_run_dir(store, head.value)
@@ -327,10 +413,26 @@ def fit_head(
                 phase = row.get("phase", "fit")
                 shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
                                   if isinstance(row.get(k), float) and row[k] == row[k])  # skip NaN
-                bar.update(t, description=f"{phase} {head.value}", completed=row.get("epoch", 0),
-                           total=row.get("epochs", cfg.epochs), rate=shown)
+                bar.update(t, description=f"{phase} {head.value} {row.get('member', '')}",
+                           completed=row.get("epoch", 0), total=row.get("epochs", cfg.epochs), rate=shown)
 
-            metrics = run_fit(store, cfg, run_dir, on_epoch)
+            if fuse or len(stores) > 1:
+                metrics = fit_several(stores, cfg, run_dir, on_epoch, fuse, seeds or folds)
+            elif seeds or folds:
+                metrics = fit_repeated(store, cfg, run_dir, on_epoch, seeds, folds)
+            else:
+                metrics = run_fit(store, cfg, run_dir, on_epoch)
+    if "fusion" in metrics:
+        report_fusion(metrics["fusion"])
+    if metrics.get("kind") == "multitask":
+        print_metrics({f"{name} {part}": m for name, parts in metrics["per_store"].items()
+                       for part, m in parts.items()} | {"mean test": metrics["test"]},
+                      f"{metrics.get('head')}, one trunk for {len(metrics['tasks'])} stores → {run_dir}")
+        return
+    if metrics.get("kind") == "repeated":
+        print_repeated(metrics, f"{metrics.get('head')} on {metrics.get('backbone')}, {metrics['n']} "
+                                f"{metrics['mode']} → {run_dir}")
+        return
     print_metrics({"val": metrics.get("val"), "test": metrics.get("test")},
                   f"{metrics.get('head')} on {metrics.get('backbone')} → {run_dir}")
 
@@ -357,9 +459,17 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
 ) -> None:
     """Re-score a trained head on any split of a store made with the same extraction settings."""
-    from heads.run import evaluate_run
+    from heads.multitask import evaluate_multi, is_multitask
+    from heads.run import evaluate_run, load_run
 
     with user_errors():
+        if is_multitask(load_run(run)[1]):
+            per_store = evaluate_multi(run, split)
+            if as_json:
+                print(json.dumps(per_store, default=float))
+            else:
+                print_metrics({f"{name} {split}": m for name, m in per_store.items()}, f"{run}: one row per store")
+            return
         metrics = evaluate_run(run, store, split)
     if as_json:
         print(json.dumps(metrics, default=float))
@@ -391,6 +501,7 @@ def predict(
     for r, p in zip(ok, probs):
         order = np.argsort(-p)[:top]
         rows.append({"path": r.video_id, "top": [{"label": labels[i], "prob": round(float(p[i]), 4)} for i in order]})
+    rows = per_store_rows(ckpt, ok, probs, top) or rows
     failed = [r for r in records if r.status != "ok"]
     if as_json:
         print(json.dumps(rows + [{"path": r.video_id, "error": r.error} for r in failed]))
@@ -463,6 +574,140 @@ def print_cluster(result: dict, run_dir: Path) -> None:
     out.print(t)
 
 
+# -- repeated runs and sweeps (heads.experiments) ---------------------------------------------------------
+def fit_repeated(store: Path, cfg, run_dir: Path, on_epoch, seeds: Optional[int], folds: Optional[int]) -> dict:
+    from heads.experiments import fit_folds, fit_seeds
+
+    if seeds and folds:
+        fail("choose one of --seeds (repeated training) and --folds (cross-validation)")
+    if folds:
+        return fit_folds(store, cfg, run_dir, folds, on_epoch)
+    return fit_seeds(store, cfg, run_dir, seeds, on_epoch)
+
+
+def print_repeated(metrics: dict, title: str) -> None:
+    """mean ± std per split of a repeated run or a sweep's chosen cell."""
+    keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
+    rows = {name: (metrics[name], metrics.get(f"{name}_std") or {}) for name in ("val", "cv", "test")
+            if isinstance(metrics.get(name), dict)}
+    shown = [k for k in keys if any(k in m for m, _ in rows.values())]
+    t = Table(title=title)
+    t.add_column("split")
+    for k in shown:
+        t.add_column(k, justify="right")
+    for name, (m, sd) in rows.items():
+        t.add_row(name, *[f"{m[k]:.3f} ± {sd.get(k, 0.0):.3f}" if isinstance(m.get(k), float) else ""
+                          for k in shown])
+    out.print(t)
+
+
+@app.command()
+def sweep(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    grid: Annotated[list[str], typer.Option(help="KEY=V1,V2 (a TrainConfig field); repeat for more axes.")],
+    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds (val carvings) per cell; cells compare on means.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    split: Annotated[Optional[SplitKind], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep directory (default runs/<store>-sweep).")]
+    = None,
+) -> None:
+    """Train every cell of a grid on one cache, choose by validation only, score the chosen cell on test once."""
+    from heads.experiments import parse_grid
+    from heads.experiments import sweep as run_sweep
+    from heads.train import TrainConfig
+
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in
+             {"head": head, "seed": seed, "epochs": epochs, "split": split, "device": device}.items() if v is not None}
+    run_dir = out_dir or Path("runs") / f"{store.stem}-sweep"
+    with user_errors():
+        cfg = TrainConfig(**given)
+        axes = parse_grid(grid, cfg)
+        with progress_bar() as bar:
+            t = bar.add_task("sweep", total=None, rate="")
+
+            def on_progress(p: dict) -> None:
+                cell = " ".join(f"{k}={v}" for k, v in p["params"].items())
+                rate = f"{cell}: val {p['val']:.3f}" if "val" in p else f"test of {cell}"
+                bar.update(t, description=p["stage"], total=p["total"], completed=p["done"], rate=rate)
+
+            metrics = run_sweep(store, cfg, axes, run_dir, seeds, on_progress)
+    chosen = " ".join(f"{k}={v}" for k, v in metrics["chosen"].items())
+    print_repeated(metrics, f"sweep of {metrics['n_cells']} cells × {seeds} seeds → {run_dir}; chosen by val: "
+                            f"{chosen}")
+
+
+def per_store_rows(ckpt: dict, records, probs, top: int) -> list[dict]:
+    """predict on a multi-task run: the top labels of each store, named "store:label"."""
+    import numpy as np
+
+    from heads.multitask import is_multitask, predict_multi
+
+    if not is_multitask(ckpt):
+        return []
+    rows = []
+    for r, by_store in zip(records, predict_multi(ckpt, probs)):
+        shown = [{"store": name, "label": f"{name}:{labels[i]}", "prob": round(float(p[i]), 4)}
+                 for name, (labels, p) in by_store.items() for i in np.argsort(-p)[:top]]
+        rows.append({"path": r.video_id, "top": shown})
+    return rows
+
+
+# -- fusion (heads.fusion) ------------------------------------------------------------------------------
+def parse_floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        fail(f"{flag} expects comma-separated numbers such as 0.5,0.5, got {text!r}")
+
+
+def fit_several(stores: list[Path], cfg, run_dir: Path, on_epoch, fuse, repeated) -> dict:
+    """fit-head on two or more stores: concat fusion (--fuse) or one trunk with a classifier per store."""
+    from heads.fusion import fit_fused
+
+    if repeated:
+        fail("--seeds/--folds take a single store")
+    from heads.multitask import fit_multi
+
+    if fuse:
+        return fit_fused(stores, cfg, run_dir, fuse.value, on_epoch)
+    return fit_multi(stores, cfg, run_dir, on_epoch)
+
+
+def report_fusion(info: dict) -> None:
+    left = {Path(s).name: n for s, n in info["left_out"].items() if n}
+    if left:
+        err.print(f"fused {info['n_common']} videos held by both stores; left out (in one store only): "
+                  + ", ".join(f"{n} of {s} (e.g. {info['left_out_examples'][k][0]})"
+                              for (s, n), k in zip(left.items(), [k for k, v in info["left_out"].items() if v])),
+                  highlight=False, soft_wrap=True)
+    if info.get("label_mismatches"):
+        err.print(f"{info['label_mismatches']} common videos have other labels in the second store; the first "
+                  "store's labels were used", highlight=False)
+
+
+@app.command()
+def fuse(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories of the same classes.")],
+    weights: Annotated[Optional[str], typer.Option(help="One weight per run, e.g. 0.7,0.3 (default: equal).")]
+    = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/fuse-<runs>).")]
+    = None,
+) -> None:
+    """Late fusion: average the runs' probabilities on their common test clips; writes a run that `runs` lists."""
+    from heads.fusion import fuse_runs
+
+    run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
+    with user_errors():
+        metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
+    print_metrics({"fused": metrics["test"], **{Path(k).name: v for k, v in metrics["alone"].items()}},
+                  f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
+
+
 RUN_TABLE = ("name", "backbone", "head", "task", "split", "accuracy", "macro_f1", "mAP", "micro_f1", "nmi", "n_params",
              "seconds")
 
@@ -484,14 +729,31 @@ def runs(
     if not rows:
         fail(f"no runs under {runs_dir}: train one with `cli.py fit-head STORE --out {runs_dir}/NAME`")
     cols = [c for c in RUN_TABLE if any(r.get(c) is not None for r in rows)]
+    differing = differing_params(rows)
     t = Table(title=f"runs in {runs_dir} (all columns: --json)")
-    for c in cols:
+    for c in [*cols[:3], *differing, *cols[3:]]:
         numeric = any(isinstance(r.get(c), (int, float)) for r in rows)
         t.add_column(c, justify="right" if numeric else "left", min_width=min(len(c), 8))
     for r in rows:
-        t.add_row(*[f"{r[c]:.{1 if c == 'seconds' else 3}f}" if isinstance(r.get(c), float)
-                    else str(r.get(c) if r.get(c) is not None else "") for c in cols])
+        params = [str(r["params"].get(k, "")) for k in differing]
+        cells = [run_cell(r, c) for c in cols]
+        t.add_row(*cells[:3], *params, *cells[3:])
     out.print(t)
+
+
+def differing_params(rows: list[dict]) -> list[str]:
+    """Train settings (config.json) that differ between the listed runs; head is a column of its own."""
+    keys = sorted({k for r in rows for k in r.get("params", {})} - {"head", "device"})
+    trained = [r.get("params", {}) for r in rows if r.get("params")]
+    return [k for k in keys if len({json.dumps(p.get(k)) for p in trained}) > 1]
+
+
+def run_cell(row: dict, col: str) -> str:
+    value, std = row.get(col), row.get(f"{col}_std")
+    if isinstance(value, float):
+        digits = 1 if col == "seconds" else 3
+        return f"{value:.{digits}f} ± {std:.{digits}f}" if isinstance(std, float) else f"{value:.{digits}f}"
+    return str(value if value is not None else "")
 
 
 @app.command()

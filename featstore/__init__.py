@@ -1,5 +1,6 @@
 """framecache feature store: ragged, self-describing, crash-safe HDF5 shards."""
 from featstore.store import (
+    FORMAT_VERSION,
     ConfigMismatch,
     Loaded,
     Store,
@@ -11,6 +12,9 @@ from featstore.store import (
     fingerprint,
     open_store,
 )
+from featstore.integrity import BadShard, DiskFull, ForeignShard
+from featstore.verify import VerifyReport, verify_store
 
-__all__ = ["ConfigMismatch", "Loaded", "Store", "StoreError", "StoreWriter", "VideoRecord", "compact",
-           "diff_configs", "fingerprint", "open_store"]
+__all__ = ["FORMAT_VERSION", "BadShard", "ConfigMismatch", "DiskFull", "ForeignShard", "Loaded", "Store", "StoreError",
+           "StoreWriter", "VerifyReport", "VideoRecord", "compact", "diff_configs", "fingerprint", "open_store",
+           "verify_store"]

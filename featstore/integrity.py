@@ -32,7 +32,13 @@ import numpy as np
 from featstore.errors import StoreError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
-ROW_DATASETS = ("features", "frame_index", "time_s")  # one row per sampled frame
+ROW_DATASETS = ("features", "frame_index", "time_s")  # one row per sampled frame (or span of frames)
+SPAN_DATASETS = ("frame_end", "time_end_s")  # format 2 and later: where each row's span ends
+
+
+def row_datasets(f: h5py.File) -> tuple[str, ...]:
+    """The per-row datasets a shard of its format must have."""
+    return ROW_DATASETS + (SPAN_DATASETS if int(f.attrs.get("framecache_format", 1)) >= 2 else ())
 DIGEST_ATTR = "columns_sha256"
 DEEP_BLOCK_ROWS = 16384  # rows read at once by a deep check: bounded memory whatever the shard's size
 STR_DTYPE = h5py.string_dtype("utf-8")
@@ -66,6 +72,7 @@ class Header:
     fingerprint: str
     keys: list[str]
     dim: int
+    format: int = 1  # 1: frame rows; 2: span rows (frame_end, time_end_s) -- featstore.store.FORMAT_VERSION
 
 
 def describe_bytes(n: float | None) -> str:
@@ -298,16 +305,13 @@ def _check_columns(f: h5py.File, columns: dict[str, np.ndarray], dtypes: dict[st
         raise _Problem(f"video {ids[i]} has offset {offset[i]} and length {length[i]}; its videos must be "
                        f"contiguous (expected offset {starts[i]})")
     rows = int(length.sum())
-    shapes = {}
-    for name in ROW_DATASETS:
-        try:
-            shapes[name] = h5py.h5d.open(f.id, name.encode()).shape
-        except KeyError:
-            raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
-        if shapes[name][0] != rows:
-            raise _Problem(f"{name} has {shapes[name][0]} rows but its videos' lengths add up to {rows}")
-    if len(shapes["features"]) != 2 or shapes["features"][1] != header.dim:
-        raise _Problem(f"features are {shapes['features'][1:]} wide, the store's dim is {header.dim}")
+    for name in row_datasets(f):
+        if name not in f:
+            raise _Problem(f"has no {name} dataset (not a complete framecache shard)")
+        if f[name].shape[0] != rows:
+            raise _Problem(f"{name} has {f[name].shape[0]} rows but its videos' lengths add up to {rows}")
+    if f["features"].ndim != 2 or f["features"].shape[1] != header.dim:
+        raise _Problem(f"features are {f['features'].shape[1:]} wide, the store's dim is {header.dim}")
     status = [v.decode() if isinstance(v, bytes) else str(v) for v in columns["status"]]
     for vid, st, n in zip(ids, status, length):
         if st not in ("ok", "failed") or (st == "failed" and n):
@@ -318,7 +322,7 @@ def _check_blocks(f: h5py.File, columns: dict[str, np.ndarray]) -> None:
     """Read every block (HDF5 checks each chunk's fletcher32 on read) and check values are finite."""
     rows = int(columns["length"].sum())
     ends = np.cumsum(columns["length"].astype(np.int64))
-    for name in ROW_DATASETS:
+    for name in row_datasets(f):
         for start in range(0, rows, DEEP_BLOCK_ROWS):
             block = _read(f, name, np.s_[start:start + DEEP_BLOCK_ROWS])
             if block.dtype.kind == "f" and not np.isfinite(block).all():

@@ -1,4 +1,4 @@
-"""The feature store: a ragged, self-describing, crash-safe HDF5 cache of per-frame embeddings.
+"""The feature store: a ragged, self-describing, crash-safe HDF5 cache of embeddings, one row per span of frames.
 
 Layout on disk (see docs/store.md):
 
@@ -30,7 +30,10 @@ from featstore.integrity import (DIGEST_ATTR, BadShard, Header, column_digests, 
                                  describe_read_error, h5_temp, read_shard_index)
 from featstore.locks import WriterLock
 
-FORMAT_VERSION = 1
+# The one format constant. 1: a row is one frame (frame_index, time_s). 2: a row is a span of frames
+# [frame_index, frame_end) with time_s / time_end_s (one frame, or one clip). Format-1 stores stay readable and
+# writable as format 1: a writer appends in the format its store was created with.
+FORMAT_VERSION = 2
 HEADER = "_store.h5"
 SHARD_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+)-(?P<seq>\d{6})\.h5$")
 STR = h5py.string_dtype("utf-8")
@@ -39,6 +42,8 @@ STR = h5py.string_dtype("utf-8")
 OWN_NAME_RE = re.compile(r"^(\..+\.(lock|tmp)|_store\.h5|_quarantine)$")
 MAX_OPEN_SHARDS = 64  # HDF5 handles a reader keeps open at once (file descriptors are limited)
 
+# Per-row span ends (format 2); a format-1 shard lacks them and readers derive them (see Store._rows).
+SPAN_COLUMNS = {"frame_end": np.int64, "time_end_s": np.float64}
 # Per-video columns: name -> numpy dtype ("str" for utf-8 strings).
 VIDEO_COLUMNS: dict[str, object] = {
     "video_id": "str", "path": "str", "label": "str", "group": "str", "split": "str",
@@ -80,8 +85,16 @@ class VideoRecord:
     width: int = 0
     height: int = 0
     features: np.ndarray | None = None      # (T, D)
-    frame_index: np.ndarray | None = None   # (T,)
-    time_s: np.ndarray | None = None        # (T,)
+    frame_index: np.ndarray | None = None   # (T,) first frame of each row's span
+    time_s: np.ndarray | None = None        # (T,) its time, seconds
+    frame_end: np.ndarray | None = None     # (T,) one past the span's last frame; None: frame rows (index + 1)
+    time_end_s: np.ndarray | None = None    # (T,) end of the span's last frame, seconds; None: unknown (= time_s)
+
+    def __post_init__(self) -> None:
+        if self.frame_index is not None and self.frame_end is None:
+            self.frame_end = np.asarray(self.frame_index) + 1
+        if self.time_s is not None and self.time_end_s is None:
+            self.time_end_s = np.asarray(self.time_s, dtype=np.float64)
 
     @property
     def length(self) -> int:
@@ -96,8 +109,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int, keys: list[str]) -> None:
-    f.attrs["framecache_format"] = FORMAT_VERSION
+def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int, keys: list[str], fmt: int) -> None:
+    f.attrs["framecache_format"] = fmt
     f.attrs["config"] = json.dumps(config, sort_keys=True)
     f.attrs["fingerprint"] = fp
     f.attrs["fingerprint_keys"] = json.dumps(sorted(keys))  # which config keys the fingerprint covers
@@ -106,8 +119,10 @@ def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int, keys: list[str])
 
 def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: str, keys: list[str], dim: int,
                 dtype: str = "float16", compression: str | None = None, chunk_rows: int = 128,
-                size_hint: int | None = None) -> None:
+                size_hint: int | None = None, fmt: int = FORMAT_VERSION) -> None:
     """Write records to `path` atomically: temp file, fsync, rename. Never leaves a partial shard.
+
+    `fmt` 1 writes the frame-row layout of format-1 stores (no span columns), refusing rows that span frames.
 
     Records are consumed one at a time (frame datasets grow as they come), so a generator keeps memory at one
     item whatever the shard's size: that is how `compact` copies a large store. A full disk raises `DiskFull`
@@ -115,13 +130,13 @@ def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: st
     tmp = path.with_name(f".{path.name}.tmp")
     comp = {} if compression is None else {"compression": compression, "shuffle": True}
     columns: dict[str, list] = {name: [] for name in VIDEO_COLUMNS}
-    row_bytes = dim * np.dtype(dtype).itemsize + 16  # features + frame_index + time_s
+    row_bytes = dim * np.dtype(dtype).itemsize + 16 + (16 if fmt >= 2 else 0)  # features, frame/time (and ends)
 
     def needed() -> int:
         return size_hint or (sum(columns["length"]) + chunk_rows) * row_bytes + 4096 * (1 + len(columns["length"]))
 
     with h5_temp(tmp, path, needed) as (f, guard):
-        _write_attrs(f, config, fp, dim, keys)
+        _write_attrs(f, config, fp, dim, keys, fmt)
         f.attrs["created"] = time.time()
         rows = {"features": f.create_dataset("features", (0, dim), dtype, maxshape=(None, dim),
                                              chunks=(chunk_rows, dim), fletcher32=True, **comp),
@@ -129,8 +144,14 @@ def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: st
                                                 fletcher32=True),
                 "time_s": f.create_dataset("time_s", (0,), np.float64, maxshape=(None,), chunks=(4096,),
                                            fletcher32=True)}
+        if fmt >= 2:
+            for name, dt in SPAN_COLUMNS.items():
+                rows[name] = f.create_dataset(name, (0,), dt, maxshape=(None,), chunks=(4096,), fletcher32=True)
         n = 0
         for r in records:
+            if fmt < 2 and r.length and np.any(np.asarray(r.frame_end) != np.asarray(r.frame_index) + 1):
+                raise StoreError(f"{path.parent} is a format-1 store (one frame per row): it cannot hold the clip "
+                                 f"rows of {r.video_id}; extract clips into a new --store")
             for name in VIDEO_COLUMNS:
                 columns[name].append(n if name == "offset" else r.length if name == "length" else getattr(r, name))
             if r.length:
@@ -166,7 +187,8 @@ def read_header(path: Path) -> Header:
     try:
         with h5py.File(src, "r") as f:
             return Header(json.loads(f.attrs["config"]), str(f.attrs["fingerprint"]),
-                          json.loads(f.attrs["fingerprint_keys"]), int(f.attrs["dim"]))
+                          json.loads(f.attrs["fingerprint_keys"]), int(f.attrs["dim"]),
+                          int(f.attrs.get("framecache_format", 1)))
     except OSError as e:
         raise StoreError(f"{src} is not a readable framecache {what}: {describe_open_error(e)}") from None
     except KeyError as e:
@@ -239,6 +261,7 @@ class Store:
         self.header = read_header(self.path)
         h = self.header
         self.config, self.fingerprint, self.fingerprint_keys, self.dim = h.config, h.fingerprint, h.keys, h.dim
+        self.format = h.format
         self._entries: dict[str, _Entry] = {}
         self._order: list[str] = []
         bad: list[BadShard] = []
@@ -336,7 +359,16 @@ class Store:
     def _rows(self, vid: str, dataset: str) -> np.ndarray:
         e = self._get(vid)
         off, n = e.meta["offset"], e.meta["length"]
+        if dataset in SPAN_COLUMNS and self.format < 2:  # a format-1 store: every row is one frame
+            return self._format1_span_end(e, dataset, off, n)
         return self._read(e.shard, dataset, np.s_[off:off + n])
+
+    def _format1_span_end(self, e: _Entry, dataset: str, off: int, n: int) -> np.ndarray:
+        if dataset == "frame_end":
+            return self._read(e.shard, "frame_index", np.s_[off:off + n]) + 1
+        # A frame lasts 1/fps (fps measured at decode); an image (fps 0) has no duration.
+        duration = 1.0 / e.meta["fps"] if e.meta["fps"] > 0 else 0.0
+        return self._read(e.shard, "time_s", np.s_[off:off + n]) + duration
 
     def features(self, vid: str) -> np.ndarray:
         """(T, D) float32 features of one item (T = 0 for a failed item)."""
@@ -347,6 +379,14 @@ class Store:
 
     def time_s(self, vid: str) -> np.ndarray:
         return self._rows(vid, "time_s")
+
+    def frame_end(self, vid: str) -> np.ndarray:
+        """One past the last frame of each row's span: frame_index + 1 for frame rows, + clip length for clips."""
+        return self._rows(vid, "frame_end")
+
+    def time_end_s(self, vid: str) -> np.ndarray:
+        """End of each row's span in seconds: the time of its last frame plus that frame's duration."""
+        return self._rows(vid, "time_end_s")
 
     def load_all(self, ids: list[str] | None = None, dtype=np.float32) -> "Loaded":
         """Every chosen item's features concatenated, with offsets: the fast path for training."""
@@ -372,7 +412,7 @@ class Store:
             "store": str(self.path), "videos": len(items), "ok": len(ok), "failed": len(items) - len(ok),
             "frames": int(sum(m["length"] for m in ok)), "dim": self.dim,
             "backbone": self.config.get("backbone"), "fingerprint": self.fingerprint,
-            "config": self.config, "shards": len(self._files),
+            "config": self.config, "shards": len(self._files), "format": self.format,
             "items": [{k: m[k] for k in ("id", "label", "group", "split", "status", "length", "error")}
                       for m in items],
         }
@@ -412,7 +452,10 @@ class StoreWriter:
         self.path = Path(path)
         self.config, self.dim, self.prefix = config, dim, prefix
         self.keys = sorted(fingerprint_keys)
-        self.fp = fingerprint(config, self.keys)
+        # The store owns its layout: a new store is written in FORMAT_VERSION, an old one goes on in its own.
+        self.format = FORMAT_VERSION
+        self.config = {**config, "format": self.format}
+        self.fp = fingerprint(self.config, self.keys)
         self.flush_videos, self.flush_seconds = flush_videos, flush_seconds
         self.dtype, self.compression = dtype, compression
         self._pending: list[VideoRecord] = []
@@ -433,7 +476,7 @@ class StoreWriter:
         if not header.exists():
             tmp = self.path / f".{HEADER}.{os.getpid()}.tmp"
             with h5_temp(tmp, header, lambda: 64_000) as (f, _):
-                _write_attrs(f, self.config, self.fp, self.dim, self.keys)
+                _write_attrs(f, self.config, self.fp, self.dim, self.keys, self.format)
             try:
                 os.link(tmp, header)  # atomic and fails if another writer created it first
             except FileExistsError:
@@ -441,10 +484,22 @@ class StoreWriter:
             finally:
                 tmp.unlink()
         old = read_header(self.path)
-        if old.fingerprint != self.fp:
-            diffs = diff_configs(old.config, self.config, self.keys) or ["fingerprint keys differ"]
+        self.format = old.format
+        self._adopt(old.config, old.fingerprint, old.keys)
+
+    def _adopt(self, old: dict, old_fp: str, old_keys: list[str]) -> None:
+        """Append under the store's own fingerprint, format and key set, if this run's settings are the same.
+
+        Compared over the keys of both: a setting this code knows but the store predates counts only when
+        this run sets it (the store has it unset), so adding a config key never breaks an old store's resume."""
+        self.config = {**self.config, "format": self.format}
+        diffs = diff_configs(old, self.config, sorted(set(old_keys) | set(self.keys)))
+        if not diffs and fingerprint(self.config, old_keys) != old_fp:
+            diffs = ["fingerprint keys differ"]
+        if diffs:
             raise ConfigMismatch(f"store {self.path} was extracted with other settings ("
                                  + "; ".join(diffs) + "): use another --store or the same settings")
+        self.fp, self.keys = old_fp, sorted(old_keys)
 
     def _release_lock(self) -> None:
         self._lock.release()
@@ -459,7 +514,7 @@ class StoreWriter:
         if self._pending:
             name = f"{self.prefix}-{self._seq:06d}.h5"
             write_shard(self.path / name, self._pending, self.config, self.fp, self.keys, self.dim,
-                        self.dtype, self.compression)
+                        self.dtype, self.compression, fmt=self.format)
             self._seq += 1
             self._pending = []
         self._last_flush = time.monotonic()
@@ -504,12 +559,14 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", 
                                                             "fps", "n_frames", "width", "height")},
                                   features=store._rows(vid, "features") if ok else None,
                                   frame_index=store.frame_index(vid) if ok else None,
-                                  time_s=store.time_s(vid) if ok else None)
+                                  time_s=store.time_s(vid) if ok else None,
+                                  frame_end=store.frame_end(vid) if ok else None,
+                                  time_end_s=store.time_end_s(vid) if ok else None)
 
         dtype = "float32" if store.config.get("dtype") == "float32" else "float16"
         out.parent.mkdir(parents=True, exist_ok=True)
         frames = sum(store._entries[v].meta["length"] for v in store.ids(status=None))
         hint = frames * (store.dim * np.dtype(dtype).itemsize + 16) + 512 * len(store) + 64_000  # uncompressed
         write_shard(out, records(), store.config, store.fingerprint, store.fingerprint_keys, store.dim, dtype,
-                    compression, size_hint=hint)
+                    compression, size_hint=hint, fmt=store.format)
     return out

@@ -28,7 +28,8 @@ class VerifyReport:
     frames: int = 0                  # rows of ok videos in good shards
     bad: dict[str, str] = field(default_factory=dict)  # shard file name -> what is wrong
     quarantined: list[str] = field(default_factory=list)  # paths the bad shards were moved to
-    lost_videos: int = 0             # videos that only the bad shards held: the next extract redoes them
+    lost_videos: int | None = 0      # videos only the bad shards held (the next extract redoes them); None: unknown,
+                                     # a bad shard's ids were unreadable
 
     @property
     def passed(self) -> bool:
@@ -51,19 +52,20 @@ def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False,
     report = VerifyReport(str(path), deep, shards=len(files))
     ok_in: dict[str, str] = {}          # id -> shard whose ok record it is
     status: dict[str, str] = {}         # id -> best status among good shards
-    bad_ids: set[str] = set()           # ids held by bad shards
+    bad_ids: set[str] | None = set()    # ids held by bad shards; None once one shard's ids are unreadable
     for n, file in enumerate(files):
         try:
             columns = read_shard_index(file, header, VIDEO_COLUMNS, deep=deep, compacted=path.is_file())
         except BadShard as e:
             report.bad[file.name] = e.problem
-            bad_ids.update(_ids_if_readable(file))
+            ids = _ids_if_readable(file)
+            bad_ids = None if ids is None or bad_ids is None else bad_ids | ids
         else:
             _account(file.name, columns, ok_in, status, report)
         if on_progress is not None:
             on_progress(n + 1, len(files))
     report.videos, report.ok = len(status), len(ok_in)
-    report.lost_videos = len(bad_ids - set(status))
+    report.lost_videos = None if bad_ids is None else len(bad_ids - set(status))
     if quarantine and report.bad:
         report.quarantined = _quarantine(path, sorted(report.bad))
     return report
@@ -89,7 +91,7 @@ def _account(name: str, columns: dict, ok_in: dict[str, str], status: dict[str, 
             status.setdefault(vid, st)
 
 
-def _ids_if_readable(file: Path) -> set[str]:
+def _ids_if_readable(file: Path) -> set[str] | None:
     """The ids a bad shard holds, when its id column can still be read (to count what a rerun redoes)."""
     import h5py
 
@@ -97,7 +99,7 @@ def _ids_if_readable(file: Path) -> set[str]:
         with h5py.File(file, "r") as f:
             return {v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][()]}
     except (OSError, KeyError):
-        return set()
+        return None
 
 
 def _quarantine(store: Path, names: list[str]) -> list[str]:

@@ -110,12 +110,14 @@ def encode_targets(labels: list[list[str]], vocab: list[str], task: str) -> torc
 
 
 # -- splits ----------------------------------------------------------------------------------------
-def make_splits(cache: Cache, split: str, val_frac: float, test_frac: float, seed: int) -> dict[str, np.ndarray]:
+def make_splits(cache: Cache, split: str, val_frac: float, test_frac: float, seed: int,
+                val_seed: int | None = None) -> dict[str, np.ndarray]:
     """Clip indices for 'train', 'val' and 'test' (test may be empty), seeded, every class in train.
 
     official: the store's split column (train/val/test); without val clips, val is carved from train.
     group: no group on two sides; stratified: by label. Carving is stratified by label, group-aware
     when groups are known, and takes one fold of round(1/frac), so fractions are rounded to 1/k.
+    `val_seed` (default: seed) carves val alone, so repeated runs can vary val and keep test.
     """
     if split not in SPLITS:
         raise HeadError(f"--split {split!r} is not a split; choose one of: {', '.join(SPLITS)}")
@@ -134,11 +136,44 @@ def make_splits(cache: Cache, split: str, val_frac: float, test_frac: float, see
         val = np.zeros(0, dtype=np.int64)
     _require_train_coverage(cache.labels, train, split)
     if len(val) == 0:
-        train, val = _carve_val(train, val_frac, strata, groups, seed + 1)
+        train, val = _carve_val(train, val_frac, strata, groups, (seed if val_seed is None else val_seed) + 1)
     if len(val) == 0:
         raise HeadError(f"too few clips ({len(train)} in train) to hold out a validation set with "
                         f"--val-frac {val_frac}: add clips")
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def carve_val(cache: Cache, train: np.ndarray, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) carved from `train` as make_splits does it (group-aware, stratified, every class kept)."""
+    strata = np.array(["|".join(ls) for ls in cache.labels], dtype=object)
+    kept, held = _carve_val(train, val_frac, strata, _groups(cache, required=False), seed + 1)
+    if len(held) == 0:
+        raise HeadError(f"too few clips ({len(train)}) to hold out a validation set with --val-frac {val_frac}")
+    return np.sort(kept), np.sort(held)
+
+
+def cv_folds(cache: Cache, idx: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, held) pairs over `idx`: stratified, no group on both sides (single clips when there are
+    fewer groups than folds); refuses folds whose train side lacks a class."""
+    strata = np.array(["|".join(ls) for ls in cache.labels], dtype=object)
+    groups = _groups(cache, required=False)
+    if len(set(groups[idx])) < k:
+        groups = np.arange(len(groups)).astype(str).astype(object)
+    if len(set(groups[idx])) < k:
+        raise HeadError(f"--folds {k}: only {len(idx)} training clips; use fewer folds")
+    largest = max(Counter(strata[idx]).values())
+    cv = (StratifiedGroupKFold(k, shuffle=True, random_state=seed) if largest >= k
+          else GroupKFold(k, shuffle=True, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        folds = [(np.sort(idx[a]), np.sort(idx[b])) for a, b in cv.split(idx, strata[idx], groups[idx])]
+    every = {x for j in idx for x in cache.labels[j]}
+    for i, (train, _) in enumerate(folds):
+        missing = sorted(every - {x for j in train for x in cache.labels[j]})
+        if missing:
+            raise HeadError(f"--folds {k}: fold {i} leaves class {missing[0]!r} without training clips "
+                            "(too few groups of it): use fewer folds")
+    return folds
 
 
 def _groups(cache: Cache, required: bool) -> np.ndarray:

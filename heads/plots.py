@@ -52,3 +52,26 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: str | Path,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_heatmap(values: np.ndarray, row_name: str, rows: list, col_name: str, cols: list, path: str | Path,
+                 title: str) -> Path:
+    """A 2-D sweep: values (len(rows), len(cols)) as a heat map, each cell annotated, the best one boxed."""
+    v = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(cols), 1.5 + 0.6 * len(rows)))
+    im = ax.imshow(v, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set(xlabel=col_name, ylabel=row_name, title=title)
+    span = np.nanmax(v) - np.nanmin(v) or 1.0
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            ax.text(j, i, f"{v[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                    color="black" if (v[i, j] - np.nanmin(v)) / span > 0.5 else "white")
+    i, j = np.unravel_index(np.nanargmax(v), v.shape)
+    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -39,36 +39,59 @@ def fit_head(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
     start = time.perf_counter()
     store = open_store(store_path)
     cache = load_cache(store)
+    metrics = fit_cache(store, cache, cfg, out_dir, on_epoch)
+    metrics["seconds"] = time.perf_counter() - start
+    _write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def cache_targets(store: Store, cache: Cache, task: str) -> tuple[str, list[str], torch.Tensor]:
+    """(task, label vocabulary, targets) of a loaded store, refusing stores a head cannot learn from."""
     if len(cache) == 0:
         raise HeadError(f"store {store.path} has no clips with features: extract some first")
-    task = detect_task(cache.labels, cfg.task)
+    task = detect_task(cache.labels, task)
     labels = build_vocab(cache.labels)
     if len(labels) < 2:
         raise HeadError(f"store {store.path} has {len(labels)} label(s) {labels}: a head needs at least 2")
-    targets = encode_targets(cache.labels, labels, task)
-    splits = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
+    return task, labels, encode_targets(cache.labels, labels, task)
+
+
+def fit_cache(store: Store, cache: Cache, cfg: TrainConfig, out_dir: str | Path,
+              on_epoch: Callable[[dict], None] | None = None, splits: dict[str, np.ndarray] | None = None,
+              eval_split: str = "test") -> dict:
+    """`fit_head` on a cache already in memory, with given splits if any (`eval_split` names what the
+    'test' split is, e.g. 'fold' in cross-validation); writes the run directory and returns its metrics."""
+    task, labels, targets = cache_targets(store, cache, cfg.task)
+    if splits is None:
+        splits = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
     result = train_head(cache, targets, task, labels, splits, cfg, on_epoch)
+    return finish_run(store, cache, targets, task, labels, splits, cfg, result, out_dir, eval_split)
+
+
+def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, labels: list[str],
+               splits: dict[str, np.ndarray], cfg: TrainConfig, result: TrainResult, out_dir: str | Path,
+               eval_split: str = "test") -> dict:
+    """Score a trained head on val (the early-stopped model) and test (the final one), write its run directory."""
     # val chose the epoch count, so the early-stopped head is the one val can judge fairly (refit saw val)
-    val = _score(result.early, cache, targets, splits["val"], task, labels, result.threshold, cfg.max_frames)
-    test = (_score(result.model, cache, targets, splits["test"], task, labels, result.threshold, cfg.max_frames)
-            if len(splits["test"]) else None)
+    val = score_split(result.early, cache, targets, splits["val"], task, labels, result.threshold, cfg.max_frames)
+    test = (score_split(result.model, cache, targets, splits["test"], task, labels, result.threshold,
+                        cfg.max_frames) if len(splits["test"]) else None)
     shown, metric_name = test or val, HEADLINE[task]
     metrics = {
         "val": val, "test": test, "task": task, "head": cfg.head, "split": cfg.split,
-        "eval_split": "test" if test else "val", "metric_name": metric_name, "metric": shown[metric_name],
-        "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint,
+        "eval_split": eval_split if test else "val", "metric_name": metric_name, "metric": shown[metric_name],
+        "store": str(Path(store.path).resolve()), "store_fingerprint": store.fingerprint,
         "backbone": store.config.get("backbone"), "n_params": count_params(result.model),
         "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
         "n_unused": len(cache) - sum(len(v) for v in splits.values()),
         "labels": labels, "threshold": result.threshold, "best_epoch": result.best_epoch,
         "epochs_run": sum(r["phase"] == "fit" for r in result.history), "refit": cfg.refit,
-        "train_seconds": result.seconds,
+        "train_seconds": result.seconds, "seconds": result.seconds,
     }
     if test is None:
         metrics["note"] = ("the test split is empty (no clip has split 'test'): only val metrics are reported, "
                            "and val also chose the best epoch")
     _write_run(Path(out_dir), cfg, result, store, metrics, {k: [cache.ids[i] for i in v] for k, v in splits.items()})
-    metrics["seconds"] = time.perf_counter() - start
     _write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
@@ -94,8 +117,9 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
                        f"{cfg.head} on {metrics['eval_split']}")
 
 
-def _score(model: nn.Module, cache: Cache, targets: torch.Tensor, idx: np.ndarray, task: str, labels: list[str],
-           threshold: float, max_frames: int) -> dict:
+def score_split(model: nn.Module, cache: Cache, targets: torch.Tensor, idx: np.ndarray, task: str,
+                labels: list[str], threshold: float, max_frames: int) -> dict:
+    """Metrics of `model` on the clips `idx` of a cache."""
     device = next(model.parameters()).device
     logits, y, _ = evaluate(model, batches(cache, targets, idx, 256, max_frames, device))
     return score(task, y, probabilities(logits, task), labels, threshold)
@@ -145,7 +169,7 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     sub = load_cache(store, [index.ids[i] for i in keep])
     targets = encode_targets(sub.labels, labels, task)
     cfg = ckpt["train_config"]
-    out = _score(model, sub, targets, np.arange(len(sub)), task, labels, ckpt["threshold"], cfg["max_frames"])
+    out = score_split(model, sub, targets, np.arange(len(sub)), task, labels, ckpt["threshold"], cfg["max_frames"])
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
     return {**out, "split": split, "store": str(store.path), "run": str(run_dir), "head": cfg["head"],
             "task": task, "n_skipped": len(ids) - len(keep), "unknown_labels": unknown}
@@ -186,6 +210,9 @@ def predict_features(model: nn.Module, ckpt: dict, feats_list: list[np.ndarray])
 
 RUN_COLUMNS = ("name", "backbone", "head", "task", "split", "eval_split", "metric", "accuracy", "top5_accuracy",
                "macro_f1", "mAP", "micro_f1", "nmi", "n_params", "seconds", "store")
+SHOWN_METRICS = ("accuracy", "top5_accuracy", "macro_f1", "mAP", "micro_f1", "nmi")
+# repeated runs (seeds, folds, sweeps) add "<metric>_std"; every run adds "params": its train config
+STD_COLUMNS = tuple(f"{k}_std" for k in ("metric", *SHOWN_METRICS))
 
 
 def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list[dict]:
@@ -201,8 +228,8 @@ def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list
             row.update(task="cluster", metric=shown.get("accuracy"))
         else:
             shown = m.get("test") or m.get("val") or {}
-        row.update({k: shown.get(k) for k in ("accuracy", "top5_accuracy", "macro_f1", "mAP", "micro_f1", "nmi")})
-        rows.append({k: row.get(k) for k in RUN_COLUMNS})
+        row.update({k: shown.get(k) for k in SHOWN_METRICS})
+        rows.append({**{k: row.get(k) for k in RUN_COLUMNS}, **_spread(m), "params": _train_params(path.parent)})
     if sort_by is not None:
         if rows and sort_by not in RUN_COLUMNS:
             raise HeadError(f"--sort {sort_by!r} is not a column; choose one of: {', '.join(RUN_COLUMNS)}")
@@ -212,6 +239,24 @@ def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list
                          key=lambda r: r[sort_by] if numeric else str(r[sort_by]), reverse=numeric)
         rows = present + missing  # numbers best (highest) first, text A to Z, runs without the value last
     return rows
+
+
+def _spread(m: dict) -> dict:
+    """The std columns of a repeated run (seeds, folds, sweep): over its eval split's members."""
+    std = m.get(f"{m.get('eval_split')}_std") if m.get("kind") in ("repeated", "sweep") else None
+    if not std:
+        return {}
+    return {"metric_std": m.get("metric_std"), **{f"{k}_std": std[k] for k in SHOWN_METRICS if k in std}}
+
+
+def _train_params(run_dir: Path) -> dict:
+    """The run's train config (config.json), for showing the hyperparameters that differ between runs."""
+    path = run_dir / "config.json"
+    try:
+        train = json.loads(path.read_text()).get("train") if path.exists() else None
+    except json.JSONDecodeError:
+        return {}
+    return train if isinstance(train, dict) else {}
 
 
 def _write_json(path: Path, obj) -> None:

@@ -193,15 +193,18 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
 
 
 def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str], splits: dict[str, np.ndarray],
-               cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+               cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
+               loss: nn.Module | None = None) -> TrainResult:
     """Train `cfg.head` on splits['train'], early-stop on splits['val'] and restore the best weights;
-    with `cfg.refit`, then retrain from the same init on train + val for the best epoch count."""
+    with `cfg.refit`, then retrain from the same init on train + val for the best epoch count.
+    `loss` replaces the task's loss (multi-task training masks each clip's logits to its own dataset's)."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         cache = Cache(**{**vars(cache), "features": cache.features.to(device)})  # gather on the GPU
     gen = torch.Generator().manual_seed(cfg.seed)
     model, loss_fn, aug = prepare_head(cache, targets, task, splits["train"], cfg, len(labels), device)
+    loss_fn = loss_fn if loss is None else loss
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer)
     metric_name = HEADLINE[task]
@@ -244,7 +247,7 @@ def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str]
     if cfg.refit:
         lrs = [r["lr"] for r in history[:best_epoch]]
         final = _refit(cache, targets, task, np.concatenate([splits["train"], splits["val"]]), cfg,
-                       len(labels), lrs, device, on_epoch, history)
+                       len(labels), lrs, device, on_epoch, history, loss)
     return TrainResult(final, model, cfg.head_config(cache.dim, len(labels)), history, best_epoch, threshold,
                        time.perf_counter() - start)
 
@@ -264,10 +267,12 @@ def prepare_head(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray
 
 
 def _refit(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig, n_classes: int,
-           lrs: list[float], device: torch.device, on_epoch: Callable | None, history: list[dict]) -> nn.Module:
+           lrs: list[float], device: torch.device, on_epoch: Callable | None, history: list[dict],
+           loss: nn.Module | None = None) -> nn.Module:
     """Retrain on `idx` (train + val) for len(lrs) epochs, replaying the learning rates the fit phase used."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     model, loss_fn, aug = prepare_head(cache, targets, task, idx, cfg, n_classes, device)
+    loss_fn = loss_fn if loss is None else loss
     optimizer = make_optimizer(cfg, model)
     for epoch, lr in enumerate(lrs, 1):
         t0 = time.perf_counter()

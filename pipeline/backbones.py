@@ -2,7 +2,9 @@
 
 `load_backbone(name, weights)` returns the frozen model together with the preprocessing that its
 weights define (resize / crop / mean / std from the enum's own `transforms()`), so the two always
-travel together. Adding a torchvision 2D model is one line in `REGISTRY`.
+travel together. Adding a torchvision image or video model is one line in `REGISTRY`: whether it takes
+clips, and which clips (frames, side), is read from its weights (the `VideoClassification` preset and the
+`min_temporal_size` / `min_size` meta), not typed here.
 """
 from __future__ import annotations
 
@@ -16,14 +18,38 @@ import torch
 from torch import nn
 from torchvision import models
 from torchvision.models import quantization as qmodels
+from torchvision.models import video as vmodels
+from torchvision.transforms._presets import VideoClassification  # the class video weights' transforms() build
 
 from featstore.errors import FramecacheError
 
 SEED_FOR_RANDOM_INIT = 0  # `--weights none` is always the same network, so one fingerprint = one model
+# Frames per clip unless --clip-len says otherwise: torchvision's Kinetics recipes train and score VideoResNet, MViT
+# and Swin3D on 16-frame clips (their weights' docs), and 16 is also what MViT's positional encoding is built for.
+DEFAULT_CLIP_LEN = 16
 
 
 class BackboneError(FramecacheError, ValueError):
     """A backbone or weights choice that cannot be honoured (the message says what to do instead)."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """The clips a video backbone accepts: at least `min_len` frames of at least `min_size` pixels a side;
+    exactly that where `fixed` (a positional encoding built for one input shape)."""
+    min_len: int
+    min_size: int
+    fixed: bool
+    default_len: int = DEFAULT_CLIP_LEN
+
+    def check(self, name: str, clip_len: int, size: int) -> None:
+        """Raise BackboneError naming the flag and the values this backbone allows."""
+        for flag, value, least in (("--clip-len", clip_len, self.min_len), ("--size", size, self.min_size)):
+            if self.fixed and value != least:
+                raise BackboneError(f"{flag} {value} does not fit {name}: it takes exactly {flag} {least} "
+                                    "(its positional encoding is built for that input)")
+            if value < least:
+                raise BackboneError(f"{flag} {value} is too small for {name}: use {flag} {least} or more")
 
 
 @dataclass(frozen=True)
@@ -33,6 +59,22 @@ class BackboneSpec:
     dim: int                            # embedding size after the classifier is removed
     head: str                           # attribute holding the classifier, replaced by Identity
     cpu_only: bool = False              # int8 quantized models run on CPU kernels only
+    cam_layer: str = ""                 # default Grad-CAM target: the last block with a spatial map
+    fixed_clip: bool = False            # the weights' minimal clip is also the only one (MViT)
+
+    @property
+    def input_size(self) -> int:
+        """The side of the weights' own input (their preset's crop)."""
+        return int(self.weights.DEFAULT.transforms().crop_size[0])
+
+    @property
+    def clip(self) -> ClipSpec | None:
+        """None for image backbones; for video ones the clip constraints their weights record."""
+        member = self.weights.DEFAULT
+        if not isinstance(member.transforms(), VideoClassification):
+            return None
+        return ClipSpec(int(member.meta.get("min_temporal_size", 1)), int(member.meta["min_size"][0]),
+                        self.fixed_clip)
 
 
 REGISTRY: dict[str, BackboneSpec] = {
@@ -43,7 +85,20 @@ REGISTRY: dict[str, BackboneSpec] = {
     "resnet152": BackboneSpec(models.resnet152, models.ResNet152_Weights, 2048, "fc"),
     "quantized_mobilenet_v2": BackboneSpec(partial(qmodels.mobilenet_v2, quantize=True),
                                            qmodels.MobileNet_V2_QuantizedWeights, 1280, "classifier",
-                                           cpu_only=True),
+                                           cpu_only=True, cam_layer="features.18"),
+    "mobilenet_v2": BackboneSpec(models.mobilenet_v2, models.MobileNet_V2_Weights, 1280, "classifier",
+                                 cam_layer="features.18"),
+    "r3d_18": BackboneSpec(vmodels.r3d_18, vmodels.R3D_18_Weights, 512, "fc", cam_layer="layer4"),
+    "mc3_18": BackboneSpec(vmodels.mc3_18, vmodels.MC3_18_Weights, 512, "fc", cam_layer="layer4"),
+    "r2plus1d_18": BackboneSpec(vmodels.r2plus1d_18, vmodels.R2Plus1D_18_Weights, 512, "fc", cam_layer="layer4"),
+    "s3d": BackboneSpec(vmodels.s3d, vmodels.S3D_Weights, 1024, "classifier", cam_layer="features.15"),
+    "mvit_v1_b": BackboneSpec(vmodels.mvit_v1_b, vmodels.MViT_V1_B_Weights, 768, "head", cam_layer="blocks.15",
+                              fixed_clip=True),
+    "mvit_v2_s": BackboneSpec(vmodels.mvit_v2_s, vmodels.MViT_V2_S_Weights, 768, "head", cam_layer="blocks.15",
+                              fixed_clip=True),
+    "swin3d_t": BackboneSpec(vmodels.swin3d_t, vmodels.Swin3D_T_Weights, 768, "head", cam_layer="features.6"),
+    "swin3d_s": BackboneSpec(vmodels.swin3d_s, vmodels.Swin3D_S_Weights, 768, "head", cam_layer="features.6"),
+    "swin3d_b": BackboneSpec(vmodels.swin3d_b, vmodels.Swin3D_B_Weights, 1024, "head", cam_layer="features.6"),
 }
 
 
@@ -53,15 +108,23 @@ def available_backbones() -> list[str]:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What the weights expect: a `crop` x `crop` RGB image cut from a frame resized to `resize`."""
+    """What the weights expect: a `crop` x `crop` RGB image cut from a frame resized to `resize` (the shorter
+    side, or an exact (height, width) as the VideoResNet preset's (128, 171)). `resample` is how: 'pil' (PIL
+    bilinear, as the image presets on PIL images) or 'tensor' (torch bilinear without antialias, as the
+    VideoClassification preset on frame tensors)."""
     crop: int
-    resize: int
+    resize: int | tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resample: str = "pil"
 
     def scaled(self, size: int) -> "Preprocess":
         """The same recipe at another input size (keeps the resize/crop ratio)."""
-        return Preprocess(size, round(size * self.resize / self.crop), self.mean, self.std)
+        if isinstance(self.resize, tuple):
+            resize = tuple(round(size * r / self.crop) for r in self.resize)
+        else:
+            resize = round(size * self.resize / self.crop)
+        return Preprocess(size, resize, self.mean, self.std, self.resample)
 
 
 @dataclass
@@ -73,6 +136,12 @@ class Backbone:
     weights_id: str           # what identifies the weights in a store fingerprint
     cpu_only: bool = False
     meta: dict = field(default_factory=dict)
+    clip: ClipSpec | None = None  # None: an image backbone, (B, 3, H, W); else it takes (B, 3, T, H, W) clips
+    cam_layer: str = ""
+
+    @property
+    def is_video(self) -> bool:
+        return self.clip is not None
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -84,6 +153,9 @@ def get_spec(name: str) -> BackboneSpec:
 
 def _preprocess_of(enum_member) -> Preprocess:
     t = enum_member.transforms()
+    if isinstance(t, VideoClassification):
+        resize = tuple(int(r) for r in t.resize_size) if len(t.resize_size) == 2 else int(t.resize_size[0])
+        return Preprocess(int(t.crop_size[0]), resize, tuple(t.mean), tuple(t.std), "tensor")
     return Preprocess(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std))
 
 
@@ -159,4 +231,4 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     setattr(model, spec.head, nn.Identity())
     model.eval().requires_grad_(False)
     return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only,
-                    {"categories": len(member.meta.get("categories", []))})
+                    {"categories": len(member.meta.get("categories", []))}, spec.clip, spec.cam_layer)

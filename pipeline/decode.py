@@ -1,14 +1,17 @@
-"""Decoding: one video in, only its sampled frames out, already at the model's input size, with their timestamps.
+"""Decoding: one video in, only its sampled frames (or clips) out, already at the model's input size, with their
+timestamps.
 
 This is the hot path. Each video is decoded once with PyAV (FFmpeg) using the decoder's own threads; every frame is
-decoded (the codec needs them) but only the sampled ones are converted (RGB in swscale, then PIL's bilinear resize,
-exactly as the weights' own transforms do), so memory holds the sampled frames and nothing else.
+decoded (the codec needs them) but only the sampled ones are converted (RGB in swscale, then the resize the weights'
+own transforms do: PIL bilinear for image models, torch bilinear for video models), so memory holds the sampled
+frames and nothing else. Clips stream: `ClipStream` holds at most one clip's frames of a video at a time.
 """
 from __future__ import annotations
 
 import math
 import numbers
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ _AV_ERRORS = (av.error.FFmpegError, OSError)
 # Slack when comparing a frame's time with the next --fps tick: pts * time_base is not exact in floating point.
 _TICK_EPS = 1e-6
 _CROPS = ("center", "square", "none")
+_RESAMPLES = ("pil", "tensor")
 
 
 @dataclass(frozen=True)
@@ -59,18 +63,55 @@ class Geometry:
     """How a frame becomes a size x size RGB image (torchvision's resize-then-center-crop recipe by default)."""
 
     size: int = 224        # output is size x size RGB
-    resize: int = 256      # crop='center': the shorter side is resized to this, then the center size x size is cut
+    resize: int | tuple[int, int] = 256  # crop='center': the shorter side is resized to this (or the frame to this
+    #                                       exact (height, width)), then the center size x size is cut
     crop: str = "center"   # 'center' | 'square' (shorter side -> size, center square) | 'none' (squash to size x size)
+    resample: str = "pil"  # 'pil': PIL bilinear (image presets) | 'tensor': torch bilinear, no antialias (video preset)
 
     def __post_init__(self) -> None:
         if self.crop not in _CROPS:
             raise ValueError(f"--crop must be one of {', '.join(_CROPS)}; got {self.crop!r}")
+        if self.resample not in _RESAMPLES:
+            raise ValueError(f"resample must be one of {', '.join(_RESAMPLES)}; got {self.resample!r}")
         _check_positive_int("--size", self.size)
-        _check_positive_int("resize", self.resize)
-        _normalize(self, int, "size", "resize")
-        if self.crop == "center" and self.resize < self.size:
+        sides = self.resize if isinstance(self.resize, (tuple, list)) else (self.resize,)
+        for side in sides:
+            _check_positive_int("resize", side)
+        _normalize(self, int, "size")
+        object.__setattr__(self, "resize", tuple(int(x) for x in sides) if len(sides) == 2 else int(sides[0]))
+        if self.crop == "center" and min(sides) < self.size:
             raise ValueError(f"with --crop center the resize ({self.resize}) must be at least --size ({self.size}); "
                              "lower --size or use --crop square")
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """Which clips of a video to embed: clips of `clip_len` consecutive (decoded, or --fps resampled) frames, starting
+    every `clip_stride` frames, or `clips` K of them placed uniformly. n >= L frames give floor((n - L) / S) + 1 clips;
+    a shorter video gives one clip, its last frame repeated up to L (the row's span says how many frames are real)."""
+
+    clip_len: int = 16
+    clip_stride: int | None = None  # frames between clip starts; None = clip_len (no overlap)
+    clips: int | None = None        # K uniformly placed clips instead of a stride
+    fps: float | None = None        # resample to F frames per second first (first frame at or after each tick)
+
+    def __post_init__(self) -> None:
+        for flag, value in {"--clip-len": self.clip_len, "--clip-stride": self.clip_stride,
+                            "--clips": self.clips}.items():
+            if value is not None:
+                _check_positive_int(flag, value)
+        if self.clip_stride is not None and self.clips is not None:
+            raise ValueError(f"choose --clip-stride or --clips, not both (got --clip-stride {self.clip_stride} "
+                             f"and --clips {self.clips})")
+        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real)
+                                     or not math.isfinite(self.fps) or self.fps <= 0):
+            raise ValueError(f"--fps must be a positive number of frames per second, got {self.fps!r}")
+        _normalize(self, int, "clip_len", "clip_stride", "clips")
+        _normalize(self, float, "fps")
+
+    @property
+    def stride(self) -> int:
+        return self.clip_stride or self.clip_len
 
 
 def _check_positive_int(flag: str, value: object) -> None:
@@ -95,6 +136,7 @@ class DecodedVideo:
     n_frames: int            # frames decoded, not the header's claim (see decode_video for max_frames)
     width: int               # source frame size
     height: int
+    time_end_s: np.ndarray | None = None  # (T,) float64, end of each sampled frame: its time + its duration
 
 
 class DecodeError(FramecacheError, RuntimeError):
@@ -154,10 +196,10 @@ def decode_image(path: str | os.PathLike, geometry: Geometry) -> DecodedVideo:
     # PIL reports some corrupt PNG chunks as SyntaxError.
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise DecodeError(f"failed to open {path}: {_reason(e)}") from e
-    width, height = _resized_size(rgb.width, rgb.height, geometry)
-    frame = _center_crop(np.asarray(rgb.resize((width, height), Image.BILINEAR)), geometry)
+    frame = _scale(np.asarray(rgb), geometry)
     return DecodedVideo(frames=np.array(frame[None]), frame_index=np.zeros(1, dtype=np.int64),  # own, writable
-                        time_s=np.zeros(1, dtype=np.float64), fps=0.0, n_frames=1, width=rgb.width, height=rgb.height)
+                        time_s=np.zeros(1, dtype=np.float64), fps=0.0, n_frames=1, width=rgb.width, height=rgb.height,
+                        time_end_s=np.zeros(1, dtype=np.float64))
 
 
 # --- geometry ---------------------------------------------------------------------------------------------------
@@ -167,6 +209,8 @@ def _resized_size(width: int, height: int, geometry: Geometry) -> tuple[int, int
     """(width, height) to scale to before the center crop; int() truncation matches torchvision's Resize."""
     if geometry.crop == "none":
         return geometry.size, geometry.size
+    if geometry.crop == "center" and isinstance(geometry.resize, tuple):  # an exact (height, width), as (128, 171)
+        return geometry.resize[1], geometry.resize[0]
     short = geometry.resize if geometry.crop == "center" else geometry.size
     if width <= height:
         return short, int(short * height / width)
@@ -195,10 +239,23 @@ class _Converter:
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        width, height = _resized_size(frame.width, frame.height, self.geometry)
-        rgb = self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        return _scale(self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray(), self.geometry)
+
+
+def _scale(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(H, W, 3) uint8 at source size -> (size, size, 3) uint8, resized the way the weights' preset does."""
+    width, height = _resized_size(rgb.shape[1], rgb.shape[0], geometry)
+    if geometry.resample == "pil":
         scaled = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
-        return np.ascontiguousarray(_center_crop(scaled, self.geometry))
+        return np.ascontiguousarray(_center_crop(scaled, geometry))
+    # The VideoClassification preset resizes uint8 frame tensors with torch's bilinear and antialias=False (kept by
+    # torchvision to preserve the released accuracies); the same call on the same pixels gives the same pixels.
+    import torch
+    from torchvision.transforms import functional as tvf
+
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    scaled = tvf.resize(chw, [height, width], interpolation=tvf.InterpolationMode.BILINEAR, antialias=False)
+    return np.ascontiguousarray(_center_crop(scaled.permute(1, 2, 0).numpy(), geometry))
 
 
 # --- opening and reading -------------------------------------------------------------------------------------------
@@ -323,25 +380,42 @@ class _Pass:
         self.frames: list[np.ndarray] = []
         self.index: list[int] = []
         self.times: list[float] = []
+        self.ends: list[float] = []
         self.n, self.t_first, self.t_last, self.source_size = 0, math.nan, math.nan, (0, 0)
 
     def add(self, frame: av.VideoFrame) -> bool:
         """Take one decoded frame; False once the cap on kept frames is reached."""
-        t = frame.time
-        if t is None:  # no pts (some raw streams): the nominal rate is the best guess left
-            t = self.n / self.rate if self.rate else math.nan
+        t = _frame_time(frame, self.n, self.rate)
         if self.n == 0:
             self.t_first, self.source_size = t, (frame.width, frame.height)
         if self.pick(self.n, t):
             self.frames.append(self.convert(frame))
             self.index.append(self.n)
             self.times.append(t)
+            self.ends.append(t + _duration(frame, self.rate))
         self.n, self.t_last = self.n + 1, t
         return self.limit is None or len(self.frames) < self.limit
 
     def measured_fps(self) -> float:
-        span = self.t_last - self.t_first
-        return (self.n - 1) / span if self.n > 1 and span > 0 else self.rate
+        return _measured_fps(self.n, self.t_first, self.t_last, self.rate)
+
+
+def _measured_fps(n: int, t_first: float, t_last: float, rate: float) -> float:
+    span = t_last - t_first
+    return (n - 1) / span if n > 1 and span > 0 else rate
+
+
+def _duration(frame: av.VideoFrame, rate: float) -> float:
+    """How long a frame is shown, seconds: its own duration where the container has one, else 1 / nominal rate."""
+    if frame.duration and frame.time_base:
+        return float(frame.duration * frame.time_base)
+    return 1.0 / rate if rate else 0.0
+
+
+def _frame_time(frame: av.VideoFrame, n: int, rate: float) -> float:
+    if frame.time is not None:
+        return frame.time
+    return n / rate if rate else math.nan  # no pts (some raw streams): the nominal rate is the best guess left
 
 
 def _decode_pass(path: str, sampling: Sampling, geometry: Geometry, picks: np.ndarray | None) -> DecodedVideo:
@@ -367,4 +441,169 @@ def _result(path: str, taken: _Pass, n_frames: int, error: BaseException | None)
                           "use --every or --frames")
     return DecodedVideo(frames=np.stack(taken.frames), frame_index=np.asarray(taken.index, dtype=np.int64),
                         time_s=np.asarray(taken.times, dtype=np.float64), fps=taken.measured_fps(),
-                        n_frames=n_frames, width=taken.source_size[0], height=taken.source_size[1])
+                        n_frames=n_frames, width=taken.source_size[0], height=taken.source_size[1],
+                        time_end_s=np.asarray(taken.ends, dtype=np.float64))
+
+
+# --- clips --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Clip:
+    """One clip: `clip_len` frames at model size, and the span of decoded frames it covers."""
+
+    frames: np.ndarray  # (L, size, size, 3) uint8 RGB; a short video's last frame is repeated up to L
+    frame_index: int    # first decoded frame of the span
+    frame_end: int      # one past its last real frame (frame_end - frame_index < L: padded)
+    time_s: float       # time of the first frame, seconds
+    time_end_s: float   # end of the last real frame: its time + its duration
+
+
+@dataclass
+class VideoInfo:
+    """What decoding measured about a video (see DecodedVideo)."""
+
+    fps: float
+    n_frames: int
+    width: int
+    height: int
+
+
+@dataclass
+class _Kept:
+    """A frame that passed the --fps resampling; `image` is None when no clip needs its pixels."""
+    image: np.ndarray | None
+    index: int
+    time_s: float
+    time_end_s: float
+
+
+class _ClipCutter:
+    """Cuts clips out of the stream of kept frames, holding the last `length` of them and nothing more.
+
+    `starts` lists where clips begin (K uniform clips); None means every `stride` frames for as long as frames come."""
+
+    def __init__(self, length: int, stride: int, starts: list[int] | None):
+        self.length, self.stride, self.starts = length, stride, starts
+        self.window: deque[_Kept] = deque(maxlen=length)
+        self.cut = 0  # clips emitted so far
+
+    def _start(self, k: int) -> int | None:
+        if self.starts is None:
+            return k * self.stride
+        return self.starts[k] if k < len(self.starts) else None
+
+    def wants(self, j: int) -> bool:
+        """Whether kept frame j lies in a clip still to come (only those are converted)."""
+        k = self.cut
+        while (start := self._start(k)) is not None and start <= j:
+            if j < start + self.length:
+                return True
+            k += 1
+        return False
+
+    def push(self, j: int, kept: _Kept) -> Clip | None:
+        self.window.append(kept)
+        start = self._start(self.cut)
+        if start is None or j != start + self.length - 1:
+            return None
+        self.cut += 1
+        return self._clip(list(self.window))
+
+    def finish(self) -> Clip | None:
+        """A video shorter than one clip gives one clip, padded by repeating its last frame."""
+        if self.cut or not self.window or any(f.image is None for f in self.window):
+            return None  # (frames no clip wanted: a K-clip pass from a wrong count, which is cut again)
+        self.cut = 1
+        real = list(self.window)
+        return self._clip(real + [real[-1]] * (self.length - len(real)), real)
+
+    @staticmethod
+    def _clip(frames: list[_Kept], real: list[_Kept] | None = None) -> Clip:
+        real = real or frames
+        return Clip(np.stack([f.image for f in frames]), real[0].index, real[-1].index + 1, real[0].time_s,
+                    real[-1].time_end_s)
+
+
+def uniform_starts(n_kept: int, sampling: ClipSampling) -> list[int]:
+    """Starts of K clips spread evenly over n kept frames (rounded, duplicates dropped); [0] when n < L."""
+    if n_kept < sampling.clip_len:
+        return [0]
+    return sorted({int(x) for x in np.linspace(0, n_kept - sampling.clip_len, sampling.clips).round()})
+
+
+def clip_count(n_kept: int, sampling: ClipSampling) -> int:
+    """Clips that `n_kept` frames give: floor((n - L) / S) + 1, K uniform ones, or one padded clip."""
+    if sampling.clips is not None:
+        return len(uniform_starts(n_kept, sampling))
+    return (n_kept - sampling.clip_len) // sampling.stride + 1 if n_kept >= sampling.clip_len else int(n_kept > 0)
+
+
+class ClipStream:
+    """The clips of one video, decoded while they are iterated; `info` is set once iteration has ended.
+
+    With a stride, clips come out as soon as their last frame is decoded and at most one clip's frames are held,
+    so a 10-minute video costs the memory of a 10-second one. K uniform clips need the frame count first: it is
+    taken from the packets (demuxed, not decoded) and the K clips (at most K x L frames) are held until decoding
+    confirms it; if the decoded count differs, they are cut again from the true count. Raises DecodeError."""
+
+    def __init__(self, path: str | os.PathLike, sampling: ClipSampling, geometry: Geometry):
+        self.path, self.sampling, self.geometry = os.fspath(path), sampling, geometry
+        self.info: VideoInfo | None = None
+        self._kept = 0
+
+    def __iter__(self) -> Iterator[Clip]:
+        _check_file(self.path)
+        if self.sampling.clips is None:
+            yield from self._pass(None)
+            return
+        counted = _count_kept(self.path, self.sampling.fps)
+        clips = list(self._pass(uniform_starts(counted, self.sampling)))
+        if self._kept != counted:
+            clips = list(self._pass(uniform_starts(self._kept, self.sampling)))
+        yield from clips
+
+    def _pass(self, starts: list[int] | None) -> Iterator[Clip]:
+        s = self.sampling
+        with _opened(self.path) as (container, stream):
+            reader, rate = _FrameReader(container, stream), _nominal_rate(stream)
+            pick = _FpsPicker(s.fps) if s.fps is not None else None
+            convert, cutter = _Converter(self.geometry), _ClipCutter(s.clip_len, s.stride, starts)
+            n, kept, t_first, t_last, size = 0, 0, math.nan, math.nan, (0, 0)
+            for frame in reader:
+                t = _frame_time(frame, n, rate)
+                if n == 0:
+                    t_first, size = t, (frame.width, frame.height)
+                if pick is None or pick(n, t):
+                    image = convert(frame) if cutter.wants(kept) else None
+                    clip = cutter.push(kept, _Kept(image, n, t, t + _duration(frame, rate)))
+                    kept += 1
+                    if clip is not None:
+                        yield clip
+                n, t_last = n + 1, t
+        if n == 0:
+            why = _reason(reader.error) if reader.error is not None else "the video stream holds no decodable frame"
+            raise DecodeError(f"failed to decode {self.path}: {why}")
+        if kept == 0:
+            raise DecodeError(f"failed to sample {self.path}: its frames have no timestamps, which --fps needs")
+        tail = cutter.finish()
+        if tail is not None:
+            yield tail
+        self._kept = kept
+        self.info = VideoInfo(_measured_fps(n, t_first, t_last, rate), n, size[0], size[1])
+
+
+def _count_kept(path: str, fps: float | None) -> int:
+    """Frames a pass will keep, from the packets alone: all of them, or those --fps picks by packet time."""
+    if fps is None:
+        return _count_packets(path)
+    with _opened(path) as (container, stream):
+        times = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size > 0 and packet.pts is not None:
+                    times.append(float(packet.pts * packet.time_base))
+        except _AV_ERRORS:
+            pass  # a truncated file: decoding has the last word
+    pick = _FpsPicker(fps)
+    return sum(pick(i, t) for i, t in enumerate(sorted(times)))

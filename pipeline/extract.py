@@ -1,8 +1,9 @@
-"""Stage one: items → decoded, sampled frames → frozen backbone → feature store.
+"""Stage one: items → decoded, sampled frames or clips → frozen backbone → feature store.
 
-Decoding runs in DataLoader workers (one video per item) and overlaps inference; frames are
-batched ACROSS videos to a fixed batch size; finished videos go to a writer thread that appends
-them to the store as crash-safe shards. Memory is bounded by batch size and prefetch depth.
+Decoding runs in DataLoader workers and overlaps inference; units (frames, or clips for video
+backbones) are batched ACROSS videos to a fixed batch size; finished videos go to a writer thread
+that appends them to the store as crash-safe shards. Memory is bounded by batch size and prefetch
+depth (the stages are in pipeline/stages.py).
 """
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from featstore import StoreWriter, VideoRecord, open_store
+from featstore import StoreError, StoreWriter, VideoRecord, open_store
 from featstore.store import HEADER, claim_store
-from pipeline.backbones import Backbone, BackboneError, load_backbone
-from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video, set_decoder_threads
+from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone
+from pipeline.decode import ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.embed import Embedder, resolve_device, resolve_precision
 from pipeline.sources import Item, item_kind, shard_items
+from pipeline.stages import Batch, DecodeStream, InOrder, rebatch
 
-STORE_FORMAT = 1
-# Settings that change the features: a store refuses appends that differ in any of them.
-FINGERPRINT_KEYS = ("format", "backbone", "weights", "every", "frames", "fps", "max_frames",
+# Settings that change the features: a store refuses appends that differ in any of them. (The row layout is the
+# store's own business: featstore records its format.)
+FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames",
                     "size", "resize", "crop", "mean", "std", "dtype")
+# Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
+OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -35,10 +40,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class ExtractConfig:
     backbone: str = "resnet50"
     weights: str = "DEFAULT"          # enum name, 'none' (seeded random init) or a local file
-    sampling: Sampling = field(default_factory=lambda: Sampling(every=10))
+    sampling: Sampling | ClipSampling | None = None  # None: every 10th frame, or the video backbone's own clips
     size: int | None = None           # model input side; None = the weights' own crop size
     crop: str = "center"              # center (weights' recipe) | square | none (squash)
-    batch_size: int = 64              # frames per forward pass, across videos
+    batch_size: int = 64              # frames (or clips) per forward pass, across videos
     workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
     cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
     device: str = "auto"              # auto | cpu | cuda | cuda:i
@@ -50,6 +55,7 @@ class ExtractConfig:
     limit: int | None = None          # process at most this many new items
     flush_videos: int = 32            # videos per shard: what a crash can lose at most
     force: bool = False               # make a non-empty directory that is not a store into one
+    subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -62,6 +68,46 @@ class ExtractConfig:
             raise ValueError(f"--dtype must be float16 or float32, not {self.dtype!r}")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise ValueError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
+        if self.sampling is None:
+            self.sampling = sampling_for(self.backbone)
+        _check_sampling_kind(self.backbone, self.sampling)
+        clip = get_spec(self.backbone).clip
+        if clip is not None:  # checked here, before any work starts
+            clip.check(self.backbone, self.sampling.clip_len, self.size or get_spec(self.backbone).input_size)
+
+
+def sampling_for(backbone: str, every: int | None = None, frames: int | None = None, fps: float | None = None,
+                 max_frames: int | None = None, clip_len: int | None = None, clip_stride: int | None = None,
+                 clips: int | None = None) -> Sampling | ClipSampling:
+    """The sampling the flags ask for, for this backbone: frames (--every/--frames/--fps/--max-frames) for image
+    backbones, every 10th by default; clips (--clip-len/--clip-stride/--clips/--fps) for video ones, the model's
+    own clip length by default. A flag of the other kind is refused naming it and what applies instead."""
+    spec = get_spec(backbone)
+    frame_flags = {"--every": every, "--frames": frames, "--max-frames": max_frames}
+    clip_flags = {"--clip-len": clip_len, "--clip-stride": clip_stride, "--clips": clips}
+    if spec.clip is None:
+        _refuse(backbone, clip_flags, "an image backbone: it embeds frames; use --every, --frames or --fps, or a "
+                "video backbone (" + ", ".join(n for n in available_backbones() if get_spec(n).clip) + ")")
+        return Sampling(every=every if (every or frames or fps) else 10, frames=frames, fps=fps,
+                        max_frames=max_frames)
+    _refuse(backbone, frame_flags, "a video backbone: it embeds clips; use --clip-len, --clip-stride, --clips "
+            "or --fps")
+    length = spec.clip.default_len if clip_len is None else clip_len
+    spec.clip.check(backbone, length, max(spec.clip.min_size, 1))
+    return ClipSampling(clip_len=length, clip_stride=clip_stride, clips=clips, fps=fps)
+
+
+def _refuse(backbone: str, flags: dict, why: str) -> None:
+    given = [f"{flag} {value}" for flag, value in flags.items() if value is not None]
+    if given:
+        raise BackboneError(f"{' and '.join(given)} does not apply to {backbone}, {why}")
+
+
+def _check_sampling_kind(backbone: str, sampling: Sampling | ClipSampling) -> None:
+    video = get_spec(backbone).clip is not None
+    if video != isinstance(sampling, ClipSampling):
+        kind = "clips (ClipSampling)" if video else "frames (Sampling)"
+        raise BackboneError(f"{backbone} embeds {kind}; build the config with pipeline.sampling_for")
 
 
 @dataclass
@@ -70,37 +116,16 @@ class ExtractResult:
     done: int = 0                 # items written this run (ok + failed)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) written this run
     skipped: int = 0              # already in the store
-    frames: int = 0
+    frames: int = 0               # rows written: frames, or clips for a video backbone
     seconds: float = 0.0
     device: str = ""
     precision: str = ""
+    unit: str = "frames"          # what a row is: frames | clips
+    startup_s: float = 0.0        # process start -> first batch embedded (imports, model build, first decode)
 
     @property
     def frames_per_s(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
-
-
-def resolve_device(device: str, backbone: Backbone) -> torch.device:
-    if backbone.cpu_only:
-        if device.startswith("cuda"):
-            raise BackboneError(f"{backbone.name} is an int8 CPU-only model; use --device cpu or another backbone")
-        return torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device, backbone: Backbone) -> str:
-    """auto: bf16 on GPUs that have it (else fp16); bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
-    if backbone.cpu_only:
-        return "fp32"  # int8 kernels: autocast does not apply
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, device: torch.device,
@@ -109,44 +134,33 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
     import torchvision
 
     s = cfg.sampling
+    clip = isinstance(s, ClipSampling)
     return {
-        "format": STORE_FORMAT, "backbone": backbone.name, "weights": backbone.weights_id,
-        "weights_arg": cfg.weights, "every": s.every, "frames": s.frames, "fps": s.fps,
-        "max_frames": s.max_frames, "size": geometry.size, "resize": geometry.resize, "crop": geometry.crop,
+        "backbone": backbone.name, "weights": backbone.weights_id,
+        "weights_arg": cfg.weights, "every": None if clip else s.every, "frames": None if clip else s.frames,
+        "fps": s.fps, "max_frames": None if clip else s.max_frames,
+        # the stride actually used (None with --clips), so --clip-stride 16 and its default 16 are one store
+        "clip_len": s.clip_len if clip else None, "clip_stride": s.stride if clip and s.clips is None else None,
+        "clips": s.clips if clip else None,
+        "size": geometry.size, "crop": geometry.crop,
+        "resize": list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
-        "dim": backbone.dim, "device": str(device), "precision": precision, "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                                          "av": av.__version__},
+        "dim": backbone.dim, "subset": cfg.subset, "device": str(device), "precision": precision,
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
     }
+
+
+def fingerprint_keys(config: dict) -> tuple[str, ...]:
+    """The config keys whose values identify the features: the base set, plus the newer ones that are set."""
+    return FINGERPRINT_KEYS + tuple(k for k in OPTIONAL_KEYS if config.get(k) is not None)
 
 
 def geometry_for(cfg: ExtractConfig, backbone: Backbone) -> Geometry:
     pre = backbone.preprocess if cfg.size is None else backbone.preprocess.scaled(cfg.size)
-    return Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop)
-
-
-class _Decoded(Dataset):
-    """One item per video; a bad video becomes a failure record instead of an exception."""
-
-    def __init__(self, items: list[Item], sampling: Sampling, geometry: Geometry):
-        self.items, self.sampling, self.geometry = items, sampling, geometry
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.items[i]
-        try:
-            if item.kind == "image":
-                v = decode_image(item.path, self.geometry)
-            else:
-                v = decode_video(item.path, self.sampling, self.geometry)
-        except DecodeError as e:
-            return {"i": i, "error": str(e)}
-        except Exception as e:  # noqa: BLE001 — an unforeseen decoder failure must cost one item, not the run
-            return {"i": i, "error": f"{type(e).__name__}: {e} ({item.path})"}
-        frames = v.frames if v.frames.flags.writeable else v.frames.copy()  # torch wants writable memory
-        return {"i": i, "frames": torch.from_numpy(frames), "frame_index": v.frame_index, "time_s": v.time_s,
-                "fps": v.fps, "n_frames": v.n_frames, "width": v.width, "height": v.height}
+    geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample)
+    if backbone.clip is not None:
+        backbone.clip.check(backbone.name, cfg.sampling.clip_len, geometry.size)
+    return geometry
 
 
 class _Writer(threading.Thread):
@@ -178,30 +192,6 @@ class _Writer(threading.Thread):
         self.writer.close()
 
 
-class _Embedder:
-    """Frozen model + on-device normalization, channels_last and autocast, chosen once per device."""
-
-    def __init__(self, backbone: Backbone, device: torch.device, precision: str):
-        self.device, self.quantized = device, backbone.cpu_only
-        self.model = backbone.model.to(device)
-        if not self.quantized:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        pre = backbone.preprocess
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    @torch.inference_mode()
-    def __call__(self, frames: torch.Tensor) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, D) float32
-        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC memory = channels_last
-        x = (x.float() - self.mean) / self.std
-        if self.quantized:
-            x = x.contiguous()
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            out = self.model(x)
-        return out.float().cpu().numpy()
-
-
 def pending_items(items: list[Item], store_path: Path, cfg: ExtractConfig) -> tuple[list[Item], int]:
     """Items this run must do: its shard, minus what the store already holds (resume)."""
     if cfg.shard is not None:
@@ -209,10 +199,19 @@ def pending_items(items: list[Item], store_path: Path, cfg: ExtractConfig) -> tu
     done: set[str] = set()
     if (store_path / HEADER).exists():
         with open_store(store_path) as store:
+            _check_subset(store.config, cfg.subset, store_path)
             done = set(store.ids(status="ok" if cfg.retry_failed else None))
     todo = [it for it in items if it.id not in done]
     skipped = len(items) - len(todo)
     return (todo if cfg.limit is None else todo[:cfg.limit]), skipped
+
+
+def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
+    """A store's config names one subset: appending another would make that record wrong."""
+    if config.get("subset") != subset:
+        raise StoreError(f"store {store_path} holds the subset {config.get('subset') or 'all items'}, this run asks "
+                         f"for {subset or 'all items'}: rerun with the store's --classes/--per-class, or use "
+                         "another --store")
 
 
 def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
@@ -232,14 +231,15 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     except BaseException:
         lock.release()
         raise
-    writer = StoreWriter(store_path, config, FINGERPRINT_KEYS, backbone.dim, prefix=prefix, lock=lock,
+    writer = StoreWriter(store_path, config, fingerprint_keys(config), backbone.dim, prefix=prefix, lock=lock,
                          flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
-    result = ExtractResult(str(store_path), skipped=skipped, device=str(device), precision=precision)
+    result = ExtractResult(str(store_path), skipped=skipped, device=str(device), precision=precision,
+                           unit="clips" if backbone.is_video else "frames")
     thread = _Writer(writer)
     thread.start()
     start = time.perf_counter()
     try:
-        _run(todo, cfg, geometry, _Embedder(backbone, device, precision), thread.put, result, on_progress)
+        _run(todo, cfg, geometry, Embedder(backbone, device, precision), thread.put, result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
@@ -252,72 +252,28 @@ def _auto_workers(device: torch.device, cores: int | None = None) -> int:
 
 
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
-    """Decoded videos in item order, one per step, from `cfg.workers` processes (auto when None)."""
+    """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
     workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
-    return DataLoader(_Decoded(todo, cfg.sampling, geometry), batch_size=None, shuffle=False,
+    return DataLoader(DecodeStream(todo, cfg.sampling, geometry), batch_size=None,
                       num_workers=workers, prefetch_factor=2 if workers else None,
                       pin_memory=device.type == "cuda", persistent_workers=False,
                       worker_init_fn=_init_decode_worker if workers else None)
 
 
-def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: _Embedder,
-         sink: Callable[[VideoRecord], None],
-         result: ExtractResult, on_progress) -> None:
-    loader = decode_loader(todo, cfg, geometry, embed.device)
-    open_videos: dict[int, dict] = {}   # videos whose frames are not all embedded yet, in order
-    chunks: list[tuple[int, torch.Tensor]] = []   # (video slot, frames) waiting for a batch
-    queued = 0
-
-    def finish_ready():
-        # Write videos in item order, as soon as all their frames have features.
-        while open_videos:
-            slot = next(iter(open_videos))
-            v = open_videos[slot]
-            if v["missing"]:
-                return
-            del open_videos[slot]
-            rec = _record(todo[slot], v)
-            sink(rec)
+def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: Embedder,
+         sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress) -> None:
+    videos = InOrder(todo, sink)
+    for step in rebatch(decode_loader(todo, cfg, geometry, embed.device), cfg.batch_size):
+        if isinstance(step, Batch):
+            videos.add(step, embed(step.units()))
+            result.startup_s = result.startup_s or seconds_since_process_start()
+            continue
+        for rec in videos.finish(step):
             result.done += 1
             result.frames += rec.length
             if rec.status == "failed":
                 result.failed.append((rec.video_id, rec.error))
             _report(on_progress, result, len(todo), rec.video_id)
-
-    def run_batch(n: int):
-        nonlocal queued, chunks
-        taken, rest, need = [], [], n
-        for slot, fr in chunks:
-            if need <= 0:
-                rest.append((slot, fr))
-            elif len(fr) <= need:
-                taken.append((slot, fr)); need -= len(fr)
-            else:
-                taken.append((slot, fr[:need])); rest.append((slot, fr[need:])); need = 0
-        chunks, queued = rest, queued - n
-        feats = embed(torch.cat([fr for _, fr in taken]))
-        pos = 0
-        for slot, fr in taken:
-            v = open_videos[slot]
-            v["feats"].append(feats[pos:pos + len(fr)]); pos += len(fr)
-            v["missing"] -= len(fr)
-        finish_ready()
-
-    for sample in loader:
-        slot = sample["i"]
-        if "error" in sample:
-            open_videos[slot] = {"error": sample["error"], "missing": 0}
-            finish_ready()
-            continue
-        frames = sample.pop("frames")
-        open_videos[slot] = {**sample, "feats": [], "missing": len(frames)}
-        chunks.append((slot, frames))
-        queued += len(frames)
-        while queued >= cfg.batch_size:
-            run_batch(cfg.batch_size)
-    if queued:
-        run_batch(queued)
-    finish_ready()
 
 
 def _init_decode_worker(_: int) -> None:
@@ -326,13 +282,19 @@ def _init_decode_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _record(item: Item, v: dict) -> VideoRecord:
-    base = dict(video_id=item.id, path=item.path, label=item.label, group=item.group, split=item.split)
-    if "error" in v:
-        return VideoRecord(**base, status="failed", error=v["error"])
-    return VideoRecord(**base, fps=float(v["fps"]), n_frames=int(v["n_frames"]), width=int(v["width"]),
-                       height=int(v["height"]), features=np.concatenate(v["feats"]),
-                       frame_index=np.asarray(v["frame_index"]), time_s=np.asarray(v["time_s"]))
+_IMPORTED = time.perf_counter()
+
+
+def seconds_since_process_start() -> float:
+    """Wall-clock age of this process: from the kernel's start time on Linux, else since this module's import."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
 
 
 def _report(on_progress, result: ExtractResult, total: int, current: str) -> None:
@@ -343,8 +305,12 @@ def _report(on_progress, result: ExtractResult, total: int, current: str) -> Non
 
 def config_from_store(config: dict, device: str = "auto", workers: int | None = 0) -> ExtractConfig:
     """The ExtractConfig that made a store (its backbone, weights, sampling and preprocessing)."""
-    sampling = Sampling(every=config["every"], frames=config["frames"], fps=config["fps"],
-                        max_frames=config["max_frames"])
+    if config.get("clip_len") is not None:  # a clip store; format-1 configs have no clip keys at all
+        sampling = ClipSampling(clip_len=config["clip_len"], clip_stride=config.get("clip_stride"),
+                                clips=config.get("clips"), fps=config.get("fps"))
+    else:
+        sampling = Sampling(every=config["every"], frames=config["frames"], fps=config["fps"],
+                            max_frames=config["max_frames"])
     return ExtractConfig(backbone=config["backbone"], weights=config["weights_arg"], sampling=sampling,
                          size=config["size"], crop=config["crop"], device=device, workers=workers,
                          dtype=config["dtype"])
@@ -365,7 +331,7 @@ def embed_files(paths: list[str], config: dict, device: str = "auto") -> list[Vi
     items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]
     records: list[VideoRecord] = []
     result = ExtractResult("")
-    embed = _Embedder(backbone, dev, resolve_precision(config.get("precision", "auto"), dev, backbone))
+    embed = Embedder(backbone, dev, resolve_precision(config.get("precision", "auto"), dev, backbone))
     _run(items, cfg, geometry, embed, records.append, result, None)
     for r in records:
         if r.features is not None:

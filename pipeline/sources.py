@@ -47,9 +47,9 @@ class SourceError(FramecacheError, ValueError):
     """The source cannot be read as a list of items: the message says which file or value and what to fix."""
 
 
-def load_source(source: str | Path, split_id: int = 1) -> list[Item]:
+def load_source(source: str | Path, split_id: int = 1, subset: "Subset | None" = None) -> list[Item]:
     """Items from a manifest CSV, a UCF101/HMDB51 root (official split `split_id`), a folder per class,
-    a flat folder of files, or a single video/image file.
+    a flat folder of files, or a single video/image file; only those `subset` keeps (see `select_items`).
 
     Folder layouts come back sorted by id; a manifest keeps its row order. Ids are unique (duplicates raise)."""
     root = Path(os.path.abspath(os.path.expanduser(source)))
@@ -64,7 +64,7 @@ def load_source(source: str | Path, split_id: int = 1) -> list[Item]:
     else:
         items = _from_folder(root)
     _check_unique_ids(items, root)
-    return items
+    return items if subset is None else select_items(items, subset)
 
 
 def shard_items(items: list[Item], index: int, count: int) -> list[Item]:
@@ -291,3 +291,95 @@ def _hmdb_movie(stem: str, cls: str) -> str:
     # and clips cut from one movie share actors and scenes.
     m = re.match(rf"^(?P<movie>.+)_{re.escape(cls)}(?:_[^_]+){{5}}_\d+$", stem)
     return m["movie"] if m else ""
+
+
+# --- subsets: chosen classes, N items per class ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Which items of a source to keep: only `classes` (all when empty), at most `per_class` items per class."""
+
+    classes: tuple[str, ...] = ()
+    per_class: int | None = None
+
+    def __post_init__(self):
+        if self.per_class is not None and self.per_class < 1:
+            raise SourceError(f"--per-class {self.per_class} must be at least 1 (leave it out to keep every item)")
+
+    @property
+    def empty(self) -> bool:
+        return not self.classes and self.per_class is None
+
+    def record(self) -> dict | None:
+        """What the store config records (None when nothing is selected): it picks items, not features."""
+        return None if self.empty else {"classes": list(self.classes), "per_class": self.per_class}
+
+
+def read_classes(classes: str | None = None, classes_file: str | Path | None = None) -> tuple[str, ...]:
+    """Class names from a comma-separated list and/or a file (one per line or comma-separated, # comments)."""
+    names: list[str] = []
+    if classes:
+        names += classes.split(",")
+    if classes_file is not None:
+        path = Path(classes_file)
+        if not path.is_file():
+            raise SourceError(f"--classes-file {path} does not exist; give a text file with one class per line")
+        names += [x for line in _read_lines(path) if not line.startswith("#") for x in line.split(",")]
+    return tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
+def select_items(items: list[Item], subset: Subset) -> list[Item]:
+    """The items `subset` keeps, in their order. A multi-label item stays when any of its labels is chosen and
+    keeps only the chosen labels. `per_class` takes whole groups (an item without a group is its own), in an order
+    fixed by a hash of the group name, so a subset mixes train and test groups as the full set does and never
+    splits a group; a class may therefore end a little under N, and goes over it only when its first group
+    alone is larger (a class never vanishes)."""
+    if subset.empty:
+        return items
+    if subset.classes:
+        _check_known(items, subset.classes)
+        chosen = set(subset.classes)
+        items = [_restrict(it, chosen) for it in items if chosen & set(it.labels)]
+    if subset.per_class is None:
+        return items
+    keep = _groups_per_class(items, subset.per_class)
+    return [it for it in items if (it.labels[:1], it.group or it.id) in keep]
+
+
+def _check_known(items: list[Item], classes: tuple[str, ...]) -> None:
+    known = sorted({x for it in items for x in it.labels})
+    unknown = [c for c in classes if c not in set(known)]
+    if not unknown:
+        return
+    import difflib
+
+    hints = [m for c in unknown for m in difflib.get_close_matches(c, known, n=1)]
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    shown = ", ".join(known[:40]) + (f", ... ({len(known)} in all)" if len(known) > 40 else "")
+    raise SourceError(f"--classes: unknown class {', '.join(repr(c) for c in unknown)}{hint}; "
+                      f"the source has: {shown or '(no labels)'}")
+
+
+def _restrict(item: Item, chosen: set[str]) -> Item:
+    labels = tuple(x for x in item.labels if x in chosen)
+    return item if labels == item.labels else Item(item.id, item.path, labels, item.group, item.split, item.kind)
+
+
+def _groups_per_class(items: list[Item], n: int) -> set[tuple[tuple[str, ...], str]]:
+    """(class, group) pairs to keep: groups in hash order, each taken while the class stays within n items.
+    A multi-label item counts for its first label."""
+    sizes: dict[tuple[str, ...], dict[str, int]] = {}
+    for it in items:
+        groups = sizes.setdefault(it.labels[:1], {})
+        groups[it.group or it.id] = groups.get(it.group or it.id, 0) + 1
+    keep = set()
+    for cls, groups in sizes.items():
+        taken = 0
+        for group in sorted(groups, key=lambda g: (_stable_hash(g), g)):
+            if taken == 0 or taken + groups[group] <= n:
+                keep.add((cls, group))
+                taken += groups[group]
+            if taken >= n:
+                break
+    return keep

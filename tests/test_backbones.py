@@ -11,15 +11,59 @@ SHARED_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weight
 QNN = SHARED_WEIGHTS / "mobilenet_v2_qnnpack_state_dict.pth"
 
 
-@pytest.mark.parametrize("name", [n for n in available_backbones() if not REGISTRY[n].cpu_only])
+# 16 x 224 x 224 clips (MViT's only input, S3D's smallest) and building Swin3D-S/B at random cost seconds each.
+HEAVY = {"mvit_v1_b", "mvit_v2_s", "s3d", "swin3d_s", "swin3d_b"}
+
+
+def smallest_input(spec) -> torch.Tensor:
+    """The smallest input the registry says the backbone takes: (2, 3, H, W) or (2, 3, T, H, W)."""
+    if spec.clip is None:
+        return torch.rand(2, 3, 64, 64)
+    side = max(spec.clip.min_size, 32)
+    return torch.rand(1, 3, max(spec.clip.min_len, 2), side, side)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
+                                  for n in available_backbones() if not REGISTRY[n].cpu_only])
 def test_every_registered_backbone_embeds_to_its_dim(name):
+    spec = REGISTRY[name]
     b = load_backbone(name, "none")
+    x = smallest_input(spec)
     with torch.inference_mode():
-        y = b.model(torch.rand(2, 3, 64, 64))
-    assert y.shape == (2, b.dim) == (2, REGISTRY[name].dim)
+        y = b.model(x)
+    assert y.shape == (len(x), b.dim) == (len(x), spec.dim)
     assert not any(p.requires_grad for p in b.model.parameters()) and not b.model.training
     # Preprocessing comes from the weights enum, not from constants typed here.
-    assert b.preprocess.mean == tuple(REGISTRY[name].weights.DEFAULT.transforms().mean)
+    assert b.preprocess.mean == tuple(spec.weights.DEFAULT.transforms().mean)
+    assert b.cam_layer in dict(b.model.named_modules()), f"cam_layer {b.cam_layer!r} is not a module of {name}"
+    assert b.is_video == (x.ndim == 5)
+
+
+def test_clip_constraints_come_from_the_weights_and_refuse_with_the_allowed_values():
+    mvit, s3d, r3d = REGISTRY["mvit_v1_b"].clip, REGISTRY["s3d"].clip, REGISTRY["r3d_18"].clip
+    assert (mvit.min_len, mvit.min_size, mvit.fixed) == (16, 224, True)
+    assert (s3d.min_len, s3d.min_size, s3d.fixed) == (14, 224, False)
+    assert REGISTRY["resnet18"].clip is None and r3d.default_len == 16
+    with pytest.raises(BackboneError, match="--clip-len 8 does not fit mvit_v1_b: it takes exactly --clip-len 16"):
+        mvit.check("mvit_v1_b", 8, 224)
+    with pytest.raises(BackboneError, match="--size 112 is too small for s3d: use --size 224 or more"):
+        s3d.check("s3d", 16, 112)
+    r3d.check("r3d_18", 4, 32)
+    pre = load_backbone("r2plus1d_18", "none").preprocess
+    assert (pre.crop, pre.resize, pre.resample) == (112, (128, 171), "tensor")
+    assert pre.scaled(56).resize == (64, 86)
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_v2_float_dequantized.pth").exists(),
+                    reason="../shared/weights not present")
+def test_float_mobilenet_loads_the_dequantized_imagenet_weights():
+    path = SHARED_WEIGHTS / "mobilenet_v2_float_dequantized.pth"
+    b = load_backbone("mobilenet_v2", str(path))
+    ref = torchvision.models.mobilenet_v2(weights=None).eval()
+    ref.load_state_dict(torch.load(path, weights_only=True))
+    ref.classifier = torch.nn.Identity()
+    x = torch.rand(2, 3, 96, 96)
+    assert b.dim == 1280 and not b.cpu_only and torch.allclose(b.model(x), ref(x), atol=1e-5)
 
 
 def test_random_init_is_seeded_so_one_fingerprint_means_one_model():

@@ -194,7 +194,7 @@ def test_cli_extract_info_compact_roundtrip(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--backbone", "vgg99"], "choose one of: quantized_mobilenet_v2"),
+    (["--backbone", "vgg99"], "choose one of: mc3_18, mobilenet_v2"),
     (["--every", "2", "--frames", "4"], "choose one of --every, --frames, --fps"),
     (["--shard", "3/2"], "--shard"),
     (["--device", "cuda:7"], "cuda"),

@@ -1,0 +1,232 @@
+"""Fusion of two views of the same videos: late (average the runs' probabilities) and feature-level (concat).
+
+Late fusion recomputes each run's test probabilities from its head and store (runs keep no predictions), keeps
+the test clips every run has, and scores the weighted mean of the probabilities. The result is a run directory
+(metrics.json with the fused and each run's own metrics on the same clips, config.json, confusion.png) that
+`runs` lists; it has no head.pt, so evaluate/predict do not apply to it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from featstore import open_store
+from heads.data import Cache, batches, encode_targets, load_cache
+from heads.metrics import HEADLINE
+from heads.models import HeadError
+from heads.plots import plot_confusion
+from heads.run import check_store, fit_cache, load_run
+from heads.train import TrainConfig, evaluate, probabilities, score
+
+
+@dataclass
+class RunProbs:
+    """One run's probabilities on its test clips."""
+    run: str
+    ids: list[str]
+    probs: np.ndarray        # (N, C)
+    labels: list[str]
+    task: str
+    threshold: float
+    head: str
+    backbone: str | None
+    store: str
+
+
+def test_probabilities(run_dir: str | Path) -> tuple[RunProbs, Cache]:
+    """Probabilities of a run's head on the test clips recorded in its splits.json, and those clips."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").exists() and not (run_dir / "head.pt").exists():
+        kind = json.loads((run_dir / "metrics.json").read_text()).get("kind")
+        if kind in ("repeated", "sweep", "fusion"):
+            raise HeadError(f"{run_dir} is a {kind} run without a head of its own: fuse one of its member runs "
+                            "(e.g. its seed-0/ or best/seed-0/)")
+    model, ckpt = load_run(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    store = open_store(config["store"])
+    check_store(store, ckpt, run_dir)
+    ids = json.loads((run_dir / "splits.json").read_text())["test"]
+    if not ids:
+        raise HeadError(f"run {run_dir} has an empty test split: nothing to fuse")
+    cache = load_cache(store, ids)
+    logits, _, _ = evaluate(model, batches(cache, None, np.arange(len(cache)), 256,
+                                           ckpt["train_config"]["max_frames"]))
+    return RunProbs(str(run_dir), cache.ids, probabilities(logits, ckpt["task"]), ckpt["labels"], ckpt["task"],
+                    float(ckpt["threshold"]), ckpt["train_config"]["head"], store.config.get("backbone"),
+                    str(store.path)), cache
+
+
+def check_weights(weights: list[float] | None, n: int) -> np.ndarray:
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(weights, dtype=float)
+    if len(w) != n or (w < 0).any() or w.sum() <= 0:
+        raise HeadError(f"--weights {','.join(map(str, weights))}: give {n} non-negative numbers, not all 0, "
+                        f"one per run (e.g. {','.join(['0.5'] * n) if n == 2 else ','.join(['1'] * n)})")
+    return w / w.sum()
+
+
+def fuse_runs(run_dirs: list[str | Path], out_dir: str | Path, weights: list[float] | None = None) -> dict:
+    """Late fusion: the weighted mean of the runs' probabilities on their common test clips, scored and written."""
+    start = time.perf_counter()
+    if len(run_dirs) < 2:
+        raise HeadError("fuse needs at least two runs")
+    w = check_weights(weights, len(run_dirs))
+    loaded = [test_probabilities(r) for r in run_dirs]
+    runs = [p for p, _ in loaded]
+    _check_compatible(runs)
+    common = sorted(set.intersection(*(set(r.ids) for r in runs)))
+    if not common:
+        raise HeadError("the runs share no test clip (fusion averages predictions on the same clips): "
+                        "fuse runs trained on the same videos")
+    first, cache = runs[0], loaded[0][1]
+    rows = [{vid: i for i, vid in enumerate(r.ids)} for r in runs]
+    probs = [r.probs[[row[v] for v in common]] for r, row in zip(runs, rows)]
+    where = {vid: i for i, vid in enumerate(cache.ids)}
+    y = encode_targets([cache.labels[where[v]] for v in common], first.labels, first.task).numpy()
+    threshold = float(np.dot(w, [r.threshold for r in runs]))
+    fused = score(first.task, y, sum(wi * p for wi, p in zip(w, probs)), first.labels, threshold)
+    alone = {r.run: score(first.task, y, p, first.labels, r.threshold) for r, p in zip(runs, probs)}
+    return _write_fusion(Path(out_dir), runs, w, fused, alone, common, start)
+
+
+def _check_compatible(runs: list[RunProbs]) -> None:
+    first = runs[0]
+    for r in runs[1:]:
+        if r.task != first.task:
+            raise HeadError(f"cannot fuse a {first.task} run ({first.run}) with a {r.task} run ({r.run})")
+        if r.labels != first.labels:
+            only_a = sorted(set(first.labels) - set(r.labels))[:5]
+            only_b = sorted(set(r.labels) - set(first.labels))[:5]
+            raise HeadError(f"runs {first.run} and {r.run} have different label sets (only in the first: "
+                            f"{only_a or '-'}; only in the second: {only_b or '-'}): fuse runs of the same classes")
+
+
+def _write_fusion(out: Path, runs: list[RunProbs], w: np.ndarray, fused: dict, alone: dict, common: list[str],
+                  start: float) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    first = runs[0]
+    name = HEADLINE[first.task]
+    metrics = {
+        "kind": "fusion", "fuse": "late", "runs": [r.run for r in runs], "weights": w.tolist(),
+        "task": first.task, "head": "+".join(r.head for r in runs),
+        "backbone": "+".join(dict.fromkeys(str(r.backbone) for r in runs)), "split": "test",
+        "eval_split": "test", "metric_name": name, "metric": fused[name], "test": fused, "val": None,
+        "alone": alone, "n_common": len(common), "n_left_out": {r.run: len(r.ids) - len(common) for r in runs},
+        "labels": first.labels, "store": first.store, "seconds": time.perf_counter() - start,
+    }
+    (out / "config.json").write_text(json.dumps({"fuse": "late", "runs": metrics["runs"],
+                                                 "weights": metrics["weights"]}, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    (out / "test_ids.json").write_text(json.dumps(common) + "\n")
+    if first.task == "multiclass":
+        plot_confusion(fused["confusion"], first.labels, out / "confusion.png",
+                       f"late fusion of {len(runs)} runs on test")
+    return metrics
+
+
+# -- feature fusion: two stores of the same videos, concatenated -------------------------------------------------
+POOLED_HEADS = ("linear", "mlp")  # order-blind heads: one pooled row per clip from each store suffices
+FUSE_MODES = ("concat",)
+
+
+@dataclass
+class FusedStore:
+    """Stands in for a Store where a run records its features' origin: both stores' configs."""
+    path: str
+    fingerprint: str
+    config: dict
+    fingerprint_keys: list[str]
+    dim: int
+
+
+@dataclass
+class FusionReport:
+    stores: list[str]
+    n_common: int
+    only_in: dict[str, list[str]]   # store -> ids it alone has (left out)
+    label_mismatches: int           # common ids whose labels differ (the first store's are used)
+
+
+def fused_cache(store_paths: list[str | Path], head: str, mode: str = "concat") -> tuple[FusedStore, Cache,
+                                                                                          FusionReport]:
+    """One cache of the clips both stores hold: pooled (linear/mlp) or B aligned to A's frames by time_s."""
+    if mode not in FUSE_MODES:
+        raise HeadError(f"--fuse {mode!r} is not a fusion; choose one of: {', '.join(FUSE_MODES)}")
+    if len(store_paths) != 2:
+        raise HeadError(f"--fuse {mode} takes exactly two stores (got {len(store_paths)})")
+    a, b = (open_store(p) for p in store_paths)
+    ids_a, ids_b = a.ids(), set(b.ids())
+    common = [v for v in ids_a if v in ids_b]
+    if not common:
+        raise HeadError(f"stores {a.path} and {b.path} share no video id: --fuse needs the same videos embedded "
+                        "twice (extract one source with two backbones)")
+    ca, cb = load_cache(a, common), load_cache(b, common)
+    common = [v for v in ca.ids if v in set(cb.ids)]  # clips with frames in both
+    ca, cb = load_cache(a, common), load_cache(b, common)
+    assert ca.ids == cb.ids  # load_cache keeps the order of the ids it is given
+    report = FusionReport([str(a.path), str(b.path)], len(common),
+                          {str(a.path): sorted(set(ids_a) - set(common)), str(b.path): sorted(ids_b - set(common))},
+                          sum(x != y for x, y in zip(ca.labels, cb.labels)))
+    fa, fb = _unit_scale(ca.features), _unit_scale(cb.features)
+    if head in POOLED_HEADS:
+        rows = torch.cat([_pool(fa, ca), _pool(fb, cb)], dim=1)
+        lengths = torch.ones(len(common), dtype=torch.int64)
+    else:
+        picks = torch.cat([_nearest(a.time_s(v), b.time_s(v)) + int(cb.offsets[i]) for i, v in enumerate(common)])
+        rows, lengths = torch.cat([fa, fb[picks]], dim=1), ca.lengths
+    cache = Cache(rows, torch.cumsum(lengths, 0) - lengths, lengths, ca.ids, ca.labels, ca.groups, ca.splits)
+    return _fused_store(a, b, mode, int(rows.shape[1])), cache, report
+
+
+def _unit_scale(features: torch.Tensor) -> torch.Tensor:
+    """Divide a store's features by one number (their RMS per-dimension std): two backbones' features then weigh
+    alike in the concatenation, whatever their scales (label-free, so it may use every clip)."""
+    f = features.float()
+    return f / f.std(0).pow(2).mean().sqrt().clamp_min(1e-8)
+
+
+def _pool(features: torch.Tensor, cache: Cache) -> torch.Tensor:
+    """(V, D) mean over each clip's frames."""
+    clip = torch.repeat_interleave(torch.arange(len(cache)), cache.lengths)
+    sums = torch.zeros(len(cache), features.shape[1]).index_add_(0, clip, features)
+    return sums / cache.lengths[:, None].float()
+
+
+def _nearest(t_a: np.ndarray, t_b: np.ndarray) -> torch.Tensor:
+    """For each time in t_a, the index of the nearest time in t_b (both ascending; ties: the earlier)."""
+    right = np.clip(np.searchsorted(t_b, t_a), 1, len(t_b) - 1) if len(t_b) > 1 else np.zeros(len(t_a), int)
+    left = np.maximum(right - 1, 0)
+    take_right = np.abs(t_b[right] - t_a) < np.abs(t_a - t_b[left])
+    return torch.from_numpy(np.where(take_right, right, left).astype(np.int64))
+
+
+def _fused_store(a, b, mode: str, dim: int) -> FusedStore:
+    import hashlib
+
+    fp = hashlib.sha256(f"{mode}:{a.fingerprint}:{b.fingerprint}".encode()).hexdigest()[:16]
+    config = {**a.config, "backbone": f"{a.config.get('backbone')}+{b.config.get('backbone')}", "fuse": mode,
+              "fused_stores": [{"store": str(a.path), **a.config}, {"store": str(b.path), **b.config}]}
+    return FusedStore(str(a.path), fp, config, list(a.fingerprint_keys), dim)
+
+
+def fit_fused(store_paths: list[str | Path], cfg: TrainConfig, out_dir: str | Path, mode: str = "concat",
+              on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """fit-head on the concatenated features of two stores of the same videos (see `fused_cache`)."""
+    start = time.perf_counter()
+    store, cache, report = fused_cache(store_paths, cfg.head, mode)
+    metrics = fit_cache(store, cache, cfg, out_dir, on_epoch)
+    metrics["fusion"] = {"mode": mode, "stores": report.stores, "n_common": report.n_common,
+                         "left_out": {s: len(v) for s, v in report.only_in.items()},
+                         "left_out_examples": {s: v[:10] for s, v in report.only_in.items()},
+                         "label_mismatches": report.label_mismatches,
+                         "pooled": cfg.head in POOLED_HEADS}
+    metrics["seconds"] = time.perf_counter() - start
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics

@@ -1,0 +1,66 @@
+"""Frames or clips in, embeddings out: the frozen backbone on its device, with on-device normalization and the memory
+format and autocast chosen once per device."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.backbones import Backbone, BackboneError
+
+
+def resolve_device(device: str, backbone: Backbone) -> torch.device:
+    if backbone.cpu_only:
+        if device.startswith("cuda"):
+            raise BackboneError(f"{backbone.name} is an int8 CPU-only model; use --device cpu or another backbone")
+        return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackboneError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device, backbone: Backbone) -> str:
+    """auto: bf16 on GPUs that have it (else fp16); bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
+    if backbone.cpu_only:
+        return "fp32"  # int8 kernels: autocast does not apply
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+class Embedder:
+    """(B, H, W, 3) frames for an image backbone, or (B, T, H, W, 3) clips for a video one, uint8 -> (B, D) float32.
+
+    Units travel as uint8 channels-last; `permute` of an NHWC (NTHWC) tensor *is* a channels_last (channels_last_3d)
+    NCHW (NCTHW) tensor, so the model, converted once to that memory format, reads it with no copy, and
+    normalization happens on the device."""
+
+    def __init__(self, backbone: Backbone, device: torch.device, precision: str):
+        self.device, self.quantized, self.video = device, backbone.cpu_only, backbone.is_video
+        self.model = backbone.model.to(device)
+        if not self.quantized:
+            self.model = self.model.to(memory_format=torch.channels_last_3d if self.video else torch.channels_last)
+        shape = (1, 3, 1, 1, 1) if self.video else (1, 3, 1, 1)
+        pre = backbone.preprocess
+        self.mean = torch.tensor(pre.mean, device=device).view(shape) * 255
+        self.std = torch.tensor(pre.std, device=device).view(shape) * 255
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.name = backbone.name
+
+    @torch.inference_mode()
+    def __call__(self, units: torch.Tensor) -> np.ndarray:
+        want = 5 if self.video else 4
+        if units.ndim != want or units.shape[-1] != 3:
+            kind = "(B, T, H, W, 3) clips" if self.video else "(B, H, W, 3) frames"
+            raise ValueError(f"{self.name} embeds {kind}, got a tensor of shape {tuple(units.shape)}")
+        x = units.to(self.device, non_blocking=True)
+        x = x.permute(0, 4, 1, 2, 3) if self.video else x.permute(0, 3, 1, 2)
+        x = (x.float() - self.mean) / self.std
+        if self.quantized:
+            x = x.contiguous()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            out = self.model(x)
+        return out.float().cpu().numpy()
