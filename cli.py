@@ -123,7 +123,8 @@ def extract(
     tasks: Annotated[Optional[int], typer.Option(min=1, help="Ray: parts (default 4 x GPUs, or CPUs / C).")] = None,
     gpus_per_task: Annotated[Optional[float], typer.Option(min=0, help="Ray: GPUs per task (default 1 if any).")]
     = None,
-    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default 1).")]
+    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default: a GPU's "
+                                                           "share of the cores; 1 without GPUs).")]
     = None,
     connect_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds --address may take to answer.")]
     = 30.0,
@@ -169,7 +170,7 @@ def extract(
                 from pipeline.ray_engine import RayOptions, extract_on_ray
 
                 options = RayOptions(address=address, tasks=tasks, gpus_per_task=gpus_per_task,
-                                     cpus_per_task=cpus_per_task or 1.0, connect_timeout=connect_timeout)
+                                     cpus_per_task=cpus_per_task, connect_timeout=connect_timeout)
                 result = extract_on_ray(items, store, cfg, options, on_progress)
             else:
                 result = run_extract(items, store, cfg, on_progress)

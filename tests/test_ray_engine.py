@@ -21,7 +21,8 @@ from pipeline.extract import ExtractConfig, extract
 from pipeline.sources import load_source
 
 ray = pytest.importorskip("ray")
-from pipeline.ray_engine import RayOptions, extract_on_ray, probe, runtime_env  # noqa: E402
+from pipeline.ray_engine import (RayEngineError, RayOptions, TaskPlan, extract_on_ray, plan_tasks, probe,  # noqa: E402
+                                 runtime_env)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,25 +83,25 @@ def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
 
 
 def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
-    # 4 items of 80 frames per part, one per shard: at its first shard a part has about a second of work ahead,
-    # far more than the killer needs to react (10 ms)
+    # 4 items of 80 frames per part, one per shard: when a part reports its first item it has about a second of
+    # work ahead, far more than the killer needs to react (~60 ms)
     items = load_source(make_clips(tmp_path, 8, 80, size=64))
     store = tmp_path / "killed"
     progress: list[dict] = []
     killed: list[int] = []
     finished = threading.Event()
 
-    def kill_first_writer():
-        # The pid is reported when a task starts, before its model loads; the first shard comes 2 items later.
+    def kill_a_running_part():
+        # A task reports its pid when it starts and its first item at once (the shard file can lag on a busy disk).
         while not finished.is_set() and not killed:
             for p in (progress[-1]["parts"] if progress else []):
-                if p.pid and (store / f"s{p.part}of2-000000.h5").exists():
+                if p.pid and p.done >= 1:
                     os.kill(p.pid, signal.SIGKILL)
                     killed.append(p.part)
                     break
             time.sleep(0.01)
 
-    killer = threading.Thread(target=kill_first_writer, daemon=True)
+    killer = threading.Thread(target=kill_a_running_part, daemon=True)
     killer.start()
     run = dict(sampling=Sampling(every=1), size=64)
     try:
@@ -128,6 +129,15 @@ def test_cli_joins_a_running_cluster_prints_the_usual_summary_and_exits_2_on_fai
     assert res.returncode == 2, res.stderr
     assert "written" in res.stdout and "broken" in res.stderr
     assert sorted(open_store(tmp_path / "s").ids(status=None)) == ["broken", "c00", "c01", "c02", "c03"]
+
+
+def test_parts_default_to_the_cluster_and_impossible_requests_are_refused_at_once(tmp_path):
+    assert plan_tasks(ray, RayOptions()) == TaskPlan(tasks=2, gpus=0.0, cpus=1.0)  # 2 CPUs, no GPU
+    assert plan_tasks(ray, RayOptions(cpus_per_task=2)).tasks == 1
+    with pytest.raises(RayEngineError, match="no node of the cluster has 1 CPUs and 1 GPUs"):
+        plan_tasks(ray, RayOptions(gpus_per_task=1))  # Ray would wait forever for such a task
+    with pytest.raises(RayEngineError, match="drop --shard"):
+        extract_on_ray(load_source(make_clips(tmp_path, 1, 2)), tmp_path / "s", cfg(shard=(0, 2)), RayOptions())
 
 
 def cli_subprocess(tmp_path: Path, *ray_args: str, prelude: str = "pass", manifest: Path | None = None,
