@@ -230,7 +230,8 @@ def extract(
     tasks: Annotated[Optional[int], typer.Option(min=1, help="Ray: parts (default 4 x GPUs, or CPUs / C).")] = None,
     gpus_per_task: Annotated[Optional[float], typer.Option(min=0, help="Ray: GPUs per task (default 1 if any).")]
     = None,
-    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default 1).")]
+    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default: a GPU's "
+                                                           "share of the cores; 1 without GPUs).")]
     = None,
     connect_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds --address may take to answer.")]
     = 30.0,
@@ -281,7 +282,7 @@ def extract(
                 from pipeline.ray_engine import RayOptions, extract_on_ray
 
                 options = RayOptions(address=address, tasks=tasks, gpus_per_task=gpus_per_task,
-                                     cpus_per_task=cpus_per_task or 1.0, connect_timeout=connect_timeout)
+                                     cpus_per_task=cpus_per_task, connect_timeout=connect_timeout)
                 result = extract_on_ray(items, store, cfg, options, on_progress)
             else:
                 result = run_extract(items, store, cfg, on_progress)
@@ -342,11 +343,18 @@ def info(
     = False,
 ) -> None:
     """Describe a store: counts, backbone, config, fingerprint, failures."""
+    from dataclasses import asdict
+
     from featstore import open_store
+    from featstore.parts import parts_without_shards, store_parts
 
     with user_errors(), open_store(store) as s:
         summary = s.summary()
+        parts = store_parts(s)
+    missing = parts_without_shards(parts)
     if as_json:
+        summary["parts"] = [asdict(p) for p in parts]
+        summary["parts_without_shards"] = {str(n): idx for n, idx in missing.items()}
         print(json.dumps(summary, indent=2))
         return
     failures = [i for i in summary["items"] if i["status"] != "ok"]
@@ -368,10 +376,30 @@ def info(
         splits[it["split"] or "(none)"] = splits.get(it["split"] or "(none)", 0) + 1
     t.add_row("splits", ", ".join(f"{k}: {v}" for k, v in sorted(splits.items())))
     out.print(t)
+    if any(p.count is not None for p in parts) or len(parts) > 1:
+        print_parts(parts, missing)
     for it in failures[:20]:
         err.print(f"[red]failed[/] {it['id']}: {it['error']}", highlight=False, soft_wrap=True)
     if len(failures) > 20:
         err.print(f"... and {len(failures) - 20} more: `cli.py info {store} --failed` lists them all")
+
+
+def print_parts(parts, missing: dict[int, list[int]]) -> None:
+    """info on a sharded store: what each --shard part (Slurm task, rank, Ray task) has written."""
+    t = Table(title="parts")
+    for col in ("part", "shards", "items", "ok", "failed"):
+        t.add_column(col, justify="left" if col == "part" else "right")
+    for p in parts:
+        name = p.prefix if p.count is None else f"{p.index}/{p.count}"
+        t.add_row(name, str(p.shards), str(p.items), str(p.ok), str(p.failed))
+    out.print(t)
+    for n, idx in missing.items():
+        if idx:
+            shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+            out.print(f"{len(idx)} of {n} parts have written nothing: {shown} (not run yet, died before their "
+                      "first shard, or no items: rerun the same extract to finish them)", highlight=False)
+        else:
+            out.print(f"all {n} parts have written shards", highlight=False)
 
 
 @app.command()
