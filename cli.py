@@ -230,7 +230,8 @@ def extract(
     tasks: Annotated[Optional[int], typer.Option(min=1, help="Ray: parts (default 4 x GPUs, or CPUs / C).")] = None,
     gpus_per_task: Annotated[Optional[float], typer.Option(min=0, help="Ray: GPUs per task (default 1 if any).")]
     = None,
-    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default 1).")]
+    cpus_per_task: Annotated[Optional[float], typer.Option(min=0.01, help="Ray: CPUs per task C (default: a GPU's "
+                                                           "share of the cores; 1 without GPUs).")]
     = None,
     connect_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds --address may take to answer.")]
     = 30.0,
@@ -281,7 +282,7 @@ def extract(
                 from pipeline.ray_engine import RayOptions, extract_on_ray
 
                 options = RayOptions(address=address, tasks=tasks, gpus_per_task=gpus_per_task,
-                                     cpus_per_task=cpus_per_task or 1.0, connect_timeout=connect_timeout)
+                                     cpus_per_task=cpus_per_task, connect_timeout=connect_timeout)
                 result = extract_on_ray(items, store, cfg, options, on_progress)
             else:
                 result = run_extract(items, store, cfg, on_progress)
@@ -342,11 +343,18 @@ def info(
     = False,
 ) -> None:
     """Describe a store: counts, backbone, config, fingerprint, failures."""
+    from dataclasses import asdict
+
     from featstore import open_store
+    from featstore.parts import parts_without_shards, store_parts
 
     with user_errors(), open_store(store) as s:
         summary = s.summary()
+        parts = store_parts(s)
+    missing = parts_without_shards(parts)
     if as_json:
+        summary["parts"] = [asdict(p) for p in parts]
+        summary["parts_without_shards"] = {str(n): idx for n, idx in missing.items()}
         print(json.dumps(summary, indent=2))
         return
     failures = [i for i in summary["items"] if i["status"] != "ok"]
@@ -368,10 +376,30 @@ def info(
         splits[it["split"] or "(none)"] = splits.get(it["split"] or "(none)", 0) + 1
     t.add_row("splits", ", ".join(f"{k}: {v}" for k, v in sorted(splits.items())))
     out.print(t)
+    if any(p.count is not None for p in parts) or len(parts) > 1:
+        print_parts(parts, missing)
     for it in failures[:20]:
         err.print(f"[red]failed[/] {it['id']}: {it['error']}", highlight=False, soft_wrap=True)
     if len(failures) > 20:
         err.print(f"... and {len(failures) - 20} more: `cli.py info {store} --failed` lists them all")
+
+
+def print_parts(parts, missing: dict[int, list[int]]) -> None:
+    """info on a sharded store: what each --shard part (Slurm task, rank, Ray task) has written."""
+    t = Table(title="parts")
+    for col in ("part", "shards", "items", "ok", "failed"):
+        t.add_column(col, justify="left" if col == "part" else "right")
+    for p in parts:
+        name = p.prefix if p.count is None else f"{p.index}/{p.count}"
+        t.add_row(name, str(p.shards), str(p.items), str(p.ok), str(p.failed))
+    out.print(t)
+    for n, idx in missing.items():
+        if idx:
+            shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+            out.print(f"{len(idx)} of {n} parts have written nothing: {shown} (not run yet, died before their "
+                      "first shard, or no items: rerun the same extract to finish them)", highlight=False)
+        else:
+            out.print(f"all {n} parts have written shards", highlight=False)
 
 
 @app.command()
@@ -470,6 +498,13 @@ def fit_head(
     scheduler: Annotated[Sched, typer.Option()] = Sched[TRAIN.scheduler],
     patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")]
     = TRAIN.patience,
+    lr_factor: Annotated[float, typer.Option(help="plateau: lr multiplier when the val loss stalls.")]
+    = TRAIN.lr_factor,
+    lr_patience: Annotated[int, typer.Option(min=0, help="plateau: stalled epochs first (0: patience//3).")]
+    = TRAIN.lr_patience,
+    lr_gamma: Annotated[float, typer.Option(help="exp: lr multiplier per epoch.")] = TRAIN.lr_gamma,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Multilabel: fixed decision threshold (0: "
+                                             "tuned on val).")] = TRAIN.threshold,
     max_frames: Annotated[int, typer.Option(min=1, help="Frames per clip (random at train, uniform at eval).")]
     = TRAIN.max_frames,
     hidden: Annotated[int, typer.Option(min=1)] = TRAIN.hidden,
@@ -511,7 +546,8 @@ def fit_head(
         cfg = TrainConfig(head=head.value, task=task.value, split=split.value, val_frac=val_frac,
                           test_frac=test_frac, epochs=epochs, lr=lr, weight_decay=weight_decay,
                           batch_size=batch_size, optimizer=optimizer.value, scheduler=scheduler.value,
-                          patience=patience, max_frames=max_frames, hidden=hidden, layers=layers,
+                          patience=patience, lr_factor=lr_factor, lr_patience=lr_patience, lr_gamma=lr_gamma,
+                          threshold=threshold, max_frames=max_frames, hidden=hidden, layers=layers,
                           bidirectional=bidirectional, dropout=dropout, proj_dim=proj_dim,
                           frame_dropout=frame_dropout, noise_std=noise_std, label_smoothing=label_smoothing,
                           class_weights=class_weights, refit=refit, skip_unlabelled=skip_unlabelled, seed=seed,
@@ -576,6 +612,7 @@ def evaluate(
     from heads.run import evaluate_run, load_run
 
     with user_errors():
+        refuse_fused(load_run(run)[1], run)
         if is_multitask(load_run(run)[1]):
             if report:
                 fail("--report covers single-store runs; evaluate each store's run on its own for a report")
@@ -622,6 +659,7 @@ def predict(
 
     with user_errors():
         model, ckpt = load_run(run)
+        refuse_fused(ckpt, run)
         records = embed_files([str(v) for v in videos], ckpt["store_config"], device,
                               None if weights is None else str(weights))
         ok = [r for r in records if r.status == "ok"]
@@ -631,13 +669,19 @@ def predict(
         order = np.argsort(-p)[:top]
         rows.append({"path": r.video_id, "top": [{"label": labels[i], "prob": round(float(p[i]), 4)} for i in order]})
     rows = per_store_rows(ckpt, ok, probs, top) or rows
+    if ckpt["task"] == "multilabel":  # the decision the run was scored with: every label at/above its threshold
+        for row, p in zip(rows, probs):
+            row["labels"] = [labels[i] for i in np.flatnonzero(p >= ckpt["threshold"])]
+            row["threshold"] = ckpt["threshold"]
     failed = [r for r in records if r.status != "ok"]
     if as_json:
         print(json.dumps(rows + [{"path": r.video_id, "error": r.error} for r in failed]))
     else:
         for row in rows:
-            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]),
-                      highlight=False)
+            decided = (f" → labels at ≥ {row['threshold']:.2f}: {', '.join(row['labels']) or '(none)'}"
+                       if "labels" in row else "")
+            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+                      + decided, highlight=False)
         for r in failed:
             err.print(f"[red]failed[/] {r.video_id}: {r.error}", highlight=False)
     if failed:
@@ -829,6 +873,13 @@ def fit_several(stores: list[Path], cfg, run_dir: Path, on_epoch, fuse, repeated
     return fit_multi(stores, cfg, run_dir, on_epoch)
 
 
+def refuse_fused(ckpt: dict, run: Path) -> None:
+    stores = ckpt.get("store_config", {}).get("fused_stores")
+    if stores:
+        fail(f"{run} was trained on the features of {' and '.join(s['store'] for s in stores)} joined (--fuse): "
+             "evaluate/predict cannot rebuild them yet; its metrics.json holds val and test")
+
+
 def report_fusion(info: dict) -> None:
     left = {Path(s).name: n for s, n in info["left_out"].items() if n}
     if left:
@@ -855,7 +906,7 @@ def fuse(
     run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
         metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
-    print_metrics({"fused": metrics["test"], **{Path(k).name: v for k, v in metrics["alone"].items()}},
+    print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
                   f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
 
 

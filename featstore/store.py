@@ -362,6 +362,10 @@ class Store:
     def items(self) -> list[dict]:
         return [self.meta(v) for v in self._order]
 
+    def shard_of(self, vid: str) -> Path:
+        """The shard file holding the record of `vid` that readers use."""
+        return self._files[self._get(vid).shard]
+
     def _get(self, vid: str) -> _Entry:
         try:
             return self._entries[vid]

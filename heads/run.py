@@ -102,9 +102,11 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
                eval_split: str = "test") -> dict:
     """Score a trained head on val (the early-stopped model) and test (the final one), write its run directory."""
     # val chose the epoch count, so the early-stopped head is the one val can judge fairly (refit saw val)
-    val = score_split(result.early, cache, targets, splits["val"], task, labels, result.threshold, cfg.max_frames)
+    both = {"tuned": result.tuned_threshold, "fixed": cfg.threshold or 0.5}  # multilabel F1 at each, too
+    val = score_split(result.early, cache, targets, splits["val"], task, labels, result.threshold, cfg.max_frames,
+                      **both)
     test = (score_split(result.model, cache, targets, splits["test"], task, labels, result.threshold,
-                        cfg.max_frames) if len(splits["test"]) else None)
+                        cfg.max_frames, **both) if len(splits["test"]) else None)
     shown, metric_name = test or val, HEADLINE[task]
     metrics = {
         "val": val, "test": test, "task": task, "head": cfg.head, "split": cfg.split,
@@ -113,7 +115,8 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
         "backbone": store.config.get("backbone"), "n_params": count_params(result.model),
         "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
         "n_unused": len(cache) - sum(len(v) for v in splits.values()),
-        "labels": labels, "threshold": result.threshold, "best_epoch": result.best_epoch,
+        "labels": labels, "threshold": result.threshold, "tuned_threshold": result.tuned_threshold,
+        "threshold_source": "fixed (--threshold)" if cfg.threshold else "tuned on val", "best_epoch": result.best_epoch,
         "epochs_run": sum(r["phase"] == "fit" for r in result.history), "refit": cfg.refit,
         "train_seconds": result.seconds, "seconds": result.seconds,
     }
@@ -147,11 +150,12 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
 
 
 def score_split(model: nn.Module, cache: Cache, targets: torch.Tensor, idx: np.ndarray, task: str,
-                labels: list[str], threshold: float, max_frames: int) -> dict:
-    """Metrics of `model` on the clips `idx` of a cache."""
+                labels: list[str], threshold: float, max_frames: int, tuned: float | None = None,
+                fixed: float = 0.5) -> dict:
+    """Metrics of `model` on the clips `idx` of a cache (multilabel: at `threshold`, and at tuned/fixed)."""
     device = next(model.parameters()).device
     logits, y, _ = evaluate(model, batches(cache, targets, idx, 256, max_frames, device))
-    return score(task, y, probabilities(logits, task), labels, threshold)
+    return score(task, y, probabilities(logits, task), labels, threshold, tuned, fixed)
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, dict]:
@@ -336,7 +340,7 @@ def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None,
             shown = m.get("metrics") or {}
             row.update(task="cluster", metric=shown.get("accuracy"))
         else:
-            shown = m.get("test") or m.get("val") or {}
+            shown = m.get("test") or m.get("cv") or m.get("val") or {}  # cv: --folds runs
         row.update({k: shown.get(k) for k in SHOWN_METRICS})
         rows.append({**{k: row.get(k) for k in RUN_COLUMNS}, **_spread(m), "params": _train_params(path.parent)})
     if sort_by is not None:
