@@ -45,6 +45,7 @@ from sklearn.preprocessing import normalize
 
 from featstore import Loaded, open_store
 from featstore.errors import FramecacheError
+from heads.rundir import check_run_dir, staged_run
 
 MINIBATCH_ABOVE = 20_000     # frame-level points above which MiniBatchKMeans replaces KMeans
 SILHOUETTE_SAMPLE = 5_000    # silhouette on a seeded sample of this many points when there are more
@@ -52,6 +53,9 @@ TSNE_MAX_POINTS = 5_000      # above this the scatter falls back to PCA
 LEGEND_MAX = 25              # legends only when there are at most this many labels / clusters
 RETRIEVAL_KS = (1, 5, 10)
 HEADLINE = ("nmi", "ari", "purity", "accuracy", "cond_entropy_bits")
+LEVELS = ("video", "frame")  # video: one pooled point per clip; frame: every sampled frame
+POOLS = ("mean", "max")
+PLOTS = ("tsne", "pca", "none")
 
 Progress = Callable[[dict], None]  # called with {"stage": load|fit|sweep|plot, "done": int, "total": int}
 
@@ -141,8 +145,8 @@ def silhouette(points: np.ndarray, clusters: np.ndarray, seed: int) -> float | N
 # -- points ------------------------------------------------------------------------------------------
 def pool_features(loaded: Loaded, pool: str = "mean") -> np.ndarray:
     """(V, D) one vector per item: the mean or max over its frames (not normalised)."""
-    if pool not in ("mean", "max"):
-        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of mean, max")
+    if pool not in POOLS:
+        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of {', '.join(POOLS)}")
     reduce = np.mean if pool == "mean" else np.max
     out = np.empty((len(loaded.ids), loaded.features.shape[1]), dtype=np.float32)
     for i in range(len(loaded.ids)):
@@ -239,12 +243,12 @@ def _select_ids(store, split: str | None, fit_split: str | None) -> tuple[list[s
 
 
 def _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot) -> None:
-    if level not in ("video", "frame"):
-        raise ClusterError(f"unknown level {level!r}: --level must be one of video, frame")
-    if pool not in ("mean", "max"):
-        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of mean, max")
-    if plot not in ("tsne", "pca", "none"):
-        raise ClusterError(f"unknown plot {plot!r}: --plot must be one of tsne, pca, none")
+    if level not in LEVELS:
+        raise ClusterError(f"unknown level {level!r}: --level must be one of {', '.join(LEVELS)}")
+    if pool not in POOLS:
+        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of {', '.join(POOLS)}")
+    if plot not in PLOTS:
+        raise ClusterError(f"unknown plot {plot!r}: --plot must be one of {', '.join(PLOTS)}")
     if seeds < 1:
         raise ClusterError(f"--seeds must be at least 1, got {seeds}")
     if n_init < 1:
@@ -255,7 +259,7 @@ def _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot) -> None:
         raise ClusterError("--whiten needs --pca N (the number of components to keep and whiten)")
     if k_range is not None and not (len(k_range) in (2, 3) and 2 <= k_range[0] <= k_range[1]
                                     and (len(k_range) == 2 or k_range[2] >= 1)):
-        raise ClusterError(f"--k-range must be LO,HI or LO,HI,STEP with 2 <= LO <= HI, got {k_range}")
+        raise ClusterError(f"--k-range must be LO:HI or LO:HI:STEP with 2 <= LO <= HI, got {k_range}")
 
 
 def _check_k(k: int, n_fit: int, flag: str = "--k") -> None:
@@ -320,7 +324,7 @@ def _sweep(fit: Points, score: Points, same: bool, k_range, args: dict, progress
 def cluster_eval(store_path, out_dir=None, k: int | None = None, level: str = "video", pool: str = "mean",
                  split: str | None = None, fit_split: str | None = None, seeds: int = 1, seed: int = 0,
                  n_init: int = 10, pca: int | None = None, whiten: bool = False, k_range=None,
-                 plot: str = "tsne", on_progress: Progress | None = None) -> dict:
+                 plot: str = "tsne", on_progress: Progress | None = None, force: bool = False) -> dict:
     """k-means on a store's embeddings, scored against its labels; writes metrics/config/plots to `out_dir`.
 
     `k` defaults to the number of distinct (first) labels among the items fitted on. `k_range=(LO, HI[, STEP])`
@@ -328,12 +332,15 @@ def cluster_eval(store_path, out_dir=None, k: int | None = None, level: str = "v
     {"stage", "done", "total"} as work completes. Returns the dict written to `metrics.json`: `kind` is
     "cluster" and `summary` holds the headline numbers averaged over seeds.
     Raises ClusterError for bad arguments, featstore.StoreError for a missing or unreadable store.
+    `out_dir` must be absent, empty or a cluster-eval run (replaced) unless `force` (see heads.rundir).
     """
     def progress(stage: str, done: int, total: int) -> None:
         if on_progress is not None:
             on_progress({"stage": stage, "done": done, "total": total})
 
     _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot)
+    if out_dir is not None:
+        check_run_dir(Path(out_dir), "cluster-eval", force)  # before the work: a refusal must not cost it
     score, fit, store_info = _load_points(store_path, split, fit_split, level, pool, progress)
     same = fit is score
     k, k_source = _resolve_k(k, fit, pca)
@@ -379,7 +386,8 @@ def cluster_eval(store_path, out_dir=None, k: int | None = None, level: str = "v
         "config": config, "plots": [],
     }
     if out_dir is not None:
-        _write_outputs(Path(out_dir), result, score, Z, clusters, plot, seed, progress)
+        with staged_run(out_dir, "cluster-eval", force) as stage:
+            _write_outputs(stage, result, score, Z, clusters, plot, seed, progress)
     return result
 
 

@@ -45,7 +45,7 @@ class RayOptions:
     address: str | None = None         # None: RAY_ADDRESS or a local cluster started here; 'auto'; 'HOST:PORT'
     tasks: int | None = None           # parts; None = 4 x the cluster's GPUs, or its CPUs / cpus_per_task
     gpus_per_task: float | None = None  # None = 1 when the cluster has GPUs, else 0
-    cpus_per_task: float = 1.0
+    cpus_per_task: float | None = None  # None = a GPU's share of the cluster's CPUs (GPU tasks), else 1
     max_retries: int = 3               # reruns of a part whose worker process died
     connect_timeout: float = 30.0      # seconds an --address may take to answer
     poll_seconds: float = 0.5          # how often the driver refreshes progress
@@ -53,7 +53,7 @@ class RayOptions:
     def __post_init__(self):
         if self.tasks is not None and self.tasks < 1:
             raise ValueError("--tasks must be at least 1")
-        if self.cpus_per_task <= 0:
+        if self.cpus_per_task is not None and self.cpus_per_task <= 0:
             raise ValueError("--cpus-per-task must be positive")
         if self.gpus_per_task is not None and self.gpus_per_task < 0:
             raise ValueError("--gpus-per-task must be 0 or more")
@@ -127,20 +127,31 @@ def import_ray():
     return ray
 
 
-def _probe(address: str, timeout: float) -> None:
-    """Fail fast and clearly when nothing answers at HOST:PORT (ray.init would retry for minutes)."""
+# An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client server) answers with
+# a SETTINGS frame of its own at once, before any Ray call.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def probe(address: str, timeout: float) -> None:
+    """Fail fast and clearly unless a gRPC server answers at HOST:PORT within `timeout` (ray.init would retry for
+    minutes, and a connection that is accepted but never answered makes it hang)."""
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise RayEngineError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    silent = RayEngineError(f"Ray at {address} did not answer within {timeout:g} s: is it the head's port (6379 by "
+                            "default; `ray status --address ...` checks)?")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.sendall(_H2_PREFACE)
+            reply = conn.recv(9)
     except socket.timeout:
-        raise RayEngineError(f"no answer from Ray at {address} within {timeout:.0f} s: check --address "
-                             "(the head's port, 6379 by default) and the firewall") from None
+        raise silent from None
     except OSError as e:
         raise RayEngineError(f"cannot reach Ray at {address}: {e.strerror or e}; start the head with "
                              "`ray start --head` or fix --address") from None
+    if len(reply) < 4 or reply[3] != 0x04:  # frame type 4 = SETTINGS
+        raise silent
 
 
 def connect(ray, options: RayOptions) -> bool:
@@ -153,14 +164,14 @@ def connect(ray, options: RayOptions) -> bool:
         ray.init(include_dashboard=False, **kwargs)
         return True
     if address != "auto":
-        _probe(address, options.connect_timeout)
+        probe(address, options.connect_timeout)
     errors: list[BaseException] = []
     thread = threading.Thread(target=_init, args=(ray, kwargs, errors), daemon=True)
     thread.start()
     # Something that accepts connections but is not a Ray head makes ray.init wait for minutes: give up sooner.
     thread.join(options.connect_timeout)
     if thread.is_alive():
-        raise RayEngineError(f"Ray at {address} did not answer within {options.connect_timeout:.0f} s: is it a Ray "
+        raise RayEngineError(f"Ray at {address} did not answer within {options.connect_timeout:g} s: is it a Ray "
                              "head (`ray status --address ...`)?")
     if errors:
         if isinstance(errors[0], ConnectionError):
@@ -186,21 +197,30 @@ def _init(ray, kwargs: dict, errors: list) -> None:
         errors.append(e)
 
 
-def plan_tasks(ray, options: RayOptions) -> tuple[int, float]:
-    """(number of parts, GPUs per task) for this cluster, refusing requests no node can ever satisfy."""
+@dataclass
+class TaskPlan:
+    tasks: int      # parts of the hash partition, one Ray task each
+    gpus: float     # per task
+    cpus: float     # per task
+
+
+def plan_tasks(ray, options: RayOptions) -> TaskPlan:
+    """Parts and per-task resources for this cluster, refusing requests no node can ever satisfy."""
     total = ray.cluster_resources()
     gpus = options.gpus_per_task if options.gpus_per_task is not None else (1.0 if total.get("GPU") else 0.0)
     cpus = options.cpus_per_task
+    if cpus is None:  # a GPU task gets its GPU's share of the cores: they feed it with decode workers
+        cpus = max(1.0, float(int(total.get("CPU", 1) * gpus / total["GPU"]))) if gpus and total.get("GPU") else 1.0
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         have = ", ".join(f"{r.get('CPU', 0):g} CPUs/{r.get('GPU', 0):g} GPUs" for r in nodes)
         raise RayEngineError(f"no node of the cluster has {cpus:g} CPUs and {gpus:g} GPUs for one task (nodes: {have})"
                              ": lower --cpus-per-task / --gpus-per-task")
     if options.tasks is not None:
-        return options.tasks, gpus
+        return TaskPlan(options.tasks, gpus, cpus)
     if gpus:
-        return max(1, TASKS_PER_GPU * int(total.get("GPU", 0) / gpus)), gpus
-    return max(1, int(total.get("CPU", 1) / cpus)), gpus
+        return TaskPlan(max(1, TASKS_PER_GPU * int(total.get("GPU", 0) / gpus)), gpus, cpus)
+    return TaskPlan(max(1, int(total.get("CPU", 1) / cpus)), gpus, cpus)
 
 
 def extract_on_ray(items: list[Item], store_path: str | Path, cfg: ExtractConfig, options: RayOptions,
@@ -215,23 +235,23 @@ def extract_on_ray(items: list[Item], store_path: str | Path, cfg: ExtractConfig
         return ExtractResult(str(store_path), skipped=skipped)
     started = connect(ray, options)
     try:
-        n, gpus = plan_tasks(ray, options)
+        plan = plan_tasks(ray, options)
         start = time.perf_counter()
-        results = _run_parts(ray, todo, store_path, cfg, options, n, gpus, on_progress)
+        results = _run_parts(ray, todo, store_path, cfg, options, plan, on_progress)
         return _summary(todo, skipped, store_path, results, time.perf_counter() - start)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run_parts(ray, todo: list[Item], store: Path, cfg: ExtractConfig, options: RayOptions, n: int, gpus: float,
+def _run_parts(ray, todo: list[Item], store: Path, cfg: ExtractConfig, options: RayOptions, plan: TaskPlan,
                on_progress) -> list[ExtractResult]:
     board = ray.remote(_ProgressBoard).options(num_cpus=0).remote()
-    task = ray.remote(_extract_part).options(num_cpus=options.cpus_per_task, num_gpus=gpus,
+    task = ray.remote(_extract_part).options(num_cpus=plan.cpus, num_gpus=plan.gpus,
                                              max_retries=options.max_retries, retry_exceptions=False)
-    device = cfg.device if gpus or cfg.device != "auto" else "cpu"  # a task without a GPU must not pick one
-    part_cfg = replace(cfg, device=device, cores=max(1, int(options.cpus_per_task)))
-    refs = {}
+    device = cfg.device if plan.gpus or cfg.device != "auto" else "cpu"  # a task without a GPU must not pick one
+    part_cfg = replace(cfg, device=device, cores=max(1, int(plan.cpus)))
+    n, refs = plan.tasks, {}
     for i in range(n):
         if part := shard_items(todo, i, n):
             refs[task.remote(part, str(store), part_cfg, i, n, board)] = i
