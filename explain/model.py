@@ -83,7 +83,7 @@ def check_explainable(config: dict, run_dir: str | Path) -> None:
 def load_run_model(run_dir: str | Path, device: str = "auto") -> RunModel:
     """The run's head behind the backbone that made its store (same weights, checked), fp32, eval mode."""
     head, ckpt = load_run(run_dir)
-    if is_multitask(ckpt):
+    if is_multitask(ckpt) or ckpt.get("store_config", {}).get("fused_stores"):
         raise ExplainError(f"run {run_dir} was trained on several stores at once: explain a single-store run")
     config = ckpt["store_config"]
     check_explainable(config, run_dir)
