@@ -85,7 +85,7 @@ def load_run_model(run_dir: str | Path, device: str = "auto", weights: str | Non
 
     `weights`: the store's weights file when it is no longer where extract recorded it (its hash is checked)."""
     head, ckpt = load_run(run_dir)
-    if is_multitask(ckpt):
+    if is_multitask(ckpt) or ckpt.get("store_config", {}).get("fused_stores"):
         raise ExplainError(f"run {run_dir} was trained on several stores at once: explain a single-store run")
     config = ckpt["store_config"]
     check_explainable(config, run_dir)
