@@ -1,11 +1,16 @@
 """framecache command line: a thin layer over pipeline/, featstore/ and heads/.
 
-Exit codes: 0 success, 1 user error (one clear line, no traceback), 2 finished with failed items.
+Exit codes (README, tests/test_faults.py): 0 success; 1 user error, bad flag values included (one line, no
+traceback); 2 finished with failed items; 130 interrupted by SIGINT (Ctrl-C); 143 stopped by SIGTERM.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from enum import Enum
@@ -16,10 +21,47 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+from typer.core import TyperGroup
 
+# The CLI's choices and defaults are the library's own tables (importing them loads torch, as every command but
+# info/runs/compact does anyway).
+from heads.cluster import LEVELS, PLOTS, POOLS
+from heads.data import SPLITS, TASKS
+from heads.models import HEADS
+from heads.train import OPTIMIZERS, SCHEDULERS, TrainConfig
+from pipeline.backbones import available_backbones
+from pipeline.decode import CROPS
+from pipeline.extract import COMPRESSIONS, DTYPES, PRECISIONS
 from pipeline.launch import ENGINES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+USER_ERROR, FAILED_ITEMS, INTERRUPTED, TERMINATED = 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+class ExitCodes(TyperGroup):
+    """Every command's exit code follows the table above; click alone would exit 2 on a bad flag value, which
+    reads as "finished with failed items"."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        from typer import rich_utils
+
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:  # no command given: the help, as a usage error
+            e.show()
+            code = USER_ERROR
+        except ClickException as e:  # usage errors: a bad flag value is a user error like any other
+            rich_utils.rich_format_error(e)
+            code = USER_ERROR
+        except typer.Abort:
+            code = INTERRUPTED
+        code = code if isinstance(code, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+app = typer.Typer(cls=ExitCodes, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cache per-frame embeddings of videos/images in HDF5; train and evaluate heads on the cache.")
 out = Console()
 err = Console(stderr=True)
@@ -33,14 +75,14 @@ def choices(name: str, *values: str) -> type[Enum]:
     return Enum(name, {v: v for v in values}, type=str)
 
 
-Crop = choices("Crop", "center", "square", "none")
-Precision = choices("Precision", "auto", "fp32", "bf16", "fp16")
-DType = choices("DType", "float16", "float32")
-Compression = choices("Compression", "none", "lzf", "gzip")
+Crop = choices("Crop", *CROPS)
+Precision = choices("Precision", *PRECISIONS)
+DType = choices("DType", *DTYPES)
+Compression = choices("Compression", *COMPRESSIONS)
 Engine = choices("Engine", *ENGINES)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = USER_ERROR) -> None:
     from rich.markup import escape
 
     # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
@@ -48,20 +90,85 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how Slurm, Docker and systemd stop a job), raised like Ctrl-C so the same cleanup runs."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM interrupt the command once, as KeyboardInterrupt / Terminated, so that `finally` blocks
+    save finished work; a second signal while that runs is ignored, so it cannot abandon the save halfway.
+
+    A signal that lands inside a C extension can have its exception swallowed there (PyAV replaces it with its own
+    error), so progress callbacks call `check()`, which raises it again."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None  # the signal that interrupted, once one did
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum: int, frame) -> None:
+        if self.raised is not None:
+            os.write(2, b"\nstill saving what is finished; it takes a moment\n")
+            return
+        self.raised = signum
+        self.check()
+
+    def check(self) -> None:
+        if self.raised is not None:
+            raise Terminated() if self.raised == signal.SIGTERM else KeyboardInterrupt()
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# What to do about an OS error, by errno; the error's own text says what happened.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space or choose another path, then rerun: finished work is kept",
+    errno.EDQUOT: "free some space or choose another path, then rerun: finished work is kept",
+    errno.EFBIG: "the file grew past a size limit, ulimit -f or the filesystem's: raise it or choose another path",
+    errno.EACCES: "check the permissions of that path, or choose another one",
+    errno.EPERM: "check the permissions of that path, or choose another one",
+    errno.EROFS: "that filesystem is read-only; choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EISDIR: "that path is a folder; a file was expected",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: what failed, on which path, and what to do."""
+    line = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    if e.filename:
+        line += f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    hint = OS_ERROR_HINTS.get(e.errno or 0)
+    return line + (f" ({hint})" if hint else "")
+
+
 @contextmanager
-def user_errors():
-    """Turn the library's user-facing exceptions into one line on stderr and exit code 1."""
+def user_errors(on_interrupt: str = "nothing was written"):
+    """Run a command's work: the library's user-facing errors and OS errors become one line on stderr and exit 1;
+    SIGINT/SIGTERM end it with 130/143 after `finally` blocks ran. Anything else is a bug and keeps its traceback."""
     from featstore.errors import FramecacheError
 
-    # ValueError/FileNotFoundError: argument checks of the standard library and torch that reach the user.
-    handled = (FramecacheError, ValueError, FileNotFoundError)
     try:
-        yield
-    except handled as e:
+        with StopSignals() as stop:
+            yield stop
+    except FramecacheError as e:
         fail(str(e))
+    except OSError as e:  # disk full, permissions, a file where a folder should be: the environment, not a bug
+        fail(os_error_line(e))
+    except Terminated:
+        err.print(f"terminated by SIGTERM ({on_interrupt})", highlight=False, soft_wrap=True)
+        raise typer.Exit(TERMINATED)
     except KeyboardInterrupt:
-        err.print("interrupted (extract keeps every finished item: rerun the same command to resume)")
-        raise typer.Exit(130)
+        err.print(f"interrupted ({on_interrupt})", highlight=False, soft_wrap=True)
+        raise typer.Exit(INTERRUPTED)
 
 
 def parse_shard(value: Optional[str]) -> Optional[tuple[int, int]]:
@@ -83,8 +190,7 @@ def progress_bar() -> Progress:
 @app.command()
 def extract(
     source: Annotated[Path, typer.Argument(help="Manifest CSV, folder-per-class, UCF101/HMDB51 root, or a file.")],
-    backbone: Annotated[str, typer.Option(help="An image (resnet50, mobilenet_v2, ...) or video (r2plus1d_18, "
-                                          "mvit_v2_s, ...) backbone; an unknown name lists them all.")] = "resnet50",
+    backbone: Annotated[str, typer.Option(help=f"One of: {', '.join(available_backbones())}.")] = "resnet50",
     weights: Annotated[str, typer.Option(help="DEFAULT, an enum name (IMAGENET1K_V2), none, or a file.")] = "DEFAULT",
     every: Annotated[Optional[int], typer.Option(min=1, help="Keep frames 0, N, 2N, ...")] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help="Keep K uniformly spaced frames.")] = None,
@@ -98,7 +204,8 @@ def extract(
     = None,
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
-    batch_size: Annotated[int, typer.Option(min=1, help="Frames per forward pass, across videos.")] = 64,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Frames (or clips) per forward pass, across "
+                                                      "videos (default: 64 frames, 8 clips).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="auto: bf16 where supported, else fp16 (GPU) / fp32.")]
@@ -128,6 +235,8 @@ def extract(
     = None,
     connect_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds --address may take to answer.")]
     = 30.0,
+    update_meta: Annotated[bool, typer.Option(help="Only record the source's labels/groups/splits for items "
+                                              "already in --store; nothing is embedded.")] = False,
 ) -> None:
     """Decode, sample and embed every item of SOURCE into a resumable HDF5 store.
 
@@ -136,6 +245,8 @@ def extract(
     from pipeline.extract import extract as run_extract
     from pipeline.sources import Subset, load_source, read_classes
 
+    if update_meta:
+        return update_store_meta(source, store, split_id)
     if sum(x is not None for x in (every, frames, fps)) > 1:
         fail("choose one of --every, --frames, --fps")
     ray_flags = {"--address": address, "--tasks": tasks, "--gpus-per-task": gpus_per_task,
@@ -143,7 +254,7 @@ def extract(
     if engine is not Engine.ray and (given := [k for k, v in ray_flags.items() if v is not None]):
         fail(f"{', '.join(given)} only apply to --engine ray")
     shard_t = None if shard == "auto" else parse_shard(shard)
-    with user_errors():
+    with user_errors("every finished item is saved: rerun the same command to resume") as stop:
         subset = Subset(read_classes(classes, classes_file), per_class)
         sampling = sampling_for(backbone, every=every, frames=frames, fps=fps, max_frames=max_frames,
                                 clip_len=clip_len, clip_stride=clip_stride, clips=clips)
@@ -162,6 +273,7 @@ def extract(
             task = bar.add_task("extract", total=None, rate="")
 
             def on_progress(p: dict) -> None:
+                stop.check()
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, total=p["total"], completed=p["done"],
                            rate=f"{p['frames'] / elapsed:.0f} rows/s, {p['failed']} failed")
@@ -176,7 +288,7 @@ def extract(
                 result = run_extract(items, store, cfg, on_progress)
     print_extract_summary(result)
     if result.failed:
-        raise typer.Exit(2)
+        raise typer.Exit(FAILED_ITEMS)
 
 
 def shard_from_launcher(cfg):
@@ -188,6 +300,20 @@ def shard_from_launcher(cfg):
     cores = f", {cfg.cores} cores for decoding" if cfg.cores else ""
     err.print(f"--shard auto: {launch.describe()}, device {cfg.device}{cores}", highlight=False, soft_wrap=True)
     return cfg
+
+
+def update_store_meta(source: Path, store: Optional[Path], split_id: int) -> None:
+    """extract --update-meta: the manifest's labels, groups and splits for the items a store already holds."""
+    from pipeline.extract import update_meta
+    from pipeline.sources import load_source
+
+    if store is None:
+        fail("--update-meta needs --store: the store whose metadata to update")
+    with user_errors():
+        changes = update_meta(load_source(source, split_id=split_id), store)
+    for change in changes[:20]:
+        out.print(f"updated {change.describe()}", highlight=False, soft_wrap=True)
+    out.print(f"{len(changes)} item(s) updated in {store} (features unchanged)", highlight=False)
 
 
 def print_extract_summary(result) -> None:
@@ -202,6 +328,11 @@ def print_extract_summary(result) -> None:
         err.print(f"[red]failed[/] {vid}: {reason}", highlight=False, soft_wrap=True)
     if len(result.failed) > 20:
         err.print(f"... and {len(result.failed) - 20} more: `cli.py info {result.store} --failed` lists them all")
+    if getattr(result, "meta_changed", None):  # (a Ray run's merged result has none)
+        shown = "; ".join(c.describe() for c in result.meta_changed[:3])
+        err.print(f"[yellow]warning:[/] {len(result.meta_changed)} item(s) already in the store have another "
+                  f"label/group/split in the source (e.g. {shown}); the store keeps the old values: rerun with "
+                  "--update-meta to record the new ones (no re-embedding)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -328,11 +459,13 @@ def print_verify(report) -> None:
         out.print("store ok" + ("" if report.deep else " (--deep also reads every frame block)"))
 
 
-HeadKind = choices("HeadKind", "linear", "mlp", "rnn", "gru", "lstm", "attention", "transformer")
-Task = choices("Task", "auto", "multiclass", "multilabel")
-SplitKind = choices("SplitKind", "official", "group", "stratified")
-Optim = choices("Optim", "adamw", "adam", "sgd")
-Sched = choices("Sched", "plateau", "cosine", "exp", "none")
+HeadKind = choices("HeadKind", *HEADS)
+Task = choices("Task", *TASKS)
+SplitKind = choices("SplitKind", *SPLITS)
+Optim = choices("Optim", *OPTIMIZERS)
+Sched = choices("Sched", *SCHEDULERS)
+TRAIN = TrainConfig()  # fit-head's defaults are the library's (shown by --help)
+FORCE_HELP = "Write into --out even if it holds other files (those the command writes are overwritten)."
 
 
 def default_run_dir(store: Path, head: str) -> Path:
@@ -348,38 +481,48 @@ def fit_head(
     more_stores: Annotated[Optional[list[Path]], typer.Argument(help="More stores: one trunk, a classifier "
                                                                 "per store (multi-task).", show_default=False)]
     = None,
-    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
-    task: Annotated[Optional[Task], typer.Option(help="auto: multilabel when any item has several labels.")] = None,
-    split: Annotated[Optional[SplitKind], typer.Option(help="official: the store's split column (default); "
-                                                       "group: no group on both sides; stratified.")] = None,
-    val_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9, help="Share of train for validation.")]
-    = None,
-    test_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9, help="Test share (group/stratified).")]
-    = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Upper bound; early stopping ends sooner.")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(min=0.0)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
-    optimizer: Annotated[Optional[Optim], typer.Option()] = None,
-    scheduler: Annotated[Optional[Sched], typer.Option()] = None,
-    patience: Annotated[Optional[int], typer.Option(min=1, help="Epochs without improvement before stopping.")]
-    = None,
-    max_frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (random at train, uniform "
-                                                      "at eval).")] = None,
-    hidden: Annotated[Optional[int], typer.Option(min=1)] = None,
-    layers: Annotated[Optional[int], typer.Option(min=1)] = None,
-    bidirectional: Annotated[Optional[bool], typer.Option()] = None,
-    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95)] = None,
-    proj_dim: Annotated[Optional[int], typer.Option(min=0, help="Project frames to this size first (0: off).")]
-    = None,
-    frame_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Train-time frame drop.")]
-    = None,
-    noise_std: Annotated[Optional[float], typer.Option(min=0.0, help="Train-time gaussian noise.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.5)] = None,
-    class_weights: Annotated[Optional[bool], typer.Option(help="Weigh classes by inverse frequency.")] = None,
-    refit: Annotated[Optional[bool], typer.Option(help="Retrain on train+val for the best epoch count.")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
+    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind[TRAIN.head],
+    task: Annotated[Task, typer.Option(help="auto: multilabel when any item has several labels.")]
+    = Task[TRAIN.task],
+    split: Annotated[SplitKind, typer.Option(help="official: the store's split column; group: no group on both "
+                                             "sides; stratified.")] = SplitKind[TRAIN.split],
+    val_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Share of train for validation.")]
+    = TRAIN.val_frac,
+    test_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Test share (group/stratified).")]
+    = TRAIN.test_frac,
+    epochs: Annotated[int, typer.Option(min=1, help="Upper bound; early stopping ends sooner.")] = TRAIN.epochs,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = TRAIN.lr,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = TRAIN.weight_decay,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per batch.")] = TRAIN.batch_size,
+    optimizer: Annotated[Optim, typer.Option()] = Optim[TRAIN.optimizer],
+    scheduler: Annotated[Sched, typer.Option()] = Sched[TRAIN.scheduler],
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")]
+    = TRAIN.patience,
+    lr_factor: Annotated[float, typer.Option(help="plateau: lr multiplier when the val loss stalls.")]
+    = TRAIN.lr_factor,
+    lr_patience: Annotated[int, typer.Option(min=0, help="plateau: stalled epochs first (0: patience//3).")]
+    = TRAIN.lr_patience,
+    lr_gamma: Annotated[float, typer.Option(help="exp: lr multiplier per epoch.")] = TRAIN.lr_gamma,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Multilabel: fixed decision threshold (0: "
+                                             "tuned on val).")] = TRAIN.threshold,
+    max_frames: Annotated[int, typer.Option(min=1, help="Frames per clip (random at train, uniform at eval).")]
+    = TRAIN.max_frames,
+    hidden: Annotated[int, typer.Option(min=1)] = TRAIN.hidden,
+    layers: Annotated[int, typer.Option(min=1)] = TRAIN.layers,
+    bidirectional: Annotated[bool, typer.Option(help="rnn / gru / lstm.")] = TRAIN.bidirectional,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = TRAIN.dropout,
+    proj_dim: Annotated[int, typer.Option(min=0, help="Project frames to this size first (0: off).")]
+    = TRAIN.proj_dim,
+    frame_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Train-time frame drop.")]
+    = TRAIN.frame_dropout,
+    noise_std: Annotated[float, typer.Option(min=0.0, help="Train-time gaussian noise.")] = TRAIN.noise_std,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = TRAIN.label_smoothing,
+    class_weights: Annotated[bool, typer.Option(help="Weigh classes by inverse frequency.")] = TRAIN.class_weights,
+    refit: Annotated[bool, typer.Option(help="Retrain on train+val for the best epoch count.")] = TRAIN.refit,
+    skip_unlabelled: Annotated[bool, typer.Option(help="Leave out clips with an empty label instead of refusing.")]
+    = TRAIN.skip_unlabelled,
+    seed: Annotated[int, typer.Option()] = TRAIN.seed,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = TRAIN.device,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-<head>).")]
     = None,
     seeds: Annotated[Optional[int], typer.Option(min=1, help="Train with N seeds (N val carvings): mean ± std.")]
@@ -390,22 +533,25 @@ def fit_head(
     = None,
     fuse: Annotated[Optional[Fuse], typer.Option(help="concat: the same videos from two stores, features joined.")]
     = None,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
-    """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory.
-
-    Options left out take the library's tuned defaults (heads.train.TrainConfig)."""
+    """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory."""
     from heads.run import fit_head as run_fit
-    from heads.train import TrainConfig
 
-    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
-             if k not in ("store", "out_dir", "run_fit", "TrainConfig", "seeds", "folds", "more_stores", "store_opt",
-                          "fuse") and v is not None}
     stores = [s for s in (store, *(more_stores or []), *(store_opt or [])) if s is not None]
     if not stores:
         fail("give a store: `cli.py fit-head STORE --head linear` (see --help)")
     store = stores[0]
-    with user_errors():
-        cfg = TrainConfig(**given)
+    with user_errors("no run was written; an earlier run in --out is unchanged"):
+        cfg = TrainConfig(head=head.value, task=task.value, split=split.value, val_frac=val_frac,
+                          test_frac=test_frac, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                          batch_size=batch_size, optimizer=optimizer.value, scheduler=scheduler.value,
+                          patience=patience, lr_factor=lr_factor, lr_patience=lr_patience, lr_gamma=lr_gamma,
+                          threshold=threshold, max_frames=max_frames, hidden=hidden, layers=layers,
+                          bidirectional=bidirectional, dropout=dropout, proj_dim=proj_dim,
+                          frame_dropout=frame_dropout, noise_std=noise_std, label_smoothing=label_smoothing,
+                          class_weights=class_weights, refit=refit, skip_unlabelled=skip_unlabelled, seed=seed,
+                          device=device)
         run_dir = out_dir or default_run_dir(store, head.value)
         with progress_bar() as bar:
             t = bar.add_task(f"fit {head.value}", total=cfg.epochs, rate="")
@@ -422,7 +568,7 @@ def fit_head(
             elif seeds or folds:
                 metrics = fit_repeated(store, cfg, run_dir, on_epoch, seeds, folds)
             else:
-                metrics = run_fit(store, cfg, run_dir, on_epoch)
+                metrics = run_fit(store, cfg, run_dir, on_epoch, force=force)
     if "fusion" in metrics:
         report_fusion(metrics["fusion"])
     if metrics.get("kind") == "multitask":
@@ -440,7 +586,7 @@ def fit_head(
 
 def print_metrics(by_split: dict[str, dict], title: str) -> None:
     """One row per split with the headline metrics that are present."""
-    keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
+    keys = ("accuracy", "clip_accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
     rows = {name: m for name, m in by_split.items() if isinstance(m, dict)}
     shown = [k for k in keys if any(k in m for m in rows.values())]
     t = Table(title=title)
@@ -458,13 +604,18 @@ def evaluate(
     store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
     split: Annotated[str, typer.Option(help="Split name in the store (train, val, test, holdout, ...).")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    report: Annotated[bool, typer.Option(help="Also write per-class and mistakes CSVs + PNGs to "
+                                         "RUN/report-<split>.")] = False,
 ) -> None:
     """Re-score a trained head on any split of a store made with the same extraction settings."""
     from heads.multitask import evaluate_multi, is_multitask
     from heads.run import evaluate_run, load_run
 
     with user_errors():
+        refuse_fused(load_run(run)[1], run)
         if is_multitask(load_run(run)[1]):
+            if report:
+                fail("--report covers single-store runs; evaluate each store's run on its own for a report")
             per_store = evaluate_multi(run, split)
             if as_json:
                 print(json.dumps(per_store, default=float))
@@ -472,11 +623,22 @@ def evaluate(
                 print_metrics({f"{name} {split}": m for name, m in per_store.items()}, f"{run}: one row per store")
             return
         metrics = evaluate_run(run, store, split)
+        if report:
+            write_evaluate_report(run, store, split)
     if as_json:
         print(json.dumps(metrics, default=float))
         return
     print_metrics({split: metrics}, f"{metrics.get('head')} ({run}) on {metrics.get('store')}, "
                                     f"{metrics.get('n')} clips")
+
+
+def write_evaluate_report(run: Path, store: Optional[Path], split: str) -> None:
+    from heads.report import write_report
+    from heads.run import split_predictions
+
+    name = f"report-{split}" if store is None else f"report-{store.stem}-{split}"
+    paths = write_report(split_predictions(run, store, split), run / name, split)
+    err.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -485,6 +647,8 @@ def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video or image files.")],
     top: Annotated[int, typer.Option(min=1, help="Labels shown per file.")] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    weights: Annotated[Optional[Path], typer.Option(help="The store's weights file, if it moved since extract "
+                                                    "(checked against the sha256 the store recorded).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """Embed new files exactly as the run's store was made, apply the head, print the top labels."""
@@ -495,7 +659,9 @@ def predict(
 
     with user_errors():
         model, ckpt = load_run(run)
-        records = embed_files([str(v) for v in videos], ckpt["store_config"], device)
+        refuse_fused(ckpt, run)
+        records = embed_files([str(v) for v in videos], ckpt["store_config"], device,
+                              None if weights is None else str(weights))
         ok = [r for r in records if r.status == "ok"]
         probs = predict_features(model, ckpt, [r.features for r in ok]) if ok else np.zeros((0, 0))
     labels, rows = ckpt["labels"], []
@@ -503,22 +669,28 @@ def predict(
         order = np.argsort(-p)[:top]
         rows.append({"path": r.video_id, "top": [{"label": labels[i], "prob": round(float(p[i]), 4)} for i in order]})
     rows = per_store_rows(ckpt, ok, probs, top) or rows
+    if ckpt["task"] == "multilabel":  # the decision the run was scored with: every label at/above its threshold
+        for row, p in zip(rows, probs):
+            row["labels"] = [labels[i] for i in np.flatnonzero(p >= ckpt["threshold"])]
+            row["threshold"] = ckpt["threshold"]
     failed = [r for r in records if r.status != "ok"]
     if as_json:
         print(json.dumps(rows + [{"path": r.video_id, "error": r.error} for r in failed]))
     else:
         for row in rows:
-            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]),
-                      highlight=False)
+            decided = (f" → labels at ≥ {row['threshold']:.2f}: {', '.join(row['labels']) or '(none)'}"
+                       if "labels" in row else "")
+            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
+                      + decided, highlight=False)
         for r in failed:
             err.print(f"[red]failed[/] {r.video_id}: {r.error}", highlight=False)
     if failed:
-        raise typer.Exit(2)
+        raise typer.Exit(FAILED_ITEMS)
 
 
-Level = choices("Level", "video", "frame")
-Pool = choices("Pool", "mean", "max")
-Plot = choices("Plot", "tsne", "pca", "none")
+Level = choices("Level", *LEVELS)
+Pool = choices("Pool", *POOLS)
+Plot = choices("Plot", *PLOTS)
 
 
 @app.command("cluster-eval")
@@ -534,24 +706,30 @@ def cluster_eval(
     n_init: Annotated[int, typer.Option(min=1)] = 10,
     pca: Annotated[Optional[int], typer.Option(min=1, help="Reduce to this many PCA components first.")] = None,
     whiten: Annotated[bool, typer.Option(help="Whiten the PCA components.")] = False,
-    k_range: Annotated[Optional[str], typer.Option(help="Sweep k, e.g. 5:50, reporting inertia/silhouette.")]
-    = None,
+    k_range: Annotated[Optional[str], typer.Option(help="Sweep k over LO:HI or LO:HI:STEP (e.g. 5:50), reporting "
+                                                   "inertia/silhouette.")] = None,
     plot: Annotated[Plot, typer.Option(help="2-D picture of the points.")] = Plot.tsne,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-kmeans).")]
     = None,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    thumbnails: Annotated[bool, typer.Option(help="Also draw the frames at their 2-D positions (thumbnails.png), "
+                                             "re-decoded from the store's paths.")] = False,
+    max_points: Annotated[int, typer.Option(min=1, help="At most this many thumbnails (a seeded choice).")] = 400,
 ) -> None:
     """k-means on the cache, scored against labels: NMI, ARI, purity, accuracy, H(label|cluster), plots."""
     from heads.cluster import cluster_eval as run_cluster
 
+    if thumbnails and plot is Plot.none:
+        fail("--thumbnails draws on the 2-D map: use --plot tsne or --plot pca")
+
     sweep = None
     if k_range is not None:
         try:
-            lo, hi = (int(x) for x in k_range.split(":"))
+            sweep = tuple(int(x) for x in k_range.split(":"))
         except ValueError:
-            fail(f"--k-range expects LOW:HIGH such as 5:50, got {k_range!r}")
-        sweep = (lo, hi)
+            fail(f"--k-range expects LO:HI or LO:HI:STEP such as 5:50, got {k_range!r}")
     run_dir = out_dir or Path("runs") / f"{store.stem}-kmeans"
-    with user_errors(), progress_bar() as bar:
+    with user_errors("no run was written; an earlier run in --out is unchanged"), progress_bar() as bar:
         t = bar.add_task("cluster", total=None, rate="")
 
         def on_progress(p: dict) -> None:
@@ -559,8 +737,24 @@ def cluster_eval(
 
         result = run_cluster(store, run_dir, k=k, level=level.value, pool=pool.value, split=split,
                              fit_split=fit_split, seeds=seeds, seed=seed, n_init=n_init, pca=pca, whiten=whiten,
-                             k_range=sweep, plot=plot.value, on_progress=on_progress)
+                             k_range=sweep, plot=plot.value, on_progress=on_progress, force=force)
     print_cluster(result, run_dir)
+    if thumbnails:
+        draw_cluster_thumbnails(run_dir, max_points, seed)
+
+
+def draw_cluster_thumbnails(run_dir: Path, max_points: int, seed: int) -> None:
+    from explain.thumbnails import draw_thumbnails
+
+    with user_errors(), progress_bar() as bar:
+        t = bar.add_task("thumbnails", total=None, rate="decoding")
+        drawn = draw_thumbnails(run_dir, max_points, seed, lambda done, total: bar.update(t, completed=done,
+                                                                                            total=total))
+    out.print(f"thumbnails: {drawn.drawn} of {drawn.n_points} points drawn → {drawn.png}", highlight=False)
+    if drawn.skipped:
+        err.print(f"note: {len(drawn.skipped)} file(s) could not be decoded again and were skipped: "
+                  + "; ".join(f"{vid} ({why})" for vid, why in drawn.skipped[:5])
+                  + (" ..." if len(drawn.skipped) > 5 else ""), highlight=False, soft_wrap=True)
 
 
 def print_cluster(result: dict, run_dir: Path) -> None:
@@ -679,6 +873,13 @@ def fit_several(stores: list[Path], cfg, run_dir: Path, on_epoch, fuse, repeated
     return fit_multi(stores, cfg, run_dir, on_epoch)
 
 
+def refuse_fused(ckpt: dict, run: Path) -> None:
+    stores = ckpt.get("store_config", {}).get("fused_stores")
+    if stores:
+        fail(f"{run} was trained on the features of {' and '.join(s['store'] for s in stores)} joined (--fuse): "
+             "evaluate/predict cannot rebuild them yet; its metrics.json holds val and test")
+
+
 def report_fusion(info: dict) -> None:
     left = {Path(s).name: n for s, n in info["left_out"].items() if n}
     if left:
@@ -705,7 +906,7 @@ def fuse(
     run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
         metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
-    print_metrics({"fused": metrics["test"], **{Path(k).name: v for k, v in metrics["alone"].items()}},
+    print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
                   f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
 
 
@@ -723,7 +924,8 @@ def runs(
     from heads.run import list_runs
 
     with user_errors():
-        rows = list_runs(runs_dir, sort)
+        rows = list_runs(runs_dir, sort, on_bad=lambda path, why: err.print(
+            f"[yellow]warning:[/] skipped {path}: {why}", highlight=False, soft_wrap=True))
     if as_json:
         print(json.dumps(rows, default=str))
         return
@@ -755,6 +957,164 @@ def run_cell(row: dict, col: str) -> str:
         digits = 1 if col == "seconds" else 3
         return f"{value:.{digits}f} ± {std:.{digits}f}" if isinstance(std, float) else f"{value:.{digits}f}"
     return str(value if value is not None else "")
+
+
+# -- explain: Grad-CAM through the run's backbone + head ---------------------------------------------------------
+from explain import METHODS  # noqa: E402  (cheap: no torch, no grad-cam; the choices come from the registry)
+
+Method = choices("Method", *METHODS)
+
+
+@app.command("explain")
+def explain_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory written by fit-head (on a frame store).")],
+    videos: Annotated[Optional[list[Path]], typer.Argument(help="Video or image files.")] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Frames shown per video, uniformly spaced.")] = 8,
+    layer: Annotated[Optional[str], typer.Option(help="Backbone module to map (default: the registry's).")]
+    = None,
+    method: Annotated[Method, typer.Option(help="Class activation map method.")] = Method.gradcam,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: predicted).")]
+    = None,
+    mistakes: Annotated[Optional[int], typer.Option(min=1, help="Explain the N most confident mistakes of the "
+                                                    "run's test split (instead of VIDEO files).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNGs (default RUN/explain).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print [{path, label, prob, png}] as JSON.")] = False,
+) -> None:
+    """Heat maps of where the run's backbone + head look, one PNG per video (row of frames, label, prob)."""
+    from explain.core import ExplainConfig, Explainer, mistake_jobs, video_jobs, write_index
+
+    if bool(videos) == (mistakes is not None):
+        fail("give VIDEO files or --mistakes N (one of the two)")
+    target = out_dir or run / "explain"
+    with user_errors():
+        explainer = Explainer(run, ExplainConfig(frames, layer, method.value, class_name, device))
+        jobs = (mistake_jobs(run, mistakes, target, method.value) if mistakes
+                else video_jobs([str(v) for v in videos], target, method.value))
+        results = []
+        with progress_bar() as bar:
+            task = bar.add_task("explain", total=len(jobs), rate="")
+            for job in jobs:
+                results.append(explainer.explain(job.path, job.png, job.true))
+                bar.update(task, advance=1, rate=Path(job.path).name)
+        write_index(results, target)
+    print_explained(results, as_json)
+    if any(r.error for r in results):
+        raise typer.Exit(2)
+
+
+def print_explained(results: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{"path": r.path, "error": r.error} if r.error else
+                          {"path": r.path, "label": r.label, "prob": round(r.prob, 4), "png": r.png,
+                           "class": r.classes, "true": r.true} for r in results]))
+        return
+    for r in results:
+        if r.error:
+            err.print(f"[red]failed[/] {r.path}: {r.error}", highlight=False, soft_wrap=True)
+        else:
+            truth = f" (true {r.true})" if r.true else ""
+            out.print(f"[bold]{r.path}[/]: {r.label} {r.prob:.3f}{truth}, maps of {', '.join(r.classes)} → {r.png}",
+                      highlight=False, soft_wrap=True)
+
+
+
+@app.command()
+def finetune(
+    source: Annotated[Path, typer.Argument(help="Anything extract accepts: manifest, class folders, UCF101/HMDB51 root.")],
+    backbone: Annotated[str, typer.Option(help="A float registry backbone (resnet18/50, mobilenet_v2, ...).")]
+    = "resnet50",
+    weights: Annotated[str, typer.Option(help="DEFAULT, an enum name, none, or a file.")] = "DEFAULT",
+    objective: Annotated[str, typer.Option(help="supervised (labels, TSN segments) | temporal (InfoNCE, no "
+                                           "labels).")] = "supervised",
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/finetune"),
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's last finished epoch.")] = False,
+    split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
+    init_head: Annotated[Optional[str], typer.Option(help="Start from this fit-head run's head (same "
+                                                     "backbone/weights/input).")] = None,
+    head: Annotated[Optional[str], typer.Option(help="New head's kind when no --init-head (linear, lstm, ...).")]
+    = None,
+    hidden: Annotated[Optional[int], typer.Option(min=1)] = None,
+    segments: Annotated[Optional[int], typer.Option(min=1, help="TSN segments per clip.")] = None,
+    pos_window: Annotated[Optional[float], typer.Option(help="temporal: most seconds between positives.")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="temporal: InfoNCE temperature.")] = None,
+    proj_dim: Annotated[Optional[int], typer.Option(min=1, help="temporal: projection size.")] = None,
+    split: Annotated[Optional[SplitKind], typer.Option(help="As fit-head: official, group, stratified.")] = None,
+    val_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9)] = None,
+    test_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9)] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Head learning rate.")] = None,
+    backbone_lr_mult: Annotated[Optional[float], typer.Option(min=0.0, help="Backbone lr = lr x this.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(min=0.0)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Clips per step.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="cosine, plateau or none (after --warmup).")] = None,
+    warmup: Annotated[Optional[float], typer.Option(min=0.0, help="Epochs of linear warm-up.")] = None,
+    patience: Annotated[Optional[int], typer.Option(min=1)] = None,
+    clip_grad: Annotated[Optional[float], typer.Option(min=0.0, help="Max gradient norm (0: off).")] = None,
+    freeze_until: Annotated[Optional[str], typer.Option(help="Freeze the backbone up to this stage (layer2).")]
+    = None,
+    bn: Annotated[Optional[str], typer.Option(help="BatchNorm: frozen, partial (TSN) or train.")] = None,
+    augment: Annotated[Optional[bool], typer.Option(help="Crop/flip/colour jitter at training.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.5)] = None,
+    size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
+    crop: Annotated[Optional[Crop], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
+    precision: Annotated[Optional[Precision], typer.Option()] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
+) -> None:
+    """Stage three: train the backbone end to end (supervised) or on temporal coherence (temporal); writes
+    RUN/backbone.pt for `extract --weights RUN/backbone.pt`, plus config, history, metrics and curves."""
+    from finetune import FinetuneConfig, NothingTrained
+    from finetune import finetune as run_finetune
+    from pipeline.sources import load_source
+
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
+             if k not in ("source", "out_dir", "resume", "split_id", "FinetuneConfig", "NothingTrained",
+                          "run_finetune", "load_source") and v is not None}
+    with user_errors():
+        cfg = FinetuneConfig(**given)
+        items = load_source(source, split_id=split_id)
+        with progress_bar() as bar:
+            t = bar.add_task(f"finetune {cfg.objective}", total=cfg.epochs, rate="")
+
+            def on_epoch(row: dict) -> None:
+                shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
+                                  if isinstance(row.get(k), float) and row[k] == row[k])
+                bar.update(t, completed=row["epoch"], rate=shown)
+
+            try:
+                metrics = run_finetune(items, cfg, out_dir, resume=resume, on_epoch=on_epoch)
+            except NothingTrained as e:
+                print_failures(sorted(e.failures.items()))
+                fail(f"{e}; fix the clips above (nothing was written to {out_dir})", code=2)
+            except KeyboardInterrupt:
+                err.print(f"interrupted: {out_dir}/checkpoint.pt keeps the last finished epoch; rerun with --resume")
+                raise typer.Exit(130) from None
+    title = f"finetune {metrics['objective']} {metrics['backbone']} → {out_dir}/backbone.pt"
+    if metrics["objective"] == "supervised":
+        print_metrics({"val": metrics.get("val"), "test": metrics.get("test")}, title)
+    else:
+        t = Table(title=title)
+        for c in ("split", "loss", "pos_cos", "neg_cos", "cos_gap"):
+            t.add_column(c, justify="right")
+        for name in ("val", "test"):
+            if metrics.get(name):
+                t.add_row(name, *[f"{metrics[name][k]:.3f}" for k in ("loss", "pos_cos", "neg_cos", "cos_gap")])
+        out.print(t)
+    out.print(f"use it: cli.py extract SOURCE --backbone {metrics['backbone']} --weights {out_dir}/backbone.pt",
+              highlight=False)
+    if metrics["failed"]:
+        print_failures(metrics["failed"])
+        raise typer.Exit(2)
+
+
+def print_failures(failed: list) -> None:
+    for vid, reason in failed[:20]:
+        err.print(f"[red]failed[/] {vid}: {reason}", highlight=False, soft_wrap=True)
+    if len(failed) > 20:
+        err.print(f"... and {len(failed) - 20} more (all in metrics.json)")
 
 
 @app.command()
@@ -789,7 +1149,7 @@ def demo(
 
 
 def main() -> None:
-    app()
+    app()  # ExitCodes maps every outcome to the documented exit code
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
 """Extraction benchmark (run by hand, not a test): how close end-to-end gets to its limits.
 
-In one run, on the real clips, for each backbone at --every 10, sampled frames/s of:
+In one run, on the real clips, for each backbone, units/s (sampled frames at --every 10 for image
+backbones, clips of --clip-len for video ones) of:
   D  decode alone   (the same DataLoader worker setup as extract, no model)
-  B  backbone alone (synthetic frames, same batch size, precision, channels_last)
-  E  end to end     (pipeline.extract.extract into a temporary store)
+  B  backbone alone (synthetic units, same batch size, precision, memory format)
+  E  end to end     (pipeline.extract into a temporary store)
 On a CPU decode and inference share the cores, so the ceiling is 1 / (1/B + 1/D); on a GPU it is
-min(B, D). Also peak RSS of extract on 20 clips vs all clips (memory must not grow with the dataset).
+min(B, D). Also peak RSS of extract on the shortest vs the longest clips (memory must not grow with
+the dataset or with a video's length; video backbones add a generated 10-minute video against a
+10-second one), and startup: `cli.py extract` from process start to its first batch.
+Uses only the public API (`pipeline`).
 
     python bench/extract.py [--data ../shared/data/ucf101_subset20] [--backbones resnet18 resnet50]
+    python bench/extract.py --backbones r2plus1d_18 --out bench/results/clips.json
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,26 +31,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.backbones import load_backbone  # noqa: E402
-from pipeline.decode import Sampling  # noqa: E402
-from pipeline.extract import (ExtractConfig, _Embedder, decode_loader, extract, geometry_for,  # noqa: E402
-                              resolve_device, resolve_precision)
-from pipeline.sources import load_source  # noqa: E402
+from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, load_backbone,  # noqa: E402
+                      load_source, resolve_device, resolve_precision, run_extraction, sampling_for)
 
 
 def decode_only(items, cfg: ExtractConfig, backbone, device) -> tuple[float, int, int]:
     loader = decode_loader(items, cfg, geometry_for(cfg, backbone), device)
-    t, frames, decoded = time.perf_counter(), 0, 0
-    for s in loader:
-        frames += len(s.get("frames", ()))
-        decoded += s.get("n_frames", 0)
-    return frames / (time.perf_counter() - t), frames, decoded
+    t, units, decoded = time.perf_counter(), 0, 0
+    for m in loader:
+        if isinstance(m, Rows):
+            units += len(m)
+        elif isinstance(m, Done) and m.info is not None:
+            decoded += m.info.n_frames
+    return units / (time.perf_counter() - t), units, decoded
 
 
-def backbone_only(backbone, device, precision, batch_size: int, size: int, batches: int = 6, blocks: int = 3) -> float:
+def backbone_only(backbone, device, precision, batch_size: int, size: int, clip_len: int | None,
+                  batches: int = 6, blocks: int = 3) -> float:
     """Best of `blocks` timed blocks: the least disturbed estimate on a shared machine (so E/B errs low)."""
-    embed = _Embedder(backbone, device, precision)
-    x = torch.randint(0, 255, (batch_size, size, size, 3), dtype=torch.uint8)
+    embed = Embedder(backbone, device, precision)
+    shape = (batch_size, size, size, 3) if clip_len is None else (batch_size, clip_len, size, size, 3)
+    x = torch.randint(0, 255, shape, dtype=torch.uint8)
     if device.type == "cuda":
         x = x.pin_memory()
     embed(x)  # warm-up
@@ -61,22 +68,101 @@ def backbone_only(backbone, device, precision, batch_size: int, size: int, batch
 
 def end_to_end(items, cfg: ExtractConfig) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
-        r = extract(items, Path(tmp) / "store", cfg)
+        r = run_extraction(items, Path(tmp) / "store", cfg)
     return r.frames_per_s, r.frames
 
 
-def peak_rss_mb(data: Path, n: int, backbone: str) -> float:
-    """Peak RSS of a fresh process that extracts the first n clips (resnet weights=none)."""
-    code = (f"import sys, resource, tempfile; sys.path.insert(0, {str(ROOT)!r});"
-            "from pipeline.sources import load_source; from pipeline.decode import Sampling;"
-            "from pipeline.extract import ExtractConfig, extract;"
-            f"items = load_source({str(data / 'manifest.csv')!r})[:{n}];"
-            f"cfg = ExtractConfig(backbone={backbone!r}, weights='none', sampling=Sampling(every=10));"
-            "extract(items, tempfile.mkdtemp() + '/s', cfg);"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + "
-            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+RSS_PROBE = """
+import resource, sys, tempfile
+sys.path.insert(0, {root!r})
+from pipeline import ExtractConfig, load_source, run_extraction, sampling_for
+items = [it for it in load_source({manifest!r}) if it.id in set({ids!r})]
+flags = {flags!r}
+cfg = ExtractConfig(backbone={backbone!r}, weights="none", size={size!r}, sampling=sampling_for({backbone!r}, **flags))
+run_extraction(items, tempfile.mkdtemp() + "/s", cfg)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def peak_rss_mb(manifest: Path, ids: list[str], backbone: str, flags: dict, size: int | None = None) -> float:
+    """Peak RSS (this process + its decode workers) of a fresh process extracting the items `ids`."""
+    code = RSS_PROBE.format(root=str(ROOT), manifest=str(manifest), ids=ids, backbone=backbone, flags=flags,
+                            size=size)
     kb = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     return kb / 1024
+
+
+def frames_by_id(data: Path) -> dict[str, int]:
+    with open(data / "clips_info.csv") as f:
+        return {row["path"].rsplit(".", 1)[0]: int(row["frames_decoded_pyav"]) for row in csv.DictReader(f)}
+
+
+def rss_short_vs_long(data: Path, backbone: str, flags: dict, n: int = 20) -> dict:
+    """Peak RSS extracting the n shortest vs the n longest clips of the whole dataset."""
+    frames = frames_by_id(data)
+    ranked = sorted((it.id for it in load_source(data / "manifest.csv")), key=lambda v: frames.get(v, 0))
+    short, long = ranked[:n], ranked[-n:]
+    a = peak_rss_mb(data / "manifest.csv", short, backbone, flags)
+    b = peak_rss_mb(data / "manifest.csv", long, backbone, flags)
+    return {f"shortest_{n}_mb": round(a, 1), f"longest_{n}_mb": round(b, 1),
+            "frames_shortest_longest": [sum(frames[v] for v in short), sum(frames[v] for v in long)],
+            "growth": round(b / a - 1, 3)}
+
+
+def rss_video_length(backbone: str, flags: dict, size: int = 32) -> dict:
+    """A generated 10-second vs 10-minute video (64x48, 25 fps), same settings at a small --size: RSS must not
+    follow the length (clips stream). The small size keeps 900+ clips affordable on a CPU; decode memory is
+    what would grow."""
+    from data.synth import write_video
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, seconds in (("10s", 10), ("10min", 600)):
+            n = 25 * seconds
+            frames = (torch.arange(n, dtype=torch.int64).view(n, 1, 1, 1) * 7 % 256).to(torch.uint8)
+            write_video(Path(tmp) / f"{name}.mp4", frames.expand(n, 48, 64, 3).contiguous().numpy(),
+                        codec="libx264", lossless=False)
+            (Path(tmp) / f"{name}.csv").write_text(f"path,label\n{name}.mp4,x\n")
+            out[f"{name}_mb"] = round(peak_rss_mb(Path(tmp) / f"{name}.csv", [name], backbone, flags, size), 1)
+    out["growth"] = round(out["10min_mb"] / out["10s_mb"] - 1, 3)
+    out["size"] = size
+    return out
+
+
+def startup_s(data: Path, backbone: str, flags: list[str]) -> tuple[float, float]:
+    """(`cli.py extract` process start -> first batch, as the command reports it; whole command wall-clock)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "extract", str(data / "manifest.csv"),
+                            "--backbone", backbone, "--weights", "none", "--limit", "1", *flags,
+                            "--store", f"{tmp}/s"], capture_output=True, text=True, check=True, cwd=ROOT)
+        wall = time.perf_counter() - t
+    found = re.search(r"startup \(to first batch\)\s*\S?\s*([\d.]+) s", p.stdout)
+    return (float(found[1]) if found else float("nan")), wall
+
+
+def measure(name: str, items, args) -> dict:
+    """D, B and E of one backbone in one run, B on both sides of E (machine load drifts)."""
+    clip = load_backbone(name, "none").clip is not None
+    flags = {"clip_len": args.clip_len, "clip_stride": args.clip_stride} if clip else {"every": args.every}
+    cfg = ExtractConfig(backbone=name, weights="none", sampling=sampling_for(name, **flags),
+                        batch_size=args.batch_size, workers=args.workers, device=args.device, size=args.size)
+    backbone = load_backbone(name, "none")
+    device = resolve_device(cfg.device, backbone)
+    precision = resolve_precision(cfg.precision, device, backbone)
+    D, units, decoded = decode_only(items, cfg, backbone, device)
+    size, clip_len = geometry_for(cfg, backbone).size, cfg.sampling.clip_len if clip else None
+    timing = {"batches": args.b_batches, "blocks": args.b_blocks}
+    B_before = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
+    E, rows = end_to_end(items, cfg)
+    B_after = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
+    B = max(B_before, B_after)
+    ceiling = min(B, D) if device.type == "cuda" else 1 / (1 / B + 1 / D)
+    return {"backbone": name, "unit": "clips" if clip else "frames", **flags, "size": size,
+            "batch_size": cfg.batch_size, "device": str(device), "precision": precision, "rows": rows,
+            "decoded_frames": decoded, "decode_D": round(D, 2), "backbone_B": round(B, 2),
+            "backbone_B_before_after": [round(B_before, 2), round(B_after, 2)], "end_to_end_E": round(E, 2),
+            "ceiling": round(ceiling, 2), "E_over_B": round(E / B, 3), "E_over_ceiling": round(E / ceiling, 3)}
 
 
 def main() -> None:
@@ -84,43 +170,34 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ucf101_subset20")
     ap.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
     ap.add_argument("--every", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--clip-len", type=int, default=16)
+    ap.add_argument("--clip-stride", type=int, default=16)
+    ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the library's (64 frames, 8 clips)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "extract.json")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-clips", type=int, default=20, help="clips in each of the shortest / longest sets")
+    ap.add_argument("--b-batches", type=int, default=6, help="batches per timed block of B")
+    ap.add_argument("--b-blocks", type=int, default=3, help="timed blocks of B (the best counts)")
     args = ap.parse_args()
 
     items = load_source(args.data / "manifest.csv")[:args.limit]
-    results = {"clips": len(items), "every": args.every, "batch_size": args.batch_size,
-               "cpu_cores": len(__import__("os").sched_getaffinity(0)), "torch": torch.__version__, "runs": []}
+    results = {"clips": len(items), "cpu_cores": len(__import__("os").sched_getaffinity(0)),
+               "torch": torch.__version__, "runs": []}
     for name in args.backbones:
-        cfg = ExtractConfig(backbone=name, weights="none", sampling=Sampling(every=args.every),
-                            batch_size=args.batch_size, workers=args.workers, device=args.device)
-        backbone = load_backbone(name, "none")
-        device = resolve_device(cfg.device, backbone)
-        precision = resolve_precision(cfg.precision, device, backbone)
-        D, sampled, decoded = decode_only(items, cfg, backbone, device)
-        size = geometry_for(cfg, backbone).size
-        B_before = backbone_only(backbone, device, precision, cfg.batch_size, size)
-        E, frames = end_to_end(items, cfg)
-        B_after = backbone_only(backbone, device, precision, cfg.batch_size, size)
-        B = max(B_before, B_after)  # measured on both sides of E: machine load drifts
-        ceiling = min(B, D) if device.type == "cuda" else 1 / (1 / B + 1 / D)
-        run = {"backbone": name, "device": str(device), "precision": precision, "sampled_frames": frames,
-               "decoded_frames": decoded, "decode_fps_D": round(D, 1), "backbone_fps_B": round(B, 1),
-               "backbone_fps_before_after": [round(B_before, 1), round(B_after, 1)],
-               "end_to_end_fps_E": round(E, 1), "ceiling_fps": round(ceiling, 1),
-               "E_over_B": round(E / B, 3), "E_over_ceiling": round(E / ceiling, 3)}
+        run = measure(name, items, args)
+        cli_flags = (["--clip-len", str(args.clip_len)] if run["unit"] == "clips" else ["--every", str(args.every)])
+        run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
+        if not args.skip_rss:
+            flags = {k: run[k] for k in ("every", "clip_len", "clip_stride") if k in run}
+            run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
+            if run["unit"] == "clips":
+                run["peak_rss_video_length"] = rss_video_length(name, flags)
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
-    if not args.skip_rss:
-        small = peak_rss_mb(args.data, 20, "resnet18")
-        full = peak_rss_mb(args.data, len(items), "resnet18")
-        results["peak_rss_mb"] = {"clips_20": round(small, 1), f"clips_{len(items)}": round(full, 1),
-                                  "growth": round(full / small - 1, 3)}
-        print(json.dumps(results["peak_rss_mb"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featstore import open_store  # noqa: E402
-from pipeline.backbones import get_spec, load_backbone  # noqa: E402
+from pipeline import get_spec, load_backbone  # noqa: E402
 
 
 def main() -> None:

@@ -34,14 +34,13 @@ from featstore.errors import StoreError
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 ROW_DATASETS = ("features", "frame_index", "time_s")  # one row per sampled frame (or span of frames)
 SPAN_DATASETS = ("frame_end", "time_end_s")  # format 2 and later: where each row's span ends
+DIGEST_ATTR = "columns_sha256"
+DEEP_BLOCK_ROWS = 16384  # rows read at once by a deep check: bounded memory whatever the shard's size
 
 
 def row_datasets(f: h5py.File) -> tuple[str, ...]:
     """The per-row datasets a shard of its format must have."""
     return ROW_DATASETS + (SPAN_DATASETS if int(f.attrs.get("framecache_format", 1)) >= 2 else ())
-DIGEST_ATTR = "columns_sha256"
-DEEP_BLOCK_ROWS = 16384  # rows read at once by a deep check: bounded memory whatever the shard's size
-STR_DTYPE = h5py.string_dtype("utf-8")
 
 
 class DiskFull(StoreError):
@@ -52,13 +51,16 @@ class BadShard(StoreError):
     """A shard that cannot be trusted: damaged, truncated, inconsistent or made with other settings."""
 
     def __init__(self, shard: Path, problem: str, compacted: bool = False):
-        self.shard, self.problem = Path(shard), problem
+        self.shard, self.problem, self.compacted = Path(shard), problem, compacted
         if compacted:
-            hint = "re-create it with `cli.py compact STORE OUT.h5` from the store directory"
+            what, hint = "store file", "re-create it with `cli.py compact STORE OUT.h5` from the store directory"
         else:
-            hint = (f"run `cli.py verify {self.shard.parent} --quarantine` to move it aside, then rerun extract "
-                    "to redo its videos")
-        super().__init__(f"shard {self.shard}: {problem}; {hint}")
+            what, hint = "shard", (f"run `cli.py verify {self.shard.parent} --quarantine` to move it aside, then "
+                                   "rerun extract to redo its videos")
+        super().__init__(f"{what} {self.shard}: {problem}; {hint}")
+
+    def __reduce__(self):  # raised in Ray or DataLoader workers too: pickle the fields, not the message
+        return type(self), (self.shard, self.problem, self.compacted)
 
 
 class ForeignShard(BadShard):
@@ -78,7 +80,7 @@ class Header:
 def describe_bytes(n: float | None) -> str:
     if n is None:
         return "an unknown amount"
-    for unit in ("B", "KB", "MB", "GB"):
+    for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
@@ -141,6 +143,10 @@ class _GuardedFile:
     def flush(self) -> None:
         pass
 
+    def discard(self) -> None:
+        self.raw.close()
+        Path(self.raw.name).unlink(missing_ok=True)
+
     def fsync(self) -> None:
         if self.error is None:
             try:
@@ -157,25 +163,24 @@ def h5_temp(tmp: Path, target: Path, needed: Callable[[], int]) -> Iterator[tupl
     may poll `guard.error` to stop early (a long `compact` should not read the rest of the store for nothing).
     """
     guard = _GuardedFile(tmp)
-    done = False
     try:
-        try:
-            with h5py.File(guard, "w") as f:
-                yield f, guard
-        except Exception:
-            if is_disk_full(guard.error):
-                raise disk_full(target, needed()) from None
-            raise
+        with h5py.File(guard, "w") as f:
+            yield f, guard
         guard.fsync()
+    except Exception:
+        guard.discard()
+        if is_disk_full(guard.error):
+            raise disk_full(target, needed()) from None
+        raise
+    except BaseException:  # Ctrl-C: no partial file either
+        guard.discard()
+        raise
+    if guard.error is not None:
+        guard.discard()  # before measuring the free space: the temp file's blocks count as free again
         if is_disk_full(guard.error):
             raise disk_full(target, needed())
-        if guard.error is not None:
-            raise guard.error
-        done = True
-    finally:
-        guard.raw.close()
-        if not done:
-            tmp.unlink(missing_ok=True)
+        raise guard.error
+    guard.raw.close()
 
 
 def _digest(values, dtype) -> str:
@@ -222,8 +227,10 @@ class _Foreign(_Problem):
 
 
 def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep: bool = False,
-                     compacted: bool = False) -> dict[str, np.ndarray]:
-    """The per-video columns of one shard, after every check that does not read its frames (all with `deep`)."""
+                     compacted: bool = False, optional: dict[str, object] | None = None) -> dict[str, np.ndarray]:
+    """The per-video columns of one shard, after every check that does not read its frames (all with `deep`).
+
+    `optional`: columns added after shards existed, name -> the value an older shard's videos have."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -231,10 +238,15 @@ def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep
     with f:
         try:
             _check_fingerprint(f, header)
-            columns = {name: _read_column(f, name, dtype) for name, dtype in dtypes.items()}
-            _check_columns(f, columns, dtypes, header)
+            optional = optional or {}
+            present = {k: v for k, v in dtypes.items() if k not in optional or k in f}
+            sets = _datasets(f, present)  # each looked up once: h5py's per-access cost adds up over 1,000s of shards
+            columns = {name: _read(sets[name], name) for name in present}
+            _check_columns(f.attrs.get(DIGEST_ATTR), sets, columns, dtypes, header)
+            n = len(columns["video_id"])
+            columns.update({name: np.full(n, value) for name, value in optional.items() if name not in columns})
             if deep:
-                _check_blocks(f, columns)
+                _check_blocks(sets, columns)
         except _Foreign as p:
             raise ForeignShard(path, str(p), compacted) from None
         except _Problem as p:
@@ -242,28 +254,22 @@ def read_shard_index(path: Path, header: Header, dtypes: dict[str, object], deep
     return columns
 
 
-def _read(f: h5py.File, name: str, selection=()) -> np.ndarray:
-    if name not in f:
-        raise _Problem(f"has no {name} dataset (not a complete framecache shard)")
+def _datasets(f: h5py.File, columns: dict[str, object]) -> dict[str, h5py.Dataset]:
+    """The shard's per-video column datasets and the row datasets of its format, by name."""
+    found = {}
+    for name in (*columns, *row_datasets(f)):
+        try:
+            found[name] = f[name]
+        except KeyError:
+            raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
+    return found
+
+
+def _read(ds: h5py.Dataset, name: str, selection=()) -> np.ndarray:
     try:
-        return f[name][selection]
+        return ds[selection]
     except OSError as e:
         raise _Problem(describe_read_error(name, e)) from None
-
-
-def _read_column(f: h5py.File, name: str, dtype) -> np.ndarray:
-    """A whole per-video column through h5py's low-level API: the high-level `f[name][()]` costs ~0.2 ms of
-    Python per dataset, which is most of opening a store of thousands of small shards (bench/scale.py)."""
-    try:
-        ds = h5py.h5d.open(f.id, name.encode())
-    except KeyError:
-        raise _Problem(f"has no {name} dataset (not a complete framecache shard)") from None
-    out = np.empty(ds.shape, dtype=STR_DTYPE if dtype == "str" else dtype)
-    try:
-        ds.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
-    except (OSError, TypeError) as e:  # TypeError: stored with a type that does not convert (a string as int)
-        raise _Problem(describe_read_error(name, e)) from None
-    return out
 
 
 def _check_fingerprint(f: h5py.File, header: Header) -> None:
@@ -283,10 +289,10 @@ def _check_fingerprint(f: h5py.File, header: Header) -> None:
     raise _Foreign("was extracted with other settings than its store (" + "; ".join(diffs) + ")")
 
 
-def _check_columns(f: h5py.File, columns: dict[str, np.ndarray], dtypes: dict[str, object], header: Header) -> None:
+def _check_columns(recorded: str | None, sets: dict[str, h5py.Dataset], columns: dict[str, np.ndarray],
+                   dtypes: dict[str, object], header: Header) -> None:
     if len({len(v) for v in columns.values()}) > 1:
         raise _Problem("has per-video columns of different lengths")
-    recorded = f.attrs.get(DIGEST_ATTR)
     if recorded is not None:  # optional: shards written before digests existed have none
         try:
             expected = json.loads(recorded)
@@ -305,26 +311,30 @@ def _check_columns(f: h5py.File, columns: dict[str, np.ndarray], dtypes: dict[st
         raise _Problem(f"video {ids[i]} has offset {offset[i]} and length {length[i]}; its videos must be "
                        f"contiguous (expected offset {starts[i]})")
     rows = int(length.sum())
-    for name in row_datasets(f):
-        if name not in f:
-            raise _Problem(f"has no {name} dataset (not a complete framecache shard)")
-        if f[name].shape[0] != rows:
-            raise _Problem(f"{name} has {f[name].shape[0]} rows but its videos' lengths add up to {rows}")
-    if f["features"].ndim != 2 or f["features"].shape[1] != header.dim:
-        raise _Problem(f"features are {f['features'].shape[1:]} wide, the store's dim is {header.dim}")
+    for name in _row_datasets(sets):
+        if sets[name].shape[0] != rows:
+            raise _Problem(f"{name} has {sets[name].shape[0]} rows but its videos' lengths add up to {rows}")
+    shape = sets["features"].shape
+    if len(shape) != 2 or shape[1] != header.dim:
+        raise _Problem(f"features are {shape[1:]} wide, the store's dim is {header.dim}")
     status = [v.decode() if isinstance(v, bytes) else str(v) for v in columns["status"]]
     for vid, st, n in zip(ids, status, length):
         if st not in ("ok", "failed") or (st == "failed" and n):
             raise _Problem(f"video {vid} has status {st!r} with {n} rows")
 
 
-def _check_blocks(f: h5py.File, columns: dict[str, np.ndarray]) -> None:
+def _row_datasets(sets: dict[str, h5py.Dataset]) -> list[str]:
+    """The row datasets `_datasets` found (it required those of the shard's format)."""
+    return [name for name in (*ROW_DATASETS, *SPAN_DATASETS) if name in sets]
+
+
+def _check_blocks(sets: dict[str, h5py.Dataset], columns: dict[str, np.ndarray]) -> None:
     """Read every block (HDF5 checks each chunk's fletcher32 on read) and check values are finite."""
     rows = int(columns["length"].sum())
     ends = np.cumsum(columns["length"].astype(np.int64))
-    for name in row_datasets(f):
+    for name in _row_datasets(sets):
         for start in range(0, rows, DEEP_BLOCK_ROWS):
-            block = _read(f, name, np.s_[start:start + DEEP_BLOCK_ROWS])
+            block = _read(sets[name], name, np.s_[start:start + DEEP_BLOCK_ROWS])
             if block.dtype.kind == "f" and not np.isfinite(block).all():
                 row = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
                 vid = columns["video_id"][int(np.searchsorted(ends, row, side="right"))]

@@ -43,8 +43,9 @@ def compatible(a: str, b: str) -> bool:
 class WriterLock:
     """The right to write shards `<prefix>-*.h5` into a store directory; refused while a conflicting writer lives."""
 
-    def __init__(self, store: Path, prefix: str):
-        self.store, self.prefix = Path(store), prefix
+    def __init__(self, store: Path, prefix: str, created: bool = False):
+        """`created`: the caller just made the store directory (so `abandon` may remove it again)."""
+        self.store, self.prefix, self.created = Path(store), prefix, created
         self.key = str((self.store / f".{prefix}.lock").resolve())
         busy = StoreError(f"another process is writing shards '{prefix}' of {self.store}; wait for it, "
                           "or give each process its own part with --shard i/N")
@@ -83,6 +84,18 @@ class WriterLock:
         if self.key in _HELD:
             _HELD.discard(self.key)
             self._fh.close()
+
+    def abandon(self) -> None:
+        """Release, and remove what taking the lock created when nothing was written (a run that failed
+        before its first shard must not leave an empty store directory behind)."""
+        self.release()
+        if not self.created or any(p.name != Path(self.key).name for p in self.store.iterdir()):
+            return
+        Path(self.key).unlink(missing_ok=True)
+        try:
+            self.store.rmdir()
+        except OSError:  # another writer arrived meanwhile: the directory is its now
+            pass
 
 
 def _is_held(lock_file: Path) -> bool:

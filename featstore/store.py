@@ -29,6 +29,7 @@ from featstore.errors import StoreError
 from featstore.integrity import (DIGEST_ATTR, BadShard, Header, column_digests, describe_open_error,
                                  describe_read_error, h5_temp, read_shard_index)
 from featstore.locks import WriterLock
+from featstore.meta import read_meta_updates
 
 # The one format constant. 1: a row is one frame (frame_index, time_s). 2: a row is a span of frames
 # [frame_index, frame_end) with time_s / time_end_s (one frame, or one clip). Format-1 stores stay readable and
@@ -49,7 +50,9 @@ VIDEO_COLUMNS: dict[str, object] = {
     "video_id": "str", "path": "str", "label": "str", "group": "str", "split": "str",
     "status": "str", "error": "str", "offset": np.int64, "length": np.int64,
     "fps": np.float64, "n_frames": np.int64, "width": np.int64, "height": np.int64,
+    "rotation": np.int64,  # display-matrix rotation applied at decode (degrees counter-clockwise)
 }
+OPTIONAL_COLUMNS = {"rotation": 0}  # per-video columns older shards lack, with the value they mean there
 
 
 class ConfigMismatch(StoreError):
@@ -84,6 +87,7 @@ class VideoRecord:
     n_frames: int = 0
     width: int = 0
     height: int = 0
+    rotation: int = 0                       # degrees counter-clockwise applied from the display matrix
     features: np.ndarray | None = None      # (T, D)
     frame_index: np.ndarray | None = None   # (T,) first frame of each row's span
     time_s: np.ndarray | None = None        # (T,) its time, seconds
@@ -117,6 +121,21 @@ def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int, keys: list[str],
     f.attrs["dim"] = dim
 
 
+def _create_row_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, comp: dict,
+                         fmt: int) -> dict[str, h5py.Dataset]:
+    """The empty, growable, fletcher32-checked per-row datasets of a shard of format `fmt`."""
+    rows = {"features": f.create_dataset("features", (0, dim), dtype, maxshape=(None, dim),
+                                         chunks=(chunk_rows, dim), fletcher32=True, **comp),
+            "frame_index": f.create_dataset("frame_index", (0,), np.int64, maxshape=(None,), chunks=(4096,),
+                                            fletcher32=True),
+            "time_s": f.create_dataset("time_s", (0,), np.float64, maxshape=(None,), chunks=(4096,),
+                                       fletcher32=True)}
+    if fmt >= 2:
+        for name, dt in SPAN_COLUMNS.items():
+            rows[name] = f.create_dataset(name, (0,), dt, maxshape=(None,), chunks=(4096,), fletcher32=True)
+    return rows
+
+
 def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: str, keys: list[str], dim: int,
                 dtype: str = "float16", compression: str | None = None, chunk_rows: int = 128,
                 size_hint: int | None = None, fmt: int = FORMAT_VERSION) -> None:
@@ -138,15 +157,7 @@ def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: st
     with h5_temp(tmp, path, needed) as (f, guard):
         _write_attrs(f, config, fp, dim, keys, fmt)
         f.attrs["created"] = time.time()
-        rows = {"features": f.create_dataset("features", (0, dim), dtype, maxshape=(None, dim),
-                                             chunks=(chunk_rows, dim), fletcher32=True, **comp),
-                "frame_index": f.create_dataset("frame_index", (0,), np.int64, maxshape=(None,), chunks=(4096,),
-                                                fletcher32=True),
-                "time_s": f.create_dataset("time_s", (0,), np.float64, maxshape=(None,), chunks=(4096,),
-                                           fletcher32=True)}
-        if fmt >= 2:
-            for name, dt in SPAN_COLUMNS.items():
-                rows[name] = f.create_dataset(name, (0,), dt, maxshape=(None,), chunks=(4096,), fletcher32=True)
+        rows = _create_row_datasets(f, dim, dtype, chunk_rows, comp, fmt)
         n = 0
         for r in records:
             if fmt < 2 and r.length and np.any(np.asarray(r.frame_end) != np.asarray(r.frame_index) + 1):
@@ -221,13 +232,14 @@ def claim_store(path: Path, prefix: str, force: bool = False) -> WriterLock:
             shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
             raise StoreError(f"{path} is a non-empty directory that is not a framecache store (it holds {shown}): "
                              "give --store a new or empty directory, or pass --force to make this one a store")
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot create store directory {path}: {e.strerror}") from None
     if not os.access(path, os.W_OK):
         raise StoreError(f"store directory {path} is not writable")
-    return WriterLock(path, prefix)
+    return WriterLock(path, prefix, created)
 
 
 def _refuse(path: Path, bad: list[BadShard]) -> StoreError:
@@ -272,13 +284,17 @@ class Store:
                 bad.append(e)
         if bad:
             raise _refuse(self.path, bad)
+        for vid, changes in read_meta_updates(self.path).items():  # extract --update-meta: newer labels/splits
+            if vid in self._entries:
+                self._entries[vid].meta.update(changes)
         self._handles: OrderedDict[int, h5py.File] = OrderedDict()
         self._pid = os.getpid()
 
     # -- opening --------------------------------------------------------------
     def _index_shard(self, i: int, file: Path) -> None:
         # checks fingerprint, column checksums and offsets: a damaged shard is refused here, by name
-        cols = read_shard_index(file, self.header, VIDEO_COLUMNS, compacted=self.path.is_file())
+        cols = read_shard_index(file, self.header, VIDEO_COLUMNS, compacted=self.path.is_file(),
+                                optional=OPTIONAL_COLUMNS)
         for row in range(len(cols["video_id"])):
             meta = {k: (v[row].decode() if isinstance(v[row], bytes) else v[row].item())
                     for k, v in cols.items()}
@@ -556,7 +572,8 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", 
                 ok = m["status"] == "ok" and m["length"] > 0
                 # raw rows (no float32 round trip) so the copy is bit-identical
                 yield VideoRecord(vid, **{k: m[k] for k in ("path", "label", "group", "split", "status", "error",
-                                                            "fps", "n_frames", "width", "height")},
+                                                            "fps", "n_frames", "width", "height",
+                                                            "rotation")},
                                   features=store._rows(vid, "features") if ok else None,
                                   frame_index=store.frame_index(vid) if ok else None,
                                   time_s=store.time_s(vid) if ok else None,

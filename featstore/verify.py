@@ -13,7 +13,7 @@ from pathlib import Path
 
 from featstore.errors import StoreError
 from featstore.integrity import BadShard, read_shard_index
-from featstore.store import VIDEO_COLUMNS, read_header, shard_files
+from featstore.store import OPTIONAL_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
 
 QUARANTINE = "_quarantine"
 
@@ -55,7 +55,8 @@ def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False,
     bad_ids: set[str] | None = set()    # ids held by bad shards; None once one shard's ids are unreadable
     for n, file in enumerate(files):
         try:
-            columns = read_shard_index(file, header, VIDEO_COLUMNS, deep=deep, compacted=path.is_file())
+            columns = read_shard_index(file, header, VIDEO_COLUMNS, deep=deep, compacted=path.is_file(),
+                                       optional=OPTIONAL_COLUMNS)
         except BadShard as e:
             report.bad[file.name] = e.problem
             ids = _ids_if_readable(file)

@@ -21,6 +21,7 @@ Decisions:
 - k-means runs on the unit sphere: with PCA the projected points are L2-normalised again. Points stay float32
   as the store returns them (float64 would make k-means++ faster but no longer equal the direct computation).
 - Items with no frames (failed extractions) are skipped. `assignments.csv` lists each point's cluster.
+- `embedding_2d.csv` holds the scatter's 2-D position of each point (`explain.thumbnails` draws frames there).
 - Retrieval precision@k is computed on clip vectors (pooled, L2-normalised, after PCA if asked) by cosine
   similarity, a query never retrieving itself; "relevant" means the same first label.
 """
@@ -44,6 +45,7 @@ from sklearn.preprocessing import normalize
 
 from featstore import Loaded, open_store
 from featstore.errors import FramecacheError
+from heads.rundir import check_run_dir, staged_run
 
 MINIBATCH_ABOVE = 20_000     # frame-level points above which MiniBatchKMeans replaces KMeans
 SILHOUETTE_SAMPLE = 5_000    # silhouette on a seeded sample of this many points when there are more
@@ -51,6 +53,9 @@ TSNE_MAX_POINTS = 5_000      # above this the scatter falls back to PCA
 LEGEND_MAX = 25              # legends only when there are at most this many labels / clusters
 RETRIEVAL_KS = (1, 5, 10)
 HEADLINE = ("nmi", "ari", "purity", "accuracy", "cond_entropy_bits")
+LEVELS = ("video", "frame")  # video: one pooled point per clip; frame: every sampled frame
+POOLS = ("mean", "max")
+PLOTS = ("tsne", "pca", "none")
 
 Progress = Callable[[dict], None]  # called with {"stage": load|fit|sweep|plot, "done": int, "total": int}
 
@@ -140,8 +145,8 @@ def silhouette(points: np.ndarray, clusters: np.ndarray, seed: int) -> float | N
 # -- points ------------------------------------------------------------------------------------------
 def pool_features(loaded: Loaded, pool: str = "mean") -> np.ndarray:
     """(V, D) one vector per item: the mean or max over its frames (not normalised)."""
-    if pool not in ("mean", "max"):
-        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of mean, max")
+    if pool not in POOLS:
+        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of {', '.join(POOLS)}")
     reduce = np.mean if pool == "mean" else np.max
     out = np.empty((len(loaded.ids), loaded.features.shape[1]), dtype=np.float32)
     for i in range(len(loaded.ids)):
@@ -238,12 +243,12 @@ def _select_ids(store, split: str | None, fit_split: str | None) -> tuple[list[s
 
 
 def _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot) -> None:
-    if level not in ("video", "frame"):
-        raise ClusterError(f"unknown level {level!r}: --level must be one of video, frame")
-    if pool not in ("mean", "max"):
-        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of mean, max")
-    if plot not in ("tsne", "pca", "none"):
-        raise ClusterError(f"unknown plot {plot!r}: --plot must be one of tsne, pca, none")
+    if level not in LEVELS:
+        raise ClusterError(f"unknown level {level!r}: --level must be one of {', '.join(LEVELS)}")
+    if pool not in POOLS:
+        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of {', '.join(POOLS)}")
+    if plot not in PLOTS:
+        raise ClusterError(f"unknown plot {plot!r}: --plot must be one of {', '.join(PLOTS)}")
     if seeds < 1:
         raise ClusterError(f"--seeds must be at least 1, got {seeds}")
     if n_init < 1:
@@ -254,7 +259,7 @@ def _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot) -> None:
         raise ClusterError("--whiten needs --pca N (the number of components to keep and whiten)")
     if k_range is not None and not (len(k_range) in (2, 3) and 2 <= k_range[0] <= k_range[1]
                                     and (len(k_range) == 2 or k_range[2] >= 1)):
-        raise ClusterError(f"--k-range must be LO,HI or LO,HI,STEP with 2 <= LO <= HI, got {k_range}")
+        raise ClusterError(f"--k-range must be LO:HI or LO:HI:STEP with 2 <= LO <= HI, got {k_range}")
 
 
 def _check_k(k: int, n_fit: int, flag: str = "--k") -> None:
@@ -319,7 +324,7 @@ def _sweep(fit: Points, score: Points, same: bool, k_range, args: dict, progress
 def cluster_eval(store_path, out_dir=None, k: int | None = None, level: str = "video", pool: str = "mean",
                  split: str | None = None, fit_split: str | None = None, seeds: int = 1, seed: int = 0,
                  n_init: int = 10, pca: int | None = None, whiten: bool = False, k_range=None,
-                 plot: str = "tsne", on_progress: Progress | None = None) -> dict:
+                 plot: str = "tsne", on_progress: Progress | None = None, force: bool = False) -> dict:
     """k-means on a store's embeddings, scored against its labels; writes metrics/config/plots to `out_dir`.
 
     `k` defaults to the number of distinct (first) labels among the items fitted on. `k_range=(LO, HI[, STEP])`
@@ -327,12 +332,15 @@ def cluster_eval(store_path, out_dir=None, k: int | None = None, level: str = "v
     {"stage", "done", "total"} as work completes. Returns the dict written to `metrics.json`: `kind` is
     "cluster" and `summary` holds the headline numbers averaged over seeds.
     Raises ClusterError for bad arguments, featstore.StoreError for a missing or unreadable store.
+    `out_dir` must be absent, empty or a cluster-eval run (replaced) unless `force` (see heads.rundir).
     """
     def progress(stage: str, done: int, total: int) -> None:
         if on_progress is not None:
             on_progress({"stage": stage, "done": done, "total": total})
 
     _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot)
+    if out_dir is not None:
+        check_run_dir(Path(out_dir), "cluster-eval", force)  # before the work: a refusal must not cost it
     score, fit, store_info = _load_points(store_path, split, fit_split, level, pool, progress)
     same = fit is score
     k, k_source = _resolve_k(k, fit, pca)
@@ -378,7 +386,8 @@ def cluster_eval(store_path, out_dir=None, k: int | None = None, level: str = "v
         "config": config, "plots": [],
     }
     if out_dir is not None:
-        _write_outputs(Path(out_dir), result, score, Z, clusters, plot, seed, progress)
+        with staged_run(out_dir, "cluster-eval", force) as stage:
+            _write_outputs(stage, result, score, Z, clusters, plot, seed, progress)
     return result
 
 
@@ -436,6 +445,7 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
         xy, method = embed_2d(Z, plot, seed)
         title = f"{result['config']['level']} level, k={k}, {method} of {len(Z)} points"
         plot_scatter(out / "embedding.png", xy, labels if mask.any() else None, clusters, k, title)
+        _write_xy(out / "embedding_2d.csv", score, xy, method)
         plots.append("embedding.png")
     if mask.any():
         m = result["per_seed"][0]
@@ -451,6 +461,16 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:
+    """The scatter's 2-D positions, one row per point (what `explain.thumbnails` draws frames at)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "row", "label", "x", "y", "method"])
+        for i in range(len(xy)):
+            w.writerow([score.ids[score.item[i]], int(score.row[i]), score.labels[i], f"{xy[i, 0]:.6g}",
+                        f"{xy[i, 1]:.6g}", method])
+
+
 # -- plots (matplotlib's object API: no pyplot global state, no display needed) -----------------------
 def embed_2d(Z: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
     """(n, 2) seeded t-SNE (after PCA to 50 dims) for at most TSNE_MAX_POINTS points, else PCA."""
@@ -461,7 +481,7 @@ def embed_2d(Z: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
     return PCA(2, random_state=seed).fit_transform(Z), "PCA"
 
 
-def _palette(n: int) -> list:
+def palette(n: int) -> list:
     import matplotlib
 
     if n <= 20:  # tab20 pairs a dark and a light shade: use the ten dark hues first
@@ -491,10 +511,10 @@ def _cluster_colours(labels: np.ndarray | None, clusters: np.ndarray, k: int):
     """Colour and legend name per cluster: a cluster takes the colour of the label it is matched to,
     so with a good clustering both panels look alike; unmatched clusters are drawn with crosses."""
     if labels is None:
-        return _palette(k), [f"c{j}" for j in range(k)], ["o"] * k
+        return palette(k), [f"c{j}" for j in range(k)], ["o"] * k
     mask = labels != ""
     names, cont = _contingency(labels[mask], clusters[mask], k)
-    colours = _palette(len(names))
+    colours = palette(len(names))
     rows, cols = linear_sum_assignment(cont, maximize=True)
     match = dict(zip(cols.tolist(), rows.tolist()))
     out_c, out_n, out_m = [], [], []
@@ -517,7 +537,7 @@ def plot_scatter(path: Path, xy: np.ndarray, labels: np.ndarray | None, clusters
     size = 18 if len(xy) <= 1000 else 4
     if labels is not None:
         names = sorted(set(labels) - {""})
-        for name, colour in zip(names, _palette(len(names))):
+        for name, colour in zip(names, palette(len(names))):
             m = labels == name
             axes[0].scatter(xy[m, 0], xy[m, 1], s=size, color=colour, label=name, linewidths=0)
         m = labels == ""

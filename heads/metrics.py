@@ -5,6 +5,8 @@ positive label, ranking labels by score (ties: lower label index first):
 - precision@K = |top-K ∩ positives| / K, averaged over samples;
 - AP@K = (1 / min(K, n_pos)) * sum_{k<=K} precision@k * rel(k), where rel(k) = 1 if the k-th ranked
   label is positive; mAP@K is its mean over samples (the usual "mapk" of recommender benchmarks).
+  Reported twice, named by normaliser: `mAP@K_divmin` (÷ min(K, n_pos), = `mAP@K`, kept for older runs) and
+  `mAP@K_divK` (÷ K, as in the movie-poster report: a sample with fewer than K positives cannot reach 1).
 """
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ def _top_k(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
 
 
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], threshold: float,
-                       ks: tuple[int, ...] = (1, 3, 5)) -> dict:
-    """micro/macro F1 at `threshold`, mAP, mAP@K and precision@K; y_true (N, C) 0/1, probs (N, C)."""
+                       ks: tuple[int, ...] = (1, 3, 5), tuned: float | None = None, fixed: float = 0.5) -> dict:
+    """micro/macro F1 and per-label P/R/F1 at `threshold` (the run's decision threshold), micro/macro F1 at the
+    val-tuned and at the fixed threshold too (`*_tuned`, `*_fixed`), mAP, mAP@K both ways, precision@K."""
     y_true = np.asarray(y_true).astype(int)
     pred = (probs >= threshold).astype(int)
     has_pos = y_true.sum(0) > 0
@@ -61,14 +64,28 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str],
         "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
         "mAP": mean_average_precision(y_true, probs),
         "ap_per_label": ap,
+        "per_label": _per_label(y_true, pred, labels),
     }
+    for name, t in (("tuned", tuned), ("fixed", fixed)):
+        if t is not None:
+            at = (probs >= t).astype(int)
+            out.update({f"{name}_threshold": float(t),
+                        f"micro_f1_{name}": float(f1_score(y_true, at, average="micro", zero_division=0)),
+                        f"macro_f1_{name}": float(f1_score(y_true, at, average="macro", zero_division=0))})
     for k in (k for k in ks if k <= len(labels)):
         out[f"mAP@{k}"], out[f"precision@{k}"] = ranking_at_k(y_true, probs, k)
+        out[f"mAP@{k}_divmin"], out[f"mAP@{k}_divK"] = out[f"mAP@{k}"], ranking_at_k(y_true, probs, k, "k")[0]
     return out
 
 
-def ranking_at_k(y_true: np.ndarray, probs: np.ndarray, k: int) -> tuple[float, float]:
-    """(mAP@K, precision@K) as defined in the module docstring."""
+def _per_label(y_true: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
+    p, r, f, s = precision_recall_fscore_support(y_true, pred, zero_division=0)
+    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, name in enumerate(labels)}
+
+
+def ranking_at_k(y_true: np.ndarray, probs: np.ndarray, k: int, divide: str = "min") -> tuple[float, float]:
+    """(mAP@K, precision@K) as defined in the module docstring; divide: "min" (÷ min(K, n_pos)) or "k" (÷ K)."""
     keep = y_true.sum(1) > 0
     y, s = y_true[keep], probs[keep]
     if len(y) == 0:
@@ -76,7 +93,7 @@ def ranking_at_k(y_true: np.ndarray, probs: np.ndarray, k: int) -> tuple[float, 
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]  # (N, K)
     rel = np.take_along_axis(y, top, axis=1)  # (N, K) 1 where the k-th ranked label is positive
     prec_at = np.cumsum(rel, axis=1) / np.arange(1, k + 1)  # precision@1..K per sample
-    ap = (prec_at * rel).sum(1) / np.minimum(k, y.sum(1))
+    ap = (prec_at * rel).sum(1) / (np.minimum(k, y.sum(1)) if divide == "min" else k)
     return float(ap.mean()), float(prec_at[:, -1].mean())
 
 

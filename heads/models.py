@@ -199,6 +199,11 @@ HEADS: dict[str, type[nn.Module]] = {
 }
 
 
+# Heads that pool rows order-blind into one vector: each row alone is a valid input, so evaluate also scores rows
+# (clips of a clip store) one by one.
+POOLING_HEADS = ("linear", "mlp", "attention")
+
+
 def build_head(cfg: HeadConfig) -> nn.Module:
     """The head `cfg.kind` built from `cfg`; unknown kinds fail with the list of valid ones."""
     if cfg.kind not in HEADS:

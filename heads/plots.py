@@ -19,8 +19,11 @@ def plot_curves(history: list[dict], path: str | Path, metric_name: str = "accur
     ax_loss.plot(epochs, [r["val_loss"] for r in history], label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
-    ax_metric.plot(epochs, [r["val_metric"] for r in history], color="tab:green")
-    ax_metric.set(xlabel="epoch", ylabel=metric_name, title=f"val {metric_name}")
+    if all("train_metric" in r for r in history):  # runs from before train metrics were recorded lack it
+        ax_metric.plot(epochs, [r["train_metric"] for r in history], label="train")
+    ax_metric.plot(epochs, [r["val_metric"] for r in history], color="tab:green", label="val")
+    ax_metric.set(xlabel="epoch", ylabel=metric_name, title=f"train / val {metric_name}")
+    ax_metric.legend()
     if best_epoch:
         for ax in (ax_loss, ax_metric):
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)

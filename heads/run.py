@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,23 +27,51 @@ from featstore import Store, diff_configs, open_store
 from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
                         make_splits)
 from heads.metrics import HEADLINE
-from heads.models import HeadConfig, HeadError, build_head, count_params
+from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params
 from heads.plots import plot_confusion, plot_curves
+from heads.rundir import check_run_dir, staged_run
 from heads.train import TrainConfig, TrainResult, evaluate, probabilities, score, train_head
 
 RUN_SPLITS = ("train", "val", "test")  # the run's own splits; "all" and split-column names also work
+CHECKPOINT_KEYS = ("state_dict", "head_config", "train_config", "labels", "task", "threshold", "store_fingerprint",
+                   "store_config")
 
 
 def fit_head(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
-             on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train `cfg.head` on a store, evaluate it on val and test, write the run directory; returns metrics.json."""
+             on_epoch: Callable[[dict], None] | None = None, force: bool = False) -> dict:
+    """Train `cfg.head` on a store, evaluate it on val and test, write the run directory; returns metrics.json.
+
+    `out_dir` must be absent, empty or a fit-head run (replaced) unless `force` (see heads.rundir); the run is
+    written beside it and moved in at the end, so an interrupted run leaves no trace and an earlier one intact."""
     start = time.perf_counter()
+    check_run_dir(Path(out_dir), "fit-head", force)  # before loading and training: a refusal costs nothing
     store = open_store(store_path)
-    cache = load_cache(store)
-    metrics = fit_cache(store, cache, cfg, out_dir, on_epoch)
-    metrics["seconds"] = time.perf_counter() - start
-    _write_json(Path(out_dir) / "metrics.json", metrics)
+    cache = load_cache(store, _training_ids(store, cfg))
+    with staged_run(out_dir, "fit-head", force) as stage:
+        metrics = fit_cache(store, cache, cfg, stage, on_epoch)
+        metrics["seconds"] = time.perf_counter() - start
+        _write_json(stage / "metrics.json", metrics)
     return metrics
+
+
+def _training_ids(store: Store, cfg: TrainConfig) -> list[str] | None:
+    """The clips to train on: all (None), or the labelled ones with `skip_unlabelled`. Refuses clips without a
+    label for a multiclass head, naming them (a multilabel clip may have none: it is then negative for all)."""
+    index = load_cache(store, features=False)
+    missing = [vid for vid, labels in zip(index.ids, index.labels) if not labels]
+    if not missing:
+        return None
+    if len(missing) == len(index):
+        raise HeadError(f"no clip in {store.path} has a label: give the manifest a label column, then "
+                        "`cli.py extract ... --update-meta` (no re-embedding)")
+    if cfg.skip_unlabelled:
+        return [vid for vid, labels in zip(index.ids, index.labels) if labels]
+    if detect_task([ls for ls in index.labels if ls], cfg.task) == "multiclass":
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise HeadError(f"{len(missing)} of {len(index)} clips in {store.path} have an empty label ({shown}): "
+                        "fill them in the manifest and run `cli.py extract ... --update-meta`, or pass "
+                        "--skip-unlabelled to train on the labelled clips only")
+    return None
 
 
 def cache_targets(store: Store, cache: Cache, task: str) -> tuple[str, list[str], torch.Tensor]:
@@ -73,9 +102,11 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
                eval_split: str = "test") -> dict:
     """Score a trained head on val (the early-stopped model) and test (the final one), write its run directory."""
     # val chose the epoch count, so the early-stopped head is the one val can judge fairly (refit saw val)
-    val = score_split(result.early, cache, targets, splits["val"], task, labels, result.threshold, cfg.max_frames)
+    both = {"tuned": result.tuned_threshold, "fixed": cfg.threshold or 0.5}  # multilabel F1 at each, too
+    val = score_split(result.early, cache, targets, splits["val"], task, labels, result.threshold, cfg.max_frames,
+                      **both)
     test = (score_split(result.model, cache, targets, splits["test"], task, labels, result.threshold,
-                        cfg.max_frames) if len(splits["test"]) else None)
+                        cfg.max_frames, **both) if len(splits["test"]) else None)
     shown, metric_name = test or val, HEADLINE[task]
     metrics = {
         "val": val, "test": test, "task": task, "head": cfg.head, "split": cfg.split,
@@ -84,7 +115,8 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
         "backbone": store.config.get("backbone"), "n_params": count_params(result.model),
         "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
         "n_unused": len(cache) - sum(len(v) for v in splits.values()),
-        "labels": labels, "threshold": result.threshold, "best_epoch": result.best_epoch,
+        "labels": labels, "threshold": result.threshold, "tuned_threshold": result.tuned_threshold,
+        "threshold_source": "fixed (--threshold)" if cfg.threshold else "tuned on val", "best_epoch": result.best_epoch,
         "epochs_run": sum(r["phase"] == "fit" for r in result.history), "refit": cfg.refit,
         "train_seconds": result.seconds, "seconds": result.seconds,
     }
@@ -102,7 +134,7 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     out.mkdir(parents=True, exist_ok=True)
     task, labels = metrics["task"], metrics["labels"]
     store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint, "store_config": store.config}
-    _write_json(out / "config.json", {"train": asdict(cfg), "head": asdict(result.head_config),
+    _write_json(out / "config.json", {"command": "fit-head", "train": asdict(cfg), "head": asdict(result.head_config),
                                       "task": task, "labels": labels, **store_info})
     _write_json(out / "splits.json", split_ids)
     _write_history(out / "history.csv", result.history)
@@ -118,11 +150,12 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
 
 
 def score_split(model: nn.Module, cache: Cache, targets: torch.Tensor, idx: np.ndarray, task: str,
-                labels: list[str], threshold: float, max_frames: int) -> dict:
-    """Metrics of `model` on the clips `idx` of a cache."""
+                labels: list[str], threshold: float, max_frames: int, tuned: float | None = None,
+                fixed: float = 0.5) -> dict:
+    """Metrics of `model` on the clips `idx` of a cache (multilabel: at `threshold`, and at tuned/fixed)."""
     device = next(model.parameters()).device
     logits, y, _ = evaluate(model, batches(cache, targets, idx, 256, max_frames, device))
-    return score(task, y, probabilities(logits, task), labels, threshold)
+    return score(task, y, probabilities(logits, task), labels, threshold, tuned, fixed)
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, dict]:
@@ -130,10 +163,41 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, dict]:
     path = Path(run_dir) / "head.pt"
     if not path.exists():
         raise HeadError(f"{run_dir} is not a run directory (no head.pt): train one with `cli.py fit-head`")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_head(HeadConfig(**ckpt["head_config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise HeadError(f"refused to load {path}: it is not a weights-only checkpoint (it holds Python objects, "
+                        "which could run code when loaded); use a head.pt written by `cli.py fit-head`") from None
+    except (RuntimeError, EOFError) as e:  # torch's words for a truncated or foreign file
+        raise HeadError(f"cannot read {path}: {str(e).splitlines()[0][:160]}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise HeadError(f"{path} is not a framecache head checkpoint (missing {', '.join(missing)}); "
+                        "use a head.pt written by `cli.py fit-head`")
+    try:
+        model = build_head(HeadConfig(**ckpt["head_config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError) as e:
+        raise HeadError(f"{path} does not describe a head this version can build: "
+                        f"{str(e).splitlines()[0][:160]}") from None
     return model.eval(), ckpt
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """A fit-head run's config.json, checked for the keys that evaluate needs."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HeadError(f"{run_dir} is not a complete run directory (no config.json): rerun fit-head") from None
+    except ValueError as e:
+        raise HeadError(f"{path} is not valid JSON ({e}); rerun fit-head to write it again") from None
+    train = config.get("train") if isinstance(config, dict) else None
+    if (not isinstance(train, dict) or not isinstance(config.get("store"), str)
+            or any(k not in train for k in ("split", "val_frac", "test_frac", "seed"))):
+        raise HeadError(f"{path} does not have the shape fit-head writes (an object with 'store' and 'train': "
+                        "split, val_frac, test_frac, seed); rerun fit-head to write it again")
+    return config
 
 
 def check_store(store: Store, ckpt: dict, run_dir: str | Path) -> None:
@@ -154,8 +218,37 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
     any other value of the store's split column (e.g. holdout).
     """
+    p = split_predictions(run_dir, store_path, split)
+    out = score(p.task, p.targets, p.probs, p.labels, p.threshold)
+    if p.clip_accuracy is not None:
+        out["clip_accuracy"] = p.clip_accuracy
+    return {**out, "split": split, "store": p.store, "run": str(run_dir), "head": p.head,
+            "task": p.task, "n_skipped": p.n_skipped, "unknown_labels": p.unknown_labels}
+
+
+@dataclass
+class SplitPredictions:
+    """The head's probabilities for every scored clip of a split, with what is needed to judge them."""
+    ids: list[str]
+    paths: list[str]              # the files the clips were extracted from
+    truth: list[list[str]]        # labels per clip
+    targets: np.ndarray           # (N,) class indices, or (N, C) multi-hot for multilabel
+    probs: np.ndarray             # (N, C)
+    labels: list[str]             # the run's classes, column order of probs
+    task: str
+    threshold: float
+    head: str
+    store: str
+    n_skipped: int                # clips of the split left out: unlabelled or with labels the run does not know
+    unknown_labels: list[str]
+    clip_accuracy: float | None = None  # pooling heads, multiclass: every row (frame or clip) classified alone
+
+
+def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
+                      split: str = "test") -> SplitPredictions:
+    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output."""
     model, ckpt = load_run(run_dir)
-    config = json.loads((Path(run_dir) / "config.json").read_text())
+    config = read_run_config(run_dir)
     store = open_store(store_path or config["store"])
     check_store(store, ckpt, run_dir)
     labels, task = ckpt["labels"], ckpt["task"]
@@ -169,10 +262,25 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     sub = load_cache(store, [index.ids[i] for i in keep])
     targets = encode_targets(sub.labels, labels, task)
     cfg = ckpt["train_config"]
-    out = score_split(model, sub, targets, np.arange(len(sub)), task, labels, ckpt["threshold"], cfg["max_frames"])
+    device = next(model.parameters()).device
+    logits, y, _ = evaluate(model, batches(sub, targets, np.arange(len(sub)), 256, cfg["max_frames"], device))
+    clip_accuracy = (_row_accuracy(model, sub, targets) if cfg["head"] in POOLING_HEADS and task == "multiclass"
+                     else None)
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
-    return {**out, "split": split, "store": str(store.path), "run": str(run_dir), "head": cfg["head"],
-            "task": task, "n_skipped": len(ids) - len(keep), "unknown_labels": unknown}
+    return SplitPredictions(sub.ids, [store.meta(v)["path"] for v in sub.ids], sub.labels, y,
+                            probabilities(logits, task), labels, task, ckpt["threshold"], cfg["head"],
+                            str(store.path), len(ids) - len(keep), unknown, clip_accuracy)
+
+
+def _row_accuracy(model: nn.Module, cache: Cache, targets: torch.Tensor) -> float:
+    """Accuracy with every row (a clip of a clip store, a frame of a frame store) classified alone."""
+    n = len(cache.features)
+    rows = Cache(cache.features, torch.arange(n), torch.ones(n, dtype=torch.int64), [str(i) for i in range(n)],
+                 [[]] * n, [""] * n, [""] * n)
+    row_targets = targets.repeat_interleave(cache.lengths)
+    device = next(model.parameters()).device
+    logits, y, _ = evaluate(model, batches(rows, row_targets, np.arange(n), 1024, 1, device))
+    return float((logits.argmax(1) == y).mean())
 
 
 def _split_ids(cache: Cache, run_dir, config: dict, store: Store, split: str) -> list[int]:
@@ -215,11 +323,16 @@ SHOWN_METRICS = ("accuracy", "top5_accuracy", "macro_f1", "mAP", "micro_f1", "nm
 STD_COLUMNS = tuple(f"{k}_std" for k in ("metric", *SHOWN_METRICS))
 
 
-def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list[dict]:
-    """One row per run directory (with a metrics.json) under runs_dir, best first by `sort_by` if given."""
+def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None,
+              on_bad: Callable[[Path, str], None] | None = None) -> list[dict]:
+    """One row per run directory (with a metrics.json) under runs_dir, best first by `sort_by` if given.
+
+    A metrics.json that cannot be read is left out and reported as `on_bad(path, reason)`."""
     rows = []
     for path in sorted(Path(runs_dir).glob("*/metrics.json")):
-        m = json.loads(path.read_text())
+        m = _read_metrics(path, on_bad)
+        if m is None:
+            continue
         row = {"name": path.parent.name, **{k: m.get(k) for k in ("backbone", "head", "task", "split",
                                                                    "eval_split", "metric", "n_params",
                                                                    "seconds", "store")}}
@@ -227,7 +340,7 @@ def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list
             shown = m.get("metrics") or {}
             row.update(task="cluster", metric=shown.get("accuracy"))
         else:
-            shown = m.get("test") or m.get("val") or {}
+            shown = m.get("test") or m.get("cv") or m.get("val") or {}  # cv: --folds runs
         row.update({k: shown.get(k) for k in SHOWN_METRICS})
         rows.append({**{k: row.get(k) for k in RUN_COLUMNS}, **_spread(m), "params": _train_params(path.parent)})
     if sort_by is not None:
@@ -239,6 +352,20 @@ def list_runs(runs_dir: str | Path = "runs", sort_by: str | None = None) -> list
                          key=lambda r: r[sort_by] if numeric else str(r[sort_by]), reverse=numeric)
         rows = present + missing  # numbers best (highest) first, text A to Z, runs without the value last
     return rows
+
+
+def _read_metrics(path: Path, on_bad: Callable[[Path, str], None] | None) -> dict | None:
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"not valid JSON ({e})"
+    else:
+        if isinstance(m, dict) and isinstance(m.get("test") or m.get("val") or m.get("metrics") or {}, dict):
+            return m
+        reason = "not a metrics object written by fit-head or cluster-eval"
+    if on_bad is not None:
+        on_bad(path, reason)
+    return None
 
 
 def _spread(m: dict) -> dict:
@@ -253,9 +380,10 @@ def _train_params(run_dir: Path) -> dict:
     """The run's train config (config.json), for showing the hyperparameters that differ between runs."""
     path = run_dir / "config.json"
     try:
-        train = json.loads(path.read_text()).get("train") if path.exists() else None
-    except json.JSONDecodeError:
+        config = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, UnicodeDecodeError, ValueError):  # a damaged config.json costs its columns, not the table
         return {}
+    train = config.get("train") if isinstance(config, dict) else None
     return train if isinstance(train, dict) else {}
 
 

@@ -22,7 +22,7 @@ from heads.data import SAMPLINGS, SPLITS, TASKS, Augment, Cache, batches, featur
 from heads.metrics import HEADLINE, headline, multiclass_metrics, multilabel_metrics, tune_threshold
 from heads.models import HEADS, HeadConfig, HeadError, build_head
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 SCHEDULERS = ("plateau", "cosine", "exp", "none")
 NORMALIZE = ("scalar", "dim", "none")
 
@@ -37,10 +37,14 @@ class TrainConfig:
     epochs: int = 100              # upper bound; early stopping usually ends sooner
     lr: float = 3e-3               # peak learning rate
     batch_size: int = 32           # clips per batch
-    optimizer: str = "adamw"       # adamw | adam | sgd (momentum 0.9, nesterov)
+    optimizer: str = "adamw"       # adamw | adam | sgd (momentum 0.9, nesterov) | rmsprop (alpha 0.99)
     weight_decay: float = 1.0      # decoupled for adamw (shrinks by lr*wd a step), L2 for adam/sgd
     scheduler: str = "plateau"     # plateau (halve when the val loss stalls) | cosine | exp | none
     patience: int = 20             # epochs without improvement (a better val metric, or as good with a lower loss)
+    lr_factor: float = 0.5         # plateau: multiply the lr by this when the val loss stalls
+    lr_patience: int = 0           # plateau: epochs of stalled val loss before that (0: patience // 3)
+    lr_gamma: float = 0.95         # exp: multiply the lr by this every epoch
+    threshold: float = 0.0         # multilabel decision threshold: 0 tunes it on val for micro-F1, else fixed
     max_frames: int = 64           # frames sampled per clip (random at train time, uniform at eval)
     seed: int = 0                  # splits, init, shuffling, sampling, dropout
     label_smoothing: float = 0.0   # multiclass cross-entropy only
@@ -58,6 +62,7 @@ class TrainConfig:
     noise_std: float = 0.0         # train-time augmentation: gaussian noise, in units of the normalizing std
     sampling: str = "random"       # train-time frame sampling: random (sorted subset) | contiguous
     refit: bool = True             # after early stopping, retrain on train + val for the best epoch count
+    skip_unlabelled: bool = False  # leave out clips without a label instead of refusing (multiclass needs one each)
 
     def __post_init__(self):
         choices = {"head": HEADS, "task": TASKS, "split": SPLITS, "optimizer": OPTIMIZERS,
@@ -74,6 +79,13 @@ class TrainConfig:
                 raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if self.lr <= 0:
             raise HeadError(f"--lr {self.lr} must be > 0")
+        for name in ("lr_factor", "lr_gamma"):
+            if not 0 < getattr(self, name) < 1:
+                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be between 0 and 1")
+        if self.lr_patience < 0:
+            raise HeadError(f"--lr-patience {self.lr_patience} must be >= 0 (0: --patience // 3)")
+        if not 0 <= self.threshold < 1:
+            raise HeadError(f"--threshold {self.threshold} must be in (0, 1), or 0 to tune it on val")
         for name in ("weight_decay", "proj_dim", "noise_std"):
             if getattr(self, name) < 0:
                 raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
@@ -94,8 +106,9 @@ class TrainResult:
     head_config: HeadConfig
     history: list[dict]    # one row per epoch, phase "fit" then "refit"
     best_epoch: int
-    threshold: float       # multilabel decision threshold tuned on val (0.5 for multiclass)
+    threshold: float       # multilabel decision threshold: tuned on val, or --threshold (0.5 for multiclass)
     seconds: float
+    tuned_threshold: float = 0.5  # the val-tuned threshold, reported next to a fixed one
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,18 +122,29 @@ def resolve_device(name: str) -> torch.device:
         raise HeadError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def train_one_epoch(model: nn.Module, data: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer) -> float:
-    """One pass over the training batches; returns the mean loss per clip."""
+def train_one_epoch(model: nn.Module, data: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                    seen: list | None = None) -> float:
+    """One pass over the training batches; returns the mean loss per clip. `seen` collects (logits, targets)
+    of every batch, as the model saw them while training (augmented, dropout on): the train metric."""
     model.train()
     total, n = 0.0, 0
     for x, lengths, y in data:
-        loss = loss_fn(model(x, lengths), y)
+        out = model(x, lengths)
+        loss = loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(y)
         n += len(y)
+        if seen is not None:
+            seen.append((out.detach().float().cpu(), y.cpu()))
     return total / max(n, 1)
+
+
+def train_metric(task: str, seen: list) -> float:
+    """The headline metric over the batches of one training epoch."""
+    logits = torch.cat([s[0] for s in seen]).numpy()
+    return headline(task, torch.cat([s[1] for s in seen]).numpy(), probabilities(logits, task))
 
 
 @torch.no_grad()
@@ -146,10 +170,11 @@ def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
     return (torch.softmax(t, 1) if task == "multiclass" else torch.sigmoid(t)).numpy()
 
 
-def score(task: str, y: np.ndarray, probs: np.ndarray, labels: list[str], threshold: float = 0.5) -> dict:
+def score(task: str, y: np.ndarray, probs: np.ndarray, labels: list[str], threshold: float = 0.5,
+          tuned: float | None = None, fixed: float = 0.5) -> dict:
     if task == "multiclass":
         return multiclass_metrics(y, probs, labels)
-    return multilabel_metrics(y, probs, labels, threshold)
+    return multilabel_metrics(y, probs, labels, threshold, tuned=tuned, fixed=fixed)
 
 
 def make_loss(task: str, cfg: TrainConfig, train_targets: torch.Tensor, n_classes: int,
@@ -176,6 +201,8 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.99, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
 
 
@@ -183,12 +210,12 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     if cfg.scheduler == "plateau":
         # On the val loss, not the metric: on a small val set accuracy sits flat for many epochs while
         # the loss still falls, and halving then would freeze the head early.
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
-                                                          patience=max(1, cfg.patience // 3))
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
+                                                          patience=cfg.lr_patience or max(1, cfg.patience // 3))
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.scheduler == "exp":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.95)
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
     return None
 
 
@@ -217,7 +244,8 @@ def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str]
         t0 = time.perf_counter()
         train_data = batches(cache, targets, splits["train"], cfg.batch_size, cfg.max_frames, device,
                              train=True, gen=gen, aug=aug)
-        train_loss = train_one_epoch(model, train_data, loss_fn, optimizer)
+        seen: list = []
+        train_loss = train_one_epoch(model, train_data, loss_fn, optimizer, seen)
         logits, y, val_loss = evaluate(model, val_batches(), loss_fn)
         metric = headline(task, y, probabilities(logits, task))
         lr = optimizer.param_groups[0]["lr"]
@@ -227,8 +255,8 @@ def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        row = {"phase": "fit", "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "val_metric": metric, "lr": lr, "seconds": time.perf_counter() - t0}
+        row = {"phase": "fit", "epoch": epoch, "train_loss": train_loss, "train_metric": train_metric(task, seen),
+               "val_loss": val_loss, "val_metric": metric, "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(row)
         if on_epoch is not None:
             on_epoch({**row, "epochs": cfg.epochs, "best": improved, "best_epoch": best_epoch,
@@ -239,17 +267,18 @@ def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str]
             break
     model.load_state_dict(best_state)
     model.eval()
-    threshold = 0.5
+    threshold = tuned = 0.5
     if task == "multilabel":
         logits, y, _ = evaluate(model, val_batches())
-        threshold = tune_threshold(y, probabilities(logits, task))
+        tuned = tune_threshold(y, probabilities(logits, task))
+        threshold = cfg.threshold or tuned
     final = model
     if cfg.refit:
         lrs = [r["lr"] for r in history[:best_epoch]]
         final = _refit(cache, targets, task, np.concatenate([splits["train"], splits["val"]]), cfg,
                        len(labels), lrs, device, on_epoch, history, loss)
     return TrainResult(final, model, cfg.head_config(cache.dim, len(labels)), history, best_epoch, threshold,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, tuned)
 
 
 def prepare_head(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig,
@@ -279,7 +308,9 @@ def _refit(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray, cfg:
         for group in optimizer.param_groups:
             group["lr"] = lr
         data = batches(cache, targets, idx, cfg.batch_size, cfg.max_frames, device, train=True, gen=gen, aug=aug)
-        row = {"phase": "refit", "epoch": epoch, "train_loss": train_one_epoch(model, data, loss_fn, optimizer),
+        seen: list = []
+        train_loss = train_one_epoch(model, data, loss_fn, optimizer, seen)
+        row = {"phase": "refit", "epoch": epoch, "train_loss": train_loss, "train_metric": train_metric(task, seen),
                "val_loss": math.nan, "val_metric": math.nan, "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(row)
         if on_epoch is not None:

@@ -1,20 +1,41 @@
 """Stage one as a library: load a backbone with its preprocessing, decode and sample a video (frames or clips),
 embed a batch, run an extraction into a store, embed files without a store.
 
-    from pipeline import load_backbone, ClipStream, ClipSampling, Embedder, extract, embed_files
+    from pipeline import load_backbone, ClipStream, ClipSampling, Embedder, run_extraction, embed_files
 
-Everything a notebook or another engine needs is here; the modules behind it may move.
+`decode_loader` yields `Rows` (units of one video and their spans) and `Done` (a video's end) messages.
+Everything a notebook or another engine needs is here; the modules behind it may move. Names load on first use,
+so importing a light submodule (pipeline.launch, pipeline.sources) does not pay for torch and torchvision.
 """
-from pipeline.backbones import REGISTRY, Backbone, BackboneError, Preprocess, available_backbones, load_backbone
-from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodedVideo, DecodeError, Geometry, Sampling, VideoInfo,
-                             clip_count, decode_image, decode_video)
-from pipeline.embed import Embedder, resolve_device, resolve_precision
-from pipeline.extract import (ExtractConfig, ExtractResult, config_from_store, decode_loader, embed_files, extract,
-                              geometry_for, sampling_for)
-from pipeline.sources import Item, SourceError, load_source
+from __future__ import annotations
 
-__all__ = ["REGISTRY", "Backbone", "BackboneError", "Preprocess", "available_backbones", "load_backbone",
-           "Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError", "Geometry", "Sampling", "VideoInfo",
-           "clip_count", "decode_image", "decode_video", "Embedder", "resolve_device", "resolve_precision",
-           "ExtractConfig", "ExtractResult", "config_from_store", "decode_loader", "embed_files", "extract",
-           "geometry_for", "sampling_for", "Item", "SourceError", "load_source"]
+import importlib
+
+_EXPORTS = {
+    "pipeline.backbones": ("REGISTRY", "Backbone", "BackboneError", "Preprocess", "available_backbones", "get_spec",
+                           "load_backbone"),
+    "pipeline.decode": ("Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError", "Geometry", "Sampling",
+                        "VideoInfo", "clip_count", "decode_image", "decode_video"),
+    "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),
+    "pipeline.extract": ("ExtractConfig", "ExtractResult", "config_from_store", "decode_loader", "embed_files",
+                         "geometry_for", "sampling_for"),
+    "pipeline.sources": ("Item", "SourceError", "load_source"),
+    "pipeline.stages": ("Done", "Rows"),
+}
+# `pipeline.extract` is the module; its function is exported as run_extraction.
+_ALIASES = {"run_extraction": ("pipeline.extract", "extract")}
+_WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | _ALIASES
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    module, attr = _WHERE[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # once loaded, a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

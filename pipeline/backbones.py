@@ -78,11 +78,11 @@ class BackboneSpec:
 
 
 REGISTRY: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(models.resnet18, models.ResNet18_Weights, 512, "fc"),
-    "resnet34": BackboneSpec(models.resnet34, models.ResNet34_Weights, 512, "fc"),
-    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, 2048, "fc"),
-    "resnet101": BackboneSpec(models.resnet101, models.ResNet101_Weights, 2048, "fc"),
-    "resnet152": BackboneSpec(models.resnet152, models.ResNet152_Weights, 2048, "fc"),
+    "resnet18": BackboneSpec(models.resnet18, models.ResNet18_Weights, 512, "fc", cam_layer="layer4"),
+    "resnet34": BackboneSpec(models.resnet34, models.ResNet34_Weights, 512, "fc", cam_layer="layer4"),
+    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, 2048, "fc", cam_layer="layer4"),
+    "resnet101": BackboneSpec(models.resnet101, models.ResNet101_Weights, 2048, "fc", cam_layer="layer4"),
+    "resnet152": BackboneSpec(models.resnet152, models.ResNet152_Weights, 2048, "fc", cam_layer="layer4"),
     "quantized_mobilenet_v2": BackboneSpec(partial(qmodels.mobilenet_v2, quantize=True),
                                            qmodels.MobileNet_V2_QuantizedWeights, 1280, "classifier",
                                            cpu_only=True, cam_layer="features.18"),
@@ -167,11 +167,16 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _state_dict_from_file(path: Path) -> dict:
+def _state_dict_from_file(path: Path, name: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "not loadable"
         raise BackboneError(f"cannot load weights file {path}: {str(e).splitlines()[0]}") from None
+    # `finetune` writes {"state_dict", "backbone", "config"}: say which backbone it belongs to, not which keys miss.
+    made_for = obj.get("backbone") if isinstance(obj, dict) else None
+    if isinstance(made_for, str) and made_for != name:
+        raise BackboneError(f"{path} holds {made_for} weights (written by finetune), not {name}: "
+                            f"pass --backbone {made_for}")
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -198,7 +203,7 @@ def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str,
         if not path.is_file():
             raise BackboneError(f"weights file {path} does not exist")
         model = spec.builder(weights=None)
-        state = _state_dict_from_file(path)
+        state = _state_dict_from_file(path, name)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches raise even when strict=False
@@ -230,5 +235,9 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     model, weights_id, member = _build(name, spec, weights)
     setattr(model, spec.head, nn.Identity())
     model.eval().requires_grad_(False)
-    return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only,
-                    {"categories": len(member.meta.get("categories", []))}, spec.clip, spec.cam_layer)
+    meta = {"categories": len(member.meta.get("categories", []))}
+    if weights_id.startswith("file:"):  # where the file was and what it holds: a store can find it again
+        path = Path(weights).expanduser().resolve()
+        meta.update(weights_file=str(path), weights_sha256=_file_sha256(path))
+    return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only, meta, spec.clip,
+                    spec.cam_layer)

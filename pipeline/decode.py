@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +28,12 @@ from featstore.errors import FramecacheError
 _AV_ERRORS = (av.error.FFmpegError, OSError)
 # Slack when comparing a frame's time with the next --fps tick: pts * time_base is not exact in floating point.
 _TICK_EPS = 1e-6
-_CROPS = ("center", "square", "none")
+CROPS = ("center", "square", "none")  # the --crop choices (cli.py reads them here)
 _RESAMPLES = ("pil", "tensor")
+
+
+class SamplingError(FramecacheError, ValueError):
+    """A sampling or geometry setting that cannot be honoured; the message names the flag."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class Sampling:
         rules = {"--every": self.every, "--frames": self.frames, "--fps": self.fps}
         given = {flag: value for flag, value in rules.items() if value is not None}
         if len(given) > 1:
-            raise ValueError("choose one sampling rule out of --every, --frames and --fps; got "
+            raise SamplingError("choose one sampling rule out of --every, --frames and --fps; got "
                              + " and ".join(f"{flag} {value}" for flag, value in given.items()))
         if not given:
             object.__setattr__(self, "every", 1)  # no rule means every frame
@@ -53,7 +58,7 @@ class Sampling:
                 _check_positive_int(flag, value)
         if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real)
                                      or not math.isfinite(self.fps) or self.fps <= 0):
-            raise ValueError(f"--fps must be a positive number of frames per second, got {self.fps!r}")
+            raise SamplingError(f"--fps must be a positive number of frames per second, got {self.fps!r}")
         _normalize(self, int, "every", "frames", "max_frames")  # plain Python numbers: the config goes to JSON
         _normalize(self, float, "fps")
 
@@ -69,10 +74,10 @@ class Geometry:
     resample: str = "pil"  # 'pil': PIL bilinear (image presets) | 'tensor': torch bilinear, no antialias (video preset)
 
     def __post_init__(self) -> None:
-        if self.crop not in _CROPS:
-            raise ValueError(f"--crop must be one of {', '.join(_CROPS)}; got {self.crop!r}")
+        if self.crop not in CROPS:
+            raise SamplingError(f"--crop must be one of {', '.join(CROPS)}; got {self.crop!r}")
         if self.resample not in _RESAMPLES:
-            raise ValueError(f"resample must be one of {', '.join(_RESAMPLES)}; got {self.resample!r}")
+            raise SamplingError(f"resample must be one of {', '.join(_RESAMPLES)}; got {self.resample!r}")
         _check_positive_int("--size", self.size)
         sides = self.resize if isinstance(self.resize, (tuple, list)) else (self.resize,)
         for side in sides:
@@ -80,7 +85,7 @@ class Geometry:
         _normalize(self, int, "size")
         object.__setattr__(self, "resize", tuple(int(x) for x in sides) if len(sides) == 2 else int(sides[0]))
         if self.crop == "center" and min(sides) < self.size:
-            raise ValueError(f"with --crop center the resize ({self.resize}) must be at least --size ({self.size}); "
+            raise SamplingError(f"with --crop center the resize ({self.resize}) must be at least --size ({self.size}); "
                              "lower --size or use --crop square")
 
 
@@ -101,11 +106,11 @@ class ClipSampling:
             if value is not None:
                 _check_positive_int(flag, value)
         if self.clip_stride is not None and self.clips is not None:
-            raise ValueError(f"choose --clip-stride or --clips, not both (got --clip-stride {self.clip_stride} "
+            raise SamplingError(f"choose --clip-stride or --clips, not both (got --clip-stride {self.clip_stride} "
                              f"and --clips {self.clips})")
         if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real)
                                      or not math.isfinite(self.fps) or self.fps <= 0):
-            raise ValueError(f"--fps must be a positive number of frames per second, got {self.fps!r}")
+            raise SamplingError(f"--fps must be a positive number of frames per second, got {self.fps!r}")
         _normalize(self, int, "clip_len", "clip_stride", "clips")
         _normalize(self, float, "fps")
 
@@ -116,7 +121,7 @@ class ClipSampling:
 
 def _check_positive_int(flag: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+        raise SamplingError(f"{flag} must be a positive integer, got {value!r}")
 
 
 def _normalize(config: object, kind: type, *fields: str) -> None:
@@ -134,9 +139,10 @@ class DecodedVideo:
     time_s: np.ndarray       # (T,) float64, pts * time_base (index / nominal fps where a frame has no pts)
     fps: float               # measured: (frames - 1) / (t_last - t_first); the stream's nominal rate if unmeasurable
     n_frames: int            # frames decoded, not the header's claim (see decode_video for max_frames)
-    width: int               # source frame size
+    width: int               # source frame size as displayed (after `rotation`)
     height: int
     time_end_s: np.ndarray | None = None  # (T,) float64, end of each sampled frame: its time + its duration
+    rotation: int = 0        # degrees counter-clockwise applied from the display matrix (phone videos): 0/90/180/270
 
 
 class DecodeError(FramecacheError, RuntimeError):
@@ -183,6 +189,25 @@ def decode_video(path: str | os.PathLike, sampling: Sampling, geometry: Geometry
     video = _decode_pass(path, sampling, geometry, picks=sample_indices(counted, sampling))
     if video.n_frames != counted:  # the packet count was wrong (rare): pick again from the decoded count
         video = _decode_pass(path, sampling, geometry, picks=sample_indices(video.n_frames, sampling))
+    return video
+
+
+def decode_chosen(path: str | os.PathLike, choose: Callable[[int, float], np.ndarray],
+                  geometry: Geometry) -> DecodedVideo:
+    """Decode the frames that `choose(n_frames, nominal_fps)` picks (frame positions, any order, repeats allowed;
+    the result holds each picked frame once, ascending). Fine-tuning samples new positions every epoch this way.
+
+    `choose` must be a pure function of its arguments: like `frames=K`, it is called on the packet count and again
+    on the decoded count when the two differ. Raises DecodeError for unreadable input."""
+    path = os.fspath(path)
+    _check_file(path)
+    with _opened(path) as (container, stream):
+        counted, rate = _demux_count(container, stream), _nominal_rate(stream)
+    picks = np.unique(np.clip(np.asarray(choose(counted, rate), dtype=np.int64), 0, max(counted - 1, 0)))
+    video = _decode_pass(path, Sampling(), geometry, picks=picks)
+    if video.n_frames != counted:
+        picks = np.unique(np.clip(np.asarray(choose(video.n_frames, rate), dtype=np.int64), 0, video.n_frames - 1))
+        video = _decode_pass(path, Sampling(), geometry, picks=picks)
     return video
 
 
@@ -239,7 +264,9 @@ class _Converter:
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        return _scale(self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray(), self.geometry)
+        rgb = self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        turns = quarter_turns(frame)  # upright first: the crop must see the frame as it is shown
+        return _scale(np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb, self.geometry)
 
 
 def _scale(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -258,6 +285,13 @@ def _scale(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.ascontiguousarray(_center_crop(scaled.permute(1, 2, 0).numpy(), geometry))
 
 
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that show `frame` upright, from its display matrix (PyAV's `rotation` is
+    counter-clockwise degrees, as FFmpeg's av_display_rotation_get). Angles between quarter turns are rounded to the
+    nearest; a mirroring display matrix is not undone (phones record rotation only)."""
+    return round((frame.rotation or 0) / 90) % 4
+
+
 # --- opening and reading -------------------------------------------------------------------------------------------
 
 
@@ -268,10 +302,10 @@ def _reason(error: BaseException) -> str:
 
 def _check_file(path: str) -> None:
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
     except OSError as e:
         raise DecodeError(f"failed to open {path}: {_reason(e)}") from e
-    if size == 0:
+    if info.st_size == 0 and stat.S_ISREG(info.st_mode):  # a named pipe has no size and is read like a file
         raise DecodeError(f"failed to open {path}: the file is empty (0 bytes)")
 
 
@@ -381,13 +415,15 @@ class _Pass:
         self.index: list[int] = []
         self.times: list[float] = []
         self.ends: list[float] = []
-        self.n, self.t_first, self.t_last, self.source_size = 0, math.nan, math.nan, (0, 0)
+        self.n, self.t_first, self.t_last, self.source_size, self.rotation = 0, math.nan, math.nan, (0, 0), 0
 
     def add(self, frame: av.VideoFrame) -> bool:
         """Take one decoded frame; False once the cap on kept frames is reached."""
         t = _frame_time(frame, self.n, self.rate)
         if self.n == 0:
-            self.t_first, self.source_size = t, (frame.width, frame.height)
+            turns = quarter_turns(frame)
+            self.t_first, self.rotation = t, 90 * turns
+            self.source_size = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
         if self.pick(self.n, t):
             self.frames.append(self.convert(frame))
             self.index.append(self.n)
@@ -442,6 +478,7 @@ def _result(path: str, taken: _Pass, n_frames: int, error: BaseException | None)
     return DecodedVideo(frames=np.stack(taken.frames), frame_index=np.asarray(taken.index, dtype=np.int64),
                         time_s=np.asarray(taken.times, dtype=np.float64), fps=taken.measured_fps(),
                         n_frames=n_frames, width=taken.source_size[0], height=taken.source_size[1],
+                        rotation=taken.rotation,
                         time_end_s=np.asarray(taken.ends, dtype=np.float64))
 
 
@@ -467,6 +504,7 @@ class VideoInfo:
     n_frames: int
     width: int
     height: int
+    rotation: int = 0  # see DecodedVideo
 
 
 @dataclass
@@ -573,7 +611,8 @@ class ClipStream:
             for frame in reader:
                 t = _frame_time(frame, n, rate)
                 if n == 0:
-                    t_first, size = t, (frame.width, frame.height)
+                    turns = quarter_turns(frame)
+                    t_first, size = t, (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
                 if pick is None or pick(n, t):
                     image = convert(frame) if cutter.wants(kept) else None
                     clip = cutter.push(kept, _Kept(image, n, t, t + _duration(frame, rate)))
@@ -590,7 +629,7 @@ class ClipStream:
         if tail is not None:
             yield tail
         self._kept = kept
-        self.info = VideoInfo(_measured_fps(n, t_first, t_last, rate), n, size[0], size[1])
+        self.info = VideoInfo(_measured_fps(n, t_first, t_last, rate), n, size[0], size[1], 90 * turns)
 
 
 def _count_kept(path: str, fps: float | None) -> int:

@@ -2,10 +2,14 @@
 format and autocast chosen once per device."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
 from pipeline.backbones import Backbone, BackboneError
+
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what --device accepts
 
 
 def resolve_device(device: str, backbone: Backbone) -> torch.device:
@@ -15,6 +19,8 @@ def resolve_device(device: str, backbone: Backbone) -> torch.device:
         return torch.device("cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not DEVICE_RE.fullmatch(device):
+        raise BackboneError(f"--device {device!r} is not a device this tool runs on; use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackboneError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(device)

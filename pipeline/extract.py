@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,9 +21,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from featstore import StoreError, StoreWriter, VideoRecord, open_store
+from featstore.errors import FramecacheError
+from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone
-from pipeline.decode import ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.decode import CROPS, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.embed import Embedder, resolve_device, resolve_precision
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import Batch, DecodeStream, InOrder, rebatch
@@ -34,6 +37,13 @@ FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
 OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FRAME_BATCH, CLIP_BATCH = 64, 8  # default units per forward pass
+DTYPES = ("float16", "float32")          # storage dtype of features
+COMPRESSIONS = ("none", "lzf", "gzip")   # HDF5 compression of features; "none" is stored as None
+
+
+class ExtractError(FramecacheError, ValueError):
+    """An extraction setting that cannot be honoured; the message names the flag."""
 
 
 @dataclass
@@ -43,7 +53,7 @@ class ExtractConfig:
     sampling: Sampling | ClipSampling | None = None  # None: every 10th frame, or the video backbone's own clips
     size: int | None = None           # model input side; None = the weights' own crop size
     crop: str = "center"              # center (weights' recipe) | square | none (squash)
-    batch_size: int = 64              # frames (or clips) per forward pass, across videos
+    batch_size: int | None = None     # units per forward pass, across videos; None: 64 frames, or 8 clips
     workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
     cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
     device: str = "auto"              # auto | cpu | cuda | cuda:i
@@ -58,16 +68,18 @@ class ExtractConfig:
     subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
+        if self.batch_size is None:  # a clip is 16 frames: 8 clips hold twice the pixels of 64 frames
+            self.batch_size = CLIP_BATCH if get_spec(self.backbone).clip is not None else FRAME_BATCH
         if self.batch_size < 1:
-            raise ValueError("--batch-size must be at least 1")
+            raise ExtractError("--batch-size must be at least 1")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
-        if self.crop not in ("center", "square", "none"):
-            raise ValueError(f"--crop must be center, square or none, not {self.crop!r}")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"--dtype must be float16 or float32, not {self.dtype!r}")
+            raise ExtractError(f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.crop not in CROPS:
+            raise ExtractError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
+        if self.dtype not in DTYPES:
+            raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
-            raise ValueError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
+            raise ExtractError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
         if self.sampling is None:
             self.sampling = sampling_for(self.backbone)
         _check_sampling_kind(self.backbone, self.sampling)
@@ -122,6 +134,7 @@ class ExtractResult:
     precision: str = ""
     unit: str = "frames"          # what a row is: frames | clips
     startup_s: float = 0.0        # process start -> first batch embedded (imports, model build, first decode)
+    meta_changed: list[MetaChange] = field(default_factory=list)  # items whose manifest label/group/split differ
 
     @property
     def frames_per_s(self) -> float:
@@ -137,7 +150,8 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
     clip = isinstance(s, ClipSampling)
     return {
         "backbone": backbone.name, "weights": backbone.weights_id,
-        "weights_arg": cfg.weights, "every": None if clip else s.every, "frames": None if clip else s.frames,
+        "weights_arg": cfg.weights, "weights_file": backbone.meta.get("weights_file"),
+        "weights_sha256": backbone.meta.get("weights_sha256"), "every": None if clip else s.every, "frames": None if clip else s.frames,
         "fps": s.fps, "max_frames": None if clip else s.max_frames,
         # the stride actually used (None with --clips), so --clip-stride 16 and its default 16 are one store
         "clip_len": s.clip_len if clip else None, "clip_stride": s.stride if clip and s.clips is None else None,
@@ -145,7 +159,7 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
         "size": geometry.size, "crop": geometry.crop,
         "resize": list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
-        "dim": backbone.dim, "subset": cfg.subset, "device": str(device), "precision": precision,
+        "dim": backbone.dim, "subset": cfg.subset, "autorotate": True, "device": str(device), "precision": precision,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
     }
 
@@ -214,6 +228,23 @@ def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
                          "another --store")
 
 
+def meta_changes(items: list[Item], store_path: str | Path) -> list[MetaChange]:
+    """Items already in the store whose label, group or split in `items` differ from what the store holds."""
+    if not (Path(store_path) / HEADER).exists():
+        return []
+    with open_store(store_path) as store:
+        return diff_meta(store, {it.id: {"label": it.label, "group": it.group, "split": it.split} for it in items})
+
+
+def update_meta(items: list[Item], store_path: str | Path) -> list[MetaChange]:
+    """Record the label, group and split of `items` for those already in the store; nothing is decoded or embedded."""
+    if not (Path(store_path) / HEADER).exists():
+        raise StoreError(f"no store at {store_path}: --update-meta updates a store that extract wrote")
+    changes = meta_changes(items, store_path)
+    write_meta_update(store_path, changes)
+    return changes
+
+
 def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
             on_progress: Callable[[dict], None] | None = None) -> ExtractResult:
     """Embed every pending item into the store at `store_path`; returns what was done."""
@@ -223,18 +254,19 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     lock = claim_store(store_path, prefix, cfg.force)
     try:
         todo, skipped = pending_items(items, store_path, cfg)
+        meta_changed = meta_changes(items, store_path)
         backbone = load_backbone(cfg.backbone, cfg.weights)
         device = resolve_device(cfg.device, backbone)
         precision = resolve_precision(cfg.precision, device, backbone)
         geometry = geometry_for(cfg, backbone)
         config = store_config(cfg, backbone, geometry, device, precision)
     except BaseException:
-        lock.release()
+        lock.abandon()  # a typo in --weights must not leave an empty store directory behind
         raise
     writer = StoreWriter(store_path, config, fingerprint_keys(config), backbone.dim, prefix=prefix, lock=lock,
                          flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
     result = ExtractResult(str(store_path), skipped=skipped, device=str(device), precision=precision,
-                           unit="clips" if backbone.is_video else "frames")
+                           unit="clips" if backbone.is_video else "frames", meta_changed=meta_changed)
     thread = _Writer(writer)
     thread.start()
     start = time.perf_counter()
@@ -280,6 +312,16 @@ def _init_decode_worker(_: int) -> None:
     # A decode worker runs no model: one decoder thread and one torch thread each, the rest for inference.
     set_decoder_threads(1)
     torch.set_num_threads(1)
+    # Stopping is the main process's job: it saves the finished videos, then shuts the workers down. Ctrl-C reaches
+    # the whole process group, so a worker ignores it (no traceback of its own); SIGTERM (DataLoader's own shutdown,
+    # or Slurm/systemd signalling every process) ends a worker quietly, with a status the main process does not
+    # report as a crashed worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _quiet_exit)
+
+
+def _quiet_exit(signum: int, frame) -> None:
+    os._exit(0)
 
 
 _IMPORTED = time.perf_counter()
@@ -303,29 +345,48 @@ def _report(on_progress, result: ExtractResult, total: int, current: str) -> Non
                      "failed": len(result.failed), "current": current})
 
 
-def config_from_store(config: dict, device: str = "auto", workers: int | None = 0) -> ExtractConfig:
-    """The ExtractConfig that made a store (its backbone, weights, sampling and preprocessing)."""
+def config_from_store(config: dict, device: str = "auto", workers: int | None = 0,
+                      weights: str | None = None) -> ExtractConfig:
+    """The ExtractConfig that made a store (its backbone, weights, sampling and preprocessing).
+
+    `weights` replaces a weights file that is no longer where the store recorded it (embed_files checks its hash)."""
     if config.get("clip_len") is not None:  # a clip store; format-1 configs have no clip keys at all
         sampling = ClipSampling(clip_len=config["clip_len"], clip_stride=config.get("clip_stride"),
                                 clips=config.get("clips"), fps=config.get("fps"))
     else:
         sampling = Sampling(every=config["every"], frames=config["frames"], fps=config["fps"],
                             max_frames=config["max_frames"])
-    return ExtractConfig(backbone=config["backbone"], weights=config["weights_arg"], sampling=sampling,
+    return ExtractConfig(backbone=config["backbone"], weights=weights or store_weights(config), sampling=sampling,
                          size=config["size"], crop=config["crop"], device=device, workers=workers,
                          dtype=config["dtype"])
 
 
-def embed_files(paths: list[str], config: dict, device: str = "auto") -> list[VideoRecord]:
+def store_weights(config: dict) -> str:
+    """The --weights that rebuilds a store's backbone: its enum name, or the weights file, looked for at the absolute
+    path extract recorded, then at the path extract was given (relative to the working directory)."""
+    if not str(config["weights"]).startswith("file:"):
+        return config["weights_arg"]
+    for candidate in (config.get("weights_file"), config["weights_arg"]):
+        if candidate and Path(candidate).expanduser().is_file():
+            return candidate
+    raise BackboneError(f"the weights file the store was made with is gone (recorded at "
+                        f"{config.get('weights_file') or config['weights_arg']}, {config['weights']}): "
+                        "pass --weights PATH to a copy of it (its sha256 is checked)")
+
+
+def embed_files(paths: list[str], config: dict, device: str = "auto", weights: str | None = None) -> list[VideoRecord]:
     """Decode and embed files exactly as the store with `config` was made; no store is written.
 
     Features go through the store's dtype, so a file embedded here equals the same file read from the store.
+    `weights` points at the store's weights file when it has moved; a file with other content is refused.
     """
-    cfg = config_from_store(config, device)
+    cfg = config_from_store(config, device, weights=weights)
     backbone = load_backbone(cfg.backbone, cfg.weights)
-    if backbone.weights_id != config["weights"]:
+    recorded = config.get("weights_sha256")
+    if backbone.weights_id != config["weights"] or (recorded and backbone.meta.get("weights_sha256") != recorded):
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "
-                            f"({backbone.weights_id} vs {config['weights']})")
+                            f"({backbone.meta.get('weights_sha256') or backbone.weights_id} vs "
+                            f"{recorded or config['weights']})")
     dev = resolve_device(cfg.device, backbone)
     geometry = geometry_for(cfg, backbone)
     items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]

@@ -71,7 +71,7 @@ def shard_items(items: list[Item], index: int, count: int) -> list[Item]:
     """The items of shard `index` out of `count`, chosen by a stable hash of the id (same answer in every process
     and Python version), so `count` processes get disjoint subsets that together cover all items. Order is kept."""
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {index}/{count} is invalid: need 0 <= i < N, e.g. --shard 0/4 ... --shard 3/4")
+        raise SourceError(f"--shard {index}/{count} is invalid: need 0 <= i < N, e.g. --shard 0/4 ... --shard 3/4")
     return [item for item in items if _stable_hash(item.id) % count == index]
 
 

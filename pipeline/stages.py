@@ -96,7 +96,7 @@ class DecodeStream(IterableDataset):
     def _frames(self, slot: int, item: Item):
         v = decode_video(item.path, self.sampling, self.geometry)
         yield _frame_rows(slot, v.frames, v.frame_index, v.time_s, v.time_end_s)
-        return VideoInfo(v.fps, v.n_frames, v.width, v.height)
+        return VideoInfo(v.fps, v.n_frames, v.width, v.height, v.rotation)
 
     def _clips(self, slot: int, item: Item):
         stream = ClipStream(item.path, self.sampling, self.geometry)
@@ -184,7 +184,7 @@ class PendingVideo:
             return np.concatenate([getattr(s, name) for s in self.spans])
 
         return VideoRecord(**base, fps=float(info.fps), n_frames=int(info.n_frames), width=int(info.width),
-                           height=int(info.height), features=np.concatenate(self.features),
+                           height=int(info.height), rotation=int(info.rotation), features=np.concatenate(self.features),
                            frame_index=column("frame_index").astype(np.int64), time_s=column("time_s"),
                            frame_end=column("frame_end").astype(np.int64), time_end_s=column("time_end_s"))
 

@@ -35,7 +35,7 @@ def test_every_registered_backbone_embeds_to_its_dim(name):
     assert not any(p.requires_grad for p in b.model.parameters()) and not b.model.training
     # Preprocessing comes from the weights enum, not from constants typed here.
     assert b.preprocess.mean == tuple(spec.weights.DEFAULT.transforms().mean)
-    assert b.cam_layer in dict(b.model.named_modules()), f"cam_layer {b.cam_layer!r} is not a module of {name}"
+    assert b.cam_layer and b.cam_layer in dict(b.model.named_modules()), f"no cam_layer {b.cam_layer!r} in {name}"
     assert b.is_video == (x.ndim == 5)
 
 

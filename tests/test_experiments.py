@@ -52,6 +52,8 @@ def test_folds_cross_validate_the_training_split_and_never_read_test(store, tmp_
         groups = lambda ids: {"_".join([i.split("_")[0], str(int(i.split("_")[1]) // 2)]) for i in ids}  # noqa: E731
         assert not groups(f["test"]) & groups(f["train"] + f["val"])
     assert m["eval_split"] == "cv" and m["test"] is None and "accuracy" in m["cv"]
+    row = list_runs(tmp_path)[0]
+    assert (row["accuracy"], row["accuracy_std"]) == (m["cv"]["accuracy"], m["cv_std"]["accuracy"])
 
 
 def test_summarize_means_and_sample_std_of_shared_numbers():

@@ -82,6 +82,8 @@ def test_concat_fusion_separates_what_neither_store_can_alone(tmp_path):
     assert max(alone) < 0.7 and fused["test"]["accuracy"] > 0.9
     assert fused["fusion"]["left_out"] == {str(a): 1, str(b): 0}
     assert fused["fusion"]["left_out_examples"][str(a)] == ["only_a"] and fused["backbone"] == "netA+netB"
+    res = CliRunner().invoke(cli.app, ["evaluate", str(tmp_path / "fused")])
+    assert res.exit_code == 1 and "joined (--fuse)" in res.output
 
 
 def test_sequence_heads_align_the_second_store_by_time(tmp_path):

@@ -26,3 +26,21 @@ def test_cuda_autocast_matches_cpu_fp32(tmp_path, precision):
     a, b = open_store(tmp_path / "gpu").load_all().features, open_store(tmp_path / "cpu").load_all().features
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.999
+
+
+def test_cuda_clips_match_cpu_fp32(tmp_path):
+    """Clips: pinned Rows, channels_last_3d and autocast on the GPU agree with the CPU in fp32."""
+    from pipeline.decode import ClipSampling
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_video(tmp_path / f"v{i}.mkv", rng.integers(0, 256, (12, 48, 48, 3), dtype=np.uint8))
+    items = load_source(tmp_path)
+    base = dict(backbone="r3d_18", weights="none", sampling=ClipSampling(clip_len=8, clip_stride=4), size=32,
+                batch_size=2, workers=2, dtype="float32")
+    gpu = extract(items, tmp_path / "gpu", ExtractConfig(**base, device="cuda", precision="auto"))
+    extract(items, tmp_path / "cpu", ExtractConfig(**base, device="cpu", precision="fp32"))
+    assert gpu.unit == "clips" and gpu.frames == 3 * 2
+    a, b = open_store(tmp_path / "gpu").load_all().features, open_store(tmp_path / "cpu").load_all().features
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999

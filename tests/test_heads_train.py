@@ -209,8 +209,8 @@ def test_same_seed_same_run(blob_store, tmp_path):
 
 
 def test_bad_flags_are_named():
-    with pytest.raises(HeadError, match="--optimizer 'rmsprop'.*adamw, adam, sgd"):
-        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(HeadError, match="--optimizer 'adagrad'.*adamw, adam, sgd, rmsprop"):
+        TrainConfig(optimizer="adagrad")
     with pytest.raises(HeadError, match="--val-frac 1.5"):
         TrainConfig(val_frac=1.5)
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import cli
 from data.synth import write_video
-from featstore import BadShard, DiskFull, ForeignShard, StoreError, StoreWriter, VideoRecord, open_store, verify_store
+from featstore import BadShard, ForeignShard, StoreError, StoreWriter, VideoRecord, open_store, verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -87,16 +87,24 @@ def one_line_error(stderr: str) -> str:
     return errors[0]
 
 
-def cli_child(*args, file_limit: int | None = None, **kw) -> subprocess.CompletedProcess:
-    """`python cli.py ARGS` in a child process, optionally under RLIMIT_FSIZE (SIGXFSZ ignored: writes then fail
-    with EFBIG, as they fail with ENOSPC on a full disk)."""
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+class FileSizeLimit:
+    """preexec_fn of a child whose files may not grow past `nbytes`: with SIGXFSZ ignored, a write past the limit
+    fails with EFBIG, as it fails with ENOSPC on a full disk."""
 
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+    def __call__(self) -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.nbytes, self.nbytes))
+
+
+def cli_child(*args, file_limit: int | None = None) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` in a child process, optionally under a file size limit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}  # wide: rich must not wrap the one line
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *[str(a) for a in args]], env=env, text=True,
-                          capture_output=True, preexec_fn=limit if file_limit else None, timeout=300, **kw)
+                          capture_output=True, preexec_fn=FileSizeLimit(file_limit) if file_limit else None,
+                          timeout=300)
 
 
 # -- disk full -------------------------------------------------------------------------------------------------
@@ -139,18 +147,35 @@ GROWING_WRITER = textwrap.dedent("""
 
 def test_disk_full_mid_run_leaves_earlier_shards_and_no_temp_file_and_exits_cleanly(tmp_path):
     store = tmp_path / "s"
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
-
     run = subprocess.run([sys.executable, "-c", GROWING_WRITER, str(store)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit, timeout=120)
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=FileSizeLimit(600_000), timeout=120)
     assert run.returncode == 0, run.stderr  # not 139: HDF5 never saw the failed write
     assert "disk full writing" in run.stdout and "p0-000001.h5" in run.stdout
     assert no_temp_files(store)
     s = open_store(store)
     assert s.ids() == ["v0", "v1"] and (s.features("v1") == 1).all()
     assert verify_store(store, deep=True).passed
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 700 kB tmpfs (a really full disk: ENOSPC); skipped where this process may not mount one."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mnt)],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_really_full_disk_gives_the_same_one_line_as_the_size_limit(small_filesystem):
+    store = small_filesystem / "s"
+    run = subprocess.run([sys.executable, "-c", GROWING_WRITER, str(store)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "disk full writing" in run.stdout and "p0-000001.h5" in run.stdout and "kB is free there" in run.stdout
+    assert no_temp_files(store) and open_store(store).ids() == ["v0", "v1"]
 
 
 @pytest.mark.slow
@@ -427,3 +452,23 @@ def test_info_failed_lists_every_failure(tmp_path):
     listed = invoke("info", tmp_path / "s", "--failed")
     assert listed.exit_code == 0
     assert listed.stdout.splitlines() == [f"bad{i:02d}\treason {i}" for i in range(25)]
+
+
+def test_a_damaged_compacted_file_is_named_and_verify_says_to_compact_again(reference, tmp_path):
+    one = tmp_path / "one.h5"
+    assert invoke("compact", reference, one, "--compression", "none").exit_code == 0
+    flip_byte(one, feature_chunk_offset(one) + 64)
+    res = invoke("fit-head", one, "--out", tmp_path / "run")
+    assert res.exit_code == 1 and f"store file {one}: checksum mismatch in features" in res.output
+    assert "cli.py compact" in res.output and "Traceback" not in res.output
+    res = invoke("verify", one, "--deep")
+    assert res.exit_code == 1 and "checksum mismatch in features" in res.output
+    res = invoke("verify", one, "--quarantine")
+    assert res.exit_code == 1 and "compact it again" in res.output
+
+
+def test_a_run_that_fails_before_its_first_shard_leaves_no_store_directory(clips, tmp_path):
+    res = invoke("extract", clips, "--backbone", "resnet18", "--weights", tmp_path / "absent.pth",
+                 "--store", tmp_path / "new")
+    assert res.exit_code == 1 and "absent.pth" in res.output
+    assert not (tmp_path / "new").exists()

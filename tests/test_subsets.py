@@ -1,5 +1,4 @@
 """Subsets at the source: --classes / --classes-file / --per-class on manifests, class folders and UCF101 roots."""
-import json
 from collections import Counter
 
 import pytest

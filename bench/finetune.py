@@ -1,0 +1,110 @@
+"""What fine-tuning costs: training images/s beside forward+backward alone and decoding alone, in one run.
+
+    python bench/finetune.py [--source /work/shared/data/ucf101_subset20/manifest.csv] [--clips 16]
+                             [--backbone mobilenet_v2] [--size 224] [--segments 4] [--batch-size 4] [--workers 1]
+
+Three measurements on the same clips, model, batch and precision (`--precision auto`):
+  decode   the DataLoader alone (workers decoding TSN segment frames, augmentation included), no model;
+  compute  forward + backward + optimizer step alone, on synthetic uint8 batches already in memory;
+  train    the real training epoch (`Trainer.train_epoch`): decoding overlapped with compute.
+busy = train / compute is how much of the time the loader keeps the model working (the issue asks >= 0.8). On a
+CPU, decode workers and the model share the cores, so the ceiling there is 1 / (1/compute + 1/decode), not compute.
+Prints the JSON it writes to bench/results/finetune.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from finetune.data import ClipFrames, FrameSampler, clip_loader, epoch_order  # noqa: E402
+from finetune.model import VideoNet, trainable_backbone  # noqa: E402
+from finetune.objectives import Supervised  # noqa: E402
+from finetune.train import FinetuneConfig, Loaders, Trainer  # noqa: E402
+from heads.data import build_vocab, encode_targets  # noqa: E402
+from heads.models import HeadConfig, build_head  # noqa: E402
+from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision  # noqa: E402
+from pipeline.sources import load_source  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "finetune.json"
+DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "ucf101_subset20" / "manifest.csv"
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--weights", default="none")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--segments", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--precision", default="auto")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    items = [it for it in load_source(args.source) if it.split == "train"][:args.clips]
+    cfg = FinetuneConfig(backbone=args.backbone, weights=args.weights, size=args.size, segments=args.segments,
+                         batch_size=args.batch_size, workers=args.workers, precision=args.precision, epochs=1)
+    backbone = trainable_backbone(cfg.backbone, cfg.weights)
+    device = resolve_device(cfg.device, backbone)
+    precision = resolve_precision(cfg.precision, device, backbone)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size), backbone)
+    labels = build_vocab([list(it.labels) for it in items])
+    targets = encode_targets([list(it.labels) for it in items], labels, "multiclass")
+    head = build_head(HeadConfig(in_dim=backbone.dim, n_classes=len(labels), max_len=cfg.segments))
+    net = VideoNet(backbone, head).to(device)
+    dataset = ClipFrames(items, geometry, FrameSampler("segments", cfg.segments), augment=True, seed=0)
+    data = Loaders(dataset, dataset, cfg.workers, device.type == "cuda")
+    trainer = Trainer(net, Supervised(targets, labels), cfg, data, device, amp, Path(os.devnull))
+    images = len(items) * cfg.segments
+
+    t = time.perf_counter()
+    for _ in clip_loader(dataset, epoch_order(len(items), 0, 1), cfg.batch_size, cfg.workers, False):
+        pass
+    decode_s = time.perf_counter() - t
+
+    fake = next(iter(clip_loader(dataset, list(range(cfg.batch_size)), cfg.batch_size, 0, False)))
+    trainer.step(fake)  # warm-up: first-call allocations and kernel selection
+    steps = -(-len(items) // cfg.batch_size)
+    t = time.perf_counter()
+    for _ in range(steps):
+        trainer.step(fake)
+    compute_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _, trained = trainer.train_epoch(1)
+    train_s = time.perf_counter() - t
+
+    rate = {"decode": images / decode_s, "compute": steps * len(fake) * cfg.segments / compute_s,
+            "train": trained * cfg.segments / train_s}
+    result = {
+        "what": "fine-tuning images/s: training epoch vs forward+backward alone vs decoding alone",
+        "source": str(args.source), "clips": len(items), "backbone": cfg.backbone, "size": geometry.size,
+        "segments": cfg.segments, "batch_clips": cfg.batch_size, "workers": cfg.workers,
+        "device": str(device), "precision": precision, "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+        "images_per_s": {k: round(v, 2) for k, v in rate.items()},
+        "busy_train_over_compute": round(rate["train"] / rate["compute"], 3),
+        "train_over_cpu_ceiling": round(rate["train"] * (1 / rate["compute"] + 1 / rate["decode"]), 3),
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""A run's backbone and head as one differentiable model: the frames of one video in, one logit vector out.
+
+`predict` embeds a file with its store's recipe (decode, sample, resize/crop, normalize, backbone), rounds the
+features to the store's dtype, and lets the head read up to `max_frames` uniformly spaced rows of the clip.
+`ComposedModel` does exactly that inside one autograd graph, so a map explains the very number `predict` prints:
+pooling heads average over the frames, sequence heads read them in order; either way one (1, C) logit vector.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from explain import ExplainError
+from heads.data import eval_frames
+from heads.multitask import is_multitask
+from heads.run import load_run
+from heads.train import probabilities
+from pipeline.backbones import REGISTRY, BackboneError, get_spec, load_backbone
+from pipeline.decode import DecodedVideo, Geometry, Sampling, decode_image, decode_video
+from pipeline import config_from_store, geometry_for, resolve_device
+from pipeline.sources import item_kind
+
+STORE_DTYPES = {"float16": torch.float16, "float32": None}  # None: features are stored as computed
+
+
+class ComposedModel(nn.Module):
+    """(T, 3, H, W) float pixels in 0..255 of one video -> (1, C) logits of the run's head.
+
+    Normalization is the extraction's own arithmetic, and features go through the store's dtype with a straight-
+    through rounding: the forward values equal what the head read at training time, the gradients stay fp32."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean: tuple, std: tuple,
+                 store_dtype: torch.dtype | None):
+        super().__init__()
+        self.backbone, self.head, self.store_dtype = backbone, head, store_dtype
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:  # (T, 3, H, W) -> (T, D)
+        feats = self.backbone((pixels - self.mean) / self.std)
+        if self.store_dtype is None:
+            return feats
+        return feats + (feats.to(self.store_dtype).float() - feats).detach()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        feats = self.features(pixels)
+        lengths = torch.tensor([len(feats)], dtype=torch.int64, device=feats.device)
+        return self.head(feats[None], lengths)
+
+
+@dataclass
+class RunModel:
+    """What explaining a run needs: the composed model and how its store sampled and shaped frames."""
+    model: ComposedModel
+    labels: list[str]
+    task: str
+    backbone: str
+    sampling: Sampling
+    geometry: Geometry
+    max_frames: int              # the head reads at most this many frames of a clip (uniformly spaced)
+    device: torch.device
+
+
+def check_explainable(config: dict, run_dir: str | Path) -> None:
+    """Refuse stores whose backbone gives no gradients (int8) or whose rows are clips (not supported yet)."""
+    name = config.get("backbone")
+    spec = get_spec(name)
+    if spec.cpu_only:  # int8 kernels: no autograd through them
+        twin = name.removeprefix("quantized_")
+        use = (f"the float {twin} (e.g. `extract --backbone {twin} --weights mobilenet_v2_float_dequantized.pth`)"
+               if twin in REGISTRY else "a float backbone")
+        raise ExplainError(f"run {run_dir} was trained on a {name} store, and int8 kernels have no gradients: "
+                           f"extract with {use}, fit a head on that store, and explain that run")
+    if spec.clip is not None or config.get("clip_len") is not None:
+        raise ExplainError(f"run {run_dir} was trained on clip rows ({name}): explain is not supported for clip "
+                           "backbones yet (frame stores only)")
+
+
+def load_run_model(run_dir: str | Path, device: str = "auto") -> RunModel:
+    """The run's head behind the backbone that made its store (same weights, checked), fp32, eval mode."""
+    head, ckpt = load_run(run_dir)
+    if is_multitask(ckpt):
+        raise ExplainError(f"run {run_dir} was trained on several stores at once: explain a single-store run")
+    config = ckpt["store_config"]
+    check_explainable(config, run_dir)
+    cfg = config_from_store(config, device)
+    backbone = load_backbone(cfg.backbone, cfg.weights)
+    if backbone.weights_id != config["weights"]:
+        raise BackboneError(f"the weights at {cfg.weights} are not the ones the run's store was made with "
+                            f"({backbone.weights_id} vs {config['weights']})")
+    dev = resolve_device(cfg.device, backbone)
+    pre = backbone.preprocess
+    model = ComposedModel(backbone.model, head, pre.mean, pre.std, STORE_DTYPES[config["dtype"]]).to(dev).eval()
+    return RunModel(model, list(ckpt["labels"]), ckpt["task"], cfg.backbone, cfg.sampling,
+                    geometry_for(cfg, backbone), int(ckpt["train_config"]["max_frames"]), dev)
+
+
+def decode_for(run: RunModel, path: str | Path) -> DecodedVideo:
+    """The frames the run's store would hold for `path` (DecodeError when it cannot be read)."""
+    if item_kind(Path(path)) == "image":
+        return decode_image(path, run.geometry)
+    return decode_video(path, run.sampling, run.geometry)
+
+
+def head_rows(n_frames: int, max_frames: int) -> np.ndarray:
+    """Positions of the sampled frames that the head reads at evaluation: all, or max_frames uniformly spaced."""
+    idx, n = eval_frames(torch.tensor([n_frames]), max_frames)
+    return idx[0, :int(n[0])].numpy()
+
+
+def clip_probabilities(logits: torch.Tensor, task: str) -> np.ndarray:
+    """(C,) probabilities of one (1, C) logit vector, exactly as predict turns logits into probabilities."""
+    return probabilities(logits.detach().float().cpu().numpy(), task)[0]
+
+
+def to_pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, H, W) float32 in 0..255 on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()

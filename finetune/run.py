@@ -1,0 +1,241 @@
+"""`finetune`: items in, a run directory out, laid out like fit-head's so `cli.py runs` lists it.
+
+    backbone.pt    {"state_dict": the registry architecture's weights (classifier removed), "backbone": name,
+                    "config": what made it}; torch.load(weights_only=True) works, and `extract --weights` takes it
+    checkpoint.pt  the training state after the last finished epoch (what --resume continues from)
+    config.json, splits.json, history.csv, metrics.json, curves.png
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from featstore import diff_configs
+from finetune.data import ClipFrames, FinetuneError, FrameSampler, default_workers, item_index
+from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
+from finetune.objectives import Supervised, Temporal
+from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
+from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
+from heads.models import HeadConfig, build_head, count_params
+from heads.plots import plot_curves
+from heads.run import load_run
+from pipeline.backbones import Backbone
+from pipeline.decode import Geometry
+from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision
+from pipeline.sources import Item
+
+CHECKPOINT = "checkpoint.pt"
+BACKBONE_FILE = "backbone.pt"
+# What an --init-head run's store must share with this run for its head to read our features.
+INIT_HEAD_KEYS = ("backbone", "weights", "size", "resize", "crop", "mean", "std")
+STAT_CLIPS = 32  # clips whose features standardize a new head's input (as fit-head does with train frames)
+
+
+@dataclass
+class Prepared:
+    net: VideoNet
+    objective: Supervised | Temporal
+    head_config: dict
+    labels: list[str]
+    splits: dict[str, np.ndarray]
+    new_head: bool
+
+
+def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False,
+             on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Fine-tune cfg.backbone on `items` into `out_dir`; returns metrics.json. Raises NothingTrained (nothing
+    written) when no training clip decodes; clips that fail are listed in metrics["failed"]."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise FinetuneError(f"{out} holds the checkpoint of an earlier run: pass --resume to continue it, "
+                            "or choose another --out")
+    backbone = trainable_backbone(cfg.backbone, cfg.weights)
+    device = resolve_device(cfg.device, backbone)
+    precision = resolve_precision(cfg.precision, device, backbone)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size, crop=cfg.crop), backbone)
+    index = item_index(items)
+    prep = _prepare(backbone, geometry, index, cfg)
+    data = _loaders(items, geometry, cfg, prep, device)
+    prep.net.to(device)
+    if prep.new_head and isinstance(prep.objective, Supervised) and not (resume and checkpoint.exists()):
+        _standardize_head(prep.net, data, device, amp)
+    trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint)
+    if resume and checkpoint.exists():
+        trainer.resume()
+    state = trainer.run(on_epoch)
+    metrics = _final_metrics(trainer, items, prep, geometry, data, cfg, state, precision)
+    _write_run(out, cfg, prep, backbone, geometry, state, metrics, index)
+    metrics["seconds"] = time.perf_counter() - start
+    _write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+# -- building the network ---------------------------------------------------------------------------------------
+def _prepare(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneConfig) -> Prepared:
+    torch.manual_seed(cfg.seed)  # a new head's init
+    if cfg.objective == "temporal":
+        head = ProjectionHead(backbone.dim, cfg.hidden, cfg.proj_dim)
+        splits = make_splits(index, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
+        hc = {"kind": "projection", "in_dim": backbone.dim, "hidden": cfg.hidden, "out_dim": cfg.proj_dim}
+        prep = Prepared(VideoNet(backbone, head, cfg.bn), Temporal(cfg.tau), hc, [], splits, True)
+    elif cfg.init_head:
+        prep = _from_init_head(backbone, geometry, index, cfg)
+    else:
+        labels, targets = _targets(index, None)
+        hc = HeadConfig(kind=cfg.head, in_dim=backbone.dim, n_classes=len(labels), hidden=cfg.hidden,
+                        max_len=cfg.segments)
+        splits = make_splits(index, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
+        prep = Prepared(VideoNet(backbone, build_head(hc), cfg.bn), Supervised(targets, labels, cfg.label_smoothing),
+                        asdict(hc), labels, splits, True)
+    if cfg.backbone_lr_mult == 0:
+        prep.net.backbone.requires_grad_(False)
+    elif cfg.freeze_until:
+        freeze_until(prep.net.backbone, cfg.freeze_until)
+    return prep
+
+
+def _targets(index: Cache, vocab: list[str] | None) -> tuple[list[str], torch.Tensor]:
+    if detect_task(index.labels) != "multiclass":
+        raise FinetuneError("--objective supervised trains single-label classes; some clips have several labels")
+    labels = vocab or build_vocab(index.labels)
+    if len(labels) < 2:
+        raise FinetuneError(f"--objective supervised needs at least 2 labels, the source has {labels}")
+    return labels, encode_targets(index.labels, labels, "multiclass")
+
+
+def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneConfig) -> Prepared:
+    """The head of a fit-head run, refused when its store's features are not the ones this run computes."""
+    head, ckpt = load_run(cfg.init_head)
+    ours = {"backbone": backbone.name, "weights": backbone.weights_id, "size": geometry.size,
+            "resize": geometry.resize, "crop": geometry.crop, "mean": list(backbone.preprocess.mean),
+            "std": list(backbone.preprocess.std)}
+    diffs = diff_configs(ckpt["store_config"], ours, INIT_HEAD_KEYS)
+    if diffs:
+        raise FinetuneError(f"--init-head {cfg.init_head} was trained on other features than this run computes "
+                            f"({'; '.join(diffs)}): pass the matching --backbone/--weights/--size/--crop, "
+                            "or fit a head on a store extracted with them")
+    if ckpt["task"] != "multiclass":
+        raise FinetuneError(f"--init-head {cfg.init_head} is a {ckpt['task']} head; finetune trains multiclass heads")
+    hc = ckpt["head_config"]
+    if hc["kind"] == "transformer" and hc["max_len"] < cfg.segments:
+        raise FinetuneError(f"--init-head {cfg.init_head} reads at most {hc['max_len']} frames: "
+                            f"use --segments {hc['max_len']} or fewer")
+    unknown = sorted({x for ls in index.labels for x in ls} - set(ckpt["labels"]))
+    if unknown:
+        raise FinetuneError(f"--init-head {cfg.init_head} does not know the source's labels {unknown[:5]}")
+    labels, targets = _targets(index, ckpt["labels"])
+    splits = _run_splits(Path(cfg.init_head), index)
+    return Prepared(VideoNet(backbone, head, cfg.bn), Supervised(targets, labels, cfg.label_smoothing), hc,
+                    labels, splits, False)
+
+
+def _run_splits(run_dir: Path, index: Cache) -> dict[str, np.ndarray]:
+    """The init head's own train/val/test clips, so its frozen numbers and ours are on the same clips."""
+    saved = json.loads((run_dir / "splits.json").read_text())
+    where = {vid: i for i, vid in enumerate(index.ids)}
+    splits = {k: np.array(sorted(where[v] for v in saved.get(k, []) if v in where), dtype=np.int64)
+              for k in ("train", "val", "test")}
+    if not len(splits["train"]) or not len(splits["val"]):
+        raise FinetuneError(f"the source holds none of the train or val clips of --init-head {run_dir}: "
+                            "pass the source its store was extracted from")
+    return splits
+
+
+def _loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: Prepared,
+             device: torch.device) -> Loaders:
+    kind = prep.objective.sampler
+
+    def subset(name: str, train: bool) -> ClipFrames:
+        chosen = [items[i] for i in prep.splits[name]]
+        sampler = FrameSampler(kind, cfg.segments, cfg.pos_window, random=train)
+        return ClipFrames(chosen, geometry, sampler, augment=train and cfg.augment, seed=cfg.seed)
+
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    return Loaders(subset("train", True), subset("val", False), workers, device.type == "cuda")
+
+
+@torch.no_grad()
+def _standardize_head(net: VideoNet, data: Loaders, device: torch.device, amp: torch.dtype | None) -> None:
+    """A new head standardizes its input like fit-head's (center each dim, one std for all) with the features of
+    the first training clips' segment centres, so its learning rate means the same whatever the backbone."""
+    probe = ClipFrames(data.train.items[:STAT_CLIPS], data.train.geometry,
+                       FrameSampler("segments", data.train.sampler.segments, random=False), False, data.train.seed)
+    feats = []
+    net.eval()
+    for i in range(len(probe)):
+        _, frames, _ = probe[i]
+        if frames is not None:
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                feats.append(net.embed(frames.to(device)).float().cpu())
+    if feats:
+        f = torch.cat(feats)  # (N, D)
+        std = f.std(0, unbiased=False).pow(2).mean().sqrt().clamp_min(1e-6)
+        net.head.input.set_stats(f.mean(0).to(device), std.expand(f.shape[1]).to(device))
+
+
+# -- results ------------------------------------------------------------------------------------------------------
+def _final_metrics(trainer: Trainer, items: list[Item], prep: Prepared, geometry: Geometry, data: Loaders,
+                   cfg: FinetuneConfig, state: LoopState, precision: str) -> dict:
+    scored = {}
+    for name in ("val", "test"):
+        if len(prep.splits[name]):
+            dataset = ClipFrames([items[i] for i in prep.splits[name]], geometry,
+                                 FrameSampler(prep.objective.sampler, cfg.segments, cfg.pos_window, random=False),
+                                 False, cfg.seed)
+            scored[name] = evaluate(trainer.net, prep.objective, dataset, cfg.batch_size, data.workers,
+                                    trainer.device, trainer.amp, state.failures)
+    supervised = isinstance(prep.objective, Supervised)
+    eval_split = "test" if "test" in scored else "val"
+    metric_key = "accuracy" if supervised else "cos_gap"
+    return {
+        "kind": "finetune", "objective": cfg.objective, "backbone": cfg.backbone,
+        "head": prep.head_config["kind"], "task": "multiclass" if supervised else "temporal", "split": cfg.split,
+        "eval_split": eval_split, "metric_name": metric_key, "metric": scored[eval_split].get(metric_key),
+        "val": scored.get("val"), "test": scored.get("test"), "labels": prep.labels,
+        "n_params": count_params(trainer.net), "n_train": len(prep.splits["train"]),
+        "n_val": len(prep.splits["val"]), "n_test": len(prep.splits["test"]), "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch, "precision": precision, "device": str(trainer.device),
+        "train_seconds": sum(r["seconds"] for r in state.history),
+        "failed": sorted(state.failures.items()), "init_head": cfg.init_head,
+    }
+
+
+def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbone, geometry: Geometry,
+               state: LoopState, metrics: dict, index: Cache) -> None:
+    weights = {k.removeprefix("backbone."): v for k, v in prep.net.state_dict().items() if k.startswith("backbone.")}
+    made = {"finetune": asdict(cfg), "from_weights": backbone.weights_id, "geometry": asdict(geometry)}
+    save_atomic({"state_dict": {k: v.detach().cpu() for k, v in weights.items()}, "backbone": cfg.backbone,
+                 "config": made}, out / BACKBONE_FILE)
+    metrics["backbone_file"] = str((out / BACKBONE_FILE).resolve())
+    metrics["backbone_sha256"] = _sha256(out / BACKBONE_FILE)
+    _write_json(out / "config.json", {**made, "head": prep.head_config, "labels": prep.labels,
+                                      "extract": f"--backbone {cfg.backbone} --weights {out / BACKBONE_FILE}"})
+    _write_json(out / "splits.json", {k: [index.ids[i] for i in v] for k, v in prep.splits.items()})
+    _write_history(out / "history.csv", state.history)
+    plot_curves(state.history, out / "curves.png", metrics["metric_name"], state.best_epoch)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)

@@ -1,0 +1,284 @@
+"""The fine-tuning loop: epochs of (train, validate, checkpoint), warm-up + cosine/plateau schedule, early stopping.
+
+After every epoch the whole training state (weights, optimizer, schedule, best weights so far, history, failures)
+goes into one checkpoint file, written to a temporary name, fsynced and renamed over the old one: a kill at any
+moment leaves the previous epoch's checkpoint intact. Data order, frame choice, augmentation and dropout are
+seeded by (seed, epoch), so resuming from epoch e replays epochs e+1... exactly as an uninterrupted run does.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from finetune.data import Batch, ClipFrames, FinetuneError, clip_loader, epoch_order, steps_per_epoch
+from finetune.model import BN_MODES, VideoNet, param_groups
+from finetune.objectives import OBJECTIVES, Supervised, Temporal, headline
+from heads.data import SPLITS
+from heads.models import HEADS
+
+SCHEDULERS = ("cosine", "plateau", "none")
+# Settings that may change between a run and its --resume without changing the result.
+RESUMABLE_CHANGES = ("workers", "device")
+
+
+@dataclass
+class FinetuneConfig:
+    objective: str = "supervised"   # supervised (labels, TSN segments) | temporal (InfoNCE on frame pairs)
+    backbone: str = "resnet50"      # a registry name (float models only)
+    weights: str = "DEFAULT"        # as for extract: enum name, none, or a file (a finetune backbone.pt too)
+    init_head: str | None = None    # a fit-head run on a store of this backbone/weights; else a new head
+    head: str = "linear"            # the new head's kind (a key of heads.models.HEADS)
+    hidden: int = 256               # the new head's width; the temporal projection's hidden width
+    segments: int = 8               # K TSN segments per clip (supervised)
+    pos_window: float = 1.0         # temporal: most seconds between the two frames of a positive pair
+    tau: float = 0.1                # temporal: InfoNCE temperature
+    proj_dim: int = 128             # temporal: projection output size
+    split: str = "official"         # official | group | stratified, as fit-head
+    val_frac: float = 0.2           # as fit-head
+    test_frac: float = 0.2          # as fit-head
+    epochs: int = 10                # upper bound; early stopping may end sooner
+    lr: float = 1e-3                # head learning rate (peak, after warm-up)
+    backbone_lr_mult: float = 0.1   # backbone lr = lr * this (0: the backbone stays frozen)
+    weight_decay: float = 1e-4      # AdamW, decoupled; weight matrices and kernels only
+    batch_size: int = 8             # clips per step (x segments frames through the backbone)
+    scheduler: str = "cosine"       # cosine (to 0 at the last epoch) | plateau (halve when val stalls) | none
+    warmup: float = 1.0             # epochs of linear warm-up from 0
+    patience: int = 5               # epochs without a better validation score before stopping
+    clip_grad: float = 1.0          # max global gradient norm (0: off)
+    freeze_until: str | None = None  # freeze the backbone up to and including this stage (e.g. layer2)
+    bn: str = "frozen"              # BatchNorm: frozen (stats and affine) | partial (TSN: the first one trains) | train
+    augment: bool = True            # random resized crop, flip, colour jitter at training
+    label_smoothing: float = 0.0    # supervised cross-entropy
+    size: int | None = None         # input side (default: the weights' own, or the init head's store's)
+    crop: str = "center"            # as extract
+    seed: int = 0                   # splits, init, data order, frames, augmentation, dropout
+    device: str = "auto"            # auto | cpu | cuda | cuda:i
+    precision: str = "auto"         # auto (bf16 where the device has it) | fp32 | bf16 | fp16
+    workers: int | None = None      # decode processes (None: extract's rule)
+
+    def __post_init__(self):
+        choices = {"objective": OBJECTIVES, "split": SPLITS, "scheduler": SCHEDULERS, "bn": BN_MODES, "head": HEADS,
+                   "precision": ("auto", "fp32", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise FinetuneError(f"--{name} {getattr(self, name)!r} is not valid; choose one of: "
+                                    f"{', '.join(allowed)}")
+        for name in ("segments", "epochs", "batch_size", "patience", "hidden", "proj_dim"):
+            if getattr(self, name) < 1:
+                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        for name in ("lr", "pos_window", "tau"):
+            if not getattr(self, name) > 0:
+                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be > 0")
+        for name in ("backbone_lr_mult", "weight_decay", "warmup", "clip_grad"):
+            if getattr(self, name) < 0:
+                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
+        if self.objective == "temporal" and self.batch_size < 2:
+            raise FinetuneError("--objective temporal needs --batch-size >= 2: the other clips are the negatives")
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from one epoch to the next, saved in the checkpoint."""
+    epoch: int = 0                  # last finished epoch
+    step: int = 0                   # optimizer steps so far
+    lr_scale: float = 1.0           # plateau: current factor
+    plateau_best: float = math.inf  # plateau: best validation loss
+    plateau_bad: int = 0            # plateau: epochs since it improved
+    best_score: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])
+    best_epoch: int = 0
+    stale: int = 0                  # epochs since the best
+    stopped: bool = False           # early-stopped or all epochs done
+    history: list[dict] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)   # clip id -> why it could not be decoded
+
+
+@dataclass
+class Loaders:
+    train: ClipFrames
+    val: ClipFrames
+    workers: int
+    pin_memory: bool
+
+
+class Trainer:
+    """Runs epochs on `net` for `objective`, checkpointing into `checkpoint` after each one."""
+
+    def __init__(self, net: VideoNet, objective: Supervised | Temporal, cfg: FinetuneConfig, data: Loaders,
+                 device: torch.device, amp: torch.dtype | None, checkpoint: Path):
+        self.net, self.objective, self.cfg, self.data = net, objective, cfg, data
+        self.device, self.amp, self.checkpoint = device, amp, checkpoint
+        # fused: one kernel for all parameters, 4x faster than the loop on CPU (ResNet-18: 43 vs 173 ms a step)
+        self.optimizer = torch.optim.AdamW(param_groups(net, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay),
+                                           fused=True)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.steps = steps_per_epoch(len(data.train), cfg.batch_size)
+        self.state = LoopState()
+        self.best: dict[str, torch.Tensor] = {}
+
+    # -- resume -----------------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the checkpoint: refused when it was made with settings that change the result."""
+        ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        before, now = ckpt["config"], asdict(self.cfg)
+        diffs = [f"{k}: checkpoint has {before.get(k)!r}, this run has {now[k]!r}" for k in now
+                 if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
+        if diffs:
+            raise FinetuneError(f"cannot --resume {self.checkpoint}: it was made with other settings ({'; '.join(diffs)})"
+                                "; rerun with the same options or choose another --out")
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = LoopState(**ckpt["state"])
+        self.best = ckpt["best_model"]
+
+    def _save(self) -> None:
+        save_atomic({"model": _cpu(self.net.state_dict()), "optimizer": self.optimizer.state_dict(),
+                     "state": asdict(self.state), "best_model": self.best, "config": asdict(self.cfg)},
+                    self.checkpoint)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self, on_epoch: Callable[[dict], None] | None = None) -> LoopState:
+        """Train until cfg.epochs or early stopping; the net ends holding the best epoch's weights."""
+        while not self.state.stopped and self.state.epoch < self.cfg.epochs:
+            epoch = self.state.epoch + 1
+            t0 = time.perf_counter()
+            torch.manual_seed((self.cfg.seed * 100_003 + epoch) % 2**63)  # dropout, seeded by the epoch
+            train_loss, clips = self.train_epoch(epoch)
+            if clips == 0:
+                raise NothingTrained(self.state.failures)
+            val = self.validate()
+            row = self._end_epoch(epoch, train_loss, val, clips, time.perf_counter() - t0)
+            self._save()
+            if on_epoch is not None:
+                on_epoch({**row, "epochs": self.cfg.epochs, "best_epoch": self.state.best_epoch})
+        self.net.load_state_dict(self.best)
+        return self.state
+
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One pass over the training clips in this epoch's order; (mean loss per clip, clips trained on)."""
+        self.net.train()
+        self.data.train.epoch = epoch
+        order = epoch_order(len(self.data.train), self.cfg.seed, epoch)
+        total, n = 0.0, 0
+        for batch in clip_loader(self.data.train, order, self.cfg.batch_size, self.data.workers, self.data.pin_memory):
+            self._record_failures(self.data.train, batch)
+            if len(batch) < (2 if isinstance(self.objective, Temporal) else 1):
+                continue
+            loss = self.step(batch)
+            total, n = total + loss * len(batch), n + len(batch)
+        return total / max(n, 1), n
+
+    def step(self, batch: Batch) -> float:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.lr_factor(self.state.step)
+        frames = batch.frames.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            out = self.net(frames)
+        loss = self.objective.loss(out, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_grad:
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.clip_grad)
+        self.optimizer.step()
+        self.state.step += 1
+        return loss.item()
+
+    def lr_factor(self, step: int) -> float:
+        warm = self.cfg.warmup * self.steps
+        factor = min(1.0, (step + 1) / warm) if warm else 1.0
+        if self.cfg.scheduler == "cosine":
+            total = self.cfg.epochs * self.steps
+            done = min(max(step - warm, 0) / max(total - warm, 1), 1.0)
+            factor *= 0.5 * (1 + math.cos(math.pi * done))
+        elif self.cfg.scheduler == "plateau":
+            factor *= self.state.lr_scale
+        return factor
+
+    def validate(self) -> dict:
+        return evaluate(self.net, self.objective, self.data.val, self.cfg.batch_size, self.data.workers,
+                        self.device, self.amp, self.state.failures)
+
+    def _end_epoch(self, epoch: int, train_loss: float, val: dict, clips: int, seconds: float) -> dict:
+        s = self.state
+        score = list(self.objective.score(val))
+        improved = not any(math.isnan(x) for x in score) and score > s.best_score
+        if improved or not self.best:
+            self.best = _cpu(self.net.state_dict())
+        if improved:
+            s.best_score, s.best_epoch, s.stale = score, epoch, 0
+        else:
+            s.stale += 1
+        if self.cfg.scheduler == "plateau":
+            self._plateau(val["loss"])
+        row = {"phase": "fit", "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+               "val_metric": headline(self.objective, val), "lr": self.optimizer.param_groups[0]["lr"],
+               "clips": clips, "seconds": seconds}
+        if isinstance(self.objective, Temporal):
+            row.update(val_pos_cos=val["pos_cos"], val_neg_cos=val["neg_cos"])
+        s.history.append(row)
+        s.epoch = epoch
+        s.stopped = s.stale >= self.cfg.patience or epoch >= self.cfg.epochs
+        return row
+
+    def _plateau(self, val_loss: float) -> None:
+        s = self.state
+        if val_loss < s.plateau_best:
+            s.plateau_best, s.plateau_bad = val_loss, 0
+            return
+        s.plateau_bad += 1
+        if s.plateau_bad >= max(1, self.cfg.patience // 3):
+            s.lr_scale, s.plateau_bad = s.lr_scale * 0.5, 0
+
+    def _record_failures(self, dataset: ClipFrames, batch: Batch) -> None:
+        for i, reason in batch.failed:
+            self.state.failures[dataset.items[i].id] = reason
+
+
+class NothingTrained(FinetuneError):
+    """Not one training clip could be decoded: nothing was trained and nothing is written."""
+
+    def __init__(self, failures: dict[str, str]):
+        super().__init__(f"no training clip could be decoded ({len(failures)} failed): nothing was trained")
+        self.failures = failures
+
+
+@torch.no_grad()
+def evaluate(net: VideoNet, objective: Supervised | Temporal, dataset: ClipFrames, batch_size: int, workers: int,
+             device: torch.device, amp: torch.dtype | None, failures: dict[str, str] | None = None) -> dict:
+    """The objective's metrics over `dataset` in item order (segment centres / fixed pairs, no augmentation)."""
+    net.eval()
+    outputs = []
+    for batch in clip_loader(dataset, list(range(len(dataset))), batch_size, workers, device.type == "cuda"):
+        if failures is not None:
+            failures.update({dataset.items[i].id: reason for i, reason in batch.failed})
+        if len(batch):
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = net(batch.frames.to(device, non_blocking=True))
+            outputs.append((out.float().cpu(), batch))
+    return objective.metrics(outputs)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary name, fsync, rename: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # the first checkpoint creates the run directory
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -1,0 +1,248 @@
+"""Stage three on real tiny videos: supervised and temporal fine-tuning, backbone.pt back through extract,
+kill -9 / Ctrl-C and --resume, and the inputs it must refuse."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cli
+from conftest import N_FRAMES, read_indices
+from data.synth import make_pattern_dataset, make_temporal_dataset
+from featstore import open_store
+from finetune import FinetuneConfig, finetune
+from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
+from finetune.model import trainable_backbone
+from pipeline.backbones import BackboneError, load_backbone
+from pipeline.decode import Geometry, decode_chosen
+from pipeline.sources import load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+TINY = dict(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32", workers=0,
+            batch_size=4)
+TINY_FLAGS = ["--backbone", "resnet18", "--weights", "none", "--size", "32", "--crop", "none", "--segments", "2",
+              "--precision", "fp32", "--workers", "0", "--batch-size", "4"]
+
+
+def invoke(*args):
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Results must not depend on how busy the shared cores are; one thread is also faster there.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    return make_temporal_dataset(tmp_path_factory.mktemp("ft") / "clips", n_per_class=4, frames=6, size=32, seed=2)
+
+
+@pytest.fixture(scope="module")
+def tuned(clips, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ft_runs") / "sup"
+    with torch.random.fork_rng(devices=[]):
+        finetune(load_source(clips), FinetuneConfig(**TINY, epochs=1), run)
+    return run
+
+
+def test_decode_chosen_returns_exactly_the_picked_frames(index_clip):
+    video = decode_chosen(index_clip, lambda n, fps: np.array([n - 1, 3, 3, 0]), Geometry(32, 32, "none"))
+    assert video.frame_index.tolist() == [0, 3, N_FRAMES - 1]
+    assert read_indices(video.frames).tolist() == [0, 3, N_FRAMES - 1]
+
+
+def test_segments_take_one_frame_per_segment_and_pairs_stay_within_the_window():
+    assert segment_positions(40, 4, None).tolist() == [5, 15, 25, 35]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        pos = segment_positions(40, 4, rng)
+        assert all(10 * k <= p < 10 * (k + 1) for k, p in enumerate(pos))
+        i, j = pair_positions(100, 25.0, 0.4, rng)
+        assert i != j and abs(i - j) <= 10
+    assert segment_positions(2, 4, rng).max() <= 1 and pair_positions(1, 25.0, 1.0, rng).tolist() == [0, 0]
+
+
+def test_a_clips_frames_and_augmentation_depend_on_seed_epoch_and_clip_only(index_clip):
+    item = load_source(index_clip)
+    sampler = FrameSampler("segments", 4)
+    a, b = (ClipFrames(item, Geometry(32, 32, "none"), sampler, augment=True, seed=0) for _ in range(2))
+    a.epoch = b.epoch = 3
+    torch.manual_seed(123)
+    first = a[0][1]
+    assert torch.equal(first, b[0][1]) and first.shape == (4, 32, 32, 3)
+    b.epoch = 4
+    assert not torch.equal(first, b[0][1])
+
+
+def test_a_run_directory_like_every_run_and_runs_lists_it(tuned):
+    for name in ("backbone.pt", "checkpoint.pt", "config.json", "history.csv", "metrics.json", "curves.png"):
+        assert (tuned / name).exists(), name
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert metrics["objective"] == "supervised" and 0 <= metrics["test"]["accuracy"] <= 1
+    rows = json.loads(invoke("runs", tuned.parent, "--json").stdout)
+    assert [r["name"] for r in rows] == ["sup"] and rows[0]["backbone"] == "resnet18"
+
+
+def test_backbone_pt_round_trips_through_extract_with_its_sha256_in_the_fingerprint(tuned, clips, tmp_path):
+    saved = torch.load(tuned / "backbone.pt", weights_only=True)
+    assert saved["backbone"] == "resnet18" and not any(k.startswith("fc.") for k in saved["state_dict"])
+    loaded = load_backbone("resnet18", str(tuned / "backbone.pt")).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved["state_dict"].items())
+    base = ["extract", clips, "--backbone", "resnet18", "--every", "2", "--size", "32", "--crop", "none",
+            "--workers", "0", "--precision", "fp32", "--dtype", "float32"]
+    assert invoke(*base, "--weights", tuned / "backbone.pt", "--store", tmp_path / "tuned").exit_code == 0
+    assert invoke(*base, "--weights", "none", "--store", tmp_path / "random").exit_code == 0
+    sha = json.loads((tuned / "metrics.json").read_text())["backbone_sha256"]
+    a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
+    assert a.config["weights"] == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
+    vid = a.ids()[0]
+    assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
+    res = invoke(*base[:3], "resnet34", *base[4:], "--weights", tuned / "backbone.pt", "--store", tmp_path / "x")
+    assert res.exit_code == 1 and "holds resnet18 weights" in res.output and "--backbone resnet18" in res.output
+
+
+def test_a_quantized_backbone_is_refused_naming_the_float_one(clips, tmp_path):
+    with pytest.raises(BackboneError, match="int8 model and cannot be trained.*'mobilenet_v2'"):
+        trainable_backbone("quantized_mobilenet_v2", "none")
+    res = invoke("finetune", clips, "--backbone", "quantized_mobilenet_v2", "--weights", "none", "--out", tmp_path)
+    assert res.exit_code == 1 and "mobilenet_v2" in res.output and "Traceback" not in res.output
+
+
+def test_init_head_of_other_features_is_refused_naming_the_difference(clips, tmp_path):
+    store = tmp_path / "store"
+    assert invoke("extract", clips, "--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32",
+                  "--crop", "none", "--workers", "0", "--store", store).exit_code == 0
+    assert invoke("fit-head", store, "--epochs", "2", "--out", tmp_path / "head").exit_code == 0
+    args = ["finetune", clips, *TINY_FLAGS, "--init-head", tmp_path / "head", "--out", tmp_path / "ft"]
+    other_backbone = invoke(*args, "--backbone", "resnet34")
+    assert other_backbone.exit_code == 1, other_backbone.output
+    assert "backbone: store has 'resnet18', this run has 'resnet34'" in other_backbone.output
+    other_size = invoke(*args, "--size", "48")
+    assert other_size.exit_code == 1 and "size: store has 32, this run has 48" in other_size.output
+    assert not (tmp_path / "ft").exists()
+    same = invoke(*args, "--epochs", "1")
+    assert same.exit_code == 0, same.output
+    ran = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert ran["init_head"] and ran["n_test"] == json.loads((tmp_path / "head" / "metrics.json").read_text())["n_test"]
+
+
+def test_a_source_where_every_video_fails_exits_2_listing_them_and_writes_nothing(tmp_path):
+    rows = ["path,label,split"]
+    for name, split in (("a1", "train"), ("b1", "train"), ("a2", "val"), ("b2", "test")):
+        (tmp_path / f"{name}.mp4").write_bytes(b"not a video" if name[1] == "1" else b"")
+        rows.append(f"{name}.mp4,{name[0]},{split}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    res = invoke("finetune", tmp_path / "m.csv", *TINY_FLAGS, "--out", tmp_path / "run")
+    assert res.exit_code == 2, res.output
+    assert "failed a1" in res.output and "failed b1" in res.output and "nothing was trained" in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_temporal_trains_without_labels_and_an_interrupted_run_resumes_to_the_same_result(clips, tmp_path):
+    cfg = FinetuneConfig(**TINY, objective="temporal", epochs=2, pos_window=0.2)
+    items = load_source(clips)
+    whole = finetune(items, cfg, tmp_path / "whole")
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt  # what Ctrl-C raises
+    with pytest.raises(KeyboardInterrupt):
+        finetune(items, cfg, tmp_path / "cut", on_epoch=stop_after_first)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    assert not (tmp_path / "cut" / "backbone.pt").exists()
+    resumed = finetune(items, cfg, tmp_path / "cut", resume=True)
+    assert resumed["val"] == whole["val"] and resumed["test"] == whole["test"]
+    assert {"loss", "pos_cos", "neg_cos"} <= set(whole["val"]) and whole["task"] == "temporal"
+    _assert_same_weights(tmp_path / "whole", tmp_path / "cut")
+    with pytest.raises(Exception, match="pass --resume"):
+        finetune(items, cfg, tmp_path / "cut")
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa = torch.load(a / "backbone.pt", weights_only=True)["state_dict"]
+    wb = torch.load(b / "backbone.pt", weights_only=True)["state_dict"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time, torch
+    torch.set_num_threads(1)
+    from finetune import FinetuneConfig, finetune
+from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
+    from pipeline.sources import load_source
+    cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
+                         workers=1, batch_size=4, epochs=3)
+    # Stall after the first epoch so the kill lands between checkpoints, however fast the machine.
+    finetune(load_source(sys.argv[1]), cfg, sys.argv[2], resume="--resume" in sys.argv,
+             on_epoch=lambda row: time.sleep(600) if row["epoch"] == 1 else None)
+""")
+
+
+def _wait_for_epoch(checkpoint: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint after {timeout} s (exit code {proc.poll()})")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, tmp_path):
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(clips), str(run)], env=env)
+    _wait_for_epoch(run / "checkpoint.pt", proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    assert not (run / "backbone.pt").exists() and not list(run.glob("*.tmp"))
+    items = load_source(clips)
+    cfg = FinetuneConfig(**{**TINY, "workers": 1}, epochs=3)
+    resumed = finetune(items, cfg, run, resume=True)
+    whole = finetune(items, cfg, tmp_path / "whole")
+    assert resumed["epochs_run"] == whole["epochs_run"] == 3
+    _assert_same_weights(run, tmp_path / "whole")
+    history = [r.split(",")[:5] for r in (run / "history.csv").read_text().splitlines()]
+    assert history == [r.split(",")[:5] for r in (tmp_path / "whole" / "history.csv").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_keeps_the_last_checkpoint(clips, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "cli.py"), "finetune", str(clips), *TINY_FLAGS, "--epochs", "3", "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(run / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_supervised_finetune_learns_what_frozen_random_features_cannot(tmp_path):
+    # 1-pixel stripes, horizontal vs vertical, in a 4x4 patch of a 32x32 frame: globally pooled random features
+    # hardly see the orientation, a trained ResNet-18 does.
+    items = load_source(make_pattern_dataset(tmp_path / "clips"))
+    base = {**TINY, "batch_size": 8, "augment": False}
+    frozen = finetune(items, FinetuneConfig(**base, backbone_lr_mult=0, lr=1e-2, epochs=10, patience=10),
+                      tmp_path / "frozen")
+    tuned = finetune(items, FinetuneConfig(**base, epochs=6, patience=6), tmp_path / "tuned")
+    assert frozen["test"]["accuracy"] <= 0.75, frozen["test"]["accuracy"]
+    assert tuned["test"]["accuracy"] >= 0.9, tuned["test"]["accuracy"]
