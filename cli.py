@@ -26,10 +26,8 @@ from typer.core import TyperGroup
 
 # The CLI's choices and defaults are the library's own tables (importing them loads torch, as every command but
 # info/runs/compact does anyway).
-from heads.cluster import LEVELS, PLOTS, POOLS
-from heads.data import SPLITS, TASKS
+from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, TASKS, TrainConfig
 from heads.models import HEADS
-from heads.train import OPTIMIZERS, SCHEDULERS, TrainConfig
 from pipeline.backbones import available_backbones
 from pipeline.decode import CROPS
 from pipeline.extract import COMPRESSIONS, DTYPES, PRECISIONS

@@ -1,7 +1,18 @@
-"""Heads trained on a feature store: models, data, one training loop, metrics, plots and run directories."""
-from heads.models import HEADS, HeadConfig, HeadError, build_head
-from heads.run import evaluate_run, fit_head, list_runs, load_run, predict_features
-from heads.train import TrainConfig
+"""Heads trained on a feature store: models, data, one training loop, metrics, plots and run directories.
 
-__all__ = ["HEADS", "HeadConfig", "HeadError", "TrainConfig", "build_head", "evaluate_run", "fit_head",
-           "list_runs", "load_run", "predict_features"]
+The names below load on first use (PEP 562): `import heads.config` for the CLI's choice tables must not pull in
+scikit-learn and matplotlib through heads.run.
+"""
+from importlib import import_module
+
+_EXPORTS = {"HEADS": "heads.models", "HeadConfig": "heads.models", "HeadError": "heads.models",
+            "build_head": "heads.models", "TrainConfig": "heads.config", "evaluate_run": "heads.run",
+            "fit_head": "heads.run", "list_runs": "heads.run", "load_run": "heads.run",
+            "predict_features": "heads.run"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'heads' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

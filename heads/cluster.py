@@ -44,6 +44,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from sklearn.preprocessing import normalize
 
 from featstore import Loaded, open_store
+from heads.config import LEVELS, PLOTS, POOLS
 from featstore.errors import FramecacheError
 from heads.rundir import check_run_dir, staged_run
 
@@ -53,9 +54,6 @@ TSNE_MAX_POINTS = 5_000      # above this the scatter falls back to PCA
 LEGEND_MAX = 25              # legends only when there are at most this many labels / clusters
 RETRIEVAL_KS = (1, 5, 10)
 HEADLINE = ("nmi", "ari", "purity", "accuracy", "cond_entropy_bits")
-LEVELS = ("video", "frame")  # video: one pooled point per clip; frame: every sampled frame
-POOLS = ("mean", "max")
-PLOTS = ("tsne", "pca", "none")
 
 Progress = Callable[[dict], None]  # called with {"stage": load|fit|sweep|plot, "done": int, "total": int}
 

@@ -17,11 +17,9 @@ import torch
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from featstore import Store, open_store
+from heads.config import SAMPLINGS, SPLITS, TASKS  # noqa: F401  (re-exported: the choice tables live in config)
 from heads.models import HeadError
 
-TASKS = ("auto", "multiclass", "multilabel")
-SPLITS = ("official", "group", "stratified")
-SAMPLINGS = ("random", "contiguous")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
 FLOAT32_LIMIT = 512 * 2**20  # caches smaller than this (as float32) stay float32; larger ones go float16
