@@ -296,7 +296,8 @@ def _summary(todo: list[Item], skipped: int, store: Path, results: list[ExtractR
     """The run's result as the store records it (retried attempts would otherwise count twice or not at all)."""
     out = ExtractResult(str(store), skipped=skipped, seconds=seconds,
                         device=", ".join(sorted({r.device for r in results if r.device})),
-                        precision=", ".join(sorted({r.precision for r in results if r.precision})))
+                        precision=", ".join(sorted({r.precision for r in results if r.precision})),
+                        unit=results[0].unit if results else "frames")
     with open_store(store) as s:
         missing = [item.id for item in todo if item.id not in s]
         if missing:  # every task returned, so this is a bug, and a silent hole is the worst outcome
