@@ -1,9 +1,11 @@
 """A hyperparameter sweep on a UCF101-sized cache: wall time and peak RSS, the cache loaded once. Run by hand:
 
     python bench/sweep.py [--store /tmp/framecache_bench/heads_store] [--epochs 3] [--seeds 3] [--head linear]
+                          [--clips 9537] [--no-refit]
 
 Uses (and writes once, in a child process so it does not count in this one's RSS) the synthetic store of
-bench/heads.py: 9,537 clips x 25 frames x 2048-d float16, ~1 GB. Sweeps 12 cells (lr x weight_decay) x
+bench/heads.py: 9,537 clips x 25 frames x 2048-d float16, ~1 GB (`--clips N`: the same recipe, N clips, in
+its own folder next to it). Sweeps 12 cells (lr x weight_decay) x
 `--seeds` seeds with `cli.py sweep`'s library call, and reports: seconds for the sweep, seconds per trained
 model, one `load_cache` on its own (what each cell would pay if it reloaded), RSS after the load and the peak
 RSS of the whole sweep (ru_maxrss; a sweep that reloaded per cell would not grow it, but would pay the load
@@ -69,8 +71,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--head", default="linear")
+    ap.add_argument("--clips", type=int, default=9537)
+    ap.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
-    writer = multiprocessing.Process(target=bench_heads().write_store, args=(args.store,))
+    recipe = bench_heads()
+    if args.clips != recipe.CLIPS:
+        recipe.CLIPS = args.clips  # write_store reads the module constant
+        args.store = args.store.with_name(f"{args.store.name}_{args.clips}")
+    writer = multiprocessing.get_context("fork").Process(target=recipe.write_store, args=(args.store,))  # keeps CLIPS
     writer.start()
     writer.join()
     rss_start = rss_gb()
@@ -79,7 +87,7 @@ def main() -> None:
     load_seconds = time.perf_counter() - t0
     cache_gb = cache.features.numel() * cache.features.element_size() / 2**30
     del cache
-    cfg = TrainConfig(head=args.head, epochs=args.epochs, patience=args.epochs)
+    cfg = TrainConfig(head=args.head, epochs=args.epochs, patience=args.epochs, refit=args.refit)
     progress = Progress()
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
@@ -87,7 +95,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
     n_models = len(GRID["lr"]) * len(GRID["weight_decay"]) * args.seeds
     result = {
-        "store": str(args.store), "head": args.head, "grid": GRID, "cells": 12, "seeds": args.seeds,
+        "store": str(args.store), "clips": args.clips, "head": args.head, "grid": GRID, "cells": 12, "seeds": args.seeds,
         "models_trained": n_models, "epochs_cap": args.epochs, "refit": cfg.refit,
         "sweep_seconds": seconds, "seconds_per_model": seconds / n_models,
         "load_cache_seconds": load_seconds, "reload_per_model_would_add_seconds": load_seconds * n_models,
