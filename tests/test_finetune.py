@@ -185,7 +185,6 @@ KILLED_RUN = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
     from finetune import FinetuneConfig, finetune
-from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
     from pipeline.sources import load_source
     cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
                          workers=1, batch_size=4, epochs=3)
