@@ -66,7 +66,8 @@ def main() -> None:
     targets = encode_targets([list(it.labels) for it in items], labels, "multiclass")
     head = build_head(HeadConfig(in_dim=backbone.dim, n_classes=len(labels), max_len=cfg.segments))
     net = VideoNet(backbone, head).to(device)
-    dataset = ClipFrames(items, geometry, FrameSampler("segments", cfg.segments), augment=True, seed=0)
+    dataset = ClipFrames(items, range(len(items)), geometry, FrameSampler("segments", cfg.segments), augment=True,
+                         seed=0)
     data = Loaders(dataset, dataset, cfg.workers, device.type == "cuda")
     trainer = Trainer(net, Supervised(targets, labels), cfg, data, device, amp, Path(os.devnull))
     images = len(items) * cfg.segments

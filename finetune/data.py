@@ -88,8 +88,8 @@ def augmentation(size: int) -> v2.Compose:
 class Batch:
     """Clips of one step; clips that failed to decode are left out and listed."""
     frames: torch.Tensor                # (B, T, H, W, 3) uint8
-    index: torch.Tensor                 # (B,) int64, positions in the dataset's item list
-    failed: list[tuple[int, str]]       # (position, reason)
+    index: torch.Tensor                 # (B,) int64, positions in the source's item list
+    failed: list[tuple[int, str]]       # (source position, reason)
 
     def pin_memory(self) -> "Batch":
         return Batch(self.frames.pin_memory(), self.index.pin_memory(), self.failed)
@@ -99,17 +99,22 @@ class Batch:
 
 
 class ClipFrames(Dataset):
-    """One clip per item: (position, frames (T, H, W, 3) uint8 or None, error). Set `epoch` before iterating."""
+    """The clips `chosen` (positions in `items`, the whole source): dataset entry k gives (chosen[k], frames
+    (T, H, W, 3) uint8 or None, error), so batches carry source positions, which index targets and ids whatever
+    the split. Set `epoch` before iterating."""
 
-    def __init__(self, items: list[Item], geometry: Geometry, sampler: FrameSampler, augment: bool, seed: int):
-        self.items, self.geometry, self.sampler, self.seed = items, geometry, sampler, seed
+    def __init__(self, items: list[Item], chosen: list[int] | np.ndarray, geometry: Geometry, sampler: FrameSampler,
+                 augment: bool, seed: int):
+        self.items, self.chosen = items, [int(i) for i in chosen]
+        self.geometry, self.sampler, self.seed = geometry, sampler, seed
         self.augment = augmentation(geometry.size) if augment else None
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.chosen)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor | None, str]:
+        i = self.chosen[k]
         epoch = self.epoch if self.sampler.random else 0  # evaluation sees the same frames every epoch
         seed = (self.seed, epoch, i)
         try:

@@ -157,9 +157,8 @@ def _loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: P
     kind = prep.objective.sampler
 
     def subset(name: str, train: bool) -> ClipFrames:
-        chosen = [items[i] for i in prep.splits[name]]
         sampler = FrameSampler(kind, cfg.segments, cfg.pos_window, random=train)
-        return ClipFrames(chosen, geometry, sampler, augment=train and cfg.augment, seed=cfg.seed)
+        return ClipFrames(items, prep.splits[name], geometry, sampler, augment=train and cfg.augment, seed=cfg.seed)
 
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     return Loaders(subset("train", True), subset("val", False), workers, device.type == "cuda")
@@ -169,7 +168,7 @@ def _loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: P
 def _standardize_head(net: VideoNet, data: Loaders, device: torch.device, amp: torch.dtype | None) -> None:
     """A new head standardizes its input like fit-head's (center each dim, one std for all) with the features of
     the first training clips' segment centres, so its learning rate means the same whatever the backbone."""
-    probe = ClipFrames(data.train.items[:STAT_CLIPS], data.train.geometry,
+    probe = ClipFrames(data.train.items, data.train.chosen[:STAT_CLIPS], data.train.geometry,
                        FrameSampler("segments", data.train.sampler.segments, random=False), False, data.train.seed)
     feats = []
     net.eval()
@@ -190,7 +189,7 @@ def _final_metrics(trainer: Trainer, items: list[Item], prep: Prepared, geometry
     scored = {}
     for name in ("val", "test"):
         if len(prep.splits[name]):
-            dataset = ClipFrames([items[i] for i in prep.splits[name]], geometry,
+            dataset = ClipFrames(items, prep.splits[name], geometry,
                                  FrameSampler(prep.objective.sampler, cfg.segments, cfg.pos_window, random=False),
                                  False, cfg.seed)
             scored[name] = evaluate(trainer.net, prep.objective, dataset, cfg.batch_size, data.workers,

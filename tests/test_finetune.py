@@ -79,13 +79,16 @@ def test_segments_take_one_frame_per_segment_and_pairs_stay_within_the_window():
 def test_a_clips_frames_and_augmentation_depend_on_seed_epoch_and_clip_only(index_clip):
     item = load_source(index_clip)
     sampler = FrameSampler("segments", 4)
-    a, b = (ClipFrames(item, Geometry(32, 32, "none"), sampler, augment=True, seed=0) for _ in range(2))
+    a, b = (ClipFrames(item, [0], Geometry(32, 32, "none"), sampler, augment=True, seed=0) for _ in range(2))
     a.epoch = b.epoch = 3
     torch.manual_seed(123)
     first = a[0][1]
     assert torch.equal(first, b[0][1]) and first.shape == (4, 32, 32, 3)
     b.epoch = 4
     assert not torch.equal(first, b[0][1])
+    # entries carry their position in the source, which is what targets and ids are indexed by
+    source = [item[0]] * 3
+    assert ClipFrames(source, [2, 0], Geometry(32, 32, "none"), sampler, False, 0)[0][0] == 2
 
 
 def test_a_run_directory_like_every_run_and_runs_lists_it(tuned):
@@ -182,7 +185,6 @@ KILLED_RUN = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
     from finetune import FinetuneConfig, finetune
-from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
     from pipeline.sources import load_source
     cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
                          workers=1, batch_size=4, epochs=3)
