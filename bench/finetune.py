@@ -32,8 +32,8 @@ from finetune.objectives import Supervised  # noqa: E402
 from finetune.train import FinetuneConfig, Loaders, Trainer  # noqa: E402
 from heads.data import build_vocab, encode_targets  # noqa: E402
 from heads.models import HeadConfig, build_head  # noqa: E402
-from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision  # noqa: E402
-from pipeline.sources import load_source  # noqa: E402
+from pipeline import (ExtractConfig, geometry_for, load_source, resolve_device,  # noqa: E402
+                      resolve_precision)
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "ucf101_subset20" / "manifest.csv"
