@@ -122,7 +122,9 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            # Once interrupted, the command only winds down (DataLoader workers are joined as their iterator is
+            # collected, after this block): a further signal then must not raise inside that cleanup.
+            signal.signal(sig, signal.SIG_IGN if self.raised is not None else handler)
 
 
 # What to do about an OS error, by errno; the error's own text says what happened.

@@ -83,9 +83,11 @@ def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
 
 
 def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
-    # 4 items of 80 frames per part, one per shard: when a part reports its first item it has about a second of
-    # work ahead, far more than the killer needs to react (~60 ms)
-    items = load_source(make_clips(tmp_path, 8, 80, size=64))
+    # 4 items of 240 frames per part, one per shard: when a part reports its first item it still has three items
+    # (seconds of work even on an idle machine) ahead, far more than the killer needs to react (~60 ms). A part
+    # seen only after it finished is not killed: its pid may already serve another task.
+    frames = 240
+    items = load_source(make_clips(tmp_path, 8, frames, size=64))
     store = tmp_path / "killed"
     progress: list[dict] = []
     killed: list[int] = []
@@ -95,7 +97,7 @@ def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
         # A task reports its pid when it starts and its first item at once (the shard file can lag on a busy disk).
         while not finished.is_set() and not killed:
             for p in (progress[-1]["parts"] if progress else []):
-                if p.pid and p.done >= 1:
+                if p.pid and 1 <= p.done < p.first_total:
                     os.kill(p.pid, signal.SIGKILL)
                     killed.append(p.part)
                     break
@@ -113,10 +115,10 @@ def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
     assert killed, "the kill must land mid-run"
     victim = next(p for p in progress[-1]["parts"] if p.part == killed[0])
     assert victim.attempts == 2, "the killed part must have been retried"
-    assert r.done == 8 and not r.failed and r.frames == 8 * 80
+    assert r.done == 8 and not r.failed and r.frames == 8 * frames
     assert records_per_id(store) == {it.id: 1 for it in items}
     s = open_store(store)
-    assert all(np.array_equal(s.frame_index(it.id), np.arange(80)) for it in items)
+    assert all(np.array_equal(s.frame_index(it.id), np.arange(frames)) for it in items)
 
 
 def test_cli_joins_a_running_cluster_prints_the_usual_summary_and_exits_2_on_failures(tmp_path):
