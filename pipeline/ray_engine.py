@@ -52,13 +52,13 @@ class RayOptions:
 
     def __post_init__(self):
         if self.tasks is not None and self.tasks < 1:
-            raise ValueError("--tasks must be at least 1")
+            raise RayEngineError("--tasks must be at least 1")
         if self.cpus_per_task is not None and self.cpus_per_task <= 0:
-            raise ValueError("--cpus-per-task must be positive")
+            raise RayEngineError("--cpus-per-task must be positive")
         if self.gpus_per_task is not None and self.gpus_per_task < 0:
-            raise ValueError("--gpus-per-task must be 0 or more")
+            raise RayEngineError("--gpus-per-task must be 0 or more")
         if self.max_retries < 0 or self.connect_timeout <= 0:
-            raise ValueError("max_retries must be >= 0 and connect_timeout positive")
+            raise RayEngineError("max_retries must be >= 0 and connect_timeout positive")
 
 
 @dataclass

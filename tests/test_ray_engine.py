@@ -173,3 +173,11 @@ def test_an_address_that_does_not_answer_is_a_timeout_with_a_message(tmp_path):
         assert res.returncode == 1 and "did not answer within 3 s" in res.stderr, res.stderr
         assert time.monotonic() - start < 60
     probe(ray.get_runtime_context().gcs_address, 5)  # a real head answers the probe
+
+
+def test_bad_ray_options_are_user_errors_naming_the_flag():
+    # FramecacheError subclasses: the CLI shows them as one line, exit 1 (a library caller can catch them the same way)
+    for options, flag in [(dict(tasks=0), "--tasks"), (dict(cpus_per_task=0), "--cpus-per-task"),
+                          (dict(gpus_per_task=-1), "--gpus-per-task")]:
+        with pytest.raises(RayEngineError, match=flag):
+            RayOptions(**options)
