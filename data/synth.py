@@ -132,12 +132,7 @@ def make_temporal_dataset(root: str | Path, n_per_class: int = 15, frames: int =
     for forward, backward in TEMPORAL_PAIRS:
         for label in (forward, backward):
             rows += _write_class(root, label, _CLIP_MAKERS[forward], label == backward, n_per_class, frames, size, rng)
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "group", "split"])
-        writer.writerows(rows)
-    return manifest
+    return _write_manifest(root, rows)
 
 
 def _write_class(root: Path, label: str, make_clip, reverse: bool, n_clips: int, frames: int, size: int,
@@ -197,12 +192,7 @@ def make_pattern_dataset(root: str | Path, n_per_class: int = 32, frames: int = 
             name = f"{label}/{label}_{i:02d}.mp4"
             write_video(root / name, np.clip(clip, 0, 255).astype(np.uint8), codec="libx264rgb", lossless=True)
             rows.append([name, label, f"{label}_g{i:02d}", "test" if i % 4 == 3 else "train"])
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "group", "split"])
-        writer.writerows(rows)
-    return manifest
+    return _write_manifest(root, rows)
 
 
 def main() -> None:
@@ -222,3 +212,12 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _write_manifest(root: Path, rows: list[list[str]]) -> Path:
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "group", "split"])
+        writer.writerows(rows)
+    return manifest

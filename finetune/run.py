@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -26,7 +25,7 @@ from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
 from heads.models import HeadConfig, build_head, count_params
 from heads.plots import plot_curves
-from heads.run import load_run
+from heads.run import load_run, write_history, write_json
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
 from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision
@@ -77,7 +76,7 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     metrics = _final_metrics(trainer, items, prep, geometry, data, cfg, state, precision)
     _write_run(out, cfg, prep, backbone, geometry, state, metrics, index)
     metrics["seconds"] = time.perf_counter() - start
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -218,23 +217,12 @@ def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbon
                  "config": made}, out / BACKBONE_FILE)
     metrics["backbone_file"] = str((out / BACKBONE_FILE).resolve())
     metrics["backbone_sha256"] = _sha256(out / BACKBONE_FILE)
-    _write_json(out / "config.json", {**made, "head": prep.head_config, "labels": prep.labels,
+    write_json(out / "config.json", {**made, "head": prep.head_config, "labels": prep.labels,
                                       "extract": f"--backbone {cfg.backbone} --weights {out / BACKBONE_FILE}"})
-    _write_json(out / "splits.json", {k: [index.ids[i] for i in v] for k, v in prep.splits.items()})
-    _write_history(out / "history.csv", state.history)
+    write_json(out / "splits.json", {k: [index.ids[i] for i in v] for k, v in prep.splits.items()})
+    write_history(out / "history.csv", state.history)
     plot_curves(state.history, out / "curves.png", metrics["metric_name"], state.best_epoch)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)

@@ -50,7 +50,7 @@ def fit_head(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
     with staged_run(out_dir, "fit-head", force) as stage:
         metrics = fit_cache(store, cache, cfg, stage, on_epoch)
         metrics["seconds"] = time.perf_counter() - start
-        _write_json(stage / "metrics.json", metrics)
+        write_json(stage / "metrics.json", metrics)
     return metrics
 
 
@@ -124,7 +124,7 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
         metrics["note"] = ("the test split is empty (no clip has split 'test'): only val metrics are reported, "
                            "and val also chose the best epoch")
     _write_run(Path(out_dir), cfg, result, store, metrics, {k: [cache.ids[i] for i in v] for k, v in splits.items()})
-    _write_json(Path(out_dir) / "metrics.json", metrics)
+    write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
 
@@ -134,10 +134,10 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     out.mkdir(parents=True, exist_ok=True)
     task, labels = metrics["task"], metrics["labels"]
     store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint, "store_config": store.config}
-    _write_json(out / "config.json", {"command": "fit-head", "train": asdict(cfg), "head": asdict(result.head_config),
+    write_json(out / "config.json", {"command": "fit-head", "train": asdict(cfg), "head": asdict(result.head_config),
                                       "task": task, "labels": labels, **store_info})
-    _write_json(out / "splits.json", split_ids)
-    _write_history(out / "history.csv", result.history)
+    write_json(out / "splits.json", split_ids)
+    write_history(out / "history.csv", result.history)
     torch.save({"state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
                 "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
@@ -387,11 +387,13 @@ def _train_params(run_dir: Path) -> dict:
     return train if isinstance(train, dict) else {}
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
+    """A run file as people read it: indented JSON, numpy scalars as floats."""
     path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.csv: one row per epoch, the columns of the first row."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
