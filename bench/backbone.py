@@ -103,6 +103,23 @@ def measure(backbone, variant: str, batch: int, calib: torch.Tensor, evaluation:
     return row
 
 
+def calibration_noise(backbone, calib: torch.Tensor, evaluation: torch.Tensor, batch: int) -> dict:
+    """Cosine between two int8 models of one backbone calibrated on the two halves of `calib` (as two runs, or a run
+    and its resume, would be): how much int8 features depend on which frames calibrated them."""
+    half = len(calib) // 2
+    outs = []
+    for part in (calib[:half], calib[half:]):
+        embed = Embedder(backbone, torch.device("cpu"), "int8", batch=batch)
+        embed.calibrate(part)
+        outs.append(embed_all(embed, evaluation, batch))
+        torch._dynamo.reset()
+    lo, mean = cosine(*outs)
+    row = {"backbone": backbone.name, "int8_batch": batch, "calibration_frames_each": half,
+           "cosine_min": round(lo, 5), "cosine_mean": round(mean, 5)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def merge(out: Path, rows: list[dict], meta: dict) -> None:
     old = json.loads(out.read_text()) if out.exists() else {"rows": []}
     keys = {(r["backbone"], r["variant"], r["batch"]) for r in rows}
@@ -147,6 +164,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="length of one timed block")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backbone.json")
     ap.add_argument("--table", action="store_true", help="print the CPU_SPEED entries from --out and exit")
+    ap.add_argument("--calibration-noise", action="store_true",
+                    help="instead: int8 cosine between two calibrations on disjoint halves of --calib frames")
     args = ap.parse_args()
     if args.table:
         return table(args.out)
@@ -154,11 +173,19 @@ def main() -> None:
     for name in args.backbones:
         backbone = load_backbone(name, WEIGHTS.get(name, "none"))
         calib, evaluation = real_frames(args.data, backbone, args.calib, args.eval)
+        if args.calibration_noise:
+            noise = calibration_noise(backbone, calib, evaluation, args.batches[0])
+            old = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+            old.setdefault("calibration_noise", {})[name] = noise
+            args.out.write_text(json.dumps(old, indent=1) + "\n")
+            continue
         reference = embed_all(Embedder(backbone, torch.device("cpu"), "fp32"), evaluation, 16)
         for variant in args.variants:
             for batch in args.batches:
                 rows.append(measure(backbone, variant, batch, calib, evaluation, reference, args.seconds))
                 torch._dynamo.reset()  # each compiled variant starts from nothing, as a new process would
+    if not rows:
+        return
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": os.cpu_count(),
             "weights": {n: WEIGHTS.get(n, "none (random init, seed 0)") for n in args.backbones},
             "calibration_frames": args.calib, "eval_frames": args.eval, "size": "weights' own (224)"}

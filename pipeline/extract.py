@@ -12,7 +12,7 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,7 +30,7 @@ from pipeline.decode import CROPS, ClipSampling, Geometry, Sampling, set_decoder
 from pipeline.embed import Embedder, resolve_device, resolve_precision  # noqa: F401 (finetune imports it here)
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
-from pipeline.stages import Batch, DecodeStream, InOrder, rebatch
+from pipeline.stages import Batch, DecodeStream, InOrder, Rows, rebatch
 
 # Settings that change the features: a store refuses appends that differ in any of them. (The row layout is the
 # store's own business: featstore records its format.)
@@ -283,6 +283,8 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     start = time.perf_counter()
     try:
         embed = Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size)
+        if embed.needs_calibration and todo:
+            embed.calibrate(calibration_units(items, cfg, geometry, device))
         _run(todo, cfg, geometry, embed, thread.put, result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
@@ -322,9 +324,25 @@ def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: Embedd
             _report(on_progress, result, len(todo), rec.video_id)
 
 
+def calibration_units(items: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> torch.Tensor:
+    """The first CALIBRATION_UNITS units of the whole source in its own order, not of this run's pending items: a
+    resumed run and every shard quantize with the same activation ranges (two calibrations on different frames
+    differ by cosine ~0.995, as much as int8 differs from fp32). Decoded here, in this process (a second or two)."""
+    got, n = [], 0
+    for message in decode_loader(items, replace(cfg, workers=0), geometry, device):
+        if isinstance(message, Rows):
+            got.append(message.units)
+            n += len(message)
+            if n >= CALIBRATION_UNITS:
+                break
+    if not got:
+        raise ExtractError("--precision int8 found no decodable frame to calibrate on in the source")
+    return torch.cat(got)[:CALIBRATION_UNITS]
+
+
 def calibrated(steps: Iterator[Batch | Done], embed: Embedder) -> Iterator[Batch | Done]:
-    """The same steps, after int8 calibration on the first CALIBRATION_UNITS units of the run (or all of a smaller
-    run): those steps are held (a few hundred frames, tens of MB), `embed` calibrated on them, then replayed."""
+    """The same steps, after int8 calibration on their first CALIBRATION_UNITS units (embed_files: the files given):
+    those steps are held (a few hundred frames, tens of MB), `embed` calibrated on them, then replayed."""
     held, units = [], 0
     for step in steps:
         held.append(step)

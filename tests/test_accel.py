@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import cli
 from data.synth import write_video
-from featstore import open_store
+from featstore import ConfigMismatch, open_store
 from pipeline.accel import (CPU_SPEED, FRAME_BATCH, QUANTIZATION, AccelError, Measured, check_int8,
                             compile_pays_back, default_batch, int8_is_auto)
 from pipeline.backbones import Backbone, Preprocess, load_backbone
@@ -167,7 +167,7 @@ def test_cli_bad_combinations_are_one_line_errors(tmp_path, args, message):
 @pytest.mark.slow
 @needs_compiler
 @needs_torchao
-def test_extract_int8_end_to_end_is_close_to_fp32_and_refuses_to_mix_with_a_float_store(tmp_path):
+def test_extract_int8_is_close_to_fp32_resumes_with_the_same_calibration_and_is_fingerprinted(tmp_path):
     rows = ["path,label"]
     for i in range(3):
         write_video(tmp_path / f"v{i}.mkv", frames(6, seed=i).numpy())
@@ -182,3 +182,11 @@ def test_extract_int8_end_to_end_is_close_to_fp32_and_refuses_to_mix_with_a_floa
     a, b = open_store(tmp_path / "fp32"), open_store(tmp_path / "int8")
     assert b.config["quantization"] == QUANTIZATION and a.fingerprint != b.fingerprint
     assert cosines(a.load_all().features, b.load_all().features).min() > 0.98
+    # interrupted after one video, then resumed: calibrated on the source's first frames both times
+    extract(items, tmp_path / "resumed", ExtractConfig(**base, precision="int8", limit=1))
+    extract(items, tmp_path / "resumed", ExtractConfig(**base, precision="int8"))
+    c = open_store(tmp_path / "resumed")
+    assert c.ids() == b.ids() and c.fingerprint == b.fingerprint
+    np.testing.assert_allclose(c.load_all().features, b.load_all().features, atol=1e-4)
+    with pytest.raises(ConfigMismatch, match="quantization"):  # a float run into an int8 store
+        extract(items, tmp_path / "int8", ExtractConfig(**base, precision="fp32", retry_failed=True))
