@@ -15,7 +15,7 @@ from pipeline.decode import ClipSampling, Sampling
 from pipeline.embed import resolve_precision
 from pipeline.sources import Item
 
-PROBED_ITEMS = 8  # headers read to estimate a run's size (a few ms each), only when auto must weigh a one-time cost
+PROBED_ITEMS = 4  # headers read to estimate a run's size (a few ms each), only when auto must weigh a one-time cost
 
 
 @dataclass(frozen=True)
