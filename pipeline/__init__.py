@@ -13,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "pipeline.backbones": ("REGISTRY", "Backbone", "BackboneError", "Preprocess", "available_backbones", "get_spec",
-                           "load_backbone"),
+                           "load_backbone", "preprocess_for"),
     "pipeline.decode": ("Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError", "Geometry", "Sampling",
                         "VideoInfo", "clip_count", "decode_image", "decode_video"),
     "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,11 +24,11 @@ from featstore import StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
-from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone
+from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
 from pipeline.decode import CROPS, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.embed import Embedder, resolve_device, resolve_precision
 from pipeline.sources import Item, item_kind, shard_items
-from pipeline.stages import Batch, DecodeStream, InOrder, rebatch
+from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
 
 # Settings that change the features: a store refuses appends that differ in any of them. (The row layout is the
 # store's own business: featstore records its format.)
@@ -169,11 +169,15 @@ def fingerprint_keys(config: dict) -> tuple[str, ...]:
     return FINGERPRINT_KEYS + tuple(k for k in OPTIONAL_KEYS if config.get(k) is not None)
 
 
-def geometry_for(cfg: ExtractConfig, backbone: Backbone) -> Geometry:
-    pre = backbone.preprocess if cfg.size is None else backbone.preprocess.scaled(cfg.size)
+def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
+    """How frames become model input: the backbone's preprocessing (without `backbone`, read from the weights'
+    preset alone, so decoding can start before the model is built), at `cfg.size` when set."""
+    preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
+    pre = preprocess if cfg.size is None else preprocess.scaled(cfg.size)
     geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample)
-    if backbone.clip is not None:
-        backbone.clip.check(backbone.name, cfg.sampling.clip_len, geometry.size)
+    clip = get_spec(cfg.backbone).clip
+    if clip is not None:
+        clip.check(cfg.backbone, cfg.sampling.clip_len, geometry.size)
     return geometry
 
 
@@ -255,10 +259,11 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     try:
         todo, skipped = pending_items(items, store_path, cfg)
         meta_changed = meta_changes(items, store_path)
+        geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone)
+        # Decode workers start now and fill their prefetch queue while the model builds.
+        units = iter(decode_loader(todo, cfg, geometry, device))
         backbone = load_backbone(cfg.backbone, cfg.weights)
-        device = resolve_device(cfg.device, backbone)
         precision = resolve_precision(cfg.precision, device, backbone)
-        geometry = geometry_for(cfg, backbone)
         config = store_config(cfg, backbone, geometry, device, precision)
     except BaseException:
         lock.abandon()  # a typo in --weights must not leave an empty store directory behind
@@ -271,7 +276,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     thread.start()
     start = time.perf_counter()
     try:
-        _run(todo, cfg, geometry, Embedder(backbone, device, precision), thread.put, result, on_progress)
+        _run(todo, units, cfg.batch_size, Embedder(backbone, device, precision), thread.put, result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
@@ -292,10 +297,10 @@ def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, devi
                       worker_init_fn=_init_decode_worker if workers else None)
 
 
-def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: Embedder,
+def _run(todo: list[Item], units: Iterator[Rows | Done], batch_size: int, embed: Embedder,
          sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress) -> None:
     videos = InOrder(todo, sink)
-    for step in rebatch(decode_loader(todo, cfg, geometry, embed.device), cfg.batch_size):
+    for step in rebatch(units, batch_size):
         if isinstance(step, Batch):
             videos.add(step, embed(step.units()))
             result.startup_s = result.startup_s or seconds_since_process_start()
