@@ -5,6 +5,12 @@ traceback); 2 finished with failed items; 130 interrupted by SIGINT (Ctrl-C); 14
 """
 from __future__ import annotations
 
+import gc
+
+# Startup: the imports below (torch, torchvision) create about a million objects that live as long as the process;
+# the cyclic collector would walk them all several times while they load (~0.5 s of a ~3.5 s start on 2 cores).
+gc.disable()
+
 import errno
 import json
 import os
@@ -33,6 +39,9 @@ from pipeline.decode import CROPS
 from pipeline.accel import COMPILE_MODES
 from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.launch import ENGINES
+
+gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
+gc.enable()
 
 USER_ERROR, FAILED_ITEMS, INTERRUPTED, TERMINATED = 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
 

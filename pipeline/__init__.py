@@ -15,7 +15,7 @@ _EXPORTS = {
     "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "Measured", "compile_model", "compile_pays_back",
                        "default_batch", "quantize_int8"),
     "pipeline.backbones": ("REGISTRY", "Backbone", "BackboneError", "Preprocess", "available_backbones", "get_spec",
-                           "load_backbone"),
+                           "load_backbone", "preprocess_for"),
     "pipeline.decode": ("Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError", "Geometry", "Sampling",
                         "VideoInfo", "clip_count", "decode_image", "decode_video"),
     "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),

@@ -9,15 +9,18 @@ import numpy as np
 import torch
 
 from pipeline.accel import batches_of, check_int8, compile_model, pad_to, quantize_int8
-from pipeline.backbones import Backbone, BackboneError
+from pipeline.backbones import Backbone, BackboneError, get_spec
 
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what --device accepts
 
 
-def resolve_device(device: str, backbone: Backbone) -> torch.device:
-    if backbone.cpu_only:
+def resolve_device(device: str, backbone: Backbone | str) -> torch.device:
+    """The device `--device` names for this backbone (a loaded one, or a registry name: no model needed)."""
+    name, cpu_only = ((backbone, get_spec(backbone).cpu_only) if isinstance(backbone, str)
+                      else (backbone.name, backbone.cpu_only))
+    if cpu_only:
         if device.startswith("cuda"):
-            raise BackboneError(f"{backbone.name} is an int8 CPU-only model; use --device cpu or another backbone")
+            raise BackboneError(f"{name} is an int8 CPU-only model; use --device cpu or another backbone")
         return torch.device("cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,12 +25,12 @@ from featstore.errors import FramecacheError
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
-from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone
+from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
 from pipeline.decode import CROPS, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.embed import Embedder, resolve_device, resolve_precision  # noqa: F401 (finetune imports it here)
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
-from pipeline.stages import Batch, DecodeStream, InOrder, Rows, rebatch
+from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
 
 # Settings that change the features: a store refuses appends that differ in any of them. (The row layout is the
 # store's own business: featstore records its format.)
@@ -179,11 +179,15 @@ def fingerprint_keys(config: dict) -> tuple[str, ...]:
     return FINGERPRINT_KEYS + tuple(k for k in OPTIONAL_KEYS if config.get(k) is not None)
 
 
-def geometry_for(cfg: ExtractConfig, backbone: Backbone) -> Geometry:
-    pre = backbone.preprocess if cfg.size is None else backbone.preprocess.scaled(cfg.size)
+def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
+    """How frames become model input: the backbone's preprocessing (without `backbone`, read from the weights'
+    preset alone, so decoding can start before the model is built), at `cfg.size` when set."""
+    preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
+    pre = preprocess if cfg.size is None else preprocess.scaled(cfg.size)
     geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample)
-    if backbone.clip is not None:
-        backbone.clip.check(backbone.name, cfg.sampling.clip_len, geometry.size)
+    clip = get_spec(cfg.backbone).clip
+    if clip is not None:
+        clip.check(cfg.backbone, cfg.sampling.clip_len, geometry.size)
     return geometry
 
 
@@ -265,10 +269,11 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     try:
         todo, skipped = pending_items(items, store_path, cfg)
         meta_changed = meta_changes(items, store_path)
+        geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone)
+        # Decode workers start now and fill their prefetch queue while the model builds.
+        units = iter(decode_loader(todo, cfg, geometry, device))
         backbone = load_backbone(cfg.backbone, cfg.weights)
-        device = resolve_device(cfg.device, backbone)
         speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, backbone, device, todo, cfg.sampling)
-        geometry = geometry_for(cfg, backbone)
         config = store_config(cfg, backbone, geometry, device, speed.precision, speed)
     except BaseException:
         lock.abandon()  # a typo in --weights must not leave an empty store directory behind
@@ -285,7 +290,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
         embed = Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size)
         if embed.needs_calibration and todo:
             embed.calibrate(calibration_units(items, cfg, geometry, device))
-        _run(todo, cfg, geometry, embed, thread.put, result, on_progress)
+        _run(todo, units, speed.batch_size, embed, thread.put, result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
@@ -306,10 +311,10 @@ def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, devi
                       worker_init_fn=_init_decode_worker if workers else None)
 
 
-def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: Embedder,
+def _run(todo: list[Item], units: Iterator[Rows | Done], batch_size: int, embed: Embedder,
          sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress) -> None:
     videos = InOrder(todo, sink)
-    steps = rebatch(decode_loader(todo, cfg, geometry, embed.device), embed.batch or cfg.batch_size or FRAME_BATCH)
+    steps = rebatch(units, batch_size)
     for step in calibrated(steps, embed) if embed.needs_calibration else steps:
         if isinstance(step, Batch):
             videos.add(step, embed(step.units()))
@@ -451,7 +456,7 @@ def embed_files(paths: list[str], config: dict, device: str = "auto", weights: s
     speed = speed_for(config.get("precision", "auto"), "off" if config.get("precision") != "int8" else "auto",
                       config.get("batch_size"), backbone, dev, items, cfg.sampling)
     embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
-    _run(items, cfg, geometry, embed, records.append, result, None)
+    _run(items, iter(decode_loader(items, cfg, geometry, dev)), speed.batch_size, embed, records.append, result, None)
     for r in records:
         if r.features is not None:
             r.features = r.features.astype(cfg.dtype).astype(np.float32)
