@@ -126,6 +126,7 @@ def merge(out: Path, rows: list[dict], meta: dict) -> None:
     kept = [r for r in old["rows"] if (r["backbone"], r["variant"], r["batch"]) not in keys]
     out.parent.mkdir(parents=True, exist_ok=True)
     merged = sorted(kept + rows, key=lambda r: (r["backbone"], VARIANTS.index(r["variant"]), r["batch"]))
+    meta["weights"] = {**old.get("meta", {}).get("weights", {}), **meta["weights"]}  # over every run merged
     out.write_text(json.dumps({**old, "meta": meta, "rows": merged}, indent=1) + "\n")
 
 
