@@ -545,6 +545,7 @@ def fit_head(
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory."""
+    from heads.rundir import check_run_folder
     from heads.run import fit_head as run_fit
 
     stores = [s for s in (store, *(more_stores or []), *(store_opt or [])) if s is not None]
@@ -572,6 +573,8 @@ def fit_head(
                 bar.update(t, description=f"{phase} {head.value} {row.get('member', '')}",
                            completed=row.get("epoch", 0), total=row.get("epochs", cfg.epochs), rate=shown)
 
+            if fuse or len(stores) > 1 or seeds or folds:
+                check_run_folder(run_dir, force)
             if fuse or len(stores) > 1:
                 metrics = fit_several(stores, cfg, run_dir, on_epoch, fuse, seeds or folds)
             elif seeds or folds:
@@ -817,10 +820,12 @@ def sweep(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep directory (default runs/<store>-sweep).")]
     = None,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Train every cell of a grid on one cache, choose by validation only, score the chosen cell on test once."""
     from heads.experiments import parse_grid
     from heads.experiments import sweep as run_sweep
+    from heads.rundir import check_run_folder
     from heads.train import TrainConfig
 
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in
@@ -829,6 +834,7 @@ def sweep(
     with user_errors():
         cfg = TrainConfig(**given)
         axes = parse_grid(grid, cfg)
+        check_run_folder(run_dir, force)
         with progress_bar() as bar:
             t = bar.add_task("sweep", total=None, rate="")
 
@@ -908,12 +914,15 @@ def fuse(
     = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/fuse-<runs>).")]
     = None,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Late fusion: average the runs' probabilities on their common test clips; writes a run that `runs` lists."""
     from heads.fusion import fuse_runs
+    from heads.rundir import check_run_folder
 
     run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
+        check_run_folder(run_dir, force)
         metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
     print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
                   f"late fusion on {metrics['n_common']} common test clips → {run_dir}")

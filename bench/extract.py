@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, load_backbone,  # noqa: E402
-                      load_source, resolve_device, resolve_precision, run_extraction, sampling_for)
+from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, get_spec,  # noqa: E402
+                      load_backbone, load_source, resolve_device, resolve_precision, run_extraction, sampling_for)
 
 
 def decode_only(items, cfg: ExtractConfig, backbone, device) -> tuple[float, int, int]:
@@ -165,6 +165,33 @@ def measure(name: str, items, args) -> dict:
             "ceiling": round(ceiling, 2), "E_over_B": round(E / B, 3), "E_over_ceiling": round(E / ceiling, 3)}
 
 
+PARTS = ("speed", "startup", "rss")
+
+
+def run_parts(name: str, items, args) -> dict:
+    clip = get_spec(name).clip is not None
+    run = measure(name, items, args) if "speed" in args.parts else {"backbone": name}
+    flags = {"clip_len": args.clip_len, "clip_stride": args.clip_stride} if clip else {"every": args.every}
+    if "startup" in args.parts:
+        cli_flags = (["--clip-len", str(args.clip_len)] if clip else ["--every", str(args.every)])
+        run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
+    if "rss" in args.parts and not args.skip_rss:
+        run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
+        if clip:
+            run["peak_rss_video_length"] = rss_video_length(name, flags)
+    return run
+
+
+def merged(old: dict | None, new: dict) -> dict:
+    """`new`'s runs over `old`'s, entry by entry (a partial run keeps the other measurements)."""
+    if not old:
+        return new
+    runs = {r["backbone"]: r for r in old.get("runs", [])}
+    for r in new["runs"]:
+        runs[r["backbone"]] = {**runs.get(r["backbone"], {}), **r}
+    return {**old, **{k: v for k, v in new.items() if k != "runs"}, "runs": list(runs.values())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ucf101_subset20")
@@ -179,6 +206,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "extract.json")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="what to measure; a partial run updates the backbone's entry in --out")
     ap.add_argument("--rss-clips", type=int, default=20, help="clips in each of the shortest / longest sets")
     ap.add_argument("--b-batches", type=int, default=6, help="batches per timed block of B")
     ap.add_argument("--b-blocks", type=int, default=3, help="timed blocks of B (the best counts)")
@@ -188,18 +217,12 @@ def main() -> None:
     results = {"clips": len(items), "cpu_cores": len(__import__("os").sched_getaffinity(0)),
                "torch": torch.__version__, "runs": []}
     for name in args.backbones:
-        run = measure(name, items, args)
-        cli_flags = (["--clip-len", str(args.clip_len)] if run["unit"] == "clips" else ["--every", str(args.every)])
-        run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
-        if not args.skip_rss:
-            flags = {k: run[k] for k in ("every", "clip_len", "clip_stride") if k in run}
-            run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
-            if run["unit"] == "clips":
-                run["peak_rss_video_length"] = rss_video_length(name, flags)
+        run = run_parts(name, items, args)
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    old = json.loads(args.out.read_text()) if args.out.exists() and args.parts != list(PARTS) else None
+    args.out.write_text(json.dumps(merged(old, results), indent=2))
     print(f"wrote {args.out}")
 
 
