@@ -36,7 +36,8 @@ from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, T
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
 from pipeline.decode import CROPS
-from pipeline.extract import COMPRESSIONS, DTYPES, PRECISIONS
+from pipeline.accel import COMPILE_MODES
+from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.launch import ENGINES
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
@@ -84,6 +85,8 @@ def choices(name: str, *values: str) -> type[Enum]:
 
 Crop = choices("Crop", *CROPS)
 Precision = choices("Precision", *PRECISIONS)
+ExtractPrecision = choices("ExtractPrecision", *EXTRACT_PRECISIONS)
+CompileMode = choices("CompileMode", *COMPILE_MODES)
 DType = choices("DType", *DTYPES)
 Compression = choices("Compression", *COMPRESSIONS)
 Engine = choices("Engine", *ENGINES)
@@ -214,11 +217,14 @@ def extract(
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Frames (or clips) per forward pass, across "
-                                                      "videos (default: 64 frames, 8 clips).")] = None,
+                                                      "videos (default: the device's, docs/extract.md).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
-    precision: Annotated[Precision, typer.Option(help="auto: bf16 where supported, else fp16 (GPU) / fp32.")]
-    = Precision.auto,
+    precision: Annotated[ExtractPrecision, typer.Option(help="auto: bf16 where supported, else fp16 (GPU) / fp32; "
+                                                        "int8: CPU, calibrated on the source.")]
+    = ExtractPrecision.auto,
+    compile: Annotated[CompileMode, typer.Option(help="torch.compile the backbone; auto: where measured to pay "
+                                                 "back on this run's size.")] = CompileMode.auto,
     store: Annotated[Optional[Path], typer.Option(help="Store directory (default: stores/<source>-<backbone>).")]
     = None,
     shard: Annotated[Optional[str], typer.Option(help="i/N: process part i of N (one writer per part); auto: "
@@ -269,6 +275,7 @@ def extract(
                                 clip_len=clip_len, clip_stride=clip_stride, clips=clips)
         cfg = ExtractConfig(backbone=backbone, weights=weights, sampling=sampling, size=size, crop=crop.value,
                             batch_size=batch_size, workers=workers, device=device, precision=precision.value,
+                            compile=compile.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
                             else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
                             force=force, subset=subset.record())
@@ -329,7 +336,8 @@ def print_extract_summary(result) -> None:
     t = Table(title=f"extract → {result.store}", show_header=False)
     for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
                  (result.unit, result.frames), (f"{result.unit}/s", f"{result.frames_per_s:.1f}"),
-                 ("device / precision", f"{result.device} / {result.precision}"),
+                 ("device / precision", f"{result.device} / {result.precision}"
+                  f"{' compiled' if getattr(result, 'compiled', False) else ''}"),
                  ("startup (to first batch)", f"{result.startup_s:.2f} s" if result.startup_s else "-")]:
         t.add_row(k, str(v))
     out.print(t)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, get_spec,  # noqa: E402
-                      load_backbone, load_source, resolve_device, resolve_precision, run_extraction, sampling_for)
+                      load_backbone, load_source, resolve_device, run_extraction, sampling_for, speed_for)
 
 
 def decode_only(items, cfg: ExtractConfig, backbone, device) -> tuple[float, int, int]:
@@ -149,17 +149,19 @@ def measure(name: str, items, args) -> dict:
                         batch_size=args.batch_size, workers=args.workers, device=args.device, size=args.size)
     backbone = load_backbone(name, "none")
     device = resolve_device(cfg.device, backbone)
-    precision = resolve_precision(cfg.precision, device, backbone)
+    speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, backbone, device, items, cfg.sampling)
+    precision, batch_size = speed.precision, speed.batch_size  # what extract will run: the device's batch
     D, units, decoded = decode_only(items, cfg, backbone, device)
     size, clip_len = geometry_for(cfg, backbone).size, cfg.sampling.clip_len if clip else None
     timing = {"batches": args.b_batches, "blocks": args.b_blocks}
-    B_before = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
+    B_before = backbone_only(backbone, device, precision, batch_size, size, clip_len, **timing)
     E, rows = end_to_end(items, cfg)
-    B_after = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
+    B_after = backbone_only(backbone, device, precision, batch_size, size, clip_len, **timing)
     B = max(B_before, B_after)
     ceiling = min(B, D) if device.type == "cuda" else 1 / (1 / B + 1 / D)
     return {"backbone": name, "unit": "clips" if clip else "frames", **flags, "size": size,
-            "batch_size": cfg.batch_size, "device": str(device), "precision": precision, "rows": rows,
+            "batch_size": batch_size, "compiled": speed.compiled, "device": str(device), "precision": precision,
+            "rows": rows,
             "decoded_frames": decoded, "decode_D": round(D, 2), "backbone_B": round(B, 2),
             "backbone_B_before_after": [round(B_before, 2), round(B_after, 2)], "end_to_end_E": round(E, 2),
             "ceiling": round(ceiling, 2), "E_over_B": round(E / B, 3), "E_over_ceiling": round(E / ceiling, 3)}
