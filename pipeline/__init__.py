@@ -14,8 +14,10 @@ import importlib
 _EXPORTS = {
     "pipeline.backbones": ("REGISTRY", "Backbone", "BackboneError", "Preprocess", "available_backbones", "get_spec",
                            "load_backbone"),
-    "pipeline.decode": ("Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError", "Geometry", "Sampling",
-                        "VideoInfo", "clip_count", "decode_image", "decode_video"),
+    "pipeline.decode": ("RESIZE_ENGINES", "Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError",
+                        "FrameStream", "FrameWindow", "Geometry", "Sampling", "VideoInfo", "clip_count", "decode_image",
+                        "decode_video"),
+    "pipeline.seek": ("SEEK_MODES",),
     "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),
     "pipeline.extract": ("ExtractConfig", "ExtractResult", "config_from_store", "decode_loader", "embed_files",
                          "geometry_for", "sampling_for", "store_backbone"),
