@@ -4,6 +4,8 @@ A generated 10-minute 1280x720 H.264 video at 25 fps (keyframe at least every 25
 at irregular times, which x264 turns into extra keyframes, as in a film), sampled at 1 frame / 10 s (--fps 0.1):
 seconds and frames decoded for `--seek never` and `--seek always`, what `--seek auto` chose, and whether
 both give identical frames (indices, times, pixels). The video is made once into --cache (not the repository).
+Also the peak RSS of a fresh process streaming the 10-minute video's frames at --every 10 (1,500 sampled frames)
+against a 10-second one (25): frame sampling holds one window, so memory must not follow the length.
 Then what `--seek auto` costs where it does not seek: D (sampled frames/s, extract's decode workers) on the real
 clips at --every 10 with auto vs never (auto reads each video's packets once more to decide).
 Uses only the public API (`pipeline`) and PyAV.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,6 +94,24 @@ def real_clips_rate(data: Path, seek: str, rounds: int = 2) -> list[float]:
     return rates
 
 
+# VmHWM, not ru_maxrss: a child started from this process reported its parent's peak (ru_maxrss survives exec).
+RSS_PROBE = """
+import re, sys
+sys.path.insert(0, {root!r})
+from pipeline import FrameStream, Geometry, Sampling
+stream = FrameStream({path!r}, Sampling(every=10), Geometry(), seek="never")
+sampled = sum(len(window) for window in stream)
+print(sampled, re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])
+"""
+
+
+def peak_rss(path: Path) -> dict:
+    """Sampled frames and peak RSS (MB) of a fresh process streaming `path` at --every 10."""
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE.format(root=str(ROOT), path=str(path))],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return {"sampled": int(out[0]), "peak_rss_mb": round(int(out[1]) / 1024, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "framecache-bench")
@@ -116,6 +137,9 @@ def main() -> None:
                                                                                  ("always", always))}}
     results["runs"].append(row)
     print(json.dumps(row), flush=True)
+    short = make_video(args.cache / f"seek_10s_{HEIGHT}p_gop{GOP}.mp4", seconds=10)
+    results["rss_every10"] = {"10s": peak_rss(short), "10min": peak_rss(path)}
+    print(json.dumps(results["rss_every10"]), flush=True)
     if (args.data / "manifest.csv").exists():
         rates = {mode: [] for mode in ("never", "auto")}
         for _ in range(2):  # interleaved
