@@ -5,7 +5,8 @@ at irregular times, which x264 turns into extra keyframes, as in a film), sample
 seconds and frames decoded for `--seek never` and `--seek always`, what `--seek auto` chose, and whether
 both give identical frames (indices, times, pixels). The video is made once into --cache (not the repository).
 Also the peak RSS of a fresh process streaming the 10-minute video's frames at --every 10 (1,500 sampled frames)
-against a 10-second one (25): frame sampling holds one window, so memory must not follow the length.
+against a 10-second one (25), and holding them all (decode_video): streaming holds one window, so memory must
+not follow the length.
 Then what `--seek auto` costs where it does not seek: D (sampled frames/s, extract's decode workers) on the real
 clips at --every 10 with auto vs never (auto reads each video's packets once more to decide).
 Uses only the public API (`pipeline`) and PyAV.
@@ -98,16 +99,18 @@ def real_clips_rate(data: Path, seek: str, rounds: int = 2) -> list[float]:
 RSS_PROBE = """
 import re, sys
 sys.path.insert(0, {root!r})
-from pipeline import FrameStream, Geometry, Sampling
-stream = FrameStream({path!r}, Sampling(every=10), Geometry(), seek="never")
-sampled = sum(len(window) for window in stream)
+from pipeline import FrameStream, Geometry, Sampling, decode_video
+if {whole!r}:  # all sampled frames in one piece, as frame sampling held them before it streamed
+    sampled = len(decode_video({path!r}, Sampling(every=10), Geometry()).frames)
+else:
+    sampled = sum(len(window) for window in FrameStream({path!r}, Sampling(every=10), Geometry(), seek="never"))
 print(sampled, re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])
 """
 
 
-def peak_rss(path: Path) -> dict:
-    """Sampled frames and peak RSS (MB) of a fresh process streaming `path` at --every 10."""
-    out = subprocess.run([sys.executable, "-c", RSS_PROBE.format(root=str(ROOT), path=str(path))],
+def peak_rss(path: Path, whole: bool = False) -> dict:
+    """Sampled frames and peak RSS (MB) of a fresh process streaming `path` at --every 10 (`whole`: holding them)."""
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE.format(root=str(ROOT), path=str(path), whole=whole)],
                          capture_output=True, text=True, check=True).stdout.split()
     return {"sampled": int(out[0]), "peak_rss_mb": round(int(out[1]) / 1024, 1)}
 
@@ -138,7 +141,8 @@ def main() -> None:
     results["runs"].append(row)
     print(json.dumps(row), flush=True)
     short = make_video(args.cache / f"seek_10s_{HEIGHT}p_gop{GOP}.mp4", seconds=10)
-    results["rss_every10"] = {"10s": peak_rss(short), "10min": peak_rss(path)}
+    results["rss_every10"] = {"10s": peak_rss(short), "10min": peak_rss(path),
+                              "10min_in_one_piece": peak_rss(path, whole=True)}
     print(json.dumps(results["rss_every10"]), flush=True)
     if (args.data / "manifest.csv").exists():
         rates = {mode: [] for mode in ("never", "auto")}
