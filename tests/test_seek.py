@@ -133,3 +133,24 @@ def test_auto_decides_from_the_first_packets_where_keyframes_are_too_far_apart(i
     assert stream.seeks == 0 and stream.info == sequential.info
     for key, column in expected.items():
         np.testing.assert_array_equal(got[key], column, err_msg=key)
+
+
+def test_extract_with_seeking_writes_the_store_sequential_decoding_writes(tmp_path, bframe_mp4, bframe_vfr_mkv):
+    from featstore import open_store
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.sources import load_source
+
+    (tmp_path / "m.csv").write_text(f"path,label\n{bframe_mp4},a\n{bframe_vfr_mkv},b\n")
+    items = load_source(tmp_path / "m.csv")
+    stores = {}
+    for seek in ("never", "always"):
+        cfg = ExtractConfig(backbone="resnet18", weights="none", sampling=Sampling(every=12), size=32, crop="none",
+                            batch_size=4, workers=0, precision="fp32", dtype="float32", seek=seek)
+        extract(items, tmp_path / seek, cfg)
+        stores[seek] = open_store(tmp_path / seek)
+    never, always = stores["never"], stores["always"]
+    assert never.fingerprint == always.fingerprint and never.ids() == always.ids()
+    for vid in never.ids():
+        np.testing.assert_array_equal(never.features(vid), always.features(vid))
+        np.testing.assert_array_equal(never.frame_index(vid), always.frame_index(vid))
+        assert never.meta(vid)["n_frames"] == always.meta(vid)["n_frames"] == N
