@@ -35,10 +35,11 @@ from typer.core import TyperGroup
 from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, TASKS, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
-from pipeline.decode import CROPS
 from pipeline.accel import COMPILE_MODES
+from pipeline.decode import CROPS, RESIZE_ENGINES
 from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.launch import ENGINES
+from pipeline.seek import SEEK_MODES
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
@@ -84,6 +85,8 @@ def choices(name: str, *values: str) -> type[Enum]:
 
 
 Crop = choices("Crop", *CROPS)
+ResizeEngine = choices("ResizeEngine", "auto", *RESIZE_ENGINES)
+Seek = choices("Seek", *SEEK_MODES)
 Precision = choices("Precision", *PRECISIONS)
 ExtractPrecision = choices("ExtractPrecision", *EXTRACT_PRECISIONS)
 CompileMode = choices("CompileMode", *COMPILE_MODES)
@@ -216,6 +219,13 @@ def extract(
     = None,
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
+    resize_engine: Annotated[ResizeEngine, typer.Option(help="Who resizes frames: exact (the weights' own recipe), "
+                                                        "swscale (in the decoder), swscale-yuv (fastest, least "
+                                                        "exact); auto: a resumed store's own, else the default "
+                                                        "(docs/extract.md).")] = ResizeEngine.auto,
+    seek: Annotated[Seek, typer.Option(help="Frame sampling: seek to keyframes instead of decoding every frame "
+                                       "(auto: where that saves half the decoding; same frames either way).")]
+    = Seek.auto,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Frames (or clips) per forward pass, across "
                                                       "videos (default: the device's, docs/extract.md).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
@@ -278,7 +288,7 @@ def extract(
                             compile=compile.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
                             else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
-                            force=force, subset=subset.record())
+                            force=force, subset=subset.record(), resize_engine=resize_engine.value, seek=seek.value)
         if shard == "auto":
             cfg = shard_from_launcher(cfg)
         items = load_source(source, split_id=split_id, subset=subset)
@@ -553,6 +563,7 @@ def fit_head(
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory."""
+    from heads.rundir import check_run_folder
     from heads.run import fit_head as run_fit
 
     stores = [s for s in (store, *(more_stores or []), *(store_opt or [])) if s is not None]
@@ -580,6 +591,8 @@ def fit_head(
                 bar.update(t, description=f"{phase} {head.value} {row.get('member', '')}",
                            completed=row.get("epoch", 0), total=row.get("epochs", cfg.epochs), rate=shown)
 
+            if fuse or len(stores) > 1 or seeds or folds:
+                check_run_folder(run_dir, force)
             if fuse or len(stores) > 1:
                 metrics = fit_several(stores, cfg, run_dir, on_epoch, fuse, seeds or folds)
             elif seeds or folds:
@@ -825,10 +838,12 @@ def sweep(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep directory (default runs/<store>-sweep).")]
     = None,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Train every cell of a grid on one cache, choose by validation only, score the chosen cell on test once."""
     from heads.experiments import parse_grid
     from heads.experiments import sweep as run_sweep
+    from heads.rundir import check_run_folder
     from heads.train import TrainConfig
 
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in
@@ -837,6 +852,7 @@ def sweep(
     with user_errors():
         cfg = TrainConfig(**given)
         axes = parse_grid(grid, cfg)
+        check_run_folder(run_dir, force)
         with progress_bar() as bar:
             t = bar.add_task("sweep", total=None, rate="")
 
@@ -916,12 +932,15 @@ def fuse(
     = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/fuse-<runs>).")]
     = None,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Late fusion: average the runs' probabilities on their common test clips; writes a run that `runs` lists."""
     from heads.fusion import fuse_runs
+    from heads.rundir import check_run_folder
 
     run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
+        check_run_folder(run_dir, force)
         metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
     print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
                   f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
