@@ -35,8 +35,8 @@ from typer.core import TyperGroup
 from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, TASKS, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
-from pipeline.decode import CROPS, RESIZE_ENGINES
 from pipeline.accel import COMPILE_MODES
+from pipeline.decode import CROPS, RESIZE_ENGINES
 from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.launch import ENGINES
 from pipeline.seek import SEEK_MODES
