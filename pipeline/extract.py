@@ -205,7 +205,8 @@ def resize_engine_for(cfg: ExtractConfig, store: dict | None = None) -> str:
 
 def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
     """How frames become model input: the backbone's preprocessing (without `backbone`, read from the weights'
-    preset alone, so decoding can start before the model is built), at `cfg.size` when set."""
+    preset alone, so decoding can start before the model is built), at `cfg.size` when set, resized by
+    `cfg.resize_engine` (auto: see resize_engine_for)."""
     preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
     pre = preprocess if cfg.size is None else preprocess.scaled(cfg.size)
     geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample,
