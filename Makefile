@@ -11,7 +11,7 @@ $(BIN)/python:
 # The stamp re-installs when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,ray,explain]"
+	$(BIN)/pip install -q -e ".[dev,ray,explain,int8]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, load_backbone,  # noqa: E402
-                      load_source, resolve_device, resolve_precision, run_extraction, sampling_for)
+from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, get_spec,  # noqa: E402
+                      load_backbone, load_source, resolve_device, run_extraction, sampling_for, speed_for)
 
 
 def decode_only(items, cfg: ExtractConfig, backbone, device) -> tuple[float, int, int]:
@@ -149,20 +149,49 @@ def measure(name: str, items, args) -> dict:
                         batch_size=args.batch_size, workers=args.workers, device=args.device, size=args.size)
     backbone = load_backbone(name, "none")
     device = resolve_device(cfg.device, backbone)
-    precision = resolve_precision(cfg.precision, device, backbone)
+    speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, backbone, device, items, cfg.sampling)
+    precision, batch_size = speed.precision, speed.batch_size  # what extract will run: the device's batch
     D, units, decoded = decode_only(items, cfg, backbone, device)
     size, clip_len = geometry_for(cfg, backbone).size, cfg.sampling.clip_len if clip else None
     timing = {"batches": args.b_batches, "blocks": args.b_blocks}
-    B_before = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
+    B_before = backbone_only(backbone, device, precision, batch_size, size, clip_len, **timing)
     E, rows = end_to_end(items, cfg)
-    B_after = backbone_only(backbone, device, precision, cfg.batch_size, size, clip_len, **timing)
+    B_after = backbone_only(backbone, device, precision, batch_size, size, clip_len, **timing)
     B = max(B_before, B_after)
     ceiling = min(B, D) if device.type == "cuda" else 1 / (1 / B + 1 / D)
     return {"backbone": name, "unit": "clips" if clip else "frames", **flags, "size": size,
-            "batch_size": cfg.batch_size, "device": str(device), "precision": precision, "rows": rows,
+            "batch_size": batch_size, "compiled": speed.compiled, "device": str(device), "precision": precision,
+            "rows": rows,
             "decoded_frames": decoded, "decode_D": round(D, 2), "backbone_B": round(B, 2),
             "backbone_B_before_after": [round(B_before, 2), round(B_after, 2)], "end_to_end_E": round(E, 2),
             "ceiling": round(ceiling, 2), "E_over_B": round(E / B, 3), "E_over_ceiling": round(E / ceiling, 3)}
+
+
+PARTS = ("speed", "startup", "rss")
+
+
+def run_parts(name: str, items, args) -> dict:
+    clip = get_spec(name).clip is not None
+    run = measure(name, items, args) if "speed" in args.parts else {"backbone": name}
+    flags = {"clip_len": args.clip_len, "clip_stride": args.clip_stride} if clip else {"every": args.every}
+    if "startup" in args.parts:
+        cli_flags = (["--clip-len", str(args.clip_len)] if clip else ["--every", str(args.every)])
+        run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
+    if "rss" in args.parts and not args.skip_rss:
+        run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
+        if clip:
+            run["peak_rss_video_length"] = rss_video_length(name, flags)
+    return run
+
+
+def merged(old: dict | None, new: dict) -> dict:
+    """`new`'s runs over `old`'s, entry by entry (a partial run keeps the other measurements)."""
+    if not old:
+        return new
+    runs = {r["backbone"]: r for r in old.get("runs", [])}
+    for r in new["runs"]:
+        runs[r["backbone"]] = {**runs.get(r["backbone"], {}), **r}
+    return {**old, **{k: v for k, v in new.items() if k != "runs"}, "runs": list(runs.values())}
 
 
 def main() -> None:
@@ -179,6 +208,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "extract.json")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="what to measure; a partial run updates the backbone's entry in --out")
     ap.add_argument("--rss-clips", type=int, default=20, help="clips in each of the shortest / longest sets")
     ap.add_argument("--b-batches", type=int, default=6, help="batches per timed block of B")
     ap.add_argument("--b-blocks", type=int, default=3, help="timed blocks of B (the best counts)")
@@ -188,18 +219,12 @@ def main() -> None:
     results = {"clips": len(items), "cpu_cores": len(__import__("os").sched_getaffinity(0)),
                "torch": torch.__version__, "runs": []}
     for name in args.backbones:
-        run = measure(name, items, args)
-        cli_flags = (["--clip-len", str(args.clip_len)] if run["unit"] == "clips" else ["--every", str(args.every)])
-        run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
-        if not args.skip_rss:
-            flags = {k: run[k] for k in ("every", "clip_len", "clip_stride") if k in run}
-            run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
-            if run["unit"] == "clips":
-                run["peak_rss_video_length"] = rss_video_length(name, flags)
+        run = run_parts(name, items, args)
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    old = json.loads(args.out.read_text()) if args.out.exists() and args.parts != list(PARTS) else None
+    args.out.write_text(json.dumps(merged(old, results), indent=2))
     print(f"wrote {args.out}")
 
 

@@ -67,6 +67,17 @@ def fingerprint(config: dict, keys: Iterable[str]) -> str:
     return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Fingerprinted by format-1 stores, but a property of the file layout, not of the features in it.
+LAYOUT_KEYS = frozenset({"format"})
+
+
+def feature_diffs(old: dict, old_keys: Iterable[str], new: dict, new_keys: Iterable[str],
+                  theirs: str = "this run") -> list[str]:
+    """Differences in the settings that change features, over the keys both fingerprints cover (layout keys aside):
+    empty when two stores of different format versions, or of older and newer key sets, hold the same features."""
+    return diff_configs(old, new, sorted((set(old_keys) | set(new_keys)) - LAYOUT_KEYS), theirs)
+
+
 def diff_configs(old: dict, new: dict, keys: Iterable[str], theirs: str = "this run") -> list[str]:
     """Human-readable differences between two configs over the fingerprinted keys."""
     return [f"{k}: store has {old.get(k)!r}, {theirs} has {new.get(k)!r}"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore import Store, diff_configs, open_store
+from featstore import LAYOUT_KEYS, Store, feature_diffs, fingerprint, open_store
 from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
                         make_splits)
 from heads.metrics import HEADLINE
@@ -133,7 +133,8 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     """Everything but metrics.json: config, splits, history, checkpoint (plain types only), plots."""
     out.mkdir(parents=True, exist_ok=True)
     task, labels = metrics["task"], metrics["labels"]
-    store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint, "store_config": store.config}
+    store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint, "store_config": store.config,
+                  "store_fingerprint_keys": list(store.fingerprint_keys)}
     write_json(out / "config.json", {"command": "fit-head", "train": asdict(cfg), "head": asdict(result.head_config),
                                       "task": task, "labels": labels, **store_info})
     write_json(out / "splits.json", split_ids)
@@ -141,7 +142,7 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     torch.save({"state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
                 "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
-                "store_config": store.config}, out / "head.pt")
+                "store_config": store.config, "store_fingerprint_keys": list(store.fingerprint_keys)}, out / "head.pt")
     plot_curves([r for r in result.history if r["phase"] == "fit"], out / "curves.png", metrics["metric_name"],
                 result.best_epoch)
     if task == "multiclass":
@@ -201,15 +202,38 @@ def read_run_config(run_dir: str | Path) -> dict:
 
 
 def check_store(store: Store, ckpt: dict, run_dir: str | Path) -> None:
-    """Refuse a store whose features were extracted with other settings than the run's store."""
+    """Refuse a store whose features were extracted with other settings than the run's store.
+
+    Equal fingerprints pass at once. Otherwise the settings are compared over both stores' fingerprinted keys, so a
+    format-1 run (whose fingerprint also hashed the layout version) evaluates on a format-2 store of the same
+    settings, and a run from before a setting existed on a store that leaves it unset."""
     if store.fingerprint == ckpt["store_fingerprint"]:
         return
     have, want = store.config, ckpt["store_config"]
-    diffs = diff_configs(have, want, store.fingerprint_keys)
-    detail = "; ".join(diffs) if diffs else (f"fingerprint {store.fingerprint} vs {ckpt['store_fingerprint']}, "
-                                             "though the recorded configs match")
+    keys = run_store_keys(store, ckpt)
+    if keys is None:
+        diffs = feature_diffs(have, store.fingerprint_keys, want, store.fingerprint_keys)
+        detail = "; ".join(diffs) or (f"fingerprint {store.fingerprint} vs {ckpt['store_fingerprint']}, "
+                                      "though the recorded configs match")
+    else:
+        diffs = feature_diffs(have, store.fingerprint_keys, want, keys)
+        if not diffs:
+            return
+        detail = "; ".join(diffs)
     raise HeadError(f"store {store.path} does not match run {run_dir} (the run was trained on other features: "
                     f"{detail}); pass --store with a store extracted with the run's settings")
+
+
+def run_store_keys(store: Store, ckpt: dict) -> list[str] | None:
+    """The keys the run's store fingerprinted: recorded by newer runs; for older ones, the key set (this store's,
+    with or without the layout keys) that reproduces the run's fingerprint from its recorded config, else None."""
+    if ckpt.get("store_fingerprint_keys"):
+        return list(ckpt["store_fingerprint_keys"])
+    base = set(store.fingerprint_keys) - LAYOUT_KEYS
+    for keys in (base, base | LAYOUT_KEYS):
+        if fingerprint(ckpt["store_config"], keys) == ckpt["store_fingerprint"]:
+            return sorted(keys)
+    return None
 
 
 def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test") -> dict:

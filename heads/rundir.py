@@ -54,6 +54,26 @@ def check_run_dir(out: Path, kind: str, force: bool = False) -> None:
                     f"or pass --force to overwrite the files {kind} writes there")
 
 
+def check_run_folder(out: Path, force: bool = False) -> None:
+    """For runs that write in place (--seeds/--folds, several stores, sweeps, late fusion): `out` must be absent,
+    empty or a framecache head run (a config.json of ours), unless `force`."""
+    if out.exists() and not out.is_dir():
+        raise HeadError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
+    if not out.exists() or force or not any(out.iterdir()) or _is_head_run(out):
+        return
+    shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+    raise HeadError(f"--out {out} already holds files that are not a framecache run ({shown}); choose a new or "
+                    "empty folder, or pass --force to write the run's files there")
+
+
+def _is_head_run(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and any(k in config for k in ("train", "fuse", "command", "mode"))
+
+
 @contextmanager
 def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path]:
     """Yield a staging folder to write the run into; on success its files replace the run in `out`."""

@@ -12,14 +12,17 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "Measured", "compile_model", "compile_pays_back",
+                       "default_batch", "quantize_int8"),
     "pipeline.backbones": ("REGISTRY", "Backbone", "BackboneError", "Preprocess", "available_backbones", "get_spec",
-                           "load_backbone"),
+                           "load_backbone", "preprocess_for"),
     "pipeline.decode": ("Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError", "Geometry", "Sampling",
                         "VideoInfo", "clip_count", "decode_image", "decode_video"),
     "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),
-    "pipeline.extract": ("ExtractConfig", "ExtractResult", "config_from_store", "decode_loader", "embed_files",
-                         "geometry_for", "sampling_for", "store_backbone"),
+    "pipeline.extract": ("EXTRACT_PRECISIONS", "ExtractConfig", "ExtractResult", "config_from_store", "decode_loader",
+                         "embed_files", "geometry_for", "sampling_for", "store_backbone"),
     "pipeline.sources": ("Item", "SourceError", "load_source"),
+    "pipeline.speed": ("Speed", "estimate_units", "speed_for"),
     "pipeline.stages": ("Done", "Rows"),
 }
 # `pipeline.extract` is the module; its function is exported as run_extraction.

@@ -191,35 +191,39 @@ def _state_dict_from_file(path: Path, name: str) -> dict:
     return out
 
 
+def _is_file(weights: str) -> bool:
+    path = Path(weights).expanduser()
+    return path.suffix in {".pth", ".pt", ".bin", ".ckpt"} or path.exists()
+
+
+def _member(name: str, spec: BackboneSpec, weights: str):
+    """The weights enum member whose preset preprocesses for `weights`: the named one, else the DEFAULT's (random
+    init and weight files use the architecture's standard preprocessing)."""
+    if weights.lower() == "none" or _is_file(weights):
+        return spec.weights.DEFAULT
+    if weights.upper() not in spec.weights.__members__:
+        raise BackboneError(f"unknown weights {weights!r} for {name}; use one of {list(spec.weights.__members__)}, "
+                            "'none', or a file path")
+    return spec.weights[weights.upper()]
+
+
+def preprocess_for(name: str, weights: str = "DEFAULT") -> Preprocess:
+    """What `load_backbone(name, weights).preprocess` will be, without building the model (so decoding can start
+    while it builds)."""
+    spec = get_spec(name)
+    return _preprocess_of(_member(name, spec, weights))
+
+
 def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str, object]:
     """Returns (model with its classifier, weights id for the fingerprint, enum member for preprocessing)."""
-    default = spec.weights.DEFAULT
+    member = _member(name, spec, weights)
     if weights.lower() == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED_FOR_RANDOM_INIT)
-            return spec.builder(weights=None), f"none(seed={SEED_FOR_RANDOM_INIT})", default
-    path = Path(weights).expanduser()
-    if path.suffix in {".pth", ".pt", ".bin", ".ckpt"} or path.exists():
-        if not path.is_file():
-            raise BackboneError(f"weights file {path} does not exist")
-        model = spec.builder(weights=None)
-        state = _state_dict_from_file(path, name)
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shape mismatches raise even when strict=False
-            raise BackboneError(f"{path} does not fit {name}: {str(e).splitlines()[1].strip()[:160]}") from None
-        # A backbone-only file (classifier dropped) is fine; anything else means the wrong architecture.
-        missing = [k for k in missing if not k.startswith(spec.head + ".")]
-        if missing or unexpected:
-            bad = (missing + unexpected)[:3]
-            raise BackboneError(f"{path} does not fit {name}: mismatched keys {bad} "
-                                f"({len(missing)} missing, {len(unexpected)} unexpected)")
-        return model, f"file:sha256:{_file_sha256(path)[:16]}", default
-    names = [m for m in spec.weights.__members__]
-    key = weights.upper()
-    if key not in spec.weights.__members__:
-        raise BackboneError(f"unknown weights {weights!r} for {name}; use one of {names}, 'none', or a file path")
-    member = spec.weights[key]
+            return spec.builder(weights=None), f"none(seed={SEED_FOR_RANDOM_INIT})", member
+    if _is_file(weights):
+        path = Path(weights).expanduser()
+        return _from_file(name, spec, path), f"file:sha256:{_file_sha256(path)[:16]}", member
     try:
         return spec.builder(weights=member), f"{member.__class__.__name__}.{member.name}", member
     except (OSError, RuntimeError) as e:  # URLError is an OSError; hub raises RuntimeError on bad downloads
@@ -227,6 +231,24 @@ def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str,
             f"cannot get {name} {member.name} weights offline ({str(e).splitlines()[0][:80]}): download "
             f"{member.url} on a connected machine and pass --weights /path/to/{Path(member.url).name}, "
             f"or put the file in {torch.hub.get_dir()}/checkpoints/") from None
+
+
+def _from_file(name: str, spec: BackboneSpec, path: Path) -> nn.Module:
+    if not path.is_file():
+        raise BackboneError(f"weights file {path} does not exist")
+    model = spec.builder(weights=None)
+    state = _state_dict_from_file(path, name)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when strict=False
+        raise BackboneError(f"{path} does not fit {name}: {str(e).splitlines()[1].strip()[:160]}") from None
+    # A backbone-only file (classifier dropped) is fine; anything else means the wrong architecture.
+    missing = [k for k in missing if not k.startswith(spec.head + ".")]
+    if missing or unexpected:
+        bad = (missing + unexpected)[:3]
+        raise BackboneError(f"{path} does not fit {name}: mismatched keys {bad} "
+                            f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    return model
 
 
 def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:

@@ -3,19 +3,24 @@ format and autocast chosen once per device."""
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import torch
 
-from pipeline.backbones import Backbone, BackboneError
+from pipeline.accel import batches_of, check_int8, compile_model, pad_to, quantize_int8
+from pipeline.backbones import Backbone, BackboneError, get_spec
 
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what --device accepts
 
 
-def resolve_device(device: str, backbone: Backbone) -> torch.device:
-    if backbone.cpu_only:
+def resolve_device(device: str, backbone: Backbone | str) -> torch.device:
+    """The device `--device` names for this backbone (a loaded one, or a registry name: no model needed)."""
+    name, cpu_only = ((backbone, get_spec(backbone).cpu_only) if isinstance(backbone, str)
+                      else (backbone.name, backbone.cpu_only))
+    if cpu_only:
         if device.startswith("cuda"):
-            raise BackboneError(f"{backbone.name} is an int8 CPU-only model; use --device cpu or another backbone")
+            raise BackboneError(f"{name} is an int8 CPU-only model; use --device cpu or another backbone")
         return torch.device("cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -28,6 +33,9 @@ def resolve_device(device: str, backbone: Backbone) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device, backbone: Backbone) -> str:
     """auto: bf16 on GPUs that have it (else fp16); bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
+    if precision == "int8":
+        check_int8(device, backbone.name, backbone.cpu_only, backbone.is_video)
+        return precision
     if backbone.cpu_only:
         return "fp32"  # int8 kernels: autocast does not apply
     if precision != "auto":
@@ -42,9 +50,14 @@ class Embedder:
 
     Units travel as uint8 channels-last; `permute` of an NHWC (NTHWC) tensor *is* a channels_last (channels_last_3d)
     NCHW (NCTHW) tensor, so the model, converted once to that memory format, reads it with no copy, and
-    normalization happens on the device."""
+    normalization happens on the device.
 
-    def __init__(self, backbone: Backbone, device: torch.device, precision: str):
+    `compile` runs the model through torch.compile (inductor), compiled on the first call; precision 'int8' also
+    needs `calibrate(units)` first (PT2E static quantization, then compiled). Both run `batch` units per call (the
+    first call's size when None), padding shorter ones. `setup_s` is what that one-time work took."""
+
+    def __init__(self, backbone: Backbone, device: torch.device, precision: str, compile: bool = False,
+                 batch: int | None = None):
         self.device, self.quantized, self.video = device, backbone.cpu_only, backbone.is_video
         self.model = backbone.model.to(device)
         if not self.quantized:
@@ -55,9 +68,40 @@ class Embedder:
         self.std = torch.tensor(pre.std, device=device).view(shape) * 255
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.name = backbone.name
+        self.int8 = precision == "int8"
+        self.compile, self.batch, self.setup_s = compile or self.int8, batch, 0.0
+        self.fast: torch.nn.Module | None = None  # the compiled (int8) model, once built
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.int8 and self.fast is None
+
+    @torch.inference_mode()
+    def calibrate(self, units: torch.Tensor) -> None:
+        """Quantize to int8 with activation ranges observed on `units` (frames of the source itself), then compile."""
+        x = self._normalized(units)
+        self.batch = self.batch or len(x)
+        start = time.perf_counter()
+        int8 = quantize_int8(self.model, x, self.batch)
+        self.fast, _ = compile_model(int8, pad_to(x[:self.batch], self.batch), self.amp)
+        self.setup_s = time.perf_counter() - start
 
     @torch.inference_mode()
     def __call__(self, units: torch.Tensor) -> np.ndarray:
+        x = self._normalized(units)
+        if self.needs_calibration:
+            raise ValueError("an int8 Embedder quantizes on the source's own frames: call calibrate(units) first")
+        if self.compile and self.fast is None:
+            self.batch = self.batch or len(x)
+            self.fast, self.setup_s = compile_model(self.model, pad_to(x[:self.batch], self.batch), self.amp)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            if self.fast is None:
+                out = self.model(x)
+            else:
+                out = torch.cat([self.fast(pad_to(part, self.batch))[:len(part)] for part in batches_of(x, self.batch)])
+        return out.float().cpu().numpy()
+
+    def _normalized(self, units: torch.Tensor) -> torch.Tensor:
         want = 5 if self.video else 4
         if units.ndim != want or units.shape[-1] != 3:
             kind = "(B, T, H, W, 3) clips" if self.video else "(B, H, W, 3) frames"
@@ -65,8 +109,4 @@ class Embedder:
         x = units.to(self.device, non_blocking=True)
         x = x.permute(0, 4, 1, 2, 3) if self.video else x.permute(0, 3, 1, 2)
         x = (x.float() - self.mean) / self.std
-        if self.quantized:
-            x = x.contiguous()
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            out = self.model(x)
-        return out.float().cpu().numpy()
+        return x.contiguous() if self.quantized else x

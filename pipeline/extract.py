@@ -12,9 +12,9 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,20 +24,22 @@ from featstore import StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
-from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone
+from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
+from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
 from pipeline.decode import CROPS, ClipSampling, Geometry, Sampling, set_decoder_threads
-from pipeline.embed import Embedder, resolve_device, resolve_precision
+from pipeline.embed import Embedder, resolve_device, resolve_precision  # noqa: F401 (finetune imports it here)
+from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
-from pipeline.stages import Batch, DecodeStream, InOrder, rebatch
+from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
 
 # Settings that change the features: a store refuses appends that differ in any of them. (The row layout is the
 # store's own business: featstore records its format.)
 FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames",
                     "size", "resize", "crop", "mean", "std", "dtype")
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
-OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FRAME_BATCH, CLIP_BATCH = 64, 8  # default units per forward pass
+OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autocast dtypes (finetune takes these too)
+EXTRACT_PRECISIONS = PRECISIONS + ("int8",)    # extract also runs PT2E int8 on CPUs (pipeline/accel.py)
 DTYPES = ("float16", "float32")          # storage dtype of features
 COMPRESSIONS = ("none", "lzf", "gzip")   # HDF5 compression of features; "none" is stored as None
 
@@ -53,11 +55,12 @@ class ExtractConfig:
     sampling: Sampling | ClipSampling | None = None  # None: every 10th frame, or the video backbone's own clips
     size: int | None = None           # model input side; None = the weights' own crop size
     crop: str = "center"              # center (weights' recipe) | square | none (squash)
-    batch_size: int | None = None     # units per forward pass, across videos; None: 64 frames, or 8 clips
+    batch_size: int | None = None     # units per forward pass, across videos; None: the device's (batch_size_for)
     workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
     cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
     device: str = "auto"              # auto | cpu | cuda | cuda:i
-    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (autocast dtype)
+    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (autocast dtype) | int8 (CPU, PT2E)
+    compile: str = "auto"             # auto (where it pays back, measured) | on | off: torch.compile the backbone
     dtype: str = "float16"            # storage dtype of features: float16 | float32
     compression: str | None = None    # None | lzf | gzip
     shard: tuple[int, int] | None = None  # (i, N): this process handles part i of N
@@ -68,12 +71,12 @@ class ExtractConfig:
     subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
-        if self.batch_size is None:  # a clip is 16 frames: 8 clips hold twice the pixels of 64 frames
-            self.batch_size = CLIP_BATCH if get_spec(self.backbone).clip is not None else FRAME_BATCH
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ExtractError("--batch-size must be at least 1")
-        if self.precision not in PRECISIONS:
-            raise ExtractError(f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.precision not in EXTRACT_PRECISIONS:
+            raise ExtractError(f"--precision must be one of {', '.join(EXTRACT_PRECISIONS)}, not {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ExtractError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         if self.crop not in CROPS:
             raise ExtractError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
         if self.dtype not in DTYPES:
@@ -134,6 +137,9 @@ class ExtractResult:
     precision: str = ""
     unit: str = "frames"          # what a row is: frames | clips
     startup_s: float = 0.0        # process start -> first batch embedded (imports, model build, first decode)
+    compiled: bool = False        # the backbone ran through torch.compile (always with int8)
+    batch_size: int = 0           # units per forward pass this run used
+    setup_s: float = 0.0          # one-time compile / int8 calibration seconds, inside `seconds`
     meta_changed: list[MetaChange] = field(default_factory=list)  # items whose manifest label/group/split differ
 
     @property
@@ -142,7 +148,7 @@ class ExtractResult:
 
 
 def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, device: torch.device,
-                 precision: str) -> dict:
+                 precision: str, speed: Speed | None = None) -> dict:
     import av
     import torchvision
 
@@ -160,6 +166,10 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
         "resize": list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
         "dim": backbone.dim, "subset": cfg.subset, "autorotate": True, "device": str(device), "precision": precision,
+        # int8 changes features beyond bf16's noise: fingerprinted (an optional key, so older stores keep theirs)
+        "quantization": QUANTIZATION if precision == "int8" else None,
+        # compiling keeps the features within bf16 noise (docs/extract.md): recorded, not fingerprinted
+        "compile": speed.compiled if speed else False, "batch_size": speed.batch_size if speed else cfg.batch_size,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
     }
 
@@ -169,11 +179,15 @@ def fingerprint_keys(config: dict) -> tuple[str, ...]:
     return FINGERPRINT_KEYS + tuple(k for k in OPTIONAL_KEYS if config.get(k) is not None)
 
 
-def geometry_for(cfg: ExtractConfig, backbone: Backbone) -> Geometry:
-    pre = backbone.preprocess if cfg.size is None else backbone.preprocess.scaled(cfg.size)
+def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
+    """How frames become model input: the backbone's preprocessing (without `backbone`, read from the weights'
+    preset alone, so decoding can start before the model is built), at `cfg.size` when set."""
+    preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
+    pre = preprocess if cfg.size is None else preprocess.scaled(cfg.size)
     geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample)
-    if backbone.clip is not None:
-        backbone.clip.check(backbone.name, cfg.sampling.clip_len, geometry.size)
+    clip = get_spec(cfg.backbone).clip
+    if clip is not None:
+        clip.check(cfg.backbone, cfg.sampling.clip_len, geometry.size)
     return geometry
 
 
@@ -255,23 +269,28 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     try:
         todo, skipped = pending_items(items, store_path, cfg)
         meta_changed = meta_changes(items, store_path)
+        geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone)
+        # Decode workers start now and fill their prefetch queue while the model builds.
+        units = iter(decode_loader(todo, cfg, geometry, device))
         backbone = load_backbone(cfg.backbone, cfg.weights)
-        device = resolve_device(cfg.device, backbone)
-        precision = resolve_precision(cfg.precision, device, backbone)
-        geometry = geometry_for(cfg, backbone)
-        config = store_config(cfg, backbone, geometry, device, precision)
+        speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, backbone, device, todo, cfg.sampling)
+        config = store_config(cfg, backbone, geometry, device, speed.precision, speed)
     except BaseException:
         lock.abandon()  # a typo in --weights must not leave an empty store directory behind
         raise
     writer = StoreWriter(store_path, config, fingerprint_keys(config), backbone.dim, prefix=prefix, lock=lock,
                          flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
-    result = ExtractResult(str(store_path), skipped=skipped, device=str(device), precision=precision,
-                           unit="clips" if backbone.is_video else "frames", meta_changed=meta_changed)
+    result = ExtractResult(str(store_path), skipped=skipped, device=str(device), precision=speed.precision,
+                           unit="clips" if backbone.is_video else "frames", meta_changed=meta_changed,
+                           compiled=speed.compiled, batch_size=speed.batch_size)
     thread = _Writer(writer)
     thread.start()
     start = time.perf_counter()
     try:
-        _run(todo, cfg, geometry, Embedder(backbone, device, precision), thread.put, result, on_progress)
+        embed = Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size)
+        if embed.needs_calibration and todo:
+            embed.calibrate(calibration_units(items, cfg, geometry, device))
+        _run(todo, units, speed.batch_size, embed, thread.put, result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
@@ -292,13 +311,15 @@ def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, devi
                       worker_init_fn=_init_decode_worker if workers else None)
 
 
-def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: Embedder,
+def _run(todo: list[Item], units: Iterator[Rows | Done], batch_size: int, embed: Embedder,
          sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress) -> None:
     videos = InOrder(todo, sink)
-    for step in rebatch(decode_loader(todo, cfg, geometry, embed.device), cfg.batch_size):
+    steps = rebatch(units, batch_size)
+    for step in calibrated(steps, embed) if embed.needs_calibration else steps:
         if isinstance(step, Batch):
             videos.add(step, embed(step.units()))
             result.startup_s = result.startup_s or seconds_since_process_start()
+            result.setup_s = embed.setup_s
             continue
         for rec in videos.finish(step):
             result.done += 1
@@ -306,6 +327,38 @@ def _run(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, embed: Embedd
             if rec.status == "failed":
                 result.failed.append((rec.video_id, rec.error))
             _report(on_progress, result, len(todo), rec.video_id)
+
+
+def calibration_units(items: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> torch.Tensor:
+    """The first CALIBRATION_UNITS units of the whole source in its own order, not of this run's pending items: a
+    resumed run and every shard quantize with the same activation ranges (two calibrations on different frames
+    differ by cosine ~0.995, as much as int8 differs from fp32). Decoded here, in this process (a second or two)."""
+    got, n = [], 0
+    for message in decode_loader(items, replace(cfg, workers=0), geometry, device):
+        if isinstance(message, Rows):
+            got.append(message.units)
+            n += len(message)
+            if n >= CALIBRATION_UNITS:
+                break
+    if not got:
+        raise ExtractError("--precision int8 found no decodable frame to calibrate on in the source")
+    return torch.cat(got)[:CALIBRATION_UNITS]
+
+
+def calibrated(steps: Iterator[Batch | Done], embed: Embedder) -> Iterator[Batch | Done]:
+    """The same steps, after int8 calibration on their first CALIBRATION_UNITS units (embed_files: the files given):
+    those steps are held (a few hundred frames, tens of MB), `embed` calibrated on them, then replayed."""
+    held, units = [], 0
+    for step in steps:
+        held.append(step)
+        units += len(step.units()) if isinstance(step, Batch) else 0
+        if units >= CALIBRATION_UNITS:
+            break
+    frames = [s.units() for s in held if isinstance(s, Batch)]
+    if frames:
+        embed.calibrate(torch.cat(frames)[:CALIBRATION_UNITS])
+    yield from held
+    yield from steps
 
 
 def _init_decode_worker(_: int) -> None:
@@ -399,8 +452,11 @@ def embed_files(paths: list[str], config: dict, device: str = "auto", weights: s
     items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]
     records: list[VideoRecord] = []
     result = ExtractResult("")
-    embed = Embedder(backbone, dev, resolve_precision(config.get("precision", "auto"), dev, backbone))
-    _run(items, cfg, geometry, embed, records.append, result, None)
+    # int8 stores are re-embedded in int8, calibrated on these files (docs/extract.md); nothing else is compiled
+    speed = speed_for(config.get("precision", "auto"), "off" if config.get("precision") != "int8" else "auto",
+                      config.get("batch_size"), backbone, dev, items, cfg.sampling)
+    embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
+    _run(items, iter(decode_loader(items, cfg, geometry, dev)), speed.batch_size, embed, records.append, result, None)
     for r in records:
         if r.features is not None:
             r.features = r.features.astype(cfg.dtype).astype(np.float32)

@@ -122,3 +122,19 @@ def test_fit_head_seeds_cli_prints_mean_and_std(store, tmp_path):
     assert "±" in res.stdout and (tmp_path / "r" / "seed-1" / "head.pt").exists()
     res = CliRunner().invoke(cli.app, ["runs", str(tmp_path)])
     assert "±" in res.stdout
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "2"], ["--folds", "2"]])
+def test_repeated_runs_refuse_a_folder_of_other_files_unless_forced(store, tmp_path, flags):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    args = ["fit-head", str(store), "--head", "linear", "--epochs", "2", "--device", "cpu", "--out", str(out), *flags]
+    r = CliRunner().invoke(cli.app, args)
+    assert r.exit_code == 1 and "notes.txt" in r.output and "--force" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    r = CliRunner().invoke(cli.app, args + ["--force"])
+    assert r.exit_code == 0, r.output
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "metrics.json").exists()
+    r = CliRunner().invoke(cli.app, args)  # a rerun into its own run folder needs no --force
+    assert r.exit_code == 0, r.output

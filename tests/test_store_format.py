@@ -24,7 +24,8 @@ def format1_fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_format1_store(path, config: dict, videos: dict[str, np.ndarray], fps: float = 25.0) -> str:
+def write_format1_store(path, config: dict, videos: dict[str, np.ndarray], fps: float = 25.0,
+                        labels: list[str] | None = None, splits: list[str] | None = None) -> str:
     """A format-1 store: header + one shard of frame rows (every 2nd frame), the format-1 datasets only."""
     fp = format1_fingerprint(config)
     dim = next(iter(videos.values())).shape[1]
@@ -48,8 +49,8 @@ def write_format1_store(path, config: dict, videos: dict[str, np.ndarray], fps: 
         f.create_dataset("frame_index", data=index.astype(np.int64))
         f.create_dataset("time_s", data=index / fps)
         lengths = [len(v) for v in videos.values()]
-        columns = {"video_id": list(videos), "path": [f"{v}.mkv" for v in videos], "label": ["a"] * len(videos),
-                   "group": [""] * len(videos), "split": ["train"] * len(videos), "status": ["ok"] * len(videos),
+        columns = {"video_id": list(videos), "path": [f"{v}.mkv" for v in videos], "label": labels or ["a"] * len(videos),
+                   "group": [""] * len(videos), "split": splits or ["train"] * len(videos), "status": ["ok"] * len(videos),
                    "error": [""] * len(videos)}
         for name, values in columns.items():
             f.create_dataset(name, data=np.array(values, dtype=object), dtype=STR)
@@ -123,3 +124,40 @@ def test_a_store_made_before_clip_settings_existed_resumes_with_the_same_fingerp
     s = open_store(tmp_path / "old")
     assert s.fingerprint == fp and s.format == 1 and sorted(s.ids()) == ["v0", "v1", "v2"]
     np.testing.assert_array_equal(s.frame_end("v2"), s.frame_index("v2") + 1)
+
+
+def _labelled(n: int = 16, dim: int = 4):
+    """n short videos of two classes that a linear head separates, half train, a quarter each val and test."""
+    rng = np.random.default_rng(1)
+    labels = ["a", "b"] * (n // 2)
+    videos = {f"v{i}": (rng.standard_normal((3, dim)) + (3.0 if labels[i] == "b" else -3.0)).astype(np.float32)
+              for i in range(n)}
+    splits = (["train"] * (n // 2)) + (["val"] * (n // 4)) + (["test"] * (n // 4))
+    return videos, labels, splits
+
+
+def _format2_copy(path, config: dict, videos, labels, splits) -> None:
+    keys = [k for k in FORMAT1_KEYS if k != "format"]  # what today's pipeline fingerprints
+    with StoreWriter(path, config, keys, dim=4, dtype="float32") as w:
+        for (vid, feats), label, split in zip(videos.items(), labels, splits):
+            w.add(VideoRecord(vid, path=f"{vid}.mkv", label=label, split=split, features=feats, fps=25.0,
+                              n_frames=2 * len(feats), frame_index=np.arange(len(feats)) * 2,
+                              time_s=np.arange(len(feats)) * 2 / 25.0))
+
+
+def test_a_run_on_a_format1_store_evaluates_on_a_format2_store_of_the_same_settings_only(tmp_path):
+    from heads import TrainConfig, evaluate_run, fit_head
+    from heads.models import HeadError
+
+    config = {"backbone": "resnet18", "every": 2, "dtype": "float32"}
+    videos, labels, splits = _labelled()
+    write_format1_store(tmp_path / "old", {"format": 1, **config}, videos, labels=labels, splits=splits)
+    fit_head(tmp_path / "old", TrainConfig(head="linear", epochs=5, device="cpu"), tmp_path / "run")
+    _format2_copy(tmp_path / "new", config, videos, labels, splits)
+    new = open_store(tmp_path / "new")
+    assert new.format == 2 and new.fingerprint != open_store(tmp_path / "old").fingerprint  # the layout was hashed
+    same = evaluate_run(tmp_path / "run", tmp_path / "new", split="all")
+    assert same["accuracy"] == evaluate_run(tmp_path / "run", split="all")["accuracy"]
+    _format2_copy(tmp_path / "other", {**config, "every": 3}, videos, labels, splits)
+    with pytest.raises(HeadError, match="every: store has 3, the run|every: store has 3"):
+        evaluate_run(tmp_path / "run", tmp_path / "other", split="all")

@@ -1,0 +1,189 @@
+"""Faster forward passes on CPUs, opt-in: `torch.compile` (inductor) and int8 (PT2E quantization with torchao's
+X86InductorQuantizer), plus the batch size that suits the device.
+
+Both variants run one fixed batch shape: a shorter batch is padded (costs less than one batch) rather than compiled
+again (costs seconds). Which variant and batch `auto` picks comes from bench/backbone.py's measurements, kept in
+`CPU_SPEED` (docs/extract.md, "Backbone speed on CPU").
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from featstore.errors import FramecacheError
+
+COMPILE_MODES = ("auto", "on", "off")  # --compile
+CALIBRATION_UNITS = 256                # frames of the run's own source the int8 observers see
+QUANTIZATION = f"int8:pt2e-x86inductor:calib{CALIBRATION_UNITS}"  # what the store config records (fingerprinted)
+FRAME_BATCH, CLIP_BATCH = 64, 8        # default units per forward pass on GPUs (and for unmeasured CPU cases)
+CPU_FRAME_BATCH = 16                   # CPU default for image backbones bench/backbone.py did not measure
+# CPU cosine to fp32 a variant must keep for `auto` to choose it (issue 13).
+AUTO_MIN_COSINE = 0.999
+
+
+class AccelError(FramecacheError, ValueError):
+    """A --precision int8 / --compile request this machine or backbone cannot honour; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """bench/backbone.py on the reference CPU (2 Zen4 cores, AVX512-VNNI/BF16, torch 2.14, 224 px): the best batch
+    and its images/s for each variant, the one-time cost of compiling, and the cosine to fp32 on real frames."""
+    batch: int            # best eager bf16 batch
+    eager: float          # images/s, eager bf16 channels_last at `batch`
+    compiled: float       # images/s, torch.compile bf16 at `compiled_batch`
+    compiled_batch: int
+    compile_s: float      # first call of the compiled model (cold inductor cache)
+    compile_cosine: float  # min cosine to fp32 over real frames
+    int8: float           # images/s, int8 (compiled) at `int8_batch`
+    int8_batch: int
+    int8_s: float         # export + calibration + convert + compile
+    int8_cosine: float
+    trusted: bool         # cosines measured with real (ImageNet) weights; the random-init ones say less
+
+
+# From bench/results/backbone.json (`python bench/backbone.py --table` prints these lines). Costs are the coldest
+# seen (an empty inductor cache); later runs on the same machine reuse the cache and pay less.
+CPU_SPEED: dict[str, Measured] = {
+    "mobilenet_v2": Measured(batch=8, eager=170.8, compiled=278.3, compiled_batch=8, compile_s=26.38,
+                             compile_cosine=0.99912, int8=393.9, int8_batch=16, int8_s=38.18, int8_cosine=0.99339,
+                             trusted=True),
+    "resnet18": Measured(batch=16, eager=81.7, compiled=100.4, compiled_batch=32, compile_s=21.55,
+                         compile_cosine=0.99999, int8=179.6, int8_batch=8, int8_s=33.01, int8_cosine=0.99986,
+                         trusted=False),
+    "resnet50": Measured(batch=8, eager=33.9, compiled=43.2, compiled_batch=16, compile_s=23.8,
+                         compile_cosine=0.99999, int8=75.9, int8_batch=8, int8_s=75.06, int8_cosine=0.99979,
+                         trusted=False),
+}
+
+
+def default_batch(backbone: str, video: bool, device: torch.device, variant: str = "eager") -> int:
+    """Units per forward pass when --batch-size is not given: large on GPUs; on CPUs the batch that ran fastest
+    in bench/backbone.py for this backbone and variant (eager | compiled | int8), else CPU_FRAME_BATCH."""
+    if video:
+        return CLIP_BATCH
+    if device.type != "cpu":
+        return FRAME_BATCH
+    m = CPU_SPEED.get(backbone)
+    if m is None:
+        return CPU_FRAME_BATCH
+    return {"compiled": m.compiled_batch, "int8": m.int8_batch}.get(variant, m.batch)
+
+
+def compile_pays_back(backbone: str, units: int) -> bool:
+    """auto: compile only where it keeps cosine >= AUTO_MIN_COSINE and the time it saves on `units` frames exceeds
+    what compiling costs (both measured; an unmeasured backbone is not compiled). Compiling does not quantize: its
+    cosine equals eager bf16's on random and real weights alike, so random-init measurements count here."""
+    m = CPU_SPEED.get(backbone)
+    if m is None or m.compile_cosine < AUTO_MIN_COSINE or m.compiled <= m.eager:
+        return False
+    return units * (1 / m.eager - 1 / m.compiled) > m.compile_s
+
+
+def int8_is_auto(backbone: str) -> bool:
+    """auto picks int8 only where its cosine to fp32, measured with real weights, meets AUTO_MIN_COSINE and it is
+    the fastest variant. (Random-init cosines do not count: trained weights and activations have wider ranges.)"""
+    m = CPU_SPEED.get(backbone)
+    return (m is not None and m.trusted and m.int8_cosine >= AUTO_MIN_COSINE
+            and m.int8 > max(m.eager, m.compiled))
+
+
+def int8_pays_back(backbone: str, units: int) -> bool:
+    """int8's time saved on `units` frames, against the best float variant, exceeds its one-time cost."""
+    m = CPU_SPEED[backbone]
+    return units * (1 / max(m.eager, m.compiled) - 1 / m.int8) > m.int8_s
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # the instructions oneDNN's int8 convolutions are fast with
+
+
+def check_compiler() -> None:
+    """Inductor writes C++ for CPU kernels: without a compiler `torch.compile` fails deep inside the first batch."""
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise AccelError(f"--compile on CPU needs a C++ compiler ({cxx} not found): install g++ (apt-get install "
+                         "g++) or set CXX, or use --compile off")
+
+
+def check_int8(device: torch.device, name: str, quantized: bool, video: bool, flags: set[str] | None = None) -> None:
+    """Raise AccelError unless int8 PT2E can run here: a CPU with VNNI/AMX int8 (`flags`: its /proc/cpuinfo
+    flags, read when None), an image backbone, torchao."""
+    if device.type != "cpu":
+        raise AccelError(f"--precision int8 runs on CPUs only (x86 oneDNN kernels), not on {device}: use "
+                         "--precision auto (bf16/fp16 on GPUs) or --device cpu")
+    if quantized:
+        raise AccelError(f"{name} is already an int8 model: drop --precision int8")
+    if video:
+        raise AccelError(f"--precision int8 is measured for image backbones only, not {name}: use --precision auto")
+    flags = _cpu_flags() if flags is None else flags
+    if flags and not flags & set(INT8_FLAGS):
+        raise AccelError(f"this CPU has no int8 dot-product instructions ({', '.join(INT8_FLAGS)}), so int8 would be "
+                         "slower than bf16/fp32: use --precision auto")
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise AccelError('--precision int8 needs torchao: pip install -e ".[int8]"') from None
+    check_compiler()
+
+
+def compile_model(model: nn.Module, example: torch.Tensor, amp: torch.dtype | None) -> tuple[nn.Module, float]:
+    """(inductor-compiled model, seconds its first call took). Freezing folds the weights into the graph (and lets
+    int8 weights be prepacked once); it is read when the first call compiles, so that call runs inside the patch."""
+    import torch._inductor.config as inductor_config
+
+    start = time.perf_counter()
+    compiled = torch.compile(model, dynamic=False)
+    with inductor_config.patch(freezing=True), torch.no_grad(), _autocast(amp):
+        compiled(example)
+    return compiled, time.perf_counter() - start
+
+
+def quantize_int8(model: nn.Module, calibration: torch.Tensor, batch: int) -> nn.Module:
+    """The model with int8 weights and activations (PT2E, X86InductorQuantizer's default static per-tensor
+    activations, per-channel weights), observed on `calibration` (N, 3, H, W normalized frames) in batches of
+    `batch`. Not compiled yet: on its own it runs reference quantize/dequantize ops (slow)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    example = pad_to(calibration[:batch], batch)
+    # strict=True: the non-strict tracer names a module called twice (ResNet blocks reuse one ReLU) as one
+    # partition with two outputs, which the quantizer's conv+add+relu annotation refuses.
+    with torch.no_grad():
+        graph = torch.export.export(model, (example,), strict=True).module()
+        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+        observed = prepare_pt2e(graph, quantizer)
+        for chunk in calibration.split(batch):
+            observed(pad_to(chunk, batch))
+        return convert_pt2e(observed)
+
+
+def pad_to(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """`x` with zero rows appended up to `batch` (a compiled model has one batch shape)."""
+    if len(x) >= batch:
+        return x
+    pad = x.new_zeros((batch - len(x), *x.shape[1:]))
+    return torch.cat([x, pad]).contiguous(memory_format=torch.channels_last) if x.ndim == 4 else torch.cat([x, pad])
+
+
+def batches_of(x: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    return [x[i:i + batch] for i in range(0, len(x), batch)] if len(x) > batch else [x]
+
+
+def _autocast(amp: torch.dtype | None):
+    return torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None)
