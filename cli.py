@@ -37,10 +37,11 @@ from finetune.config import SCHEDULERS as FINETUNE_SCHEDULERS
 from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, TASKS, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
-from pipeline.decode import CROPS
 from pipeline.accel import COMPILE_MODES
+from pipeline.decode import CROPS, RESIZE_ENGINES
 from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.launch import ENGINES
+from pipeline.seek import SEEK_MODES
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
@@ -86,6 +87,8 @@ def choices(name: str, *values: str) -> type[Enum]:
 
 
 Crop = choices("Crop", *CROPS)
+ResizeEngine = choices("ResizeEngine", "auto", *RESIZE_ENGINES)
+Seek = choices("Seek", *SEEK_MODES)
 Precision = choices("Precision", *PRECISIONS)
 ExtractPrecision = choices("ExtractPrecision", *EXTRACT_PRECISIONS)
 CompileMode = choices("CompileMode", *COMPILE_MODES)
@@ -218,6 +221,13 @@ def extract(
     = None,
     size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
     crop: Annotated[Crop, typer.Option(help="center: weights' resize+crop; square; none: squash.")] = Crop.center,
+    resize_engine: Annotated[ResizeEngine, typer.Option(help="Who resizes frames: exact (the weights' own recipe), "
+                                                        "swscale (in the decoder), swscale-yuv (fastest, least "
+                                                        "exact); auto: a resumed store's own, else the default "
+                                                        "(docs/extract.md).")] = ResizeEngine.auto,
+    seek: Annotated[Seek, typer.Option(help="Frame sampling: seek to keyframes instead of decoding every frame "
+                                       "(auto: where that saves half the decoding; same frames either way).")]
+    = Seek.auto,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Frames (or clips) per forward pass, across "
                                                       "videos (default: the device's, docs/extract.md).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
@@ -280,7 +290,7 @@ def extract(
                             compile=compile.value,
                             dtype=dtype.value, compression=None if compression is Compression.none
                             else compression.value, shard=shard_t, retry_failed=retry_failed, limit=limit,
-                            force=force, subset=subset.record())
+                            force=force, subset=subset.record(), resize_engine=resize_engine.value, seek=seek.value)
         if shard == "auto":
             cfg = shard_from_launcher(cfg)
         items = load_source(source, split_id=split_id, subset=subset)

@@ -9,9 +9,13 @@ On a CPU decode and inference share the cores, so the ceiling is 1 / (1/B + 1/D)
 min(B, D). Also peak RSS of extract on the shortest vs the longest clips (memory must not grow with
 the dataset or with a video's length; video backbones add a generated 10-minute video against a
 10-second one), and startup: `cli.py extract` from process start to its first batch.
-Uses only the public API (`pipeline`).
+`--parts options` (image backbones) adds issue 13's table: B of each CPU option (eager bf16, compiled, int8), D of
+each --resize-engine, and the whole `cli.py extract` command's wall-clock on every clip with the defaults and with
+--precision int8 (startup, compile and calibration included), against the defaults' serial ceiling.
+Uses only the public API (`pipeline`). A partial run (--parts) updates the backbone's entry in --out.
 
     python bench/extract.py [--data ../shared/data/ucf101_subset20] [--backbones resnet18 resnet50]
+    python bench/extract.py --backbones resnet18 --parts options
     python bench/extract.py --backbones r2plus1d_18 --out bench/results/clips.json
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,8 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import (Done, Embedder, ExtractConfig, Rows, decode_loader, geometry_for, get_spec,  # noqa: E402
-                      load_backbone, load_source, resolve_device, run_extraction, sampling_for, speed_for)
+from pipeline import (RESIZE_ENGINES, Done, Embedder, ExtractConfig, Rows, decode_loader,  # noqa: E402
+                      default_batch, geometry_for, get_spec, load_backbone, load_source, resolve_device,
+                      run_extraction, sampling_for, speed_for)
 
 
 def decode_only(items, cfg: ExtractConfig, backbone, device) -> tuple[float, int, int]:
@@ -167,7 +173,73 @@ def measure(name: str, items, args) -> dict:
             "ceiling": round(ceiling, 2), "E_over_B": round(E / B, 3), "E_over_ceiling": round(E / ceiling, 3)}
 
 
-PARTS = ("speed", "startup", "rss")
+def decode_by_engine(items, cfg: ExtractConfig, backbone, device) -> dict:
+    """D (sampled frames/s, decode alone) for each --resize-engine, same workers."""
+    return {e: round(decode_only(items, replace(cfg, resize_engine=e), backbone, device)[0], 1)
+            for e in RESIZE_ENGINES}
+
+
+def backbone_variants(backbone, device, size: int, args) -> dict:
+    """B of each CPU option (eager bf16, compiled bf16, int8) at its own default batch, synthetic frames; the
+    one-time cost (compile / calibration) apart. int8 calibrates on random frames here: speed does not depend on
+    the ranges (cosines: bench/backbone.py, on real frames)."""
+    out = {}
+    for variant, precision, compiled in (("eager", "bf16", False), ("compiled", "bf16", True), ("int8", "int8", True)):
+        batch = default_batch(backbone.name, False, device, variant)
+        embed = Embedder(backbone, device, precision, compile=compiled, batch=batch)
+        x = torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8)
+        if embed.needs_calibration:
+            embed.calibrate(torch.randint(0, 255, (64, size, size, 3), dtype=torch.uint8))
+        embed(x)  # compiles
+        best = 0.0
+        for _ in range(args.b_blocks):
+            t = time.perf_counter()
+            for _ in range(args.b_batches):
+                embed(x)
+            best = max(best, args.b_batches * batch / (time.perf_counter() - t))
+        out[variant] = {"B": round(best, 1), "batch": batch, "setup_s": round(embed.setup_s, 1)}
+        torch._dynamo.reset()
+    return out
+
+
+def wall_clock(data: Path, name: str, flags: list[str]) -> dict:
+    """The whole `cli.py extract` command on every clip, as a new user runs it: rows / wall-clock seconds (startup,
+    model build, compile or calibration all included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "extract", str(data / "manifest.csv"),
+                            "--backbone", name, "--weights", "none", *flags, "--store", f"{tmp}/s"],
+                           capture_output=True, text=True, check=True, cwd=ROOT)
+        wall = time.perf_counter() - t
+    rows = int(re.search(r"│ (?:frames|clips)\s*│\s*(\d+)", p.stdout)[1])
+    loop = float(re.search(r"│ (?:frames|clips)/s\s*│\s*([\d.]+)", p.stdout)[1])
+    start = re.search(r"startup \(to first batch\)\s*\S?\s*([\d.]+) s", p.stdout)
+    return {"flags": flags, "rows": rows, "wall_s": round(wall, 1), "E_wall": round(rows / wall, 1),
+            "E_loop": loop, "startup_s": float(start[1]) if start else None}
+
+
+def speed_options(name: str, items, args) -> dict:
+    """Issue 13's table for one image backbone: B per option, D per resize engine, E wall-clock (defaults, and
+    --precision int8), and the ratios to the serial ceiling of the defaults."""
+    cfg = ExtractConfig(backbone=name, weights="none", sampling=sampling_for(name, every=args.every))
+    backbone = load_backbone(name, "none")
+    device = resolve_device(cfg.device, backbone)
+    # The commands first: compiling in this process leaves inductor's compile workers behind, which would share
+    # the cores with them.
+    flags = ["--every", str(args.every)]
+    default, int8 = wall_clock(args.data, name, flags), wall_clock(args.data, name, flags + ["--precision", "int8"])
+    D = decode_by_engine(items, cfg, backbone, device)
+    B = backbone_variants(backbone, device, geometry_for(cfg, backbone).size, args)
+    ceiling = 1 / (1 / B["eager"]["B"] + 1 / D["exact"])
+    ceiling_int8 = 1 / (1 / B["int8"]["B"] + 1 / D["exact"])
+    return {"D_by_engine": D, "B_by_option": B, "E_default": default, "E_int8": int8,
+            "ceiling_default": round(ceiling, 1), "E_wall_over_ceiling": round(default["E_wall"] / ceiling, 3),
+            "E_loop_over_ceiling": round(default["E_loop"] / ceiling, 3), "ceiling_int8": round(ceiling_int8, 1),
+            "E_int8_wall_over_ceiling": round(int8["E_wall"] / ceiling_int8, 3)}
+
+
+PARTS = ("speed", "startup", "rss", "options")
+DEFAULT_PARTS = ("speed", "startup", "rss")
 
 
 def run_parts(name: str, items, args) -> dict:
@@ -177,6 +249,8 @@ def run_parts(name: str, items, args) -> dict:
     if "startup" in args.parts:
         cli_flags = (["--clip-len", str(args.clip_len)] if clip else ["--every", str(args.every)])
         run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
+    if "options" in args.parts and not clip:
+        run["options"] = speed_options(name, items, args)
     if "rss" in args.parts and not args.skip_rss:
         run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
         if clip:
@@ -208,7 +282,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "extract.json")
     ap.add_argument("--skip-rss", action="store_true")
-    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
                     help="what to measure; a partial run updates the backbone's entry in --out")
     ap.add_argument("--rss-clips", type=int, default=20, help="clips in each of the shortest / longest sets")
     ap.add_argument("--b-batches", type=int, default=6, help="batches per timed block of B")
@@ -223,7 +297,7 @@ def main() -> None:
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(args.out.read_text()) if args.out.exists() and args.parts != list(PARTS) else None
+    old = json.loads(args.out.read_text()) if args.out.exists() and args.parts != list(DEFAULT_PARTS) else None
     args.out.write_text(json.dumps(merged(old, results), indent=2))
     print(f"wrote {args.out}")
 

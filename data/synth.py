@@ -41,18 +41,20 @@ def codec_available(codec: str) -> bool:
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 25, codec: str = "libx264rgb",
-                lossless: bool = True, container_options: dict[str, str] | None = None) -> Path:
+                lossless: bool = True, container_options: dict[str, str] | None = None,
+                codec_options: dict[str, str] | None = None) -> Path:
     """Write frames (T, H, W, 3) uint8 RGB as a constant-rate video; the container follows the file extension.
 
-    `container_options` go to the muxer, e.g. {"movflags": "faststart"} puts the MP4 index first. The 4:2:0
+    `container_options` go to the muxer, e.g. {"movflags": "faststart"} puts the MP4 index first;
+    `codec_options` to the encoder, over the codec's own, e.g. {"g": "250", "bf": "3"} (GOP, B-frames). The 4:2:0
     formats of libx264 with lossless=False need an even width and height."""
     rate = Fraction(fps).limit_denominator(100_000)
     pts = np.arange(len(_check_frames(frames)))
-    return _encode(Path(path), frames, pts, 1 / rate, rate, codec, lossless, container_options)
+    return _encode(Path(path), frames, pts, 1 / rate, rate, codec, lossless, container_options, codec_options)
 
 
 def write_vfr_video(path: str | Path, frames: np.ndarray, times_s, codec: str = "libx264rgb",
-                    lossless: bool = True) -> Path:
+                    lossless: bool = True, codec_options: dict[str, str] | None = None) -> Path:
     """Write frames with explicit presentation times (seconds, strictly increasing): a variable-frame-rate video."""
     pts = np.round(np.asarray(times_s, dtype=np.float64) / float(VFR_TIME_BASE)).astype(np.int64)
     if len(pts) != len(_check_frames(frames)) or np.any(np.diff(pts) <= 0):
@@ -68,11 +70,13 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def _encode(path: Path, frames: np.ndarray, pts: np.ndarray, time_base: Fraction, rate: Fraction | None,
-            codec: str, lossless: bool, container_options: dict[str, str] | None) -> Path:
+            codec: str, lossless: bool, container_options: dict[str, str] | None,
+            codec_options: dict[str, str] | None = None) -> Path:
     if not codec_available(codec):
         raise ValueError(f"codec {codec!r} is not available here; choose from "
                          f"{[c for c in _CODECS if codec_available(c)]}")
     pix_fmt, options = _CODECS[codec][0 if lossless else 1]
+    options = {**options, **(codec_options or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate, options=options)

@@ -8,6 +8,8 @@ frames and nothing else. Clips stream: `ClipStream` holds at most one clip's fra
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import numbers
 import os
@@ -19,10 +21,11 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image, ImageOps
 
 from featstore.errors import FramecacheError
+from pipeline.seek import SEEK_MODES, SEEK_WORTH, StreamIndex, read_index
 
 # What FFmpeg and the OS raise for unreadable input; anything else is a bug and should surface as one.
 _AV_ERRORS = (av.error.FFmpegError, OSError)
@@ -30,6 +33,9 @@ _AV_ERRORS = (av.error.FFmpegError, OSError)
 _TICK_EPS = 1e-6
 CROPS = ("center", "square", "none")  # the --crop choices (cli.py reads them here)
 _RESAMPLES = ("pil", "tensor")
+# The --resize-engine choices (cli.py reads them here). 'exact' is the weights' own recipe; the others resize in the
+# decode worker, trading exactness for speed (numbers and the default in docs/extract.md, "Decoding cost").
+RESIZE_ENGINES = ("exact", "swscale", "torch", "swscale-yuv")
 
 
 class SamplingError(FramecacheError, ValueError):
@@ -72,10 +78,13 @@ class Geometry:
     #                                       exact (height, width)), then the center size x size is cut
     crop: str = "center"   # 'center' | 'square' (shorter side -> size, center square) | 'none' (squash to size x size)
     resample: str = "pil"  # 'pil': PIL bilinear (image presets) | 'tensor': torch bilinear, no antialias (video preset)
+    engine: str = "exact"  # who resizes: 'exact' (the `resample` recipe above) or one of RESIZE_ENGINES' others
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise SamplingError(f"--crop must be one of {', '.join(CROPS)}; got {self.crop!r}")
+        if self.engine not in RESIZE_ENGINES:
+            raise SamplingError(f"--resize-engine must be one of {', '.join(RESIZE_ENGINES)}; got {self.engine!r}")
         if self.resample not in _RESAMPLES:
             raise SamplingError(f"resample must be one of {', '.join(_RESAMPLES)}; got {self.resample!r}")
         _check_positive_int("--size", self.size)
@@ -174,22 +183,26 @@ def set_decoder_threads(count: int) -> None:
     _decoder_threads = count
 
 
-def decode_video(path: str | os.PathLike, sampling: Sampling, geometry: Geometry) -> DecodedVideo:
-    """Decode the first video stream of `path` once and return only the sampled frames, resized and cropped.
+def decode_video(path: str | os.PathLike, sampling: Sampling, geometry: Geometry, seek: str = "never") -> DecodedVideo:
+    """Decode the first video stream of `path` and return only the sampled frames, resized and cropped, at once
+    (`FrameStream` gives them in windows, which is what long videos want).
 
     A truncated or partly corrupt file gives the frames that could be decoded. `frames=K` picks from the packet
     count (demuxed, not decoded); if decoding finds a different count, the pick is redone against the true count.
     With `max_frames` under every/fps, decoding stops at the M-th kept frame and the rest of the stream is only
-    demuxed, so `n_frames` then counts packets for that remainder. Raises DecodeError for unreadable input."""
-    path = os.fspath(path)
-    _check_file(path)
-    if sampling.frames is None:
-        return _decode_pass(path, sampling, geometry, picks=None)
-    counted = _count_packets(path)
-    video = _decode_pass(path, sampling, geometry, picks=sample_indices(counted, sampling))
-    if video.n_frames != counted:  # the packet count was wrong (rare): pick again from the decoded count
-        video = _decode_pass(path, sampling, geometry, picks=sample_indices(video.n_frames, sampling))
-    return video
+    demuxed, so `n_frames` then counts packets for that remainder. `seek` as in FrameStream. Raises DecodeError
+    for unreadable input."""
+    stream = FrameStream(path, sampling, geometry, seek=seek)
+    return _joined(list(stream), stream.info)
+
+
+def _joined(windows: list[FrameWindow], info: VideoInfo) -> DecodedVideo:
+    def column(name: str) -> np.ndarray:
+        return np.concatenate([getattr(w, name) for w in windows])
+
+    return DecodedVideo(frames=column("frames"), frame_index=column("frame_index"), time_s=column("time_s"),
+                        fps=info.fps, n_frames=info.n_frames, width=info.width, height=info.height,
+                        rotation=info.rotation, time_end_s=column("time_end_s"))
 
 
 def decode_chosen(path: str | os.PathLike, choose: Callable[[int, float], np.ndarray],
@@ -204,11 +217,224 @@ def decode_chosen(path: str | os.PathLike, choose: Callable[[int, float], np.nda
     with _opened(path) as (container, stream):
         counted, rate = _demux_count(container, stream), _nominal_rate(stream)
     picks = np.unique(np.clip(np.asarray(choose(counted, rate), dtype=np.int64), 0, max(counted - 1, 0)))
-    video = _decode_pass(path, Sampling(), geometry, picks=picks)
-    if video.n_frames != counted:
-        picks = np.unique(np.clip(np.asarray(choose(video.n_frames, rate), dtype=np.int64), 0, video.n_frames - 1))
-        video = _decode_pass(path, Sampling(), geometry, picks=picks)
-    return video
+    stream = FrameStream(path, Sampling(), geometry)
+    windows = list(stream._sequential(picks))
+    if stream.info.n_frames != counted:
+        picks = np.unique(np.clip(np.asarray(choose(stream.info.n_frames, rate), dtype=np.int64), 0,
+                                  stream.info.n_frames - 1))
+        windows = list(stream._sequential(picks))
+    return _joined(windows, stream.info)
+
+
+WINDOW = 64  # sampled frames per window: what decoding holds of one video at most (beside the DataLoader prefetch)
+
+
+class _NotExact(Exception):
+    """Seeking met something that sequential decoding might number or decode differently."""
+
+
+class FrameStream:
+    """The sampled frames of one video, decoded while they are iterated, in windows of at most `window` frames;
+    `info` is set once iteration has ended, `decoded` counts the frames decoded, `seeks` the seeks made.
+
+    every/fps stream: a 10-minute video holds no more than a 10-second one. frames=K picks from the packet count
+    and holds its K frames until decoding confirms the count (then windows). `seek`: 'never' decodes every frame;
+    'always' seeks to the keyframe before each sampled frame wherever that skips packets; 'auto' does so when the
+    plan decodes at most SEEK_WORTH of the frames. Seeking numbers frames from the packets (pipeline.seek), checks
+    every decoded frame against them, and falls back to sequential decoding where they could differ, so the same
+    frames (indices, times, pixels) come out either way. Raises DecodeError."""
+
+    def __init__(self, path: str | os.PathLike, sampling: Sampling, geometry: Geometry, seek: str = "never",
+                 window: int = WINDOW):
+        if seek not in SEEK_MODES:
+            raise SamplingError(f"--seek must be one of {', '.join(SEEK_MODES)}; got {seek!r}")
+        self.path, self.sampling, self.geometry = os.fspath(path), sampling, geometry
+        self.seek, self.window = seek, window
+        self.info: VideoInfo | None = None
+        self.decoded = self.seeks = 0
+        self._given: list[tuple[int, float]] = []  # (index, time) of the frames a seek pass gave before falling back
+
+    def __iter__(self) -> Iterator[FrameWindow]:
+        _check_file(self.path)
+        plan = None
+        if self.seek != "never":
+            with _opened(self.path) as opened:
+                plan = self._seek_plan(*opened)
+                if isinstance(plan, list):  # auto said no after a few packets: decode on from them, one open
+                    yield from self._sequential(None, opened, plan)
+                    return
+        if plan is not None:
+            try:
+                yield from self._seeking(*plan)
+                return
+            except _NotExact:
+                pass  # continued sequentially below, after the frames already given
+        if self.sampling.frames is None:
+            yield from self._sequential(None)
+            return
+        counted = _count_packets(self.path)
+        held = list(self._sequential(sample_indices(counted, self.sampling)))
+        if self.info.n_frames != counted:  # the packet count was wrong (rare): pick again from the decoded count
+            held = list(self._sequential(sample_indices(self.info.n_frames, self.sampling)))
+        yield from held
+
+    def _sequential(self, picks: np.ndarray | None, opened: tuple | None = None,
+                    demuxed: list[av.Packet] = ()) -> Iterator[FrameWindow]:
+        """Decode every frame (of `opened`, from its `demuxed` packets on, or of the file opened anew)."""
+        skip_through = self._given[-1][0] if self._given else -1
+        with contextlib.nullcontext(opened) if opened else _opened(self.path) as (container, stream):
+            reader = _FrameReader(container, stream, demuxed)
+            limit = self.sampling.max_frames if picks is None else None  # frames=K already capped its picks
+            taken = _Pass(_picker(self.sampling, picks), _Converter(self.geometry), _nominal_rate(stream), limit,
+                          skip_through)
+            stopped_early = False
+            for frame in reader:
+                self.decoded += 1
+                if not taken.add(frame):
+                    stopped_early = True
+                    break
+                if len(taken.window) >= self.window:
+                    yield taken.window.take()
+            n_frames = reader.packets + _demux_count(container, stream) if stopped_early else taken.n
+        if taken.n == 0:
+            raise _no_frames(self.path, reader.error)
+        if taken.kept == 0:
+            raise _no_timestamps(self.path)
+        if self._given and list(zip(taken.skipped.index, taken.skipped.times)) != self._given:
+            raise DecodeError(f"failed to decode {self.path}: seeking and sequential decoding number its frames "
+                              "differently; use --seek never")
+        self.info = taken.info(n_frames)
+        if len(taken.window):
+            yield taken.window.take()
+
+    def _seek_plan(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+                   ) -> tuple[StreamIndex, np.ndarray] | list[av.Packet] | None:
+        """(index, frames to give) where seeking goes ahead; None to decode sequentially; under `auto`, the packets
+        read when the first 2 sampling intervals of them hold a single keyframe (too few to seek between: then
+        decoding goes on from them, in this container; --frames K, which counts all packets first, excepted)."""
+        packets = container.demux(stream)
+        interval = self._interval(stream)
+        if self.seek == "auto" and interval:
+            try:
+                head = list(itertools.islice(packets, 2 * interval))
+            except _AV_ERRORS:
+                return None  # sequential decoding, in a fresh container, reports it
+            if sum(p.is_keyframe for p in head if p.size) < 2:
+                return head if self.sampling.frames is None else None
+            packets = itertools.chain(head, packets)
+        index = read_index(stream, packets)
+        if index is None:
+            return None
+        s = self.sampling
+        if s.fps is not None:
+            pick = _FpsPicker(s.fps)
+            targets = np.asarray([i for i, t in enumerate(index.times) if pick(i, t)], dtype=np.int64)
+        elif s.every is not None:
+            targets = np.arange(0, len(index), s.every, dtype=np.int64)
+        else:
+            targets = sample_indices(len(index), s)
+        targets = targets[:s.max_frames]
+        if self.seek == "auto" and index.planned_decodes(targets) > SEEK_WORTH * len(index):
+            return None
+        return index, targets
+
+    def _interval(self, stream: av.video.stream.VideoStream) -> int | None:
+        """Frames between sampled frames, as the headers suggest (None where they do not say)."""
+        s, rate = self.sampling, _nominal_rate(stream)
+        if s.every is not None:
+            return s.every
+        if s.fps is not None:
+            return max(1, round(rate / s.fps)) if rate else None
+        return max(1, stream.frames // s.frames) if stream.frames else None
+
+    def _seeking(self, index: StreamIndex, targets: np.ndarray) -> Iterator[FrameWindow]:
+        with _opened(self.path) as (container, stream):
+            rate, convert, kept = _nominal_rate(stream), _Converter(self.geometry), _Collected()
+            first = None
+            for i, frame in _Seeker(container, stream, index, self).frames(targets):
+                if frame.time != index.times[i]:
+                    raise _NotExact
+                first = frame if first is None else first
+                kept.add(convert(frame), i, frame.time, frame.time + _duration(frame, rate))
+                if len(kept) >= self.window:
+                    yield self._give(kept)
+        turns = quarter_turns(first)
+        size = (first.height, first.width) if turns % 2 else (first.width, first.height)
+        # As sequential decoding measures it: a pass that stops at the M-th kept frame has seen frames up to it.
+        seen = targets[-1] + 1 if len(targets) == self.sampling.max_frames else len(index)
+        self.info = VideoInfo(_measured_fps(seen, index.times[0], index.times[seen - 1], rate), len(index),
+                              size[0], size[1], 90 * turns)
+        if len(kept):
+            yield self._give(kept)
+
+    def _give(self, kept: _Collected) -> FrameWindow:
+        window = kept.take()
+        self._given += zip(window.frame_index.tolist(), window.time_s.tolist())
+        return window
+
+
+class _Seeker:
+    """Decodes given frames of a stream, in order, seeking to a keyframe wherever that skips packets; raises
+    _NotExact where the decoder disagrees with the index: a frame it does not list, a listed frame that does not come
+    out (every frame decoded since a jump must be the next one the index lists), a seek that lands elsewhere than
+    on a listed keyframe at or before the one asked for."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 index: StreamIndex, counts: FrameStream):
+        self.container, self.stream, self.index, self.counts = container, stream, index, counts
+        self.packets: Iterator[av.Packet] | None = None
+        self.ready: deque[av.VideoFrame] = deque()  # decoded, not yet looked at, in presentation order
+        self.pos = -1  # decode position of the last packet fed
+        self.last: int | None = None  # index of the last frame that came out since the last jump
+
+    def frames(self, targets: np.ndarray) -> Iterator[tuple[int, av.VideoFrame]]:
+        for i in targets.tolist():
+            key = self.index.start_for(i)
+            start = int(self.index.key_pos[key])
+            if self.packets is None or start > self.pos + 1:
+                self._jump(start, int(self.index.key_pts[key]))
+            yield i, self._find(i)
+
+    def _jump(self, start: int, pts: int) -> None:
+        if start > 0:
+            self.container.seek(pts, stream=self.stream, backward=True)  # PyAV flushes the decoder too
+            self.counts.seeks += 1
+        self.packets, self.ready, self.pos = iter(self.container.demux(self.stream)), deque(), None
+        self._feed()
+        if self.pos is None or self.pos > start:
+            raise _NotExact
+        self.last = int(np.flatnonzero(self.index.decode_pos == self.pos)[0]) - 1  # the keyframe comes out first
+
+    def _feed(self) -> bool:
+        """Decode the next packet; False at the end of the stream (the decoder then flushed)."""
+        packet = next(self.packets, None)
+        try:
+            if packet is None or packet.size == 0:  # the demuxer's empty last packet flushes the decoder
+                frames = self.stream.decode(packet)  # (that packet, not None: its frames keep their time base)
+            else:
+                frame = self.index.frame_of(packet.pts)
+                if frame is None or (self.pos is None and not packet.is_keyframe):
+                    raise _NotExact
+                self.pos = int(self.index.decode_pos[frame])
+                frames = self.stream.decode(packet)
+        except _AV_ERRORS as e:
+            raise _NotExact from e
+        self.counts.decoded += len(frames)
+        self.ready.extend(frames)
+        return packet is not None and packet.size > 0
+
+    def _find(self, i: int) -> av.VideoFrame:
+        want = int(self.index.pts[i])
+        while True:
+            while self.ready:
+                frame = self.ready.popleft()
+                if self.index.frame_of(frame.pts) != self.last + 1:
+                    raise _NotExact
+                self.last += 1
+                if frame.pts == want:
+                    return frame
+            if not self._feed() and not self.ready:
+                raise _NotExact
 
 
 def decode_image(path: str | os.PathLike, geometry: Geometry) -> DecodedVideo:
@@ -251,37 +477,52 @@ def _center_crop(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:  # (H, W, 3
 
 
 class _Converter:
-    """Sampled frame -> (size, size, 3) uint8: RGB at source size in swscale, resized by PIL, cropped by slicing.
+    """Sampled frame -> (size, size, 3) uint8, upright, resized by the geometry's engine, cropped by slicing.
 
-    The resize is PIL's bilinear, which is exactly what the weights' own `transforms()` do to a PIL image, so our
-    pixels equal torchvision's recipe bit for bit. swscale's bilinear scaler lands within ~0.13 levels of it, yet
-    the int8 MobileNetV2 turns that into embeddings at cosine 0.986 only; PIL costs ~0.5 ms more per SAMPLED frame
-    (beside ~12 ms of backbone), which is cheap for exactness. One reformatter per video keeps swscale's context
-    between frames; threads=1 because the decoder's threads already use the cores."""
+    All engines first convert to RGB at source size in swscale except 'swscale-yuv', which converts and resizes in
+    one swscale call (the cheapest, but its chroma is interpolated differently: cosine 0.996 to exact). Then
+    'exact' does the weights' own resize (PIL bilinear for image presets, so our pixels equal torchvision's recipe
+    bit for bit; torch bilinear for video presets), 'swscale' swscale's bilinear on the RGB frame and 'torch'
+    torch's antialiased bilinear (the image presets' recipe on tensors), both within one level of PIL's. One
+    reformatter per step and video keeps swscale's contexts between frames; threads=1 because the decoder's
+    threads already use the cores."""
 
     def __init__(self, geometry: Geometry):
         self.geometry = geometry
-        self.reformatter = VideoReformatter()
+        self.to_rgb, self.resizer = VideoReformatter(), VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        rgb = self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
         turns = quarter_turns(frame)  # upright first: the crop must see the frame as it is shown
-        return _scale(np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb, self.geometry)
+        engine = self.geometry.engine
+        if engine in ("exact", "torch"):
+            rgb = self.to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+            return _scale(np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb, self.geometry)
+        shown = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+        width, height = _resized_size(*shown, self.geometry)
+        if turns % 2:
+            width, height = height, width  # swscale scales the frame as stored; it is turned afterwards
+        if engine == "swscale":
+            frame = self.to_rgb.reformat(frame, format="rgb24", threads=1)
+        rgb = self.resizer.reformat(frame, width=width, height=height, format="rgb24", threads=1,
+                                    interpolation=Interpolation.BILINEAR).to_ndarray()
+        return np.ascontiguousarray(_center_crop(np.rot90(rgb, turns) if turns else rgb, self.geometry))
 
 
 def _scale(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
     """(H, W, 3) uint8 at source size -> (size, size, 3) uint8, resized the way the weights' preset does."""
     width, height = _resized_size(rgb.shape[1], rgb.shape[0], geometry)
-    if geometry.resample == "pil":
+    if geometry.resample == "pil" and geometry.engine != "torch":
         scaled = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
         return np.ascontiguousarray(_center_crop(scaled, geometry))
     # The VideoClassification preset resizes uint8 frame tensors with torch's bilinear and antialias=False (kept by
     # torchvision to preserve the released accuracies); the same call on the same pixels gives the same pixels.
+    # The 'torch' engine is the image presets' recipe on tensors: antialiased.
     import torch
     from torchvision.transforms import functional as tvf
 
     chw = torch.from_numpy(rgb).permute(2, 0, 1)
-    scaled = tvf.resize(chw, [height, width], interpolation=tvf.InterpolationMode.BILINEAR, antialias=False)
+    scaled = tvf.resize(chw, [height, width], interpolation=tvf.InterpolationMode.BILINEAR,
+                        antialias=geometry.engine == "torch")
     return np.ascontiguousarray(_center_crop(scaled.permute(1, 2, 0).numpy(), geometry))
 
 
@@ -350,13 +591,14 @@ class _FrameReader:
     truncated file) is skipped; a read error in the container ends the stream after flushing what the decoder
     holds. The last error is kept so that a file without a single decodable frame can say why."""
 
-    def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream):
-        self.container, self.stream = container, stream
+    def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 demuxed: list[av.Packet] = ()):
+        self.container, self.stream, self.demuxed = container, stream, demuxed  # demuxed: read already, in order
         self.packets, self.error = 0, None
 
     def __iter__(self) -> Iterator[av.VideoFrame]:
         try:
-            for packet in self.container.demux(self.stream):
+            for packet in itertools.chain(self.demuxed, self.container.demux(self.stream)):
                 self.packets += packet.size > 0
                 yield from self._decode(packet)
         except _AV_ERRORS as e:
@@ -406,15 +648,52 @@ def _nominal_rate(stream: av.video.stream.VideoStream) -> float:
     return float(rate) if rate else 0.0
 
 
-class _Pass:
-    """One pass over the frames: each goes through the sampling rule and only kept frames are converted."""
+@dataclass
+class FrameWindow:
+    """Consecutive sampled frames of one video (see DecodedVideo for the fields)."""
 
-    def __init__(self, pick: Callable[[int, float], bool], convert: _Converter, rate: float, limit: int | None):
-        self.pick, self.convert, self.rate, self.limit = pick, convert, rate, limit
+    frames: np.ndarray
+    frame_index: np.ndarray
+    time_s: np.ndarray
+    time_end_s: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+class _Collected:
+    """Sampled frames collected until a window is full."""
+
+    def __init__(self) -> None:
         self.frames: list[np.ndarray] = []
         self.index: list[int] = []
         self.times: list[float] = []
         self.ends: list[float] = []
+
+    def add(self, image: np.ndarray, index: int, time_s: float, time_end_s: float) -> None:
+        self.frames.append(image)
+        self.index.append(index)
+        self.times.append(time_s)
+        self.ends.append(time_end_s)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def take(self) -> FrameWindow:
+        window = FrameWindow(np.stack(self.frames), np.asarray(self.index, dtype=np.int64),
+                             np.asarray(self.times, dtype=np.float64), np.asarray(self.ends, dtype=np.float64))
+        self.__init__()
+        return window
+
+
+class _Pass:
+    """One sequential pass over the frames: each goes through the sampling rule and only kept frames are converted.
+    Frames kept at or before `skip_through` are counted, not converted (a seek pass already gave them)."""
+
+    def __init__(self, pick: Callable[[int, float], bool], convert: _Converter, rate: float, limit: int | None,
+                 skip_through: int = -1):
+        self.pick, self.convert, self.rate, self.limit, self.skip_through = pick, convert, rate, limit, skip_through
+        self.kept, self.window, self.skipped = 0, _Collected(), _Collected()
         self.n, self.t_first, self.t_last, self.source_size, self.rotation = 0, math.nan, math.nan, (0, 0), 0
 
     def add(self, frame: av.VideoFrame) -> bool:
@@ -425,15 +704,15 @@ class _Pass:
             self.t_first, self.rotation = t, 90 * turns
             self.source_size = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
         if self.pick(self.n, t):
-            self.frames.append(self.convert(frame))
-            self.index.append(self.n)
-            self.times.append(t)
-            self.ends.append(t + _duration(frame, self.rate))
+            self.kept += 1
+            image = self.convert(frame) if self.n > self.skip_through else None
+            (self.window if image is not None else self.skipped).add(image, self.n, t, t + _duration(frame, self.rate))
         self.n, self.t_last = self.n + 1, t
-        return self.limit is None or len(self.frames) < self.limit
+        return self.limit is None or self.kept < self.limit
 
-    def measured_fps(self) -> float:
-        return _measured_fps(self.n, self.t_first, self.t_last, self.rate)
+    def info(self, n_frames: int) -> VideoInfo:
+        return VideoInfo(_measured_fps(self.n, self.t_first, self.t_last, self.rate), n_frames,
+                         self.source_size[0], self.source_size[1], self.rotation)
 
 
 def _measured_fps(n: int, t_first: float, t_last: float, rate: float) -> float:
@@ -454,32 +733,14 @@ def _frame_time(frame: av.VideoFrame, n: int, rate: float) -> float:
     return n / rate if rate else math.nan  # no pts (some raw streams): the nominal rate is the best guess left
 
 
-def _decode_pass(path: str, sampling: Sampling, geometry: Geometry, picks: np.ndarray | None) -> DecodedVideo:
-    with _opened(path) as (container, stream):
-        reader = _FrameReader(container, stream)
-        limit = sampling.max_frames if picks is None else None  # frames=K already capped its picks
-        taken = _Pass(_picker(sampling, picks), _Converter(geometry), _nominal_rate(stream), limit)
-        stopped_early = False
-        for frame in reader:
-            if not taken.add(frame):
-                stopped_early = True
-                break
-        n_frames = reader.packets + _demux_count(container, stream) if stopped_early else taken.n
-    return _result(path, taken, n_frames, reader.error)
+def _no_frames(path: str, error: BaseException | None) -> DecodeError:
+    why = _reason(error) if error is not None else "the video stream holds no decodable frame"
+    return DecodeError(f"failed to decode {path}: {why}")
 
 
-def _result(path: str, taken: _Pass, n_frames: int, error: BaseException | None) -> DecodedVideo:
-    if taken.n == 0:
-        why = _reason(error) if error is not None else "the video stream holds no decodable frame"
-        raise DecodeError(f"failed to decode {path}: {why}")
-    if not taken.frames:
-        raise DecodeError(f"failed to sample {path}: its frames have no timestamps, which --fps needs; "
-                          "use --every or --frames")
-    return DecodedVideo(frames=np.stack(taken.frames), frame_index=np.asarray(taken.index, dtype=np.int64),
-                        time_s=np.asarray(taken.times, dtype=np.float64), fps=taken.measured_fps(),
-                        n_frames=n_frames, width=taken.source_size[0], height=taken.source_size[1],
-                        rotation=taken.rotation,
-                        time_end_s=np.asarray(taken.ends, dtype=np.float64))
+def _no_timestamps(path: str) -> DecodeError:
+    return DecodeError(f"failed to sample {path}: its frames have no timestamps, which --fps needs; "
+                       "use --every or --frames")
 
 
 # --- clips --------------------------------------------------------------------------------------------------------

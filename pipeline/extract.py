@@ -26,8 +26,9 @@ from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
-from pipeline.decode import CROPS, ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.decode import CROPS, RESIZE_ENGINES, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.embed import Embedder, resolve_device, resolve_precision  # noqa: F401 (finetune imports it here)
+from pipeline.seek import SEEK_MODES
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
@@ -37,7 +38,9 @@ from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
 FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames",
                     "size", "resize", "crop", "mean", "std", "dtype")
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
-OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization")
+OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine")
+# --resize-engine auto on a new store (docs/extract.md, "Decoding cost"); video backbones keep their preset's recipe.
+DEFAULT_RESIZE_ENGINE = "exact"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autocast dtypes (finetune takes these too)
 EXTRACT_PRECISIONS = PRECISIONS + ("int8",)    # extract also runs PT2E int8 on CPUs (pipeline/accel.py)
 DTYPES = ("float16", "float32")          # storage dtype of features
@@ -55,6 +58,8 @@ class ExtractConfig:
     sampling: Sampling | ClipSampling | None = None  # None: every 10th frame, or the video backbone's own clips
     size: int | None = None           # model input side; None = the weights' own crop size
     crop: str = "center"              # center (weights' recipe) | square | none (squash)
+    resize_engine: str = "auto"       # auto (a resumed store's own, else the default) | one of RESIZE_ENGINES
+    seek: str = "auto"                # frame sampling: auto | always | never (same frames either way; docs/extract.md)
     batch_size: int | None = None     # units per forward pass, across videos; None: the device's (batch_size_for)
     workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
     cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
@@ -79,6 +84,11 @@ class ExtractConfig:
             raise ExtractError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         if self.crop not in CROPS:
             raise ExtractError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
+        if self.resize_engine not in ("auto", *RESIZE_ENGINES):
+            raise ExtractError(f"--resize-engine must be one of auto, {', '.join(RESIZE_ENGINES)}, "
+                               f"not {self.resize_engine!r}")
+        if self.seek not in SEEK_MODES:
+            raise ExtractError(f"--seek must be one of {', '.join(SEEK_MODES)}, not {self.seek!r}")
         if self.dtype not in DTYPES:
             raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
@@ -163,6 +173,8 @@ def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, dev
         "clip_len": s.clip_len if clip else None, "clip_stride": s.stride if clip and s.clips is None else None,
         "clips": s.clips if clip else None,
         "size": geometry.size, "crop": geometry.crop,
+        # None is the exact recipe, as in the stores made before engines existed (their fingerprint stays the same)
+        "resize_engine": None if geometry.engine == "exact" else geometry.engine,
         "resize": list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
         "dim": backbone.dim, "subset": cfg.subset, "autorotate": True, "device": str(device), "precision": precision,
@@ -179,12 +191,25 @@ def fingerprint_keys(config: dict) -> tuple[str, ...]:
     return FINGERPRINT_KEYS + tuple(k for k in OPTIONAL_KEYS if config.get(k) is not None)
 
 
+def resize_engine_for(cfg: ExtractConfig, store: dict | None = None) -> str:
+    """The engine `--resize-engine auto` means: the store's own when resuming one (a store without the key was made
+    by the exact recipe), else the default for image backbones and the preset's exact recipe for video ones."""
+    own = None if store is None else store.get("resize_engine") or "exact"
+    if cfg.resize_engine == "auto":
+        return own or ("exact" if get_spec(cfg.backbone).clip is not None else DEFAULT_RESIZE_ENGINE)
+    if own is not None and own != cfg.resize_engine:
+        raise ExtractError(f"the store was made with --resize-engine {own}, this run asks for {cfg.resize_engine}: "
+                           "drop --resize-engine (auto continues with the store's own) or use another --store")
+    return cfg.resize_engine
+
+
 def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
     """How frames become model input: the backbone's preprocessing (without `backbone`, read from the weights'
     preset alone, so decoding can start before the model is built), at `cfg.size` when set."""
     preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
     pre = preprocess if cfg.size is None else preprocess.scaled(cfg.size)
-    geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample)
+    geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample,
+                        engine=resize_engine_for(cfg))
     clip = get_spec(cfg.backbone).clip
     if clip is not None:
         clip.check(cfg.backbone, cfg.sampling.clip_len, geometry.size)
@@ -234,6 +259,14 @@ def pending_items(items: list[Item], store_path: Path, cfg: ExtractConfig) -> tu
     return (todo if cfg.limit is None else todo[:cfg.limit]), skipped
 
 
+def existing_config(store_path: Path) -> dict | None:
+    """The config of the store at `store_path`, None if there is none yet."""
+    if not (store_path / HEADER).exists():
+        return None
+    with open_store(store_path) as store:
+        return store.config
+
+
 def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
     """A store's config names one subset: appending another would make that record wrong."""
     if config.get("subset") != subset:
@@ -269,6 +302,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     try:
         todo, skipped = pending_items(items, store_path, cfg)
         meta_changed = meta_changes(items, store_path)
+        cfg = replace(cfg, resize_engine=resize_engine_for(cfg, existing_config(store_path)))
         geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone)
         # Decode workers start now and fill their prefetch queue while the model builds.
         units = iter(decode_loader(todo, cfg, geometry, device))
@@ -305,7 +339,7 @@ def _auto_workers(device: torch.device, cores: int | None = None) -> int:
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
     workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
-    return DataLoader(DecodeStream(todo, cfg.sampling, geometry), batch_size=None,
+    return DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
                       num_workers=workers, prefetch_factor=2 if workers else None,
                       pin_memory=device.type == "cuda", persistent_workers=False,
                       worker_init_fn=_init_decode_worker if workers else None)
@@ -411,6 +445,7 @@ def config_from_store(config: dict, device: str = "auto", workers: int | None = 
                             max_frames=config["max_frames"])
     return ExtractConfig(backbone=config["backbone"], weights=weights or store_weights(config), sampling=sampling,
                          size=config["size"], crop=config["crop"], device=device, workers=workers,
+                         resize_engine=config.get("resize_engine") or "exact",
                          dtype=config["dtype"])
 
 

@@ -6,7 +6,8 @@
     InOrder                            ->  VideoRecords in item order, each as soon as it and those before it are done
 
 A unit is a frame (H, W, 3) for image backbones or a clip (T, H, W, 3) for video backbones. A worker sends a clip as
-soon as it is cut, so at most one clip per video (plus the DataLoader's prefetch) is in memory.
+soon as it is cut and frames in windows of at most pipeline.decode.WINDOW, so at most one clip or window per video
+(plus the DataLoader's prefetch) is in memory.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from featstore import VideoRecord
-from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodeError, Geometry, Sampling, VideoInfo, decode_image,
-                             decode_video)
+from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodeError, FrameStream, Geometry, Sampling, VideoInfo,
+                             decode_image)
 from pipeline.sources import Item
 
 
@@ -66,10 +67,12 @@ class Batch:
 class DecodeStream(IterableDataset):
     """Rows and Done messages for the items; DataLoader worker w of W decodes items w, w + W, ...
 
-    A bad video becomes a Done with its reason instead of an exception, so it costs one item, not the run."""
+    A bad video becomes a Done with its reason instead of an exception, so it costs one item, not the run. Frames
+    and clips both stream: a worker holds one window of a video's sampled frames (or one clip) at a time. `seek`
+    applies to frame sampling (pipeline.decode.FrameStream)."""
 
-    def __init__(self, items: list[Item], sampling: Sampling | ClipSampling, geometry: Geometry):
-        self.items, self.sampling, self.geometry = items, sampling, geometry
+    def __init__(self, items: list[Item], sampling: Sampling | ClipSampling, geometry: Geometry, seek: str = "never"):
+        self.items, self.sampling, self.geometry, self.seek = items, sampling, geometry, seek
 
     def __iter__(self) -> Iterator[Rows | Done]:
         worker = get_worker_info()
@@ -94,9 +97,10 @@ class DecodeStream(IterableDataset):
             yield Done(slot, info)
 
     def _frames(self, slot: int, item: Item):
-        v = decode_video(item.path, self.sampling, self.geometry)
-        yield _frame_rows(slot, v.frames, v.frame_index, v.time_s, v.time_end_s)
-        return VideoInfo(v.fps, v.n_frames, v.width, v.height, v.rotation)
+        stream = FrameStream(item.path, self.sampling, self.geometry, seek=self.seek)
+        for window in stream:
+            yield _frame_rows(slot, window.frames, window.frame_index, window.time_s, window.time_end_s)
+        return stream.info
 
     def _clips(self, slot: int, item: Item):
         stream = ClipStream(item.path, self.sampling, self.geometry)
