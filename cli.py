@@ -32,6 +32,8 @@ from typer.core import TyperGroup
 
 # The CLI's choices and defaults are the library's own tables (importing them loads torch, as every command but
 # info/runs/compact does anyway).
+from finetune.config import BN_MODES, OBJECTIVES, FinetuneConfig
+from finetune.config import SCHEDULERS as FINETUNE_SCHEDULERS
 from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, TASKS, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
@@ -1059,61 +1061,71 @@ def print_explained(results: list, as_json: bool) -> None:
 
 
 
+Objective = choices("Objective", *OBJECTIVES)
+FinetuneSched = choices("FinetuneSched", *FINETUNE_SCHEDULERS)
+BnMode = choices("BnMode", *BN_MODES)
+FT = FinetuneConfig()  # finetune's defaults are the library's (shown by --help)
+
+
 @app.command()
 def finetune(
     source: Annotated[Path, typer.Argument(help="Anything extract accepts: manifest, class folders, UCF101/HMDB51 root.")],
     backbone: Annotated[str, typer.Option(help="A float registry backbone (resnet18/50, mobilenet_v2, ...).")]
-    = "resnet50",
-    weights: Annotated[str, typer.Option(help="DEFAULT, an enum name, none, or a file.")] = "DEFAULT",
-    objective: Annotated[str, typer.Option(help="supervised (labels, TSN segments) | temporal (InfoNCE, no "
-                                           "labels).")] = "supervised",
+    = FT.backbone,
+    weights: Annotated[str, typer.Option(help="DEFAULT, an enum name, none, or a file.")] = FT.weights,
+    objective: Annotated[Objective, typer.Option(help="supervised (labels, TSN segments) | temporal (InfoNCE, no "
+                                                 "labels).")] = Objective[FT.objective],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/finetune"),
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's last finished epoch.")] = False,
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
     init_head: Annotated[Optional[str], typer.Option(help="Start from this fit-head run's head (same "
-                                                     "backbone/weights/input).")] = None,
-    head: Annotated[Optional[str], typer.Option(help="New head's kind when no --init-head (linear, lstm, ...).")]
-    = None,
-    hidden: Annotated[Optional[int], typer.Option(min=1)] = None,
-    segments: Annotated[Optional[int], typer.Option(min=1, help="TSN segments per clip.")] = None,
-    pos_window: Annotated[Optional[float], typer.Option(help="temporal: most seconds between positives.")] = None,
-    tau: Annotated[Optional[float], typer.Option(help="temporal: InfoNCE temperature.")] = None,
-    proj_dim: Annotated[Optional[int], typer.Option(min=1, help="temporal: projection size.")] = None,
-    split: Annotated[Optional[SplitKind], typer.Option(help="As fit-head: official, group, stratified.")] = None,
-    val_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9)] = None,
-    test_frac: Annotated[Optional[float], typer.Option(min=0.01, max=0.9)] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Head learning rate.")] = None,
-    backbone_lr_mult: Annotated[Optional[float], typer.Option(min=0.0, help="Backbone lr = lr x this.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(min=0.0)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Clips per step.")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="cosine, plateau or none (after --warmup).")] = None,
-    warmup: Annotated[Optional[float], typer.Option(min=0.0, help="Epochs of linear warm-up.")] = None,
-    patience: Annotated[Optional[int], typer.Option(min=1)] = None,
-    clip_grad: Annotated[Optional[float], typer.Option(min=0.0, help="Max gradient norm (0: off).")] = None,
+                                                     "backbone/weights/input).")] = FT.init_head,
+    head: Annotated[HeadKind, typer.Option(help="New head's kind when no --init-head.")] = HeadKind[FT.head],
+    hidden: Annotated[int, typer.Option(min=1)] = FT.hidden,
+    segments: Annotated[int, typer.Option(min=1, help="TSN segments per clip.")] = FT.segments,
+    pos_window: Annotated[float, typer.Option(help="temporal: most seconds between positives.")] = FT.pos_window,
+    tau: Annotated[float, typer.Option(help="temporal: InfoNCE temperature.")] = FT.tau,
+    proj_dim: Annotated[int, typer.Option(min=1, help="temporal: projection size.")] = FT.proj_dim,
+    split: Annotated[SplitKind, typer.Option(help="As fit-head: official, group, stratified.")] = SplitKind[FT.split],
+    val_frac: Annotated[float, typer.Option(min=0.01, max=0.9)] = FT.val_frac,
+    test_frac: Annotated[float, typer.Option(min=0.01, max=0.9)] = FT.test_frac,
+    epochs: Annotated[int, typer.Option(min=1, help="Upper bound; early stopping ends sooner.")] = FT.epochs,
+    lr: Annotated[float, typer.Option(min=0.0, help="Head learning rate.")] = FT.lr,
+    backbone_lr_mult: Annotated[float, typer.Option(min=0.0, help="Backbone lr = lr x this (0: frozen).")]
+    = FT.backbone_lr_mult,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = FT.weight_decay,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per step.")] = FT.batch_size,
+    scheduler: Annotated[FinetuneSched, typer.Option(help="After --warmup.")] = FinetuneSched[FT.scheduler],
+    warmup: Annotated[float, typer.Option(min=0.0, help="Epochs of linear warm-up.")] = FT.warmup,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")] = FT.patience,
+    clip_grad: Annotated[float, typer.Option(min=0.0, help="Max gradient norm (0: off).")] = FT.clip_grad,
     freeze_until: Annotated[Optional[str], typer.Option(help="Freeze the backbone up to this stage (layer2).")]
-    = None,
-    bn: Annotated[Optional[str], typer.Option(help="BatchNorm: frozen, partial (TSN) or train.")] = None,
-    augment: Annotated[Optional[bool], typer.Option(help="Crop/flip/colour jitter at training.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=0.5)] = None,
-    size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = None,
-    crop: Annotated[Optional[Crop], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
-    precision: Annotated[Optional[Precision], typer.Option()] = None,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = None,
+    = FT.freeze_until,
+    bn: Annotated[BnMode, typer.Option(help="BatchNorm: frozen, partial (TSN) or train.")] = BnMode[FT.bn],
+    augment: Annotated[bool, typer.Option(help="Crop/flip/colour jitter at training.")] = FT.augment,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = FT.label_smoothing,
+    size: Annotated[Optional[int], typer.Option(min=16, help="Input side (default: the weights' own).")] = FT.size,
+    crop: Annotated[Crop, typer.Option()] = Crop[FT.crop],
+    seed: Annotated[int, typer.Option()] = FT.seed,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = FT.device,
+    precision: Annotated[Precision, typer.Option()] = Precision[FT.precision],
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode processes (default: auto).")] = FT.workers,
 ) -> None:
     """Stage three: train the backbone end to end (supervised) or on temporal coherence (temporal); writes
     RUN/backbone.pt for `extract --weights RUN/backbone.pt`, plus config, history, metrics and curves."""
-    from finetune import FinetuneConfig, NothingTrained
+    from finetune import NothingTrained
     from finetune import finetune as run_finetune
     from pipeline.sources import load_source
 
-    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
-             if k not in ("source", "out_dir", "resume", "split_id", "FinetuneConfig", "NothingTrained",
-                          "run_finetune", "load_source") and v is not None}
     with user_errors():
-        cfg = FinetuneConfig(**given)
+        cfg = FinetuneConfig(objective=objective.value, backbone=backbone, weights=weights, init_head=init_head,
+                             head=head.value, hidden=hidden, segments=segments, pos_window=pos_window, tau=tau,
+                             proj_dim=proj_dim, split=split.value, val_frac=val_frac, test_frac=test_frac,
+                             epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay,
+                             batch_size=batch_size, scheduler=scheduler.value, warmup=warmup, patience=patience,
+                             clip_grad=clip_grad, freeze_until=freeze_until, bn=bn.value, augment=augment,
+                             label_smoothing=label_smoothing, size=size, crop=crop.value, seed=seed, device=device,
+                             precision=precision.value, workers=workers)
         items = load_source(source, split_id=split_id)
         with progress_bar() as bar:
             t = bar.add_task(f"finetune {cfg.objective}", total=cfg.epochs, rate="")

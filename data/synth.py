@@ -173,24 +173,24 @@ def make_images(root: str | Path, n_per_class: int = 3, size: int = 64, seed: in
 def make_pattern_dataset(root: str | Path, n_per_class: int = 32, frames: int = 4, size: int = 32,
                          patch: int = 4, seed: int = 0) -> Path:
     """Two classes that differ only in a small high-frequency patch: 1-pixel stripes, horizontal ('rows') or
-    vertical ('cols'), at a random place on a smooth random background. Both classes have the same colours and
-    the same amount of fine detail, so a frozen random-init CNN's globally pooled features hardly tell them apart;
-    a backbone that is trained can learn the orientation. Lossless H.264 (stripes survive); returns the manifest."""
+    vertical ('cols'), on a smooth random background. Both classes have the same colours and the same amount of
+    fine detail, so a frozen random-init CNN's globally pooled features hardly tell them apart; a backbone that is
+    trained can learn the orientation. Every frame has its own background and patch position, so a clip cannot be
+    learnt by its background, and each random segment pick is a new example. Lossless RGB H.264 (the stripes
+    survive); returns the manifest."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] / size
     rows = []
-    for c, label in enumerate(("rows", "cols")):
+    for label in ("rows", "cols"):
         (root / label).mkdir(parents=True, exist_ok=True)
+        stripes = (np.arange(patch) % 2)[:, None] if label == "rows" else (np.arange(patch) % 2)[None, :]
         for i in range(n_per_class):
-            base = rng.uniform(40, 200, size=3)
-            tilt = rng.uniform(-40, 40, size=(2, 3))
-            background = base + yy[..., None] * tilt[0] + xx[..., None] * tilt[1]          # (S, S, 3)
-            y0, x0 = rng.integers(0, size - patch, size=2)
-            stripes = (np.arange(patch) % 2)[:, None] if label == "rows" else (np.arange(patch) % 2)[None, :]
             clip = np.empty((frames, size, size, 3))
             for t in range(frames):
-                image = background + rng.normal(0, 4, size=(size, size, 1))
+                base, tilt = rng.uniform(40, 200, size=3), rng.uniform(-40, 40, size=(2, 3))
+                image = base + yy[..., None] * tilt[0] + xx[..., None] * tilt[1] + rng.normal(0, 4, (size, size, 1))
+                y0, x0 = rng.integers(0, size - patch, size=2)
                 image[y0:y0 + patch, x0:x0 + patch] = 255 * np.broadcast_to(stripes, (patch, patch))[..., None]
                 clip[t] = image
             name = f"{label}/{label}_{i:02d}.mp4"

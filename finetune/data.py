@@ -16,16 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from featstore.errors import FramecacheError
+from finetune.config import FinetuneError
 from heads.data import Cache
 from pipeline.decode import DecodeError, Geometry, decode_chosen, decode_image, set_decoder_threads
 from pipeline.sources import Item
 
 SAMPLERS = ("segments", "pair")
-
-
-class FinetuneError(FramecacheError, ValueError):
-    """A fine-tuning run that cannot be done as asked; the message names the flag or file and what to do."""
 
 
 @dataclass(frozen=True)

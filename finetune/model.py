@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from finetune.data import FinetuneError
+from finetune.config import BN_MODES, FinetuneError
 from pipeline.backbones import REGISTRY, Backbone, BackboneError, get_spec, load_backbone
 
-BN_MODES = ("frozen", "partial", "train")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 

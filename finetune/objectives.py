@@ -14,9 +14,6 @@ import torch.nn.functional as F
 from finetune.data import Batch
 from heads.metrics import multiclass_metrics
 
-OBJECTIVES = ("supervised", "temporal")
-
-
 class Supervised:
     """Cross-entropy on the clip's class; metrics are fit-head's (accuracy, macro-F1, confusion, ...)."""
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from featstore import diff_configs
-from finetune.data import ClipFrames, FinetuneError, FrameSampler, default_workers, item_index
+from finetune.config import FinetuneError
+from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
@@ -72,7 +73,7 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint)
     if resume and checkpoint.exists():
         trainer.resume()
-    state = trainer.run(on_epoch)
+    state = trainer.run(on_epoch, keep_start=not prep.new_head)
     metrics = _final_metrics(trainer, items, prep, geometry, data, cfg, state, precision)
     _write_run(out, cfg, prep, backbone, geometry, state, metrics, index)
     metrics["seconds"] = time.perf_counter() - start
@@ -205,7 +206,7 @@ def _final_metrics(trainer: Trainer, items: list[Item], prep: Prepared, geometry
         "n_val": len(prep.splits["val"]), "n_test": len(prep.splits["test"]), "best_epoch": state.best_epoch,
         "epochs_run": state.epoch, "precision": precision, "device": str(trainer.device),
         "train_seconds": sum(r["seconds"] for r in state.history),
-        "failed": sorted(state.failures.items()), "init_head": cfg.init_head,
+        "failed": sorted(state.failures.items()), "init_head": cfg.init_head, "start": state.start,
     }
 
 

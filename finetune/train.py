@@ -17,70 +17,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from finetune.data import Batch, ClipFrames, FinetuneError, clip_loader, epoch_order, steps_per_epoch
-from finetune.model import BN_MODES, VideoNet, param_groups
-from finetune.objectives import OBJECTIVES, Supervised, Temporal, headline
-from heads.data import SPLITS
-from heads.models import HEADS
+from finetune.config import FinetuneConfig, FinetuneError
+from finetune.data import Batch, ClipFrames, clip_loader, epoch_order, steps_per_epoch
+from finetune.model import VideoNet, param_groups
+from finetune.objectives import Supervised, Temporal, headline
 
-SCHEDULERS = ("cosine", "plateau", "none")
 # Settings that may change between a run and its --resume without changing the result.
 RESUMABLE_CHANGES = ("workers", "device")
-
-
-@dataclass
-class FinetuneConfig:
-    objective: str = "supervised"   # supervised (labels, TSN segments) | temporal (InfoNCE on frame pairs)
-    backbone: str = "resnet50"      # a registry name (float models only)
-    weights: str = "DEFAULT"        # as for extract: enum name, none, or a file (a finetune backbone.pt too)
-    init_head: str | None = None    # a fit-head run on a store of this backbone/weights; else a new head
-    head: str = "linear"            # the new head's kind (a key of heads.models.HEADS)
-    hidden: int = 256               # the new head's width; the temporal projection's hidden width
-    segments: int = 8               # K TSN segments per clip (supervised)
-    pos_window: float = 1.0         # temporal: most seconds between the two frames of a positive pair
-    tau: float = 0.1                # temporal: InfoNCE temperature
-    proj_dim: int = 128             # temporal: projection output size
-    split: str = "official"         # official | group | stratified, as fit-head
-    val_frac: float = 0.2           # as fit-head
-    test_frac: float = 0.2          # as fit-head
-    epochs: int = 10                # upper bound; early stopping may end sooner
-    lr: float = 1e-3                # head learning rate (peak, after warm-up)
-    backbone_lr_mult: float = 0.1   # backbone lr = lr * this (0: the backbone stays frozen)
-    weight_decay: float = 1e-4      # AdamW, decoupled; weight matrices and kernels only
-    batch_size: int = 8             # clips per step (x segments frames through the backbone)
-    scheduler: str = "cosine"       # cosine (to 0 at the last epoch) | plateau (halve when val stalls) | none
-    warmup: float = 1.0             # epochs of linear warm-up from 0
-    patience: int = 5               # epochs without a better validation score before stopping
-    clip_grad: float = 1.0          # max global gradient norm (0: off)
-    freeze_until: str | None = None  # freeze the backbone up to and including this stage (e.g. layer2)
-    bn: str = "frozen"              # BatchNorm: frozen (stats and affine) | partial (TSN: the first one trains) | train
-    augment: bool = True            # random resized crop, flip, colour jitter at training
-    label_smoothing: float = 0.0    # supervised cross-entropy
-    size: int | None = None         # input side (default: the weights' own, or the init head's store's)
-    crop: str = "center"            # as extract
-    seed: int = 0                   # splits, init, data order, frames, augmentation, dropout
-    device: str = "auto"            # auto | cpu | cuda | cuda:i
-    precision: str = "auto"         # auto (bf16 where the device has it) | fp32 | bf16 | fp16
-    workers: int | None = None      # decode processes (None: extract's rule)
-
-    def __post_init__(self):
-        choices = {"objective": OBJECTIVES, "split": SPLITS, "scheduler": SCHEDULERS, "bn": BN_MODES, "head": HEADS,
-                   "precision": ("auto", "fp32", "bf16", "fp16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise FinetuneError(f"--{name} {getattr(self, name)!r} is not valid; choose one of: "
-                                    f"{', '.join(allowed)}")
-        for name in ("segments", "epochs", "batch_size", "patience", "hidden", "proj_dim"):
-            if getattr(self, name) < 1:
-                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
-        for name in ("lr", "pos_window", "tau"):
-            if not getattr(self, name) > 0:
-                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be > 0")
-        for name in ("backbone_lr_mult", "weight_decay", "warmup", "clip_grad"):
-            if getattr(self, name) < 0:
-                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
-        if self.objective == "temporal" and self.batch_size < 2:
-            raise FinetuneError("--objective temporal needs --batch-size >= 2: the other clips are the negatives")
 
 
 @dataclass
@@ -96,6 +39,7 @@ class LoopState:
     stale: int = 0                  # epochs since the best
     stopped: bool = False           # early-stopped or all epochs done
     history: list[dict] = field(default_factory=list)
+    start: dict | None = None       # validation of the starting weights, when they compete (keep_start)
     failures: dict[str, str] = field(default_factory=dict)   # clip id -> why it could not be decoded
 
 
@@ -143,8 +87,12 @@ class Trainer:
                     self.checkpoint)
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    def run(self, on_epoch: Callable[[dict], None] | None = None) -> LoopState:
-        """Train until cfg.epochs or early stopping; the net ends holding the best epoch's weights."""
+    def run(self, on_epoch: Callable[[dict], None] | None = None, keep_start: bool = False) -> LoopState:
+        """Train until cfg.epochs or early stopping; the net ends holding the best epoch's weights. keep_start: the
+        starting weights (a trained --init-head) are validated first and count as epoch 0, so the run never ends
+        worse on validation than it began."""
+        if keep_start and self.state.epoch == 0:
+            self._score_start()
         while not self.state.stopped and self.state.epoch < self.cfg.epochs:
             epoch = self.state.epoch + 1
             t0 = time.perf_counter()
@@ -203,6 +151,14 @@ class Trainer:
     def validate(self) -> dict:
         return evaluate(self.net, self.objective, self.data.val, self.cfg.batch_size, self.data.workers,
                         self.device, self.amp, self.state.failures)
+
+    def _score_start(self) -> None:
+        val = self.validate()
+        s = self.state
+        s.start = {"val_loss": val["loss"], "val_metric": headline(self.objective, val)}
+        score = list(self.objective.score(val))
+        if not any(math.isnan(x) for x in score):
+            s.best_score, s.best_epoch, self.best = score, 0, _cpu(self.net.state_dict())
 
     def _end_epoch(self, epoch: int, train_loss: float, val: dict, clips: int, seconds: float) -> dict:
         s = self.state
