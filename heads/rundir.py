@@ -25,13 +25,19 @@ RUN_FILES = {
 }
 
 
-def run_kind(path: Path) -> str | None:
-    """The command that wrote the run directory `path` ('fit-head', 'cluster-eval'), or None."""
+def _run_config(path: Path) -> dict | None:
+    """The run directory's config.json as a dict, or None (absent, unreadable, not an object)."""
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(config, dict):
+    return config if isinstance(config, dict) else None
+
+
+def run_kind(path: Path) -> str | None:
+    """The command that wrote the run directory `path` ('fit-head', 'cluster-eval'), or None."""
+    config = _run_config(path)
+    if config is None:
         return None
     if config.get("command") in RUN_FILES:
         return config["command"]
@@ -67,11 +73,8 @@ def check_run_folder(out: Path, force: bool = False) -> None:
 
 
 def _is_head_run(path: Path) -> bool:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and any(k in config for k in ("train", "fuse", "command", "mode"))
+    config = _run_config(path)
+    return config is not None and any(k in config for k in ("train", "fuse", "command", "mode"))
 
 
 @contextmanager

@@ -214,18 +214,21 @@ def preprocess_for(name: str, weights: str = "DEFAULT") -> Preprocess:
     return _preprocess_of(_member(name, spec, weights))
 
 
-def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str, object]:
-    """Returns (model with its classifier, weights id for the fingerprint, enum member for preprocessing)."""
+def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str, object, str | None]:
+    """Returns (model with its classifier, weights id for the fingerprint, enum member for preprocessing, the
+    weights file's sha256 or None)."""
     member = _member(name, spec, weights)
     if weights.lower() == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED_FOR_RANDOM_INIT)
-            return spec.builder(weights=None), f"none(seed={SEED_FOR_RANDOM_INIT})", member
+            return spec.builder(weights=None), f"none(seed={SEED_FOR_RANDOM_INIT})", member, None
     if _is_file(weights):
         path = Path(weights).expanduser()
-        return _from_file(name, spec, path), f"file:sha256:{_file_sha256(path)[:16]}", member
+        model = _from_file(name, spec, path)
+        sha = _file_sha256(path)  # hashed once: the id takes its prefix, the store config all of it
+        return model, f"file:sha256:{sha[:16]}", member, sha
     try:
-        return spec.builder(weights=member), f"{member.__class__.__name__}.{member.name}", member
+        return spec.builder(weights=member), f"{member.__class__.__name__}.{member.name}", member, None
     except (OSError, RuntimeError) as e:  # URLError is an OSError; hub raises RuntimeError on bad downloads
         raise BackboneError(
             f"cannot get {name} {member.name} weights offline ({str(e).splitlines()[0][:80]}): download "
@@ -254,12 +257,11 @@ def _from_file(name: str, spec: BackboneSpec, path: Path) -> nn.Module:
 def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     """Build `name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), frozen."""
     spec = get_spec(name)
-    model, weights_id, member = _build(name, spec, weights)
+    model, weights_id, member, sha = _build(name, spec, weights)
     setattr(model, spec.head, nn.Identity())
     model.eval().requires_grad_(False)
     meta = {"categories": len(member.meta.get("categories", []))}
-    if weights_id.startswith("file:"):  # where the file was and what it holds: a store can find it again
-        path = Path(weights).expanduser().resolve()
-        meta.update(weights_file=str(path), weights_sha256=_file_sha256(path))
+    if sha is not None:  # where the file was and what it holds: a store can find it again
+        meta.update(weights_file=str(Path(weights).expanduser().resolve()), weights_sha256=sha)
     return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only, meta, spec.clip,
                     spec.cam_layer)
