@@ -99,8 +99,8 @@ def test_head_cli_user_errors_are_one_line(trained, tmp_path):
     assert res.exit_code == 1 and "--k-range" in res.output
 
 
-def test_multilabel_image_store_trains_like_videos(tmp_path):
-    """Posters-style data: one frame per item, several labels each, chosen automatically as multilabel."""
+def multilabel_images(root):
+    """40 noisy 32 px images labelled red / blue / any by their colour, the last 12 in test; returns the manifest."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -110,11 +110,16 @@ def test_multilabel_image_store_trains_like_videos(tmp_path):
         img = np.zeros((32, 32, 3), np.uint8)
         img[..., 0], img[..., 2] = 200 * red, 200 * blue
         img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(tmp_path / f"p{i}.png")
+        Image.fromarray(img).save(root / f"p{i}.png")
         labels = "|".join(n for n, on in (("red", red), ("blue", blue), ("any", 1)) if on)
         rows.append(f"p{i}.png,{labels},{'test' if i >= 28 else 'train'}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    assert invoke("extract", tmp_path / "m.csv", *EXTRACT, "--store", tmp_path / "s").exit_code == 0
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return root / "m.csv"
+
+
+def test_multilabel_image_store_trains_like_videos(tmp_path):
+    """Posters-style data: one frame per item, several labels each, chosen automatically as multilabel."""
+    assert invoke("extract", multilabel_images(tmp_path), *EXTRACT, "--store", tmp_path / "s").exit_code == 0
     res = invoke("fit-head", tmp_path / "s", "--head", "mlp", "--epochs", "30", "--out", tmp_path / "run")
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -22,6 +22,7 @@ from finetune import FinetuneConfig, finetune
 from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
 from finetune.model import trainable_backbone
 from pipeline.backbones import BackboneError, load_backbone
+from test_heads_train import one_thread  # noqa: F401 (autouse fixture: one torch thread)
 from pipeline.decode import Geometry, decode_chosen
 from pipeline.sources import load_source
 
@@ -35,15 +36,6 @@ TINY_FLAGS = ["--backbone", "resnet18", "--weights", "none", "--size", "32", "--
 
 def invoke(*args):
     return runner.invoke(cli.app, [str(a) for a in args])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Results must not depend on how busy the shared cores are; one thread is also faster there.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from test_cli_heads import multilabel_images
 from test_heads_metrics import P, Y
 from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
@@ -64,23 +65,6 @@ def test_bad_knobs_are_named(flags, message):
 
     with pytest.raises(HeadError, match=message):
         TrainConfig(**flags)
-
-
-def multilabel_images(root):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    rows = ["path,label,split"]
-    for i in range(40):
-        red, blue = i % 2, (i // 2) % 2
-        img = np.zeros((32, 32, 3), np.uint8)
-        img[..., 0], img[..., 2] = 200 * red, 200 * blue
-        img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(root / f"p{i}.png")
-        labels = "|".join(n for n, on in (("red", red), ("blue", blue), ("any", 1)) if on)
-        rows.append(f"p{i}.png,{labels},{'test' if i >= 28 else 'train'}")
-    (root / "m.csv").write_text("\n".join(rows) + "\n")
-    return root / "m.csv"
 
 
 def test_fixed_threshold_run_and_predict_returns_the_labels_above_it(tmp_path):
