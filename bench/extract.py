@@ -149,7 +149,7 @@ def startup_s(data: Path, backbone: str, flags: list[str]) -> tuple[float, float
 
 def measure(name: str, items, args) -> dict:
     """D, B and E of one backbone in one run, B on both sides of E (machine load drifts)."""
-    clip = load_backbone(name, "none").clip is not None
+    clip = get_spec(name).clip is not None
     flags = {"clip_len": args.clip_len, "clip_stride": args.clip_stride} if clip else {"every": args.every}
     cfg = ExtractConfig(backbone=name, weights="none", sampling=sampling_for(name, **flags),
                         batch_size=args.batch_size, workers=args.workers, device=args.device, size=args.size)
