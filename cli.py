@@ -399,7 +399,8 @@ def info(
     t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames", "clip_len",
                                                               "clip_stride", "clips")
                                     if cfg.get(k) is not None))
-    t.add_row("input", f"{cfg.get('size')}px, crop={cfg.get('crop')}, resize={cfg.get('resize')}")
+    t.add_row("input", f"{cfg.get('size')}px, crop={cfg.get('crop')}, resize={cfg.get('resize')}, "
+                       f"resize engine={cfg.get('resize_engine') or 'exact'}")  # no key: made by the exact recipe
     splits: dict[str, int] = {}
     for it in summary["items"]:
         splits[it["split"] or "(none)"] = splits.get(it["split"] or "(none)", 0) + 1

@@ -12,10 +12,13 @@ the dataset or with a video's length; video backbones add a generated 10-minute 
 `--parts options` (image backbones) adds issue 13's table: B of each CPU option (eager bf16, compiled, int8), D of
 each --resize-engine, and the whole `cli.py extract` command's wall-clock on every clip with the defaults and with
 --precision int8 (startup, compile and calibration included), against the defaults' serial ceiling.
+`--parts peer` (image backbones) measures, in one run, the whole `cli.py extract` command with the defaults and the
+usual open-source extractor's recipe (PEER_RECIPE, needs OpenCV: the `bench` extra), and their ratio.
 Uses only the public API (`pipeline`). A partial run (--parts) updates the backbone's entry in --out.
 
     python bench/extract.py [--data ../shared/data/ucf101_subset20] [--backbones resnet18 resnet50]
     python bench/extract.py --backbones resnet18 --parts options
+    python bench/extract.py --backbones resnet50 --parts peer --peer-every-clip 2
     python bench/extract.py --backbones r2plus1d_18 --out bench/results/clips.json
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -238,7 +242,70 @@ def speed_options(name: str, items, args) -> dict:
             "E_int8_wall_over_ceiling": round(int8["E_wall"] / ceiling_int8, 3)}
 
 
-PARTS = ("speed", "startup", "rss", "options")
+PEER_RECIPE = ("v-iashin/video_features' ResNet extractor without its ffmpeg re-encode: OpenCV decodes every frame, "
+               "every Nth kept, BGR->RGB, PIL Resize(256) + CenterCrop(224), ToTensor + Normalize, fp32, batch 1, "
+               "torch threads = all cores; timed from the first open to the last forward (imports and model build "
+               "excluded)")
+
+
+def peer_model(name: str):
+    """The peer's network: torchvision's random-init backbone, classifier removed, eval, fp32, default layout."""
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None)
+    model.fc = torch.nn.Identity()
+    return model.eval()
+
+
+def peer_frames(cv2, path: str, every: int):
+    """RGB frames 0, N, 2N, ... as the peer reads them: cv2.VideoCapture decoding every frame."""
+    cap = cv2.VideoCapture(path)
+    i = 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i % every == 0:
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        i += 1
+    cap.release()
+
+
+def peer_rate(name: str, paths: list[str], every: int) -> dict:
+    """Frames/s of the usual open-source extractor's recipe (PEER_RECIPE) on `paths`."""
+    import cv2
+    from torchvision import transforms as T
+
+    transform = T.Compose([T.ToPILImage(), T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                           T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    model, threads = peer_model(name), torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    frames, t = 0, time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            for rgb in peer_frames(cv2, path, every):
+                model(transform(rgb).unsqueeze(0))
+                frames += 1
+    seconds = time.perf_counter() - t
+    torch.set_num_threads(threads)
+    return {"recipe": PEER_RECIPE, "clips": len(paths), "frames": frames, "seconds": round(seconds, 1),
+            "frames_per_s": round(frames / seconds, 1), "torch_threads": len(os.sched_getaffinity(0)),
+            "opencv": cv2.__version__}
+
+
+def peer_comparison(name: str, items, args) -> dict:
+    """framecache's whole command with the defaults, then the peer, in one run: their frames/s and the ratio."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return {"skipped": "the peer part needs OpenCV: pip install -e '.[bench]'"}
+    ours = wall_clock(args.data, name, ["--every", str(args.every)])
+    peer = peer_rate(name, [it.path for it in items[::args.peer_every_clip]], args.every)
+    return {"framecache": ours, "peer": peer, "ratio_wall": round(ours["E_wall"] / peer["frames_per_s"], 2),
+            "ratio_loop": round(ours["E_loop"] / peer["frames_per_s"], 2)}
+
+
+PARTS = ("speed", "startup", "rss", "options", "peer")
 DEFAULT_PARTS = ("speed", "startup", "rss")
 
 
@@ -251,6 +318,8 @@ def run_parts(name: str, items, args) -> dict:
         run["startup_s"], run["startup_command_wall_s"] = startup_s(args.data, name, cli_flags)
     if "options" in args.parts and not clip:
         run["options"] = speed_options(name, items, args)
+    if "peer" in args.parts and not clip:
+        run["peer"] = peer_comparison(name, items, args)
     if "rss" in args.parts and not args.skip_rss:
         run["peak_rss"] = rss_short_vs_long(args.data, name, flags, args.rss_clips)
         if clip:
@@ -285,12 +354,13 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
                     help="what to measure; a partial run updates the backbone's entry in --out")
     ap.add_argument("--rss-clips", type=int, default=20, help="clips in each of the shortest / longest sets")
+    ap.add_argument("--peer-every-clip", type=int, default=1, help="peer: its recipe on every k-th clip only")
     ap.add_argument("--b-batches", type=int, default=6, help="batches per timed block of B")
     ap.add_argument("--b-blocks", type=int, default=3, help="timed blocks of B (the best counts)")
     args = ap.parse_args()
 
     items = load_source(args.data / "manifest.csv")[:args.limit]
-    results = {"clips": len(items), "cpu_cores": len(__import__("os").sched_getaffinity(0)),
+    results = {"clips": len(items), "cpu_cores": len(os.sched_getaffinity(0)),
                "torch": torch.__version__, "runs": []}
     for name in args.backbones:
         run = run_parts(name, items, args)

@@ -83,3 +83,16 @@ def test_the_exact_recipe_adds_no_key_so_older_stores_keep_their_fingerprint(tmp
     assert (r.skipped, r.done) == (1, 2)
     with pytest.raises(ExtractError, match="made with --resize-engine exact, this run asks for torch"):
         extract(items, tmp_path / "exact", _cfg(resize_engine="torch", limit=None))
+
+
+def test_info_names_the_engine_a_store_was_made_with(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    items = _items(tmp_path)
+    extract(items, tmp_path / "sws", _cfg(resize_engine="swscale"))
+    extract(items, tmp_path / "exact", _cfg())  # auto on a new store: the default, the exact recipe
+    runner = CliRunner()
+    assert "resize engine=swscale" in runner.invoke(cli.app, ["info", str(tmp_path / "sws")]).stdout
+    assert "resize engine=exact" in runner.invoke(cli.app, ["info", str(tmp_path / "exact")]).stdout
