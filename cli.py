@@ -1084,6 +1084,8 @@ def finetune(
     head: Annotated[HeadKind, typer.Option(help="New head's kind when no --init-head.")] = HeadKind[FT.head],
     hidden: Annotated[int, typer.Option(min=1)] = FT.hidden,
     segments: Annotated[int, typer.Option(min=1, help="TSN segments per clip.")] = FT.segments,
+    eval_segments: Annotated[int, typer.Option(min=1, help="Segment centres a pooling head is evaluated on.")]
+    = FT.eval_segments,
     pos_window: Annotated[float, typer.Option(help="temporal: most seconds between positives.")] = FT.pos_window,
     tau: Annotated[float, typer.Option(help="temporal: InfoNCE temperature.")] = FT.tau,
     proj_dim: Annotated[int, typer.Option(min=1, help="temporal: projection size.")] = FT.proj_dim,
@@ -1099,6 +1101,8 @@ def finetune(
     scheduler: Annotated[FinetuneSched, typer.Option(help="After --warmup.")] = FinetuneSched[FT.scheduler],
     warmup: Annotated[float, typer.Option(min=0.0, help="Epochs of linear warm-up.")] = FT.warmup,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")] = FT.patience,
+    refit: Annotated[bool, typer.Option(help="As fit-head: then retrain on train+val for the best epoch count.")]
+    = FT.refit,
     clip_grad: Annotated[float, typer.Option(min=0.0, help="Max gradient norm (0: off).")] = FT.clip_grad,
     freeze_until: Annotated[Optional[str], typer.Option(help="Freeze the backbone up to this stage (layer2).")]
     = FT.freeze_until,
@@ -1120,10 +1124,11 @@ def finetune(
 
     with user_errors():
         cfg = FinetuneConfig(objective=objective.value, backbone=backbone, weights=weights, init_head=init_head,
-                             head=head.value, hidden=hidden, segments=segments, pos_window=pos_window, tau=tau,
+                             head=head.value, hidden=hidden, segments=segments, eval_segments=eval_segments,
+                             pos_window=pos_window, tau=tau,
                              proj_dim=proj_dim, split=split.value, val_frac=val_frac, test_frac=test_frac,
                              epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay,
-                             batch_size=batch_size, scheduler=scheduler.value, warmup=warmup, patience=patience,
+                             batch_size=batch_size, scheduler=scheduler.value, warmup=warmup, patience=patience, refit=refit,
                              clip_grad=clip_grad, freeze_until=freeze_until, bn=bn.value, augment=augment,
                              label_smoothing=label_smoothing, size=size, crop=crop.value, seed=seed, device=device,
                              precision=precision.value, workers=workers)
@@ -1134,7 +1139,8 @@ def finetune(
             def on_epoch(row: dict) -> None:
                 shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
                                   if isinstance(row.get(k), float) and row[k] == row[k])
-                bar.update(t, completed=row["epoch"], rate=shown)
+                phase = f"finetune {cfg.objective}" + (" refit on train+val" if row["phase"] == "refit" else "")
+                bar.update(t, completed=row["epoch"], total=row["epochs"], rate=shown, description=phase)
 
             try:
                 metrics = run_finetune(items, cfg, out_dir, resume=resume, on_epoch=on_epoch)
@@ -1146,7 +1152,9 @@ def finetune(
                 raise typer.Exit(TERMINATED if isinstance(e, Terminated) else INTERRUPTED) from None
     title = f"finetune {metrics['objective']} {metrics['backbone']} → {out_dir}/backbone.pt"
     if metrics["objective"] == "supervised":
-        print_metrics({"val": metrics.get("val"), "test": metrics.get("test")}, title)
+        start = (metrics.get("start") or {}).get("test")
+        print_metrics({"val": metrics.get("val"), "test (no refit)": metrics.get("test_early"),
+                       "test": metrics.get("test"), "test, --init-head as it was": start}, title)
     else:
         t = Table(title=title)
         for c in ("split", "loss", "pos_cos", "neg_cos", "cos_gap"):

@@ -30,6 +30,8 @@ class FinetuneConfig:
     head: str = "linear"            # the new head's kind (a key of heads.models.HEADS)
     hidden: int = 256               # the new head's width; the temporal projection's hidden width
     segments: int = 8               # K TSN segments per clip (supervised)
+    eval_segments: int = 25         # segment centres a pooling head is evaluated on (TSN tests on 25 frames);
+                                    # sequence heads read the K they were trained on
     pos_window: float = 1.0         # temporal: most seconds between the two frames of a positive pair
     tau: float = 0.1                # temporal: InfoNCE temperature
     proj_dim: int = 128             # temporal: projection output size
@@ -44,6 +46,7 @@ class FinetuneConfig:
     scheduler: str = "cosine"       # cosine (to 0 at the last epoch) | plateau (halve when val stalls) | none
     warmup: float = 1.0             # epochs of linear warm-up from 0
     patience: int = 5               # epochs without a better validation score before stopping
+    refit: bool = True              # as fit-head: then retrain on train + val for the best epoch count
     clip_grad: float = 1.0          # max global gradient norm (0: off)
     freeze_until: str | None = None  # freeze the backbone up to and including this stage (e.g. layer2)
     bn: str = "frozen"              # BatchNorm: frozen (stats and affine) | partial (TSN: the first one trains) | train
@@ -63,7 +66,7 @@ class FinetuneConfig:
             if getattr(self, name) not in allowed:
                 raise FinetuneError(f"--{name} {getattr(self, name)!r} is not valid; choose one of: "
                                     f"{', '.join(allowed)}")
-        for name in ("segments", "epochs", "batch_size", "patience", "hidden", "proj_dim"):
+        for name in ("segments", "eval_segments", "epochs", "batch_size", "patience", "hidden", "proj_dim"):
             if getattr(self, name) < 1:
                 raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         for name in ("lr", "pos_window", "tau"):

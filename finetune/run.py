@@ -24,9 +24,9 @@ from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_bac
 from finetune.objectives import Supervised, Temporal
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
-from heads.models import HeadConfig, build_head, count_params
+from heads.models import POOLING_HEADS, HeadConfig, build_head, count_params
 from heads.plots import plot_curves
-from heads.run import load_run, write_history, write_json
+from heads.run import load_early_head, load_run, write_history, write_json
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
 from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision
@@ -47,13 +47,14 @@ class Prepared:
     labels: list[str]
     splits: dict[str, np.ndarray]
     new_head: bool
+    refit_head: torch.nn.Module | None = None  # the --init-head run's head refit on train + val, the refit's start
 
 
 def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False,
              on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Fine-tune cfg.backbone on `items` into `out_dir`; returns metrics.json. Raises NothingTrained (nothing
     written) when no training clip decodes; clips that fail are listed in metrics["failed"]."""
-    start = time.perf_counter()
+    t0 = time.perf_counter()
     out = Path(out_dir)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
@@ -68,15 +69,16 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     prep = _prepare(backbone, geometry, index, cfg)
     data = _loaders(items, geometry, cfg, prep, device)
     prep.net.to(device)
-    if prep.new_head and isinstance(prep.objective, Supervised) and not (resume and checkpoint.exists()):
+    if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
         _standardize_head(prep.net, data, device, amp)
-    trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint)
+    start = _cpu_state(prep.net)
+    trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint, _refit_start(prep, start))
     if resume and checkpoint.exists():
         trainer.resume()
     state = trainer.run(on_epoch, keep_start=not prep.new_head)
-    metrics = _final_metrics(trainer, items, prep, geometry, data, cfg, state, precision)
+    metrics = _final_metrics(trainer, prep, cfg, state, precision, trainer.refit_start or start)
     _write_run(out, cfg, prep, backbone, geometry, state, metrics, index)
-    metrics["seconds"] = time.perf_counter() - start
+    metrics["seconds"] = time.perf_counter() - t0
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -103,6 +105,19 @@ def _prepare(backbone: Backbone, geometry: Geometry, index: Cache, cfg: Finetune
     elif cfg.freeze_until:
         freeze_until(prep.net.backbone, cfg.freeze_until)
     return prep
+
+
+def _refit_start(prep: Prepared, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the refit phase starts from: the starting weights, with the head the --init-head run refit on
+    train + val where it has one (so a refit from epoch 0 ends exactly on fit-head's own final head)."""
+    if prep.refit_head is None:
+        return start
+    head = {f"head.{k}": v.detach().cpu() for k, v in prep.refit_head.state_dict().items()}
+    return {**start, **head}
+
+
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 def _targets(index: Cache, vocab: list[str] | None) -> tuple[list[str], torch.Tensor]:
@@ -136,8 +151,10 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
         raise FinetuneError(f"--init-head {cfg.init_head} does not know the source's labels {unknown[:5]}")
     labels, targets = _targets(index, ckpt["labels"])
     splits = _run_splits(Path(cfg.init_head), index)
-    return Prepared(VideoNet(backbone, head, cfg.bn), Supervised(targets, labels, cfg.label_smoothing), hc,
-                    labels, splits, False)
+    early = load_early_head(cfg.init_head, ckpt)  # a refit run: fit from its early head, refit from its final one
+    fit_head, refit_head = (head, None) if early is None else (early, head)
+    return Prepared(VideoNet(backbone, fit_head, cfg.bn), Supervised(targets, labels, cfg.label_smoothing), hc,
+                    labels, splits, False, refit_head)
 
 
 def _run_splits(run_dir: Path, index: Cache) -> dict[str, np.ndarray]:
@@ -154,14 +171,22 @@ def _run_splits(run_dir: Path, index: Cache) -> dict[str, np.ndarray]:
 
 def _loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: Prepared,
              device: torch.device) -> Loaders:
-    kind = prep.objective.sampler
-
-    def subset(name: str, train: bool) -> ClipFrames:
-        sampler = FrameSampler(kind, cfg.segments, cfg.pos_window, random=train)
-        return ClipFrames(items, prep.splits[name], geometry, sampler, augment=train and cfg.augment, seed=cfg.seed)
-
     workers = default_workers(device) if cfg.workers is None else cfg.workers
-    return Loaders(subset("train", True), subset("val", False), workers, device.type == "cuda")
+    train = FrameSampler(prep.objective.sampler, cfg.segments, cfg.pos_window, random=True)
+    refit = (ClipFrames(items, np.sort(np.concatenate([prep.splits["train"], prep.splits["val"]])), geometry, train,
+                        cfg.augment, cfg.seed) if cfg.refit and len(prep.splits["val"]) else None)
+    return Loaders(ClipFrames(items, prep.splits["train"], geometry, train, cfg.augment, cfg.seed),
+                   _eval_set(items, prep.splits["val"], geometry, cfg, prep), workers, device.type == "cuda", refit)
+
+
+def _eval_set(items: list[Item], chosen: np.ndarray, geometry: Geometry, cfg: FinetuneConfig,
+              prep: Prepared) -> ClipFrames:
+    """Evaluation clips: pooling heads see --eval-segments segment centres (more frames, a steadier average, as
+    TSN tests on 25), sequence heads the K they were trained on; temporal pairs stay fixed."""
+    pooled = prep.head_config["kind"] in POOLING_HEADS
+    sampler = FrameSampler(prep.objective.sampler, cfg.eval_segments if pooled else cfg.segments, cfg.pos_window,
+                           random=False)
+    return ClipFrames(items, chosen, geometry, sampler, augment=False, seed=cfg.seed)
 
 
 @torch.no_grad()
@@ -184,30 +209,45 @@ def _standardize_head(net: VideoNet, data: Loaders, device: torch.device, amp: t
 
 
 # -- results ------------------------------------------------------------------------------------------------------
-def _final_metrics(trainer: Trainer, items: list[Item], prep: Prepared, geometry: Geometry, data: Loaders,
-                   cfg: FinetuneConfig, state: LoopState, precision: str) -> dict:
-    scored = {}
-    for name in ("val", "test"):
-        if len(prep.splits[name]):
-            dataset = ClipFrames(items, prep.splits[name], geometry,
-                                 FrameSampler(prep.objective.sampler, cfg.segments, cfg.pos_window, random=False),
-                                 False, cfg.seed)
-            scored[name] = evaluate(trainer.net, prep.objective, dataset, cfg.batch_size, data.workers,
-                                    trainer.device, trainer.amp, state.failures)
+def _final_metrics(trainer: Trainer, prep: Prepared, cfg: FinetuneConfig, state: LoopState, precision: str,
+                   reference: dict[str, torch.Tensor]) -> dict:
+    """val scores the best fit epoch (val picked it; the refit saw val), test the final weights; with --init-head,
+    test also scores `reference` (the frozen head the run started from) through this same evaluation."""
+    final = _cpu_state(trainer.net)
+    refit = trainer.refit_start is not None
+    scored = {"val": _score(trainer, prep, cfg, "val", trainer.best, state)}
+    if refit:
+        scored["test_early"] = _score(trainer, prep, cfg, "test", trainer.best, state)
+    if not prep.new_head and len(prep.splits["test"]):
+        state.start = {**(state.start or {}),
+                       "test": _score(trainer, prep, cfg, "test", reference, state)}
+    scored["test"] = _score(trainer, prep, cfg, "test", final, state)  # last: the net ends holding `final`
     supervised = isinstance(prep.objective, Supervised)
-    eval_split = "test" if "test" in scored else "val"
+    eval_split = "test" if scored["test"] else "val"
     metric_key = "accuracy" if supervised else "cos_gap"
     return {
         "kind": "finetune", "objective": cfg.objective, "backbone": cfg.backbone,
         "head": prep.head_config["kind"], "task": "multiclass" if supervised else "temporal", "split": cfg.split,
         "eval_split": eval_split, "metric_name": metric_key, "metric": scored[eval_split].get(metric_key),
-        "val": scored.get("val"), "test": scored.get("test"), "labels": prep.labels,
+        **scored, "labels": prep.labels,
         "n_params": count_params(trainer.net), "n_train": len(prep.splits["train"]),
         "n_val": len(prep.splits["val"]), "n_test": len(prep.splits["test"]), "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch, "precision": precision, "device": str(trainer.device),
+        "epochs_run": sum(r["phase"] == "fit" for r in state.history), "refit": refit,
+        "eval_segments": trainer.data.val.sampler.segments, "precision": precision, "device": str(trainer.device),
         "train_seconds": sum(r["seconds"] for r in state.history),
         "failed": sorted(state.failures.items()), "init_head": cfg.init_head, "start": state.start,
     }
+
+
+def _score(trainer: Trainer, prep: Prepared, cfg: FinetuneConfig, split: str, weights: dict[str, torch.Tensor],
+           state: LoopState) -> dict | None:
+    """The objective's metrics of `weights` (loaded into the net) on one split; None for an empty split."""
+    if not len(prep.splits[split]):
+        return None
+    trainer.net.load_state_dict(weights)
+    dataset = _eval_set(trainer.data.train.items, prep.splits[split], trainer.data.train.geometry, cfg, prep)
+    return evaluate(trainer.net, prep.objective, dataset, cfg.batch_size, trainer.data.workers, trainer.device,
+                    trainer.amp, state.failures)
 
 
 def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbone, geometry: Geometry,
@@ -222,7 +262,8 @@ def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbon
                                       "extract": f"--backbone {cfg.backbone} --weights {out / BACKBONE_FILE}"})
     write_json(out / "splits.json", {k: [index.ids[i] for i in v] for k, v in prep.splits.items()})
     write_history(out / "history.csv", state.history)
-    plot_curves(state.history, out / "curves.png", metrics["metric_name"], state.best_epoch)
+    plot_curves([r for r in state.history if r["phase"] == "fit"], out / "curves.png", metrics["metric_name"],
+                state.best_epoch)
 
 
 def _sha256(path: Path) -> str:

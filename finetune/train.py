@@ -24,6 +24,8 @@ from finetune.objectives import Supervised, Temporal, headline
 
 # Settings that may change between a run and its --resume without changing the result.
 RESUMABLE_CHANGES = ("workers", "device")
+# Refit epoch e draws its data order, frames and augmentation as epoch REFIT_EPOCH + e: never a fit epoch's draw.
+REFIT_EPOCH = 1_000
 
 
 @dataclass
@@ -41,6 +43,9 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     start: dict | None = None       # validation of the starting weights, when they compete (keep_start)
     failures: dict[str, str] = field(default_factory=dict)   # clip id -> why it could not be decoded
+    phase: str = "fit"              # fit (train, early-stop on val), then refit (train + val, best_epoch epochs)
+    refit_epoch: int = 0            # last finished refit epoch
+    lr_scales: list[float] = field(default_factory=list)     # plateau factor each fit epoch ran at, for the refit
 
 
 @dataclass
@@ -49,22 +54,41 @@ class Loaders:
     val: ClipFrames
     workers: int
     pin_memory: bool
+    refit: ClipFrames | None = None  # train + val clips, trained on by the refit phase
 
 
 class Trainer:
-    """Runs epochs on `net` for `objective`, checkpointing into `checkpoint` after each one."""
+    """Runs epochs on `net` for `objective`, checkpointing into `checkpoint` after each one.
+
+    As fit-head does: the fit phase trains on data.train and keeps the best epoch on data.val (`best`, what val
+    metrics are honest for); then, given `refit_start` (the weights to start again from), the refit phase trains
+    those on data.refit (train + val) for best_epoch epochs at the learning rates the fit phase used, and the net
+    ends holding the refit weights. Without `refit_start` it ends holding `best`."""
 
     def __init__(self, net: VideoNet, objective: Supervised | Temporal, cfg: FinetuneConfig, data: Loaders,
-                 device: torch.device, amp: torch.dtype | None, checkpoint: Path):
+                 device: torch.device, amp: torch.dtype | None, checkpoint: Path,
+                 refit_start: dict[str, torch.Tensor] | None = None):
         self.net, self.objective, self.cfg, self.data = net, objective, cfg, data
         self.device, self.amp, self.checkpoint = device, amp, checkpoint
-        # fused: one kernel for all parameters, 4x faster than the loop on CPU (ResNet-18: 43 vs 173 ms a step)
-        self.optimizer = torch.optim.AdamW(param_groups(net, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay),
-                                           fused=True)
+        self.refit_start = refit_start if data.refit is not None else None
+        self.optimizer = self._optimizer()
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.steps = steps_per_epoch(len(data.train), cfg.batch_size)
         self.state = LoopState()
         self.best: dict[str, torch.Tensor] = {}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        # fused: one kernel for all parameters, 4x faster than the loop on CPU (ResNet-18: 43 vs 173 ms a step)
+        cfg = self.cfg
+        return torch.optim.AdamW(param_groups(self.net, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay), fused=True)
+
+    @property
+    def training_set(self) -> ClipFrames:
+        return self.data.refit if self.state.phase == "refit" else self.data.train
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch of the current phase: the schedule is laid out in epochs of it."""
+        return steps_per_epoch(len(self.training_set), self.cfg.batch_size)
 
     # -- resume -----------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -88,39 +112,68 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self, on_epoch: Callable[[dict], None] | None = None, keep_start: bool = False) -> LoopState:
-        """Train until cfg.epochs or early stopping; the net ends holding the best epoch's weights. keep_start: the
-        starting weights (a trained --init-head) are validated first and count as epoch 0, so the run never ends
-        worse on validation than it began."""
-        if keep_start and self.state.epoch == 0:
+        """Train until cfg.epochs or early stopping, then refit if asked. keep_start: the starting weights (a
+        trained --init-head) are validated first and count as epoch 0, so the run never ends worse on validation
+        than it began (and a refit from epoch 0 trains nothing: the refit start is kept)."""
+        if keep_start and self.state.epoch == 0 and self.state.phase == "fit":
             self._score_start()
-        while not self.state.stopped and self.state.epoch < self.cfg.epochs:
-            epoch = self.state.epoch + 1
-            t0 = time.perf_counter()
-            torch.manual_seed((self.cfg.seed * 100_003 + epoch) % 2**63)  # dropout, seeded by the epoch
-            train_loss, clips = self.train_epoch(epoch)
-            if clips == 0:
-                raise NothingTrained(self.state.failures)
-            val = self.validate()
-            row = self._end_epoch(epoch, train_loss, val, clips, time.perf_counter() - t0)
-            self._save()
-            if on_epoch is not None:
-                on_epoch({**row, "epochs": self.cfg.epochs, "best_epoch": self.state.best_epoch})
-        self.net.load_state_dict(self.best)
+        while self.state.phase == "fit" and not self.state.stopped and self.state.epoch < self.cfg.epochs:
+            self._fit_epoch(self.state.epoch + 1, on_epoch)
+        if self.refit_start is None:
+            self.net.load_state_dict(self.best)
+            return self.state
+        if self.state.phase == "fit":  # the fit phase is over: start again from refit_start, a fresh optimizer
+            self.state.phase, self.state.step = "refit", 0
+            self.net.load_state_dict(self.refit_start)
+            self.optimizer = self._optimizer()
+        while self.state.refit_epoch < self.state.best_epoch:
+            self._refit_epoch(self.state.refit_epoch + 1, on_epoch)
         return self.state
 
+    def _fit_epoch(self, epoch: int, on_epoch: Callable[[dict], None] | None) -> None:
+        t0 = time.perf_counter()
+        torch.manual_seed((self.cfg.seed * 100_003 + epoch) % 2**63)  # dropout, seeded by the epoch
+        train_loss, clips = self.train_epoch(epoch)
+        val = self.validate()
+        row = self._end_epoch(epoch, train_loss, val, clips, time.perf_counter() - t0)
+        self._save()
+        if on_epoch is not None:
+            on_epoch({**row, "epochs": self.cfg.epochs, "best_epoch": self.state.best_epoch})
+
+    def _refit_epoch(self, epoch: int, on_epoch: Callable[[dict], None] | None) -> None:
+        """Refit epoch `epoch` replays fit epoch `epoch`'s learning rates (the schedule, in epochs of its own
+        length; plateau's factor as it was) on train + val."""
+        s, t0 = self.state, time.perf_counter()
+        if s.lr_scales:
+            s.lr_scale = s.lr_scales[epoch - 1]
+        torch.manual_seed((self.cfg.seed * 100_003 + REFIT_EPOCH + epoch) % 2**63)
+        train_loss, clips = self.train_epoch(REFIT_EPOCH + epoch)
+        row = {"phase": "refit", "epoch": epoch, "train_loss": train_loss, "val_loss": math.nan,
+               "val_metric": math.nan, "lr": self.optimizer.param_groups[0]["lr"], "clips": clips,
+               "seconds": time.perf_counter() - t0}
+        s.history.append(row)
+        s.refit_epoch = epoch
+        self._save()
+        if on_epoch is not None:
+            on_epoch({**row, "epochs": s.best_epoch, "best_epoch": s.best_epoch})
+
     def train_epoch(self, epoch: int) -> tuple[float, int]:
-        """One pass over the training clips in this epoch's order; (mean loss per clip, clips trained on)."""
+        """One pass over the current phase's training clips in this epoch's order; (mean loss per clip, clips
+        trained on). Raises NothingTrained when not one clip of them decodes."""
         self.net.train()
-        self.data.train.epoch = epoch
-        order = epoch_order(len(self.data.train), self.cfg.seed, epoch)
+        dataset = self.training_set
+        dataset.epoch = epoch
+        order = epoch_order(len(dataset), self.cfg.seed, epoch)
         total, n = 0.0, 0
-        for batch in clip_loader(self.data.train, order, self.cfg.batch_size, self.data.workers, self.data.pin_memory):
-            self._record_failures(self.data.train, batch)
+        for batch in clip_loader(dataset, order, self.cfg.batch_size, self.data.workers, self.data.pin_memory):
+            self._record_failures(dataset, batch)
             if len(batch) < (2 if isinstance(self.objective, Temporal) else 1):
                 continue
             loss = self.step(batch)
             total, n = total + loss * len(batch), n + len(batch)
-        return total / max(n, 1), n
+        if n == 0:
+            raise NothingTrained(self.state.failures)
+        return total / n, n
 
     def step(self, batch: Batch) -> float:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -170,6 +223,7 @@ class Trainer:
             s.best_score, s.best_epoch, s.stale = score, epoch, 0
         else:
             s.stale += 1
+        s.lr_scales.append(s.lr_scale)
         if self.cfg.scheduler == "plateau":
             self._plateau(val["loss"])
         row = {"phase": "fit", "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],

@@ -139,7 +139,10 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
                                       "task": task, "labels": labels, **store_info})
     write_json(out / "splits.json", split_ids)
     write_history(out / "history.csv", result.history)
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+    # with refit, the early-stopped head too: a fine-tune starting from this run needs a head whose training
+    # never saw the val clips, or val could not pick its epochs
+    early = {"early_state_dict": _cpu_state(result.early)} if result.early is not result.model else {}
+    torch.save({"state_dict": _cpu_state(result.model), **early,
                 "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
                 "store_config": store.config, "store_fingerprint_keys": list(store.fingerprint_keys)}, out / "head.pt")
@@ -182,6 +185,23 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, dict]:
         raise HeadError(f"{path} does not describe a head this version can build: "
                         f"{str(e).splitlines()[0][:160]}") from None
     return model.eval(), ckpt
+
+
+def load_early_head(run_dir: str | Path, ckpt: dict) -> nn.Module | None:
+    """The early-stopped head of a run whose final head was refit on train + val (None for a --no-refit run,
+    whose one head is the early-stopped one). Raises for a refit run saved before early heads were kept."""
+    if not ckpt["train_config"].get("refit", False):
+        return None
+    if "early_state_dict" not in ckpt:
+        raise HeadError(f"{run_dir} was refit on train + val and keeps no early-stopped head (an older fit-head): "
+                        "rerun its fit-head command, or fit one with --no-refit")
+    model = build_head(HeadConfig(**ckpt["head_config"]))
+    model.load_state_dict(ckpt["early_state_dict"])
+    return model.eval()
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def read_run_config(run_dir: str | Path) -> dict:

@@ -21,6 +21,7 @@ from featstore import open_store
 from finetune import FinetuneConfig, finetune
 from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
 from finetune.model import trainable_backbone
+from heads.models import HeadError
 from pipeline.backbones import BackboneError, load_backbone
 from test_heads_train import one_thread  # noqa: F401 (autouse fixture: one torch thread)
 from pipeline.decode import Geometry, decode_chosen
@@ -135,6 +136,27 @@ def test_init_head_of_other_features_is_refused_naming_the_difference(clips, tmp
     assert ran["init_head"] and ran["n_test"] == json.loads((tmp_path / "head" / "metrics.json").read_text())["n_test"]
 
 
+def test_a_refit_head_run_starts_the_fit_from_its_early_head_and_a_refit_from_epoch_0_ends_on_its_final_head(
+        clips, tmp_path):
+    store, head = tmp_path / "store", tmp_path / "head"
+    assert invoke("extract", clips, "--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32",
+                  "--crop", "none", "--workers", "0", "--store", store).exit_code == 0
+    assert invoke("fit-head", store, "--epochs", "3", "--out", head).exit_code == 0  # refit: the default
+    ckpt = torch.load(head / "head.pt", weights_only=True)
+    assert not all(torch.equal(ckpt["state_dict"][k], v) for k, v in ckpt["early_state_dict"].items())
+    # an lr far below float32's resolution moves no weight: val cannot improve, the start (epoch 0) wins, and the
+    # refit of 0 epochs leaves fit-head's own refit head on the unchanged backbone
+    cfg = FinetuneConfig(**TINY, init_head=str(head), lr=1e-30, epochs=1)
+    m = finetune(load_source(clips), cfg, tmp_path / "ft")
+    assert m["best_epoch"] == 0 and m["refit"] and m["eval_segments"] == 25
+    assert m["test"] == m["start"]["test"], "the final weights are the --init-head run's refit head"
+    assert m["test_early"]["loss"] != m["test"]["loss"], "the fit phase starts from the early-stopped head"
+    assert [r[0] for r in whole_history(tmp_path / "ft")] == ["fit"]
+    torch.save({k: v for k, v in ckpt.items() if k != "early_state_dict"}, head / "head.pt")  # an older fit-head
+    with pytest.raises(HeadError, match="keeps no early-stopped head.*--no-refit"):
+        finetune(load_source(clips), cfg, tmp_path / "ft2")
+
+
 def test_a_source_where_every_video_fails_exits_2_listing_them_and_writes_nothing(tmp_path):
     rows = ["path,label,split"]
     for name, split in (("a1", "train"), ("b1", "train"), ("a2", "val"), ("b2", "test")):
@@ -167,6 +189,10 @@ def test_temporal_trains_without_labels_and_an_interrupted_run_resumes_to_the_sa
         finetune(items, cfg, tmp_path / "cut")
 
 
+def whole_history(run: Path) -> list[list[str]]:
+    return [r.split(",") for r in (run / "history.csv").read_text().splitlines()[1:]]
+
+
 def _assert_same_weights(a: Path, b: Path) -> None:
     wa = torch.load(a / "backbone.pt", weights_only=True)["state_dict"]
     wb = torch.load(b / "backbone.pt", weights_only=True)["state_dict"]
@@ -180,39 +206,47 @@ KILLED_RUN = textwrap.dedent("""
     from pipeline.sources import load_source
     cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
                          workers=1, batch_size=4, epochs=3)
-    # Stall after the first epoch so the kill lands between checkpoints, however fast the machine.
-    finetune(load_source(sys.argv[1]), cfg, sys.argv[2], resume="--resume" in sys.argv,
-             on_epoch=lambda row: time.sleep(600) if row["epoch"] == 1 else None)
+    # Stall after the first epoch of the phase named (fit or refit) so the kill lands between checkpoints,
+    # however fast the machine.
+    finetune(load_source(sys.argv[1]), cfg, sys.argv[2],
+             on_epoch=lambda row: time.sleep(600) if (row["phase"], row["epoch"]) == (sys.argv[3], 1) else None)
 """)
 
 
-def _wait_for_epoch(checkpoint: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
+def _wait_for_epoch(checkpoint: Path, proc: subprocess.Popen, timeout: float = 180, phase: str = "fit") -> None:
+    deadline, seen = time.time() + timeout, None
     while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists():
-            return
+        stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        if stamp != seen:  # a new checkpoint (they are large: read each one once)
+            seen = stamp
+            if torch.load(checkpoint, weights_only=True)["state"]["phase"] == phase:
+                return
         time.sleep(0.1)
-    raise AssertionError(f"no checkpoint after {timeout} s (exit code {proc.poll()})")
+    raise AssertionError(f"no {phase} checkpoint after {timeout} s (exit code {proc.poll()})")
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, tmp_path):
+@pytest.mark.parametrize("phase", ["fit", "refit"])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, tmp_path, phase):
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(clips), str(run)], env=env)
-    _wait_for_epoch(run / "checkpoint.pt", proc)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(clips), str(run), phase], env=env)
+    _wait_for_epoch(run / "checkpoint.pt", proc, phase=phase)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["state"]
+    assert (state["epoch"], state["refit_epoch"]) == ((1, 0) if phase == "fit" else (3, 1))
     assert not (run / "backbone.pt").exists() and not list(run.glob("*.tmp"))
     items = load_source(clips)
     cfg = FinetuneConfig(**{**TINY, "workers": 1}, epochs=3)
     resumed = finetune(items, cfg, run, resume=True)
     whole = finetune(items, cfg, tmp_path / "whole")
     assert resumed["epochs_run"] == whole["epochs_run"] == 3
+    refits = [r for r in whole_history(tmp_path / "whole") if r[0] == "refit"]
+    assert len(refits) == whole["best_epoch"] >= 1 and resumed["test"] == whole["test"]
+    assert {int(r[6]) for r in refits} == {whole["n_train"] + whole["n_val"]}, "the refit trains on train + val"
     _assert_same_weights(run, tmp_path / "whole")
-    history = [r.split(",")[:5] for r in (run / "history.csv").read_text().splitlines()]
-    assert history == [r.split(",")[:5] for r in (tmp_path / "whole" / "history.csv").read_text().splitlines()]
+    assert [r[:5] for r in whole_history(run)] == [r[:5] for r in whole_history(tmp_path / "whole")]
 
 
 @pytest.mark.slow
