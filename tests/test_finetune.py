@@ -205,7 +205,7 @@ KILLED_RUN = textwrap.dedent("""
     from finetune import FinetuneConfig, finetune
     from pipeline.sources import load_source
     cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
-                         workers=1, batch_size=4, epochs=3)
+                         workers=1, batch_size=4, epochs=3, objective=sys.argv[4], pos_window=0.2)
     # Stall after the first epoch of the phase named (fit or refit) so the kill lands between checkpoints,
     # however fast the machine.
     finetune(load_source(sys.argv[1]), cfg, sys.argv[2],
@@ -226,11 +226,11 @@ def _wait_for_epoch(checkpoint: Path, proc: subprocess.Popen, timeout: float = 1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["fit", "refit"])
-def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, tmp_path, phase):
+@pytest.mark.parametrize("objective, phase", [("supervised", "fit"), ("supervised", "refit"), ("temporal", "fit")])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, tmp_path, objective, phase):
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(clips), str(run), phase], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(clips), str(run), phase, objective], env=env)
     _wait_for_epoch(run / "checkpoint.pt", proc, phase=phase)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -238,7 +238,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, tmp_path, phase):
     assert (state["epoch"], state["refit_epoch"]) == ((1, 0) if phase == "fit" else (3, 1))
     assert not (run / "backbone.pt").exists() and not list(run.glob("*.tmp"))
     items = load_source(clips)
-    cfg = FinetuneConfig(**{**TINY, "workers": 1}, epochs=3)
+    cfg = FinetuneConfig(**{**TINY, "workers": 1}, epochs=3, objective=objective, pos_window=0.2)
     resumed = finetune(items, cfg, run, resume=True)
     whole = finetune(items, cfg, tmp_path / "whole")
     assert resumed["epochs_run"] == whole["epochs_run"] == 3
