@@ -75,9 +75,11 @@ class _Chooser:
 
 def augmentation(size: int) -> v2.Compose:
     """Pixel augmentation at training (none at evaluation). One call draws one set of parameters for all frames
-    it is given: the K segments of a clip share a crop (as in TSN), the two views of a pair are drawn apart."""
+    it is given: the K segments of a clip share a crop (as in TSN), the two views of a pair are drawn apart.
+    No hue jitter: it costs 32 of the 47 ms this takes on a clip of 8 frames at 224 px (one thread), a quarter of
+    a decode worker's time per clip, and TSN trains without it."""
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03)])
+                       v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)])
 
 
 @dataclass
