@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from featstore import StoreError, StoreWriter, VideoRecord, open_store
+from featstore import Store, StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
@@ -246,26 +247,33 @@ class _Writer(threading.Thread):
         self.writer.close()
 
 
+@contextmanager
+def existing_store(store_path: str | Path) -> Iterator[Store | None]:
+    """The store at `store_path` opened for reading, None if there is none yet. Opening reads every shard's
+    header (~4 ms a shard), so a run opens it once for all it asks of it."""
+    if not (Path(store_path) / HEADER).exists():
+        yield None
+        return
+    with open_store(store_path) as store:
+        yield store
+
+
 def pending_items(items: list[Item], store_path: Path, cfg: ExtractConfig) -> tuple[list[Item], int]:
     """Items this run must do: its shard, minus what the store already holds (resume)."""
+    with existing_store(store_path) as store:
+        return _pending(items, store, cfg)
+
+
+def _pending(items: list[Item], store: Store | None, cfg: ExtractConfig) -> tuple[list[Item], int]:
     if cfg.shard is not None:
         items = shard_items(items, *cfg.shard)
     done: set[str] = set()
-    if (store_path / HEADER).exists():
-        with open_store(store_path) as store:
-            _check_subset(store.config, cfg.subset, store_path)
-            done = set(store.ids(status="ok" if cfg.retry_failed else None))
+    if store is not None:
+        _check_subset(store.config, cfg.subset, store.path)
+        done = set(store.ids(status="ok" if cfg.retry_failed else None))
     todo = [it for it in items if it.id not in done]
     skipped = len(items) - len(todo)
     return (todo if cfg.limit is None else todo[:cfg.limit]), skipped
-
-
-def existing_config(store_path: Path) -> dict | None:
-    """The config of the store at `store_path`, None if there is none yet."""
-    if not (store_path / HEADER).exists():
-        return None
-    with open_store(store_path) as store:
-        return store.config
 
 
 def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
@@ -278,10 +286,14 @@ def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
 
 def meta_changes(items: list[Item], store_path: str | Path) -> list[MetaChange]:
     """Items already in the store whose label, group or split in `items` differ from what the store holds."""
-    if not (Path(store_path) / HEADER).exists():
+    with existing_store(store_path) as store:
+        return _meta_changes(items, store)
+
+
+def _meta_changes(items: list[Item], store: Store | None) -> list[MetaChange]:
+    if store is None:
         return []
-    with open_store(store_path) as store:
-        return diff_meta(store, {it.id: {"label": it.label, "group": it.group, "split": it.split} for it in items})
+    return diff_meta(store, {it.id: {"label": it.label, "group": it.group, "split": it.split} for it in items})
 
 
 def update_meta(items: list[Item], store_path: str | Path) -> list[MetaChange]:
@@ -301,9 +313,10 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     # The lock and the store's shards are checked before the model loads: a refusal costs nothing.
     lock = claim_store(store_path, prefix, cfg.force)
     try:
-        todo, skipped = pending_items(items, store_path, cfg)
-        meta_changed = meta_changes(items, store_path)
-        cfg = replace(cfg, resize_engine=resize_engine_for(cfg, existing_config(store_path)))
+        with existing_store(store_path) as store:  # resuming: what is done, what changed, the store's engine
+            todo, skipped = _pending(items, store, cfg)
+            meta_changed = _meta_changes(items, store)
+            cfg = replace(cfg, resize_engine=resize_engine_for(cfg, None if store is None else store.config))
         geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone)
         # Decode workers start now and fill their prefetch queue while the model builds.
         units = iter(decode_loader(todo, cfg, geometry, device))
