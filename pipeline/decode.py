@@ -216,13 +216,9 @@ def decode_chosen(path: str | os.PathLike, choose: Callable[[int, float], np.nda
     _check_file(path)
     with _opened(path) as (container, stream):
         counted, rate = _demux_count(container, stream), _nominal_rate(stream)
-    picks = np.unique(np.clip(np.asarray(choose(counted, rate), dtype=np.int64), 0, max(counted - 1, 0)))
     stream = FrameStream(path, Sampling(), geometry)
-    windows = list(stream._sequential(picks))
-    if stream.info.n_frames != counted:
-        picks = np.unique(np.clip(np.asarray(choose(stream.info.n_frames, rate), dtype=np.int64), 0,
-                                  stream.info.n_frames - 1))
-        windows = list(stream._sequential(picks))
+    windows = stream.picked(counted, lambda n: np.unique(np.clip(np.asarray(choose(n, rate), dtype=np.int64), 0,
+                                                                   max(n - 1, 0))))
     return _joined(windows, stream.info)
 
 
@@ -272,11 +268,15 @@ class FrameStream:
         if self.sampling.frames is None:
             yield from self._sequential(None)
             return
-        counted = _count_packets(self.path)
-        held = list(self._sequential(sample_indices(counted, self.sampling)))
-        if self.info.n_frames != counted:  # the packet count was wrong (rare): pick again from the decoded count
-            held = list(self._sequential(sample_indices(self.info.n_frames, self.sampling)))
-        yield from held
+        yield from self.picked(_count_packets(self.path), lambda n: sample_indices(n, self.sampling))
+
+    def picked(self, counted: int, pick: Callable[[int], np.ndarray]) -> list[FrameWindow]:
+        """The frames `pick(n)` names among n = `counted` packets, decoded in one pass and held; where decoding
+        finds another count (rare: the packet count was wrong), picked again from the decoded count."""
+        held = list(self._sequential(pick(counted)))
+        if self.info.n_frames != counted:
+            held = list(self._sequential(pick(self.info.n_frames)))
+        return held
 
     def _sequential(self, picks: np.ndarray | None, opened: tuple | None = None,
                     demuxed: list[av.Packet] = ()) -> Iterator[FrameWindow]:
