@@ -22,7 +22,7 @@ from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
-from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
+from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, cpu_state, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
 from heads.models import POOLING_HEADS, HeadConfig, build_head, count_params
 from heads.plots import plot_curves
@@ -71,7 +71,7 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     prep.net.to(device)
     if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
         _standardize_head(prep.net, data, device, amp)
-    start = _cpu_state(prep.net)
+    start = cpu_state(prep.net.state_dict())
     trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint, _refit_start(prep, start))
     if resume and checkpoint.exists():
         trainer.resume()
@@ -112,12 +112,8 @@ def _refit_start(prep: Prepared, start: dict[str, torch.Tensor]) -> dict[str, to
     train + val where it has one (so a refit from epoch 0 ends exactly on fit-head's own final head)."""
     if prep.refit_head is None:
         return start
-    head = {f"head.{k}": v.detach().cpu() for k, v in prep.refit_head.state_dict().items()}
-    return {**start, **head}
-
-
-def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    head = cpu_state(prep.refit_head.state_dict())
+    return {**start, **{f"head.{k}": v for k, v in head.items()}}
 
 
 def _targets(index: Cache, vocab: list[str] | None) -> tuple[list[str], torch.Tensor]:
@@ -213,7 +209,7 @@ def _final_metrics(trainer: Trainer, prep: Prepared, cfg: FinetuneConfig, state:
                    reference: dict[str, torch.Tensor]) -> dict:
     """val scores the best fit epoch (val picked it; the refit saw val), test the final weights; with --init-head,
     test also scores `reference` (the frozen head the run started from) through this same evaluation."""
-    final = _cpu_state(trainer.net)
+    final = cpu_state(trainer.net.state_dict())
     refit = trainer.refit_start is not None
     scored = {"val": _score(trainer, prep, cfg, "val", trainer.best, state)}
     if refit:

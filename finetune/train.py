@@ -106,7 +106,7 @@ class Trainer:
         self.best = ckpt["best_model"]
 
     def _save(self) -> None:
-        save_atomic({"model": _cpu(self.net.state_dict()), "optimizer": self.optimizer.state_dict(),
+        save_atomic({"model": cpu_state(self.net.state_dict()), "optimizer": self.optimizer.state_dict(),
                      "state": asdict(self.state), "best_model": self.best, "config": asdict(self.cfg)},
                     self.checkpoint)
 
@@ -211,14 +211,14 @@ class Trainer:
         s.start = {"val_loss": val["loss"], "val_metric": headline(self.objective, val)}
         score = list(self.objective.score(val))
         if not any(math.isnan(x) for x in score):
-            s.best_score, s.best_epoch, self.best = score, 0, _cpu(self.net.state_dict())
+            s.best_score, s.best_epoch, self.best = score, 0, cpu_state(self.net.state_dict())
 
     def _end_epoch(self, epoch: int, train_loss: float, val: dict, clips: int, seconds: float) -> dict:
         s = self.state
         score = list(self.objective.score(val))
         improved = not any(math.isnan(x) for x in score) and score > s.best_score
         if improved or not self.best:
-            self.best = _cpu(self.net.state_dict())
+            self.best = cpu_state(self.net.state_dict())
         if improved:
             s.best_score, s.best_epoch, s.stale = score, epoch, 0
         else:
@@ -290,5 +290,5 @@ def save_atomic(obj: dict, path: Path) -> None:
         os.close(dir_fd)
 
 
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
