@@ -112,10 +112,19 @@ def _cpu_flags() -> set[str]:
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # the instructions oneDNN's int8 convolutions are fast with
 
 
+def _compiler() -> str:
+    return os.environ.get("CXX", "g++")
+
+
+def has_compiler() -> bool:
+    """Inductor writes C++ for CPU kernels, compiled with $CXX (g++ when unset)."""
+    return shutil.which(_compiler()) is not None
+
+
 def check_compiler() -> None:
-    """Inductor writes C++ for CPU kernels: without a compiler `torch.compile` fails deep inside the first batch."""
-    cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
+    """Without a compiler `torch.compile` fails deep inside the first batch: say so first."""
+    cxx = _compiler()
+    if not has_compiler():
         raise AccelError(f"--compile on CPU needs a C++ compiler ({cxx} not found): install g++ (apt-get install "
                          "g++) or set CXX, or use --compile off")
 

@@ -2,7 +2,6 @@
 bench/backbone.py measured (pipeline/accel.py CPU_SPEED) and from the run's size, estimated from a few headers."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -55,15 +54,15 @@ def _compiled(compile: str, precision: str, backbone: Backbone, device: torch.de
         return True
     if compile == "off" or device.type != "cpu" or backbone.cpu_only or backbone.is_video:
         return False
-    if backbone.name not in accel.CPU_SPEED or shutil.which("g++") is None:
+    if backbone.name not in accel.CPU_SPEED or not accel.has_compiler():
         return False
     return accel.compile_pays_back(backbone.name, size.units)
 
 
 def _auto_int8(backbone: Backbone, device: torch.device, size: RunSize) -> bool:
-    if device.type != "cpu" or backbone.cpu_only or backbone.is_video or not accel.int8_is_auto(backbone.name):
+    if not accel.int8_is_auto(backbone.name):
         return False
-    try:
+    try:  # what --precision int8 itself needs (a CPU with int8 instructions, an image backbone, torchao, g++)
         accel.check_int8(device, backbone.name, backbone.cpu_only, backbone.is_video)
     except AccelError:
         return False
