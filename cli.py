@@ -349,7 +349,7 @@ def print_extract_summary(result) -> None:
     for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
                  (result.unit, result.frames), (f"{result.unit}/s", f"{result.frames_per_s:.1f}"),
                  ("device / precision", f"{result.device} / {result.precision}"
-                  f"{' compiled' if getattr(result, 'compiled', False) else ''}"),
+                  f"{' compiled' if result.compiled else ''}"),
                  ("startup (to first batch)", f"{result.startup_s:.2f} s" if result.startup_s else "-")]:
         t.add_row(k, str(v))
     out.print(t)
@@ -1125,13 +1125,13 @@ def finetune(
     with user_errors():
         cfg = FinetuneConfig(objective=objective.value, backbone=backbone, weights=weights, init_head=init_head,
                              head=head.value, hidden=hidden, segments=segments, eval_segments=eval_segments,
-                             pos_window=pos_window, tau=tau,
-                             proj_dim=proj_dim, split=split.value, val_frac=val_frac, test_frac=test_frac,
-                             epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay,
-                             batch_size=batch_size, scheduler=scheduler.value, warmup=warmup, patience=patience, refit=refit,
-                             clip_grad=clip_grad, freeze_until=freeze_until, bn=bn.value, augment=augment,
-                             label_smoothing=label_smoothing, size=size, crop=crop.value, seed=seed, device=device,
-                             precision=precision.value, workers=workers)
+                             pos_window=pos_window, tau=tau, proj_dim=proj_dim, split=split.value, val_frac=val_frac,
+                             test_frac=test_frac, epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
+                             weight_decay=weight_decay, batch_size=batch_size, scheduler=scheduler.value,
+                             warmup=warmup, patience=patience, refit=refit, clip_grad=clip_grad,
+                             freeze_until=freeze_until, bn=bn.value, augment=augment, label_smoothing=label_smoothing,
+                             size=size, crop=crop.value, seed=seed, device=device, precision=precision.value,
+                             workers=workers)
         items = load_source(source, split_id=split_id)
         with progress_bar() as bar:
             t = bar.add_task(f"finetune {cfg.objective}", total=cfg.epochs, rate="")
