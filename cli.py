@@ -39,7 +39,8 @@ from heads.models import HEADS
 from pipeline.backbones import available_backbones
 from pipeline.accel import COMPILE_MODES
 from pipeline.decode import CROPS, RESIZE_ENGINES
-from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
+from pipeline.device import EXTRACT_PRECISIONS, PRECISIONS
+from pipeline.extract import COMPRESSIONS, DTYPES
 from pipeline.launch import ENGINES
 from pipeline.seek import SEEK_MODES
 

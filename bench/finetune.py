@@ -59,7 +59,7 @@ def main() -> None:
     cfg = FinetuneConfig(backbone=args.backbone, weights=args.weights, size=args.size, segments=args.segments,
                          batch_size=args.batch_size, workers=args.workers, precision=args.precision, epochs=1)
     backbone = trainable_backbone(cfg.backbone, cfg.weights)
-    device = resolve_device(cfg.device, backbone)
+    device = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     precision = resolve_precision(cfg.precision, device, backbone)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size), backbone)

@@ -29,7 +29,8 @@ from heads.plots import plot_curves
 from heads.run import load_early_head, load_run, write_history, write_json
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
-from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision
+from pipeline.device import resolve_device, resolve_precision
+from pipeline.extract import ExtractConfig, geometry_for
 from pipeline.sources import Item
 
 CHECKPOINT = "checkpoint.pt"
@@ -61,7 +62,7 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
         raise FinetuneError(f"{out} holds the checkpoint of an earlier run: pass --resume to continue it, "
                             "or choose another --out")
     backbone = trainable_backbone(cfg.backbone, cfg.weights)
-    device = resolve_device(cfg.device, backbone)
+    device = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     precision = resolve_precision(cfg.precision, device, backbone)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size, crop=cfg.crop), backbone)

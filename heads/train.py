@@ -22,6 +22,7 @@ from heads.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from heads.data import Augment, Cache, batches, feature_stats
 from heads.metrics import HEADLINE, headline, multiclass_metrics, multilabel_metrics, tune_threshold
 from heads.models import HeadConfig, HeadError, build_head
+from pipeline.device import resolve_device
 
 @dataclass
 class TrainResult:
@@ -33,17 +34,6 @@ class TrainResult:
     threshold: float       # multilabel decision threshold: tuned on val, or --threshold (0.5 for multiclass)
     seconds: float
     tuned_threshold: float = 0.5  # the val-tuned threshold, reported next to a fixed one
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HeadError(f"--device {name}: no CUDA device is available; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise HeadError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 def train_one_epoch(model: nn.Module, data: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
