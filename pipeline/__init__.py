@@ -9,7 +9,7 @@ so importing a light submodule (pipeline.launch, pipeline.sources) does not pay 
 """
 from __future__ import annotations
 
-import importlib
+from featstore.lazy import lazy_exports
 
 _EXPORTS = {
     "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "Measured", "compile_model", "compile_pays_back",
@@ -29,19 +29,5 @@ _EXPORTS = {
     "pipeline.stages": ("Done", "Rows"),
 }
 # `pipeline.extract` is the module; its function is exported as run_extraction.
-_ALIASES = {"run_extraction": ("pipeline.extract", "extract")}
-_WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | _ALIASES
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    module, attr = _WHERE[name]
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value  # once loaded, a plain module attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS,
+                                             aliases={"run_extraction": ("pipeline.extract", "extract")})
