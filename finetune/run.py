@@ -22,11 +22,13 @@ from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
-from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, cpu_state, evaluate, save_atomic
+from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
 from heads.models import POOLING_HEADS, HeadConfig, build_head, count_params
 from heads.plots import plot_curves
-from heads.run import load_early_head, load_run, write_history, write_json
+from heads.run import load_early_head, load_run, write_history
+from heads.rundir import write_json
+from heads.train import cpu_state
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
 from pipeline.device import resolve_device, resolve_precision
@@ -251,7 +253,7 @@ def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbon
                state: LoopState, metrics: dict, index: Cache) -> None:
     weights = {k.removeprefix("backbone."): v for k, v in prep.net.state_dict().items() if k.startswith("backbone.")}
     made = {"finetune": asdict(cfg), "from_weights": backbone.weights_id, "geometry": asdict(geometry)}
-    save_atomic({"state_dict": {k: v.detach().cpu() for k, v in weights.items()}, "backbone": cfg.backbone,
+    save_atomic({"state_dict": cpu_state(weights), "backbone": cfg.backbone,
                  "config": made}, out / BACKBONE_FILE)
     metrics["backbone_file"] = str((out / BACKBONE_FILE).resolve())
     metrics["backbone_sha256"] = _sha256(out / BACKBONE_FILE)

@@ -28,7 +28,6 @@ Decisions:
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,7 +45,7 @@ from sklearn.preprocessing import normalize
 from featstore import Loaded, open_store
 from heads.config import LEVELS, PLOTS, POOLS
 from featstore.errors import FramecacheError
-from heads.rundir import check_run_dir, staged_run
+from heads.rundir import check_run_dir, staged_run, write_json
 
 MINIBATCH_ABOVE = 20_000     # frame-level points above which MiniBatchKMeans replaces KMeans
 SILHOUETTE_SAMPLE = 5_000    # silhouette on a seeded sample of this many points when there are more
@@ -455,8 +454,8 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
         plots.append("sweep.png")
     progress("plot", 1, 1)
     result["plots"] = plots
-    (out / "config.json").write_text(json.dumps(result["config"], indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "config.json", result["config"])
+    write_json(out / "metrics.json", result)
 
 
 def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:

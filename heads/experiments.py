@@ -30,6 +30,7 @@ from heads.metrics import HEADLINE
 from heads.models import HeadError
 from heads.plots import plot_heatmap
 from heads.run import cache_targets, finish_run, score_split
+from heads.rundir import write_json
 from heads.train import TrainConfig, train_head
 
 # TrainConfig fields that say where or how to run, not what to learn: no grid axis
@@ -55,11 +56,6 @@ def summarize(dicts: list[dict]) -> tuple[dict, dict]:
     mean = {k: float(v.mean()) for k, v in values.items()}
     std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
     return mean, std
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
 # -- repeated seeds and folds ----------------------------------------------------------------------

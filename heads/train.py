@@ -21,7 +21,7 @@ from torch import nn
 from heads.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from heads.data import Augment, Cache, batches, feature_stats
 from heads.metrics import HEADLINE, headline, multiclass_metrics, multilabel_metrics, tune_threshold
-from heads.models import HeadConfig, HeadError, build_head
+from heads.models import HeadConfig, build_head
 from pipeline.device import resolve_device
 
 @dataclass
@@ -34,6 +34,11 @@ class TrainResult:
     threshold: float       # multilabel decision threshold: tuned on val, or --threshold (0.5 for multiclass)
     seconds: float
     tuned_threshold: float = 0.5  # the val-tuned threshold, reported next to a fixed one
+
+
+def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as a checkpoint or a kept-best snapshot holds them: on the CPU, a copy that training cannot change."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def train_one_epoch(model: nn.Module, data: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
