@@ -38,10 +38,9 @@ from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, T
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
 from pipeline.accel import COMPILE_MODES
-from pipeline.decode import CROPS, RESIZE_ENGINES
+from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES
 from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.launch import ENGINES
-from pipeline.seek import SEEK_MODES
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()

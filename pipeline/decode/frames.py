@@ -25,7 +25,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image, ImageOps
 
 from featstore.errors import FramecacheError
-from pipeline.seek import SEEK_MODES, SEEK_WORTH, StreamIndex, read_index
+from pipeline.decode.seek import SEEK_MODES, SEEK_WORTH, StreamIndex, read_index
 
 # What FFmpeg and the OS raise for unreadable input; anything else is a bug and should surface as one.
 _AV_ERRORS = (av.error.FFmpegError, OSError)
