@@ -1,19 +1,25 @@
-"""Where sparse sampling may seek: a stream's frames numbered from its packets alone, and the decoding a seek plan saves.
+"""Seeking: a stream's frames numbered from its packets alone, the decoding a seek plan saves, and the seeker that
+decodes the sampled frames from the keyframes before them, checking each against the packets.
 
 Sequential decoding numbers frames by their position in presentation order. The packets give the same numbering
 without decoding (frame i is the packet with the i-th smallest pts) when every packet is one frame: each has a
 pts, no two share one, none is flagged discard or corrupt, and the stream starts on a keyframe. `read_index`
-returns None for any other stream, and such a stream is decoded sequentially. What the packets claim is still checked against
-every frame decoded while seeking (pipeline.decode), which falls back to sequential decoding on any surprise.
+returns None for any other stream, and such a stream is decoded sequentially. What the packets claim is still
+checked against every frame decoded while seeking (`_Seeker`), and `FrameStream` falls back to sequential decoding
+on any surprise.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Protocol
 
 import av
 import numpy as np
+
+from pipeline.decode.container import _AV_ERRORS
 
 SEEK_MODES = ("auto", "always", "never")  # the --seek choices (cli.py reads them here)
 # `auto` seeks when the plan decodes at most this share of the frames. Measured (bench/seek.py): a seek costs
@@ -85,3 +91,78 @@ def read_index(stream: av.video.stream.VideoStream, packets: Iterable[av.Packet]
     base = Fraction(stream.time_base)
     return StreamIndex(pts=by_decode[order], times=[float(int(p) * base) for p in by_decode[order]],
                        decode_pos=order.astype(np.int64), key_pos=key_pos, key_pts=by_decode[key_pos])
+
+
+class _NotExact(Exception):
+    """Seeking met something that sequential decoding might number or decode differently."""
+
+
+class _Counts(Protocol):
+    """Where the seeker counts its work (a FrameStream)."""
+
+    decoded: int  # frames decoded
+    seeks: int    # seeks made
+
+
+class _Seeker:
+    """Decodes given frames of a stream, in order, seeking to a keyframe wherever that skips packets; raises
+    _NotExact where the decoder disagrees with the index: a frame it does not list, a listed frame that does not come
+    out (every frame decoded since a jump must be the next one the index lists), a seek that lands elsewhere than
+    on a listed keyframe at or before the one asked for."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 index: StreamIndex, counts: _Counts):
+        self.container, self.stream, self.index, self.counts = container, stream, index, counts
+        self.packets: Iterator[av.Packet] | None = None
+        self.ready: deque[av.VideoFrame] = deque()  # decoded, not yet looked at, in presentation order
+        self.pos = -1  # decode position of the last packet fed
+        self.last: int | None = None  # index of the last frame that came out since the last jump
+
+    def frames(self, targets: np.ndarray) -> Iterator[tuple[int, av.VideoFrame]]:
+        for i in targets.tolist():
+            key = self.index.start_for(i)
+            start = int(self.index.key_pos[key])
+            if self.packets is None or start > self.pos + 1:
+                self._jump(start, int(self.index.key_pts[key]))
+            yield i, self._find(i)
+
+    def _jump(self, start: int, pts: int) -> None:
+        if start > 0:
+            self.container.seek(pts, stream=self.stream, backward=True)  # PyAV flushes the decoder too
+            self.counts.seeks += 1
+        self.packets, self.ready, self.pos = iter(self.container.demux(self.stream)), deque(), None
+        self._feed()
+        if self.pos is None or self.pos > start:
+            raise _NotExact
+        self.last = int(np.flatnonzero(self.index.decode_pos == self.pos)[0]) - 1  # the keyframe comes out first
+
+    def _feed(self) -> bool:
+        """Decode the next packet; False at the end of the stream (the decoder then flushed)."""
+        packet = next(self.packets, None)
+        try:
+            if packet is None or packet.size == 0:  # the demuxer's empty last packet flushes the decoder
+                frames = self.stream.decode(packet)  # (that packet, not None: its frames keep their time base)
+            else:
+                frame = self.index.frame_of(packet.pts)
+                if frame is None or (self.pos is None and not packet.is_keyframe):
+                    raise _NotExact
+                self.pos = int(self.index.decode_pos[frame])
+                frames = self.stream.decode(packet)
+        except _AV_ERRORS as e:
+            raise _NotExact from e
+        self.counts.decoded += len(frames)
+        self.ready.extend(frames)
+        return packet is not None and packet.size > 0
+
+    def _find(self, i: int) -> av.VideoFrame:
+        want = int(self.index.pts[i])
+        while True:
+            while self.ready:
+                frame = self.ready.popleft()
+                if self.index.frame_of(frame.pts) != self.last + 1:
+                    raise _NotExact
+                self.last += 1
+                if frame.pts == want:
+                    return frame
+            if not self._feed() and not self.ready:
+                raise _NotExact
