@@ -123,9 +123,9 @@ class FrameStream:
     every/fps stream: a 10-minute video holds no more than a 10-second one. frames=K picks from the packet count
     and holds its K frames until decoding confirms the count (then windows). `seek`: 'never' decodes every frame;
     'always' seeks to the keyframe before each sampled frame wherever that skips packets; 'auto' does so when the
-    plan decodes at most SEEK_WORTH of the frames. Seeking numbers frames from the packets (pipeline.decode.seek), checks
-    every decoded frame against them, and falls back to sequential decoding where they could differ, so the same
-    frames (indices, times, pixels) come out either way. Raises DecodeError."""
+    plan decodes at most SEEK_WORTH of the frames. Seeking numbers frames from the packets (pipeline.decode.seek),
+    checks every decoded frame against them, and falls back to sequential decoding where they could differ, so the
+    same frames (indices, times, pixels) come out either way. Raises DecodeError."""
 
     def __init__(self, path: str | os.PathLike, sampling: Sampling, geometry: Geometry, seek: str = "never",
                  window: int = WINDOW):
