@@ -27,10 +27,9 @@ from heads.config import LEVELS, PLOTS, POOLS, SPLITS, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
 from pipeline.accel import COMPILE_MODES
-from pipeline.decode import CROPS, RESIZE_ENGINES
+from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES
 from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.launch import ENGINES
-from pipeline.seek import SEEK_MODES
 from ui.errors import (FAILED_ITEMS, INTERRUPTED, TERMINATED, ExitCodes, Terminated, fail, os_error_line,  # noqa: F401
                        user_errors)
 from ui.options import Force, choices, config_options, plain

@@ -27,9 +27,8 @@ from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
-from pipeline.decode import CROPS, RESIZE_ENGINES, ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.embed import Embedder, resolve_device, resolve_precision  # noqa: F401 (finetune imports it here)
-from pipeline.seek import SEEK_MODES
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
