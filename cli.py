@@ -11,80 +11,39 @@ import gc
 # the cyclic collector would walk them all several times while they load (~0.5 s of a ~3.5 s start on 2 cores).
 gc.disable()
 
-import errno
 import json
-import os
-import signal
-import sys
-import threading
 import warnings
-from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
-from typer.core import TyperGroup
 
 # The CLI's choices and defaults are the library's own tables (importing them loads torch, as every command but
 # info/runs/compact does anyway).
 from finetune.config import BN_MODES, OBJECTIVES, FinetuneConfig
 from finetune.config import SCHEDULERS as FINETUNE_SCHEDULERS
-from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, TASKS, TrainConfig
+from heads.config import LEVELS, PLOTS, POOLS, SPLITS, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
 from pipeline.accel import COMPILE_MODES
-from pipeline.decode import CROPS, RESIZE_ENGINES
+from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES
 from pipeline.device import EXTRACT_PRECISIONS, PRECISIONS
 from pipeline.extract import COMPRESSIONS, DTYPES
 from pipeline.launch import ENGINES
-from pipeline.seek import SEEK_MODES
+from ui.errors import (FAILED_ITEMS, INTERRUPTED, TERMINATED, ExitCodes, Terminated, fail, os_error_line,  # noqa: F401
+                       user_errors)
+from ui.options import Force, choices, config_options, plain
+from ui.render import err, out, progress_bar
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
 
-USER_ERROR, FAILED_ITEMS, INTERRUPTED, TERMINATED = 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
-
-
-class ExitCodes(TyperGroup):
-    """Every command's exit code follows the table above; click alone would exit 2 on a bad flag value, which
-    reads as "finished with failed items"."""
-
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
-        from typer import rich_utils
-
-        try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except NoArgsIsHelpError as e:  # no command given: the help, as a usage error
-            e.show()
-            code = USER_ERROR
-        except ClickException as e:  # usage errors: a bad flag value is a user error like any other
-            rich_utils.rich_format_error(e)
-            code = USER_ERROR
-        except typer.Abort:
-            code = INTERRUPTED
-        code = code if isinstance(code, int) else 0
-        if not standalone_mode:
-            return code
-        sys.exit(code)
-
-
 app = typer.Typer(cls=ExitCodes, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cache per-frame embeddings of videos/images in HDF5; train and evaluate heads on the cache.")
-out = Console()
-err = Console(stderr=True)
 
 # torch's quantized and TypedStorage deprecation notices say nothing a user can act on.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
-
-
-def choices(name: str, *values: str) -> type[Enum]:
-    """A str Enum of CLI choices: typer lists them in --help and rejects anything else."""
-    return Enum(name, {v: v for v in values}, type=str)
 
 
 Crop = choices("Crop", *CROPS)
@@ -98,97 +57,6 @@ Compression = choices("Compression", *COMPRESSIONS)
 Engine = choices("Engine", *ENGINES)
 
 
-def fail(message: str, code: int = USER_ERROR) -> None:
-    from rich.markup import escape
-
-    # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (how Slurm, Docker and systemd stop a job), raised like Ctrl-C so the same cleanup runs."""
-
-
-class StopSignals:
-    """SIGINT and SIGTERM interrupt the command once, as KeyboardInterrupt / Terminated, so that `finally` blocks
-    save finished work; a second signal while that runs is ignored, so it cannot abandon the save halfway.
-
-    A signal that lands inside a C extension can have its exception swallowed there (PyAV replaces it with its own
-    error), so progress callbacks call `check()`, which raises it again."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None  # the signal that interrupted, once one did
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def handle(self, signum: int, frame) -> None:
-        if self.raised is not None:
-            os.write(2, b"\nstill saving what is finished; it takes a moment\n")
-            return
-        self.raised = signum
-        self.check()
-
-    def check(self) -> None:
-        if self.raised is not None:
-            raise Terminated() if self.raised == signal.SIGTERM else KeyboardInterrupt()
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            # Once interrupted, the command only winds down (DataLoader workers are joined as their iterator is
-            # collected, after this block): a further signal then must not raise inside that cleanup.
-            signal.signal(sig, signal.SIG_IGN if self.raised is not None else handler)
-
-
-# What to do about an OS error, by errno; the error's own text says what happened.
-OS_ERROR_HINTS = {
-    errno.ENOSPC: "free some space or choose another path, then rerun: finished work is kept",
-    errno.EDQUOT: "free some space or choose another path, then rerun: finished work is kept",
-    errno.EFBIG: "the file grew past a size limit, ulimit -f or the filesystem's: raise it or choose another path",
-    errno.EACCES: "check the permissions of that path, or choose another one",
-    errno.EPERM: "check the permissions of that path, or choose another one",
-    errno.EROFS: "that filesystem is read-only; choose another path",
-    errno.ENOENT: "check the path",
-    errno.ENOTDIR: "a part of that path is a file, not a folder",
-    errno.EISDIR: "that path is a folder; a file was expected",
-}
-
-
-def os_error_line(e: OSError) -> str:
-    """One line for an OS error: what failed, on which path, and what to do."""
-    line = e.strerror or " ".join(str(e).split()) or type(e).__name__
-    if e.filename:
-        line += f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
-    hint = OS_ERROR_HINTS.get(e.errno or 0)
-    return line + (f" ({hint})" if hint else "")
-
-
-@contextmanager
-def user_errors(on_interrupt: str = "nothing was written"):
-    """Run a command's work: the library's user-facing errors and OS errors become one line on stderr and exit 1;
-    SIGINT/SIGTERM end it with 130/143 after `finally` blocks ran. Anything else is a bug and keeps its traceback."""
-    from featstore.errors import FramecacheError
-
-    try:
-        with StopSignals() as stop:
-            yield stop
-    except FramecacheError as e:
-        fail(str(e))
-    except OSError as e:  # disk full, permissions, a file where a folder should be: the environment, not a bug
-        fail(os_error_line(e))
-    except Terminated:
-        err.print(f"terminated by SIGTERM ({on_interrupt})", highlight=False, soft_wrap=True)
-        raise typer.Exit(TERMINATED)
-    except KeyboardInterrupt:
-        err.print(f"interrupted ({on_interrupt})", highlight=False, soft_wrap=True)
-        raise typer.Exit(INTERRUPTED)
-
-
 def parse_shard(value: Optional[str]) -> Optional[tuple[int, int]]:
     if value is None:
         return None
@@ -197,12 +65,6 @@ def parse_shard(value: Optional[str]) -> Optional[tuple[int, int]]:
     except ValueError:
         raise typer.BadParameter(f"expected i/N such as 0/4, got {value!r}") from None
     return i, n
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=err, transient=False)
 
 
 @app.command()
@@ -491,12 +353,7 @@ def print_verify(report) -> None:
 
 
 HeadKind = choices("HeadKind", *HEADS)
-Task = choices("Task", *TASKS)
 SplitKind = choices("SplitKind", *SPLITS)
-Optim = choices("Optim", *OPTIMIZERS)
-Sched = choices("Sched", *SCHEDULERS)
-TRAIN = TrainConfig()  # fit-head's defaults are the library's (shown by --help)
-FORCE_HELP = "Write into --out even if it holds other files (those the command writes are overwritten)."
 
 
 def default_run_dir(store: Path, head: str) -> Path:
@@ -507,53 +364,12 @@ Fuse = choices("Fuse", "concat")
 
 
 @app.command("fit-head")
+@config_options(TrainConfig)
 def fit_head(
     store: Annotated[Optional[Path], typer.Argument(help="Store directory or compacted .h5 file.")] = None,
     more_stores: Annotated[Optional[list[Path]], typer.Argument(help="More stores: one trunk, a classifier "
                                                                 "per store (multi-task).", show_default=False)]
     = None,
-    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind[TRAIN.head],
-    task: Annotated[Task, typer.Option(help="auto: multilabel when any item has several labels.")]
-    = Task[TRAIN.task],
-    split: Annotated[SplitKind, typer.Option(help="official: the store's split column; group: no group on both "
-                                             "sides; stratified.")] = SplitKind[TRAIN.split],
-    val_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Share of train for validation.")]
-    = TRAIN.val_frac,
-    test_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Test share (group/stratified).")]
-    = TRAIN.test_frac,
-    epochs: Annotated[int, typer.Option(min=1, help="Upper bound; early stopping ends sooner.")] = TRAIN.epochs,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = TRAIN.lr,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = TRAIN.weight_decay,
-    batch_size: Annotated[int, typer.Option(min=1, help="Clips per batch.")] = TRAIN.batch_size,
-    optimizer: Annotated[Optim, typer.Option()] = Optim[TRAIN.optimizer],
-    scheduler: Annotated[Sched, typer.Option()] = Sched[TRAIN.scheduler],
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")]
-    = TRAIN.patience,
-    lr_factor: Annotated[float, typer.Option(help="plateau: lr multiplier when the val loss stalls.")]
-    = TRAIN.lr_factor,
-    lr_patience: Annotated[int, typer.Option(min=0, help="plateau: stalled epochs first (0: patience//3).")]
-    = TRAIN.lr_patience,
-    lr_gamma: Annotated[float, typer.Option(help="exp: lr multiplier per epoch.")] = TRAIN.lr_gamma,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Multilabel: fixed decision threshold (0: "
-                                             "tuned on val).")] = TRAIN.threshold,
-    max_frames: Annotated[int, typer.Option(min=1, help="Frames per clip (random at train, uniform at eval).")]
-    = TRAIN.max_frames,
-    hidden: Annotated[int, typer.Option(min=1)] = TRAIN.hidden,
-    layers: Annotated[int, typer.Option(min=1)] = TRAIN.layers,
-    bidirectional: Annotated[bool, typer.Option(help="rnn / gru / lstm.")] = TRAIN.bidirectional,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = TRAIN.dropout,
-    proj_dim: Annotated[int, typer.Option(min=0, help="Project frames to this size first (0: off).")]
-    = TRAIN.proj_dim,
-    frame_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Train-time frame drop.")]
-    = TRAIN.frame_dropout,
-    noise_std: Annotated[float, typer.Option(min=0.0, help="Train-time gaussian noise.")] = TRAIN.noise_std,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = TRAIN.label_smoothing,
-    class_weights: Annotated[bool, typer.Option(help="Weigh classes by inverse frequency.")] = TRAIN.class_weights,
-    refit: Annotated[bool, typer.Option(help="Retrain on train+val for the best epoch count.")] = TRAIN.refit,
-    skip_unlabelled: Annotated[bool, typer.Option(help="Leave out clips with an empty label instead of refusing.")]
-    = TRAIN.skip_unlabelled,
-    seed: Annotated[int, typer.Option()] = TRAIN.seed,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = TRAIN.device,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-<head>).")]
     = None,
     seeds: Annotated[Optional[int], typer.Option(min=1, help="Train with N seeds (N val carvings): mean ± std.")]
@@ -564,7 +380,9 @@ def fit_head(
     = None,
     fuse: Annotated[Optional[Fuse], typer.Option(help="concat: the same videos from two stores, features joined.")]
     = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    force: Force = False,
+    *,
+    cfg: TrainConfig,
 ) -> None:
     """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory."""
     from heads.rundir import check_run_folder
@@ -575,24 +393,15 @@ def fit_head(
         fail("give a store: `cli.py fit-head STORE --head linear` (see --help)")
     store = stores[0]
     with user_errors("no run was written; an earlier run in --out is unchanged"):
-        cfg = TrainConfig(head=head.value, task=task.value, split=split.value, val_frac=val_frac,
-                          test_frac=test_frac, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                          batch_size=batch_size, optimizer=optimizer.value, scheduler=scheduler.value,
-                          patience=patience, lr_factor=lr_factor, lr_patience=lr_patience, lr_gamma=lr_gamma,
-                          threshold=threshold, max_frames=max_frames, hidden=hidden, layers=layers,
-                          bidirectional=bidirectional, dropout=dropout, proj_dim=proj_dim,
-                          frame_dropout=frame_dropout, noise_std=noise_std, label_smoothing=label_smoothing,
-                          class_weights=class_weights, refit=refit, skip_unlabelled=skip_unlabelled, seed=seed,
-                          device=device)
-        run_dir = out_dir or default_run_dir(store, head.value)
+        run_dir = out_dir or default_run_dir(store, cfg.head)
         with progress_bar() as bar:
-            t = bar.add_task(f"fit {head.value}", total=cfg.epochs, rate="")
+            t = bar.add_task(f"fit {cfg.head}", total=cfg.epochs, rate="")
 
             def on_epoch(row: dict) -> None:
                 phase = row.get("phase", "fit")
                 shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
                                   if isinstance(row.get(k), float) and row[k] == row[k])  # skip NaN
-                bar.update(t, description=f"{phase} {head.value} {row.get('member', '')}",
+                bar.update(t, description=f"{phase} {cfg.head} {row.get('member', '')}",
                            completed=row.get("epoch", 0), total=row.get("epochs", cfg.epochs), rate=shown)
 
             if fuse or len(stores) > 1 or seeds or folds:
@@ -745,7 +554,7 @@ def cluster_eval(
     plot: Annotated[Plot, typer.Option(help="2-D picture of the points.")] = Plot.tsne,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-kmeans).")]
     = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    force: Force = False,
     thumbnails: Annotated[bool, typer.Option(help="Also draw the frames at their 2-D positions (thumbnails.png), "
                                              "re-decoded from the store's paths.")] = False,
     max_points: Annotated[int, typer.Option(min=1, help="At most this many thumbnails (a seeded choice).")] = 400,
@@ -842,7 +651,7 @@ def sweep(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep directory (default runs/<store>-sweep).")]
     = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    force: Force = False,
 ) -> None:
     """Train every cell of a grid on one cache, choose by validation only, score the chosen cell on test once."""
     from heads.experiments import parse_grid
@@ -850,7 +659,7 @@ def sweep(
     from heads.rundir import check_run_folder
     from heads.train import TrainConfig
 
-    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in
+    given = {k: plain(v) for k, v in
              {"head": head, "seed": seed, "epochs": epochs, "split": split, "device": device}.items() if v is not None}
     run_dir = out_dir or Path("runs") / f"{store.stem}-sweep"
     with user_errors():
@@ -936,7 +745,7 @@ def fuse(
     = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/fuse-<runs>).")]
     = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    force: Force = False,
 ) -> None:
     """Late fusion: average the runs' probabilities on their common test clips; writes a run that `runs` lists."""
     from heads.fusion import fuse_runs

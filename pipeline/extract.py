@@ -27,10 +27,9 @@ from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
-from pipeline.decode import CROPS, RESIZE_ENGINES, ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.device import EXTRACT_PRECISIONS, resolve_device
 from pipeline.embed import Embedder
-from pipeline.seek import SEEK_MODES
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch

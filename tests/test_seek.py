@@ -10,7 +10,7 @@ import pytest
 from conftest import index_frames, read_indices, truncate
 from data.synth import write_video
 from pipeline.decode import FrameStream, Geometry, Sampling, SamplingError, decode_video
-from pipeline.seek import read_index
+from pipeline.decode.seek import read_index
 
 GOP = 10
 N = 60
