@@ -36,8 +36,8 @@ from ui.errors import (FAILED_ITEMS, INTERRUPTED, TERMINATED, ExitCodes, Termina
                        user_errors)
 from ui.options import Device, Force, Json, OutDir, choices, config_options, plain
 from ui.render import (epoch_progress, err, out, print_cluster, print_evaluation, print_fit, print_metrics,
-                       print_predictions, print_repeated, print_runs, progress_bar, stage_progress, sweep_progress,
-                       warn_skipped)
+                       print_predictions, print_repeated, print_runs, print_thumbnails, progress_bar, stage_progress,
+                       sweep_progress, warn_skipped)
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
@@ -470,11 +470,7 @@ def draw_cluster_thumbnails(run_dir: Path, max_points: int, seed: int) -> None:
         t = bar.add_task("thumbnails", total=None, rate="decoding")
         drawn = draw_thumbnails(run_dir, max_points, seed, lambda done, total: bar.update(t, completed=done,
                                                                                             total=total))
-    out.print(f"thumbnails: {drawn.drawn} of {drawn.n_points} points drawn → {drawn.png}", highlight=False)
-    if drawn.skipped:
-        err.print(f"note: {len(drawn.skipped)} file(s) could not be decoded again and were skipped: "
-                  + "; ".join(f"{vid} ({why})" for vid, why in drawn.skipped[:5])
-                  + (" ..." if len(drawn.skipped) > 5 else ""), highlight=False, soft_wrap=True)
+    print_thumbnails(drawn)
 
 
 @app.command()

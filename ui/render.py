@@ -92,21 +92,23 @@ def print_fit(result) -> None:
     if result.kind == "fused":
         report_fusion(m["fusion"])
     if result.kind == "multitask":
-        print_metrics({f"{name} {part}": s for name, parts in m["per_store"].items() for part, s in parts.items()}
-                      | {"mean test": m["test"]}, f"{m.get('head')}, one trunk for {len(m['tasks'])} stores → {run_dir}")
+        per_store = {f"{name} {part}": s for name, parts in m["per_store"].items() for part, s in parts.items()}
+        print_metrics(per_store | {"mean test": m["test"]},
+                      f"{m.get('head')}, one trunk for {len(m['tasks'])} stores → {run_dir}")
     elif result.kind in ("seeds", "folds"):
         print_repeated(m, f"{m.get('head')} on {m.get('backbone')}, {m['n']} {m['mode']} → {run_dir}")
     else:
-        print_metrics({"val": m.get("val"), "test": m.get("test")}, f"{m.get('head')} on {m.get('backbone')} → {run_dir}")
+        print_metrics({"val": m.get("val"), "test": m.get("test")},
+                      f"{m.get('head')} on {m.get('backbone')} → {run_dir}")
 
 
 def report_fusion(info: dict) -> None:
     """fit-head --fuse: the videos left out (held by one store only) and label disagreements, on stderr."""
-    left = {Path(s).name: n for s, n in info["left_out"].items() if n}
+    left = [(store, n) for store, n in info["left_out"].items() if n]
     if left:
-        err.print(escape(f"fused {info['n_common']} videos held by both stores; left out (in one store only): "
-                         + ", ".join(f"{n} of {s} (e.g. {info['left_out_examples'][k][0]})"
-                                     for (s, n), k in zip(left.items(), [k for k, v in info["left_out"].items() if v]))),
+        shown = ", ".join(f"{n} of {Path(store).name} (e.g. {info['left_out_examples'][store][0]})"
+                          for store, n in left)
+        err.print(escape(f"fused {info['n_common']} videos held by both stores; left out (in one store only): {shown}"),
                   highlight=False, soft_wrap=True)
     if info.get("label_mismatches"):
         err.print(f"{info['label_mismatches']} common videos have other labels in the second store; the first "
@@ -150,6 +152,15 @@ def print_cluster(result: dict, run_dir: Path) -> None:
         if isinstance(value, (int, float)):
             t.add_row(name, f"{value:.4f}", f"{std.get(name, 0.0):.4f}" if name in std else "")
     out.print(t)
+
+
+def print_thumbnails(drawn) -> None:
+    """cluster-eval --thumbnails: what was drawn where, and the files that could not be decoded again."""
+    out.print(escape(f"thumbnails: {drawn.drawn} of {drawn.n_points} points drawn → {drawn.png}"), highlight=False)
+    if drawn.skipped:
+        err.print(escape(f"note: {len(drawn.skipped)} file(s) could not be decoded again and were skipped: "
+                         + "; ".join(f"{vid} ({why})" for vid, why in drawn.skipped[:5])
+                         + (" ..." if len(drawn.skipped) > 5 else "")), highlight=False, soft_wrap=True)
 
 
 def print_runs(rows: list[dict], runs_dir: Path) -> None:
