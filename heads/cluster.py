@@ -1,5 +1,8 @@
 """Cluster evaluation: how well do a store's embeddings group by label, with no head trained at all?
 
+Here: the points, the estimator (ClusterModel, a scikit-learn estimator) and the runner (cluster_eval, configured by
+heads.config.ClusterConfig); the label metrics are in heads.metrics, the pictures in heads.plots.
+
 Pipeline (kept deliberately plain so it equals a direct scikit-learn computation):
 
     items of --split ─► points ─► [PCA(-whiten) ─► L2] ─► KMeans(k, n_init, random_state) ─► metrics, plots
@@ -374,6 +377,7 @@ def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:
                         f"{xy[i, 1]:.6g}", method])
 
 
+# -- the 2-D map of the points ---------------------------------------------------------------------------
 def embed_2d(Z: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
     """(n, 2) seeded t-SNE (after PCA to 50 dims) for at most TSNE_MAX_POINTS points, else PCA."""
     if method == "tsne" and 4 <= len(Z) <= TSNE_MAX_POINTS:
