@@ -5,10 +5,11 @@ when DIR is absent, empty, or a run of the same kind holding only that kind's fi
 line naming --force, which replaces DIR whole. The run is written into a hidden staging folder beside DIR and moved
 in at the end in place of the old DIR, so an interrupted or failed run leaves the old one as it was and no
 temporary files behind, and a finished one never sits beside another run's files (a `head.pt` from an earlier single
-run beside the metrics of a --seeds run).
+run beside the metrics of a --seeds run). Staging folders of a killed run (kill -9) are removed at the next start.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -82,6 +83,7 @@ def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path
     """Check `out` for a `kind` run, yield a staging folder to write the run into; on success it replaces `out`."""
     out = Path(os.path.abspath(out))
     check_run_dir(out, kind, force)
+    _clear_stale(out)
     stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -90,6 +92,25 @@ def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path
         _replace(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _clear_stale(out: Path) -> None:
+    """Remove the staging and replaced folders beside `out` that a killed run left (their process is gone)."""
+    for kind in ("tmp", "old"):
+        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _replace(stage: Path, out: Path) -> None:

@@ -1,5 +1,7 @@
 """heads.rundir: every stage-two writer, called from Python (no CLI), guards its output folder the same way."""
 import json
+import subprocess
+import sys
 
 import pytest
 from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
@@ -59,3 +61,14 @@ def test_every_writer_refuses_what_is_not_its_own_and_replaces_it_whole_with_for
         WRITERS[writer](inputs, out, state.endswith("--force"))
         assert (out / "metrics.json").exists() and not (out / "notes.txt").exists()  # replaced whole, not merged
     assert [p.name for p in tmp_path.iterdir()] == ["out"] or not out.exists()  # no staging folder left
+
+
+def test_staging_folders_a_killed_run_left_are_removed_at_the_next_start(inputs, tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    for kind in ("tmp", "old"):
+        (tmp_path / f".out.{kind}-{dead}").mkdir()
+        (tmp_path / f".out.{kind}-{dead}" / "head.pt").write_text("half written")
+    (tmp_path / f".other.tmp-{dead}").mkdir()  # another run's: not ours to clean
+    WRITERS["cluster-eval"](inputs, tmp_path / "out", False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{dead}", "out"]
