@@ -34,7 +34,7 @@ from pipeline.launch import ENGINES
 from pipeline.seek import SEEK_MODES
 from ui.errors import (FAILED_ITEMS, INTERRUPTED, TERMINATED, ExitCodes, Terminated, fail, os_error_line,  # noqa: F401
                        user_errors)
-from ui.options import Device, Force, Json, OutDir, choices, config_options, plain
+from ui.options import Device, Force, Json, OutDir, StoreWeights, choices, config_options, plain
 from ui.render import (epoch_progress, err, out, print_cluster, print_evaluation, print_fit, print_metrics,
                        print_predictions, print_repeated, print_runs, print_thumbnails, progress_bar, stage_progress,
                        sweep_progress, warn_skipped)
@@ -418,8 +418,7 @@ def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video or image files.")],
     top: Annotated[int, typer.Option(min=1, help="Labels shown per file.")] = 5,
     device: Device = "auto",
-    weights: Annotated[Optional[Path], typer.Option(help="The store's weights file, if it moved since extract "
-                                                    "(checked against the sha256 the store recorded).")] = None,
+    weights: StoreWeights = None,
     as_json: Json = False,
 ) -> None:
     """Embed new files exactly as the run's store was made, apply the head, print the top labels."""
@@ -490,8 +489,10 @@ def sweep(
     from heads.experiments import sweep as run_sweep
 
     run_dir = out_dir or Path("runs") / f"{store.stem}-sweep"
-    with user_errors(), progress_bar() as bar:
-        metrics = run_sweep(store, cfg, parse_grid(grid, cfg), run_dir, seeds, sweep_progress(bar), force=force)
+    with user_errors():
+        axes = parse_grid(grid, cfg)
+        with progress_bar() as bar:
+            metrics = run_sweep(store, cfg, axes, run_dir, seeds, sweep_progress(bar), force=force)
     chosen = " ".join(f"{k}={v}" for k, v in metrics["chosen"].items())
     print_repeated(metrics, f"sweep of {metrics['n_cells']} cells × {seeds} seeds → {run_dir}; chosen by val: "
                             f"{chosen}")

@@ -31,6 +31,8 @@ Force = Annotated[bool, typer.Option(help=FORCE_HELP)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Output directory.")]
+StoreWeights = Annotated[Optional[Path], typer.Option("--weights", help="The store's weights file, if it moved since "
+                                                      "extract (checked against the sha256 the store recorded).")]
 
 
 def choices(name: str, *values: str) -> type[Enum]:
