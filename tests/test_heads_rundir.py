@@ -36,7 +36,8 @@ WRITERS = {  # kind: how to write a run of that kind into `out`
     "cluster-eval": lambda i, out, force: heads.cluster_eval(i[1], heads.ClusterConfig(plot="none"), out,
                                                              force=force),
 }
-# a run of another kind than the writer's (its config.json is how a run says what it is)
+# a run of another kind than the writer's (its config.json is how a run says what it is): a single fit-head run
+# must not take a --seeds run's files beside its head.pt (issue 19), nor a cluster-eval run a fit-head run's
 CLUSTER_RUN = {"config.json": json.dumps({"command": "cluster-eval", "k": 3}), "metrics.json": '{"kind": "cluster"}'}
 FIT_RUN = {"config.json": json.dumps({"command": "fit-head", "train": {}}), "metrics.json": '{"test": {}}'}
 FOLDER = {"user file": {"notes.txt": "keep me"}, "empty": {}, "absent": None}
@@ -46,7 +47,8 @@ FOLDER = {"user file": {"notes.txt": "keep me"}, "empty": {}, "absent": None}
 @pytest.mark.parametrize("writer", list(WRITERS))
 def test_every_writer_refuses_what_is_not_its_own_and_replaces_it_whole_with_force(inputs, tmp_path, writer, state):
     out = tmp_path / "out"
-    before = (CLUSTER_RUN if writer != "cluster-eval" else FIT_RUN) if state == "run of another kind" else \
+    writes_a_single_run = writer in ("fit-head", "fit-head (stores)", "fit-head --fuse")
+    before = (CLUSTER_RUN if writes_a_single_run else FIT_RUN) if state == "run of another kind" else \
         FOLDER.get(state.split(",")[0])
     if before is not None:
         out.mkdir()
