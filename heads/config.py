@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from featstore.errors import FramecacheError
 from featstore.settings import check_settings, setting
 from heads.models import HEADS, HeadConfig, HeadError
 
@@ -19,6 +20,7 @@ PLOTS = ("tsne", "pca", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 SCHEDULERS = ("plateau", "cosine", "exp", "none")
 NORMALIZE = ("scalar", "dim", "none")
+FUSE_MODES = ("concat",)  # fit-head --fuse: how two stores' features of the same videos are joined
 
 
 @dataclass
@@ -78,3 +80,41 @@ class TrainConfig:
                           **{k: getattr(self, k) for k in shared})
 
 
+class ClusterError(FramecacheError, ValueError):
+    """A cluster-eval request that cannot be run as asked; the message names the CLI flag to change."""
+
+
+@dataclass
+class ClusterConfig:
+    """What cluster-eval runs (see heads.cluster): k-means on a store's points, scored against its labels."""
+    k: int | None = setting(None, "Clusters (default: number of labels).", ge=2)
+    level: str = setting("video", "video: pooled clips; frame: every sampled frame.", choices=LEVELS)
+    pool: str = setting("mean", "Pooling of a clip's frames at --level video.", choices=POOLS)
+    split: str | None = setting(None, "Cluster only this split (default: all).")
+    fit_split: str | None = setting(None, "Fit centroids on this split, score --split.")
+    seeds: int = setting(1, "Repeat with this many seeds; report mean ± std.", ge=1)
+    seed: int = setting(0, "")  # the first seed: k-means, PCA, silhouette sample, t-SNE
+    n_init: int = setting(10, "", ge=1)  # k-means restarts per seed, the best kept
+    pca: int | None = setting(None, "Reduce to this many PCA components first.", ge=1)
+    whiten: bool = setting(False, "Whiten the PCA components.")
+    # (LO, HI) or (LO, HI, STEP): also sweep k; the CLI reads it as LO:HI[:STEP] (parse_k_range)
+    k_range: tuple[int, ...] | None = setting(None, "", cli=False)
+    plot: str = setting("tsne", "2-D picture of the points.", choices=PLOTS)
+
+    def __post_init__(self):
+        check_settings(self, ClusterError)
+        if self.whiten and self.pca is None:
+            raise ClusterError("--whiten needs --pca N (the number of components to keep and whiten)")
+        r = self.k_range
+        if r is not None and not (len(r) in (2, 3) and 2 <= r[0] <= r[1] and (len(r) == 2 or r[2] >= 1)):
+            raise ClusterError(f"--k-range must be LO:HI or LO:HI:STEP with 2 <= LO <= HI, got {r}")
+
+
+def parse_k_range(text: str | None) -> tuple[int, ...] | None:
+    """--k-range LO:HI or LO:HI:STEP as the tuple ClusterConfig.k_range takes (checked there)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(":"))
+    except ValueError:
+        raise ClusterError(f"--k-range expects LO:HI or LO:HI:STEP such as 5:50, got {text!r}") from None

@@ -258,7 +258,11 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
     any other value of the store's split column (e.g. holdout).
     """
-    p = split_predictions(run_dir, store_path, split)
+    return split_metrics(split_predictions(run_dir, store_path, split), run_dir, split)
+
+
+def split_metrics(p: SplitPredictions, run_dir: str | Path, split: str) -> dict:
+    """`evaluate_run`'s metrics from a split's predictions."""
     out = score(p.task, p.targets, p.probs, p.labels, p.threshold)
     if p.clip_accuracy is not None:
         out["clip_accuracy"] = p.clip_accuracy
@@ -284,10 +288,11 @@ class SplitPredictions:
     clip_accuracy: float | None = None  # pooling heads, multiclass: every row (frame or clip) classified alone
 
 
-def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
-                      split: str = "test") -> SplitPredictions:
-    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output."""
-    model, ckpt = load_run(run_dir)
+def split_predictions(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test",
+                      loaded: tuple[nn.Module, dict] | None = None) -> SplitPredictions:
+    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output.
+    `loaded`: the run's (model, checkpoint) if already loaded by `load_run`."""
+    model, ckpt = loaded or load_run(run_dir)
     config = read_run_config(run_dir)
     store = open_store(store_path or config["store"])
     check_store(store, ckpt, run_dir)

@@ -26,11 +26,13 @@ from featstore.errors import FramecacheError
 from featstore.settings import flag_of
 from ui.errors import fail
 
-FORCE_HELP = "Write into --out even if it holds other files (those the command writes are overwritten)."
+FORCE_HELP = "Replace --out whole even if it holds other files or another kind of run (they are deleted)."
 Force = Annotated[bool, typer.Option(help=FORCE_HELP)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Output directory.")]
+StoreWeights = Annotated[Optional[Path], typer.Option("--weights", help="The store's weights file, if it moved since "
+                                                      "extract (checked against the sha256 the store recorded).")]
 
 
 def choices(name: str, *values: str) -> type[Enum]:
