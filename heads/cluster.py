@@ -44,6 +44,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from sklearn.preprocessing import normalize
 
 from featstore import Loaded, open_store
+from featstore.finite import finite_rows
 from heads.config import LEVELS, PLOTS, POOLS
 from featstore.errors import FramecacheError
 from heads.rundir import check_run_dir, staged_run
@@ -394,8 +395,8 @@ def _load_points(store_path, split, fit_split, level, pool, progress) -> tuple[P
     with open_store(store_path) as store:
         score_ids, fit_ids = _select_ids(store, split, fit_split)
         progress("load", 0, 1)
-        score = make_points(store.load_all(score_ids), level, pool)
-        fit = score if fit_ids is None else make_points(store.load_all(fit_ids), level, pool)
+        score = make_points(finite_rows(store, store.load_all(score_ids)), level, pool)
+        fit = score if fit_ids is None else make_points(finite_rows(store, store.load_all(fit_ids)), level, pool)
         progress("load", 1, 1)
         info = {"fingerprint": store.fingerprint, "backbone": store.config.get("backbone"),
                 "weights": store.config.get("weights"), "store_config": store.config}
