@@ -28,7 +28,8 @@ from heads.models import HEADS
 from pipeline.backbones import available_backbones
 from pipeline.accel import COMPILE_MODES
 from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES
-from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
+from pipeline.device import EXTRACT_PRECISIONS, PRECISIONS
+from pipeline.extract import COMPRESSIONS, DTYPES
 from pipeline.launch import ENGINES
 from ui.errors import (FAILED_ITEMS, INTERRUPTED, TERMINATED, ExitCodes, Terminated, fail, os_error_line,  # noqa: F401
                        user_errors)
@@ -602,7 +603,7 @@ def print_cluster(result: dict, run_dir: Path) -> None:
     t = Table(title=f"k-means → {run_dir}")
     t.add_column("metric")
     t.add_column("mean", justify="right")
-    t.add_column("std", justify="right")
+    t.add_column("std (ddof=1)", justify="right")
     mean, std = result.get("metrics", {}), result.get("std", {})
     for name, value in mean.items():
         if isinstance(value, (int, float)):
@@ -627,7 +628,7 @@ def print_repeated(metrics: dict, title: str) -> None:
     rows = {name: (metrics[name], metrics.get(f"{name}_std") or {}) for name in ("val", "cv", "test")
             if isinstance(metrics.get(name), dict)}
     shown = [k for k in keys if any(k in m for m, _ in rows.values())]
-    t = Table(title=title)
+    t = Table(title=title, caption="mean ± sample std (ddof=1)")
     t.add_column("split")
     for k in shown:
         t.add_column(k, justify="right")

@@ -3,16 +3,10 @@
 The names below load on first use (PEP 562): `import heads.config` for the CLI's choice tables must not pull in
 scikit-learn and matplotlib through heads.run.
 """
-from importlib import import_module
+from featstore.lazy import lazy_exports
 
-_EXPORTS = {"HEADS": "heads.models", "HeadConfig": "heads.models", "HeadError": "heads.models",
-            "build_head": "heads.models", "TrainConfig": "heads.config", "evaluate_run": "heads.run",
-            "fit_head": "heads.run", "list_runs": "heads.run", "load_run": "heads.run",
-            "predict_features": "heads.run"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'heads' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "heads.models": ("HEADS", "HeadConfig", "HeadError", "build_head"),
+    "heads.config": ("TrainConfig",),
+    "heads.run": ("evaluate_run", "fit_head", "list_runs", "load_run", "predict_features"),
+})

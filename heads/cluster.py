@@ -11,8 +11,8 @@ Decisions:
   (and counted as `n_unlabelled`). With no labels at all, only label-free numbers are reported: inertia,
   silhouette, cluster sizes and the clip ids nearest each centroid.
 - `seeds=N` repeats k-means with random_state seed, seed+1, ..., seed+N-1; every scalar metric is reported as
-  mean and std (population std, so N=1 gives 0) over seeds. Sizes, nearest clips, plots and assignments come
-  from the first seed, so `seed` alone reproduces them.
+  mean and sample std (ddof=1, as fit-head --seeds; N=1 gives 0) over seeds. Sizes, nearest clips, plots and
+  assignments come from the first seed, so `seed` alone reproduces them.
 - Frame-level sets of more than MINIBATCH_ABOVE points use MiniBatchKMeans; video level always uses KMeans.
 - `fit_split` fits PCA and centroids on that split's items and scores `split` (default: every other item).
 - The 2-D scatter is t-SNE up to TSNE_MAX_POINTS points, PCA beyond (t-SNE is quadratic); both seeded.
@@ -28,7 +28,6 @@ Decisions:
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,8 +45,9 @@ from sklearn.preprocessing import normalize
 from featstore import Loaded, open_store
 from featstore.finite import finite_rows
 from heads.config import LEVELS, PLOTS, POOLS
+from heads.metrics import mean_std
 from featstore.errors import FramecacheError
-from heads.rundir import check_run_dir, staged_run
+from heads.rundir import check_run_dir, staged_run, write_json
 
 MINIBATCH_ABOVE = 20_000     # frame-level points above which MiniBatchKMeans replaces KMeans
 SILHOUETTE_SAMPLE = 5_000    # silhouette on a seeded sample of this many points when there are more
@@ -286,8 +286,7 @@ def _mean_std(per_seed: list[dict]) -> tuple[dict, dict]:
         if key in ("seed", "sizes"):
             continue
         vals = [r[key] for r in per_seed if r[key] is not None]
-        mean[key] = float(np.mean(vals)) if vals else None
-        std[key] = float(np.std(vals)) if vals else None
+        mean[key], std[key] = mean_std(vals) if vals else (None, None)
     return mean, std
 
 
@@ -456,8 +455,8 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
         plots.append("sweep.png")
     progress("plot", 1, 1)
     result["plots"] = plots
-    (out / "config.json").write_text(json.dumps(result["config"], indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "config.json", result["config"])
+    write_json(out / "metrics.json", result)
 
 
 def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:

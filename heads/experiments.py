@@ -26,10 +26,11 @@ import numpy as np
 
 from featstore import Store, open_store
 from heads.data import Cache, carve_val, cv_folds, load_cache, make_splits
-from heads.metrics import HEADLINE
+from heads.metrics import HEADLINE, mean_std
 from heads.models import HeadError
 from heads.plots import plot_heatmap
 from heads.run import cache_targets, finish_run, score_split
+from heads.rundir import write_json
 from heads.train import TrainConfig, train_head
 
 # TrainConfig fields that say where or how to run, not what to learn: no grid axis
@@ -51,15 +52,10 @@ def summarize(dicts: list[dict]) -> tuple[dict, dict]:
     """(mean, sample std) of every numeric value the dicts share; std is 0 for a single dict."""
     keys = [k for k, v in dicts[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             and all(isinstance(d.get(k), (int, float)) for d in dicts)]
-    values = {k: np.array([d[k] for d in dicts], dtype=float) for k in keys}
-    mean = {k: float(v.mean()) for k, v in values.items()}
-    std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    mean, std = {}, {}
+    for k in keys:
+        mean[k], std[k] = mean_std([d[k] for d in dicts])
     return mean, std
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
 # -- repeated seeds and folds ----------------------------------------------------------------------

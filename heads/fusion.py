@@ -22,6 +22,7 @@ from heads.metrics import HEADLINE
 from heads.models import HeadError
 from heads.plots import plot_confusion
 from heads.run import check_store, fit_cache, load_run
+from heads.rundir import write_json
 from heads.train import TrainConfig, evaluate, probabilities, score
 
 
@@ -121,9 +122,8 @@ def _write_fusion(out: Path, runs: list[RunProbs], w: np.ndarray, fused: dict, a
         "alone": alone, "n_common": len(common), "n_left_out": {r.run: len(r.ids) - len(common) for r in runs},
         "labels": first.labels, "store": first.store, "seconds": time.perf_counter() - start,
     }
-    (out / "config.json").write_text(json.dumps({"fuse": "late", "runs": metrics["runs"],
-                                                 "weights": metrics["weights"]}, indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(out / "config.json", {"fuse": "late", "runs": metrics["runs"], "weights": metrics["weights"]})
+    write_json(out / "metrics.json", metrics)
     (out / "test_ids.json").write_text(json.dumps(common) + "\n")
     if first.task == "multiclass":
         plot_confusion(fused["confusion"], first.labels, out / "confusion.png",
@@ -228,5 +228,5 @@ def fit_fused(store_paths: list[str | Path], cfg: TrainConfig, out_dir: str | Pa
                          "label_mismatches": report.label_mismatches,
                          "pooled": cfg.head in POOLED_HEADS}
     metrics["seconds"] = time.perf_counter() - start
-    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics

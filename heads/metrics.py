@@ -114,6 +114,13 @@ def headline(task: str, y_true: np.ndarray, probs: np.ndarray) -> float:
     return mean_average_precision(y_true, probs)
 
 
+def mean_std(values) -> tuple[float, float]:
+    """The "mean ± std" of every repeated run (fit-head --seeds/--folds, sweep, cluster-eval --seeds): the sample
+    std (ddof=1), 0 for a single value."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
 def mean_average_precision(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Macro average precision over the labels that have positives (0 if none has)."""
     has_pos = np.asarray(y_true).sum(0) > 0

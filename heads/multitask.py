@@ -24,6 +24,7 @@ from heads.fusion import FusedStore
 from heads.metrics import multiclass_metrics
 from heads.models import HeadError
 from heads.run import check_store, finish_run, load_run
+from heads.rundir import write_json
 from heads.train import TrainConfig, evaluate, train_head
 
 
@@ -120,7 +121,7 @@ def fit_multi(store_paths: list[str | Path], cfg: TrainConfig, out_dir: str | Pa
                           for part, model in (("val", result.early), ("test", result.model))} for t in tasks}
     _summarize(metrics, per_store, tasks)
     metrics["seconds"] = time.perf_counter() - start
-    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
 

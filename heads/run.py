@@ -29,8 +29,8 @@ from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_t
 from heads.metrics import HEADLINE
 from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params
 from heads.plots import plot_confusion, plot_curves
-from heads.rundir import check_run_dir, staged_run
-from heads.train import TrainConfig, TrainResult, evaluate, probabilities, score, train_head
+from heads.rundir import check_run_dir, staged_run, write_json
+from heads.train import TrainConfig, TrainResult, cpu_state, evaluate, probabilities, score, train_head
 
 RUN_SPLITS = ("train", "val", "test")  # the run's own splits; "all" and split-column names also work
 CHECKPOINT_KEYS = ("state_dict", "head_config", "train_config", "labels", "task", "threshold", "store_fingerprint",
@@ -141,8 +141,8 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     write_history(out / "history.csv", result.history)
     # with refit, the early-stopped head too: a fine-tune starting from this run needs a head whose training
     # never saw the val clips, or val could not pick its epochs
-    early = {"early_state_dict": _cpu_state(result.early)} if result.early is not result.model else {}
-    torch.save({"state_dict": _cpu_state(result.model), **early,
+    early = {"early_state_dict": cpu_state(result.early.state_dict())} if result.early is not result.model else {}
+    torch.save({"state_dict": cpu_state(result.model.state_dict()), **early,
                 "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
                 "store_config": store.config, "store_fingerprint_keys": list(store.fingerprint_keys)}, out / "head.pt")
@@ -198,10 +198,6 @@ def load_early_head(run_dir: str | Path, ckpt: dict) -> nn.Module | None:
     model = build_head(HeadConfig(**ckpt["head_config"]))
     model.load_state_dict(ckpt["early_state_dict"])
     return model.eval()
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def read_run_config(run_dir: str | Path) -> dict:
@@ -429,11 +425,6 @@ def _train_params(run_dir: Path) -> dict:
         return {}
     train = config.get("train") if isinstance(config, dict) else None
     return train if isinstance(train, dict) else {}
-
-
-def write_json(path: Path, obj) -> None:
-    """A run file as people read it: indented JSON, numpy scalars as floats."""
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def write_history(path: Path, history: list[dict]) -> None:

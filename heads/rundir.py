@@ -34,6 +34,12 @@ def _run_config(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def write_json(path: Path, obj) -> None:
+    """A run file as people read it: indented JSON, numpy scalars as floats."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
 def run_kind(path: Path) -> str | None:
     """The command that wrote the run directory `path` ('fit-head', 'cluster-eval'), or None."""
     config = _run_config(path)
