@@ -14,9 +14,6 @@ import numpy as np
 from featstore.integrity import BadShard, first_non_finite
 from featstore.store import Loaded, Store, VideoRecord
 
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
 class NonFiniteShard(BadShard):
     """A shard holding NaN or infinite features: only `verify --deep` reads them, so its hint says --deep."""
 
@@ -34,9 +31,9 @@ def fail_non_finite(record: VideoRecord, dtype: str) -> VideoRecord:
         why = ("the backbone gave non-finite features (NaN or infinity) for it: try --precision fp32, or check "
                "--weights")
     else:
-        largest = float(np.abs(record.features).max())
-        why = (f"its features overflow {dtype} (largest |value| {largest:.3g} > {FLOAT16_MAX:.0f}): extract with "
-               "--dtype float32 (into a new --store: the dtype is one of a store's settings)")
+        largest, limit = float(np.abs(record.features).max()), float(np.finfo(dtype).max)
+        why = (f"its features overflow {dtype} (largest |value| {largest:.3g} > {limit:.0f}): extract with --dtype "
+               "float32 (into a new --store: the dtype is one of a store's settings)")
     record.status, record.error = "failed", why
     record.features = record.frame_index = record.time_s = record.frame_end = record.time_end_s = None
     return record
