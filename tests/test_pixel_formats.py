@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video
+from pipeline.decode import RESIZE_ENGINES, DecodeError, Geometry, Sampling, decode_image, decode_video
 
 GEOMETRY = Geometry(size=8, resize=8, crop="none")
 COLOURS = np.array([(200, 30, 60), (20, 180, 90), (60, 70, 220), (0, 0, 0), (255, 255, 255), (128, 128, 128)],
@@ -144,8 +144,10 @@ def test_every_video_pixel_format_decodes_to_its_true_colours(tmp_path, fmt, cod
     _write_video(path, fmt, codec, colours, tags)
     with av.open(str(path)) as c:
         assert c.streams.video[0].codec_context.pix_fmt == fmt  # stored as asked, not converted on the way
-    got = decode_video(path, Sampling(every=1), GEOMETRY).frames[:, SIDE // 4, SIDE // 4].astype(np.int64)
-    assert np.abs(got - colours).max() <= TOLERANCE, f"{fmt}: decoded {got.tolist()}, wrote {colours.tolist()}"
+    for engine in RESIZE_ENGINES:  # each converts in its own swscale call
+        geometry = Geometry(size=8, resize=8, crop="none", engine=engine)
+        got = decode_video(path, Sampling(every=1), geometry).frames[:, SIDE // 4, SIDE // 4].astype(np.int64)
+        assert np.abs(got - colours).max() <= TOLERANCE, f"{fmt} ({engine}): decoded {got.tolist()}"
 
 
 def _png16(path, rgb: np.ndarray, alpha: bool) -> None:
