@@ -40,12 +40,12 @@ def _yuv(rgb: np.ndarray, matrix: str, full: bool, bits: int) -> tuple[int, int,
 def _fill(frame: av.VideoFrame, values: list) -> av.VideoFrame:
     """Each plane of `frame` filled with its value (a scalar, or a per-pixel tuple for packed planes)."""
     for plane, value in zip(frame.planes, values):
-        dtype = np.dtype(value[0]) if isinstance(value, tuple) and isinstance(value[0], str) else None
-        if dtype is not None:  # ("<u2", v, v, v): explicit sample type
-            cell = np.array(value[1:], dtype=dtype)
+        value = value if isinstance(value, tuple) else (value,)
+        if isinstance(value[0], str):  # ("<u2", v, v, v): samples of that type, else bytes
+            cell = np.array(value[1:], dtype=value[0])
         else:
-            cell = np.array(value if isinstance(value, tuple) else (value,), dtype=np.uint8)
-        row_bytes = cell.tobytes() * (plane.width if plane.width else 1)
+            cell = np.array(value, dtype=np.uint8)
+        row_bytes = cell.tobytes() * plane.width
         line = row_bytes.ljust(plane.line_size, b"\0")[:plane.line_size]
         plane.update(line * plane.height)
     return frame
@@ -68,8 +68,7 @@ def _video_frame(fmt: str, rgb: np.ndarray, tags: dict) -> av.VideoFrame:
         return _fill(frame, _yuv_planes(fmt, yuv, tags["bits"], alpha=fmt.startswith("yuva")))
     packed = {"rgb24": (r, g, b), "bgr24": (b, g, r), "rgba": (r, g, b, 255), "gray": r, "ya8": (r, 255),
               "rgb48le": ("<u2", r * 257, g * 257, b * 257), "rgba64le": ("<u2", r * 257, g * 257, b * 257, 65535),
-              "gray16le": ("<u2", r * 257), "gray10le": ("<u2", round(r * 1023 / 255)),
-              "gbrp": None, "gbrp16le": None, "pal8": None, "monob": None}
+              "gray16le": ("<u2", r * 257), "gray10le": ("<u2", round(r * 1023 / 255))}
     if fmt == "gbrp":
         return _fill(frame, [g, b, r])
     if fmt == "gbrp16le":
