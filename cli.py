@@ -349,8 +349,7 @@ def print_verify(report) -> None:
         err.print(f"moved {len(report.quarantined)} shard(s) to {Path(report.store) / '_quarantine'}; rerun "
                   f"extract to redo their {videos}", highlight=False, soft_wrap=True)
     elif report.bad:
-        err.print(f"run `cli.py verify {report.store} --quarantine` to move them aside, then rerun extract",
-                  highlight=False, soft_wrap=True)
+        err.print(report.fix, highlight=False, soft_wrap=True)
     else:
         out.print("store ok" + ("" if report.deep else " (--deep also reads every frame block)"))
 

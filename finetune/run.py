@@ -1,7 +1,8 @@
 """`finetune`: items in, a run directory out, laid out like fit-head's so `cli.py runs` lists it.
 
-    backbone.pt    {"state_dict": the registry architecture's weights (classifier removed), "backbone": name,
-                    "config": what made it}; torch.load(weights_only=True) works, and `extract --weights` takes it
+    backbone.pt    the registry architecture's state_dict, classifier removed: `load_backbone(name, "none").model
+                    .load_state_dict(torch.load(p, weights_only=True))` works, and `extract --weights` takes it
+    backbone.json  beside it: {"backbone": name, "config": what made it} (extract reads the name from it)
     checkpoint.pt  the training state after the last finished epoch (what --resume continues from)
     config.json, splits.json, history.csv, metrics.json, curves.png
 """
@@ -37,6 +38,7 @@ from pipeline.sources import Item
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE_FILE = "backbone.pt"
+BACKBONE_SIDECAR = "backbone.json"  # the name pipeline.backbones looks for beside a weights file
 # What an --init-head run's store must share with this run for its head to read our features.
 INIT_HEAD_KEYS = ("backbone", "weights", "size", "resize", "crop", "mean", "std")
 STAT_CLIPS = 32  # clips whose features standardize a new head's input (as fit-head does with train frames)
@@ -270,8 +272,8 @@ def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbon
                state: LoopState, metrics: dict, index: Cache) -> None:
     weights = {k.removeprefix("backbone."): v for k, v in prep.net.state_dict().items() if k.startswith("backbone.")}
     made = {"finetune": asdict(cfg), "from_weights": backbone.weights_id, "geometry": asdict(geometry)}
-    save_atomic({"state_dict": cpu_state(weights), "backbone": cfg.backbone,
-                 "config": made}, out / BACKBONE_FILE)
+    save_atomic(cpu_state(weights), out / BACKBONE_FILE)
+    write_json(out / BACKBONE_SIDECAR, {"backbone": cfg.backbone, "config": made})
     metrics["backbone_file"] = str((out / BACKBONE_FILE).resolve())
     metrics["backbone_sha256"] = _sha256(out / BACKBONE_FILE)
     write_json(out / "config.json", {**made, "head": prep.head_config, "labels": prep.labels,

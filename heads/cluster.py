@@ -43,6 +43,7 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import normalize
 
 from featstore import Loaded, open_store
+from featstore.finite import finite_rows
 from featstore.settings import check_choice
 from heads.config import POOLS, ClusterConfig, ClusterError
 from heads.metrics import clustering_metrics, mean_std, retrieval_precision, silhouette
@@ -297,8 +298,9 @@ def _load_points(store_path, cfg: ClusterConfig, progress) -> tuple[Points, Poin
     with open_store(store_path) as store:
         score_ids, fit_ids = _select_ids(store, cfg.split, cfg.fit_split)
         progress("load", 0, 1)
-        score = make_points(store.load_all(score_ids), cfg.level, cfg.pool)
-        fit = score if fit_ids is None else make_points(store.load_all(fit_ids), cfg.level, cfg.pool)
+        score = make_points(finite_rows(store, store.load_all(score_ids)), cfg.level, cfg.pool)
+        fit = score if fit_ids is None else make_points(finite_rows(store, store.load_all(fit_ids)), cfg.level,
+                                                        cfg.pool)
         progress("load", 1, 1)
         info = {"fingerprint": store.fingerprint, "backbone": store.config.get("backbone"),
                 "weights": store.config.get("weights"), "store_config": store.config}

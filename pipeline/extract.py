@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from featstore import Store, StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
+from featstore.finite import fail_non_finite, finite_only
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
@@ -336,7 +337,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
         embed = Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size)
         if embed.needs_calibration and todo:
             embed.calibrate(calibration_units(items, cfg, geometry, device))
-        _run(todo, units, speed.batch_size, embed, thread.put, result, on_progress)
+        _run(todo, units, speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
@@ -504,7 +505,7 @@ def embed_files(paths: list[str], config: dict, device: str = "auto", weights: s
                       config.get("batch_size"), backbone, dev, items, cfg.sampling)
     embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
     _run(items, iter(decode_loader(items, cfg, geometry, dev)), speed.batch_size, embed, records.append, result, None)
-    for r in records:
+    for r in (fail_non_finite(r, cfg.dtype) for r in records):  # as extract would store them, or failed
         if r.features is not None:
             r.features = r.features.astype(cfg.dtype).astype(np.float32)
     return records

@@ -9,6 +9,7 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image
 
+from pipeline.decode.container import DecodeError
 from pipeline.decode.sampling import SamplingError, _check_positive_int, _normalize
 
 CROPS = ("center", "square", "none")  # the --crop choices (cli.py reads them here)
@@ -115,6 +116,26 @@ def _scale(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
     scaled = tvf.resize(chw, [height, width], interpolation=tvf.InterpolationMode.BILINEAR,
                         antialias=geometry.engine == "torch")
     return np.ascontiguousarray(_center_crop(scaled.permute(1, 2, 0).numpy(), geometry))
+
+
+# PIL's modes of 16-bit grey: I;16* as stored, and I, as which PIL opens 16-bit PGM (and older Pillows 16-bit PNG).
+_GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def image_rgb(img: Image.Image, path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a PIL image, writable (torch.from_numpy wants that). PIL's convert('RGB') clips 16-bit
+    grey at 255 instead of scaling it, so those modes are scaled here; float pixels have no white level to scale
+    from. Alpha is dropped, as torchvision's image loader does."""
+    if img.mode == "F":
+        raise DecodeError(f"failed to decode {path}: floating-point pixels (PIL mode F) have no white level; "
+                          "save the image with 8- or 16-bit pixels")
+    if img.mode not in _GREY_16:
+        return np.array(img.convert("RGB"))
+    grey = np.asarray(img, dtype=np.int64)
+    if grey.size and (grey.min() < 0 or grey.max() > 65535):
+        raise DecodeError(f"failed to decode {path}: 32-bit integer pixels outside 0..65535 (PIL mode I) have no "
+                          "white level; save the image with 8- or 16-bit pixels")
+    return np.repeat(((grey * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def quarter_turns(frame: av.VideoFrame) -> int:

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from pipeline.decode.container import (_AV_ERRORS, DecodeError, _check_file, _count_packets, _demux_count,
                                        _FrameReader, _no_frames, _no_timestamps, _nominal_rate, _opened, _reason)
-from pipeline.decode.conversion import Geometry, _Converter, _scale, quarter_turns
+from pipeline.decode.conversion import Geometry, _Converter, _scale, image_rgb, quarter_turns
 from pipeline.decode.sampling import Sampling, SamplingError, _FpsPicker, sample_indices
 from pipeline.decode.seek import SEEK_MODES, SEEK_WORTH, StreamIndex, _NotExact, _Seeker, read_index
 
@@ -106,14 +106,14 @@ def decode_image(path: str | os.PathLike, geometry: Geometry) -> DecodedVideo:
     _check_file(path)
     try:
         with Image.open(path) as img:
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
+            rgb = image_rgb(ImageOps.exif_transpose(img), path)
     # PIL reports some corrupt PNG chunks as SyntaxError.
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise DecodeError(f"failed to open {path}: {_reason(e)}") from e
-    frame = _scale(np.asarray(rgb), geometry)
+    frame = _scale(rgb, geometry)
     return DecodedVideo(frames=np.array(frame[None]), frame_index=np.zeros(1, dtype=np.int64),  # own, writable
-                        time_s=np.zeros(1, dtype=np.float64), fps=0.0, n_frames=1, width=rgb.width, height=rgb.height,
-                        time_end_s=np.zeros(1, dtype=np.float64))
+                        time_s=np.zeros(1, dtype=np.float64), fps=0.0, n_frames=1, width=rgb.shape[1],
+                        height=rgb.shape[0], time_end_s=np.zeros(1, dtype=np.float64))
 
 
 class FrameStream:
