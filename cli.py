@@ -687,13 +687,14 @@ def predict(
     """Embed new files exactly as the run's store was made, apply the head, print the top labels."""
     import numpy as np
 
+    from featstore import StoreConfig
     from heads.run import load_run, predict_features
     from pipeline.extract import embed_files
 
     with user_errors():
         model, ckpt = load_run(run)
         refuse_fused(ckpt, run)
-        records = embed_files([str(v) for v in videos], ckpt["store_config"], device,
+        records = embed_files([str(v) for v in videos], StoreConfig.from_attrs(ckpt["store_config"]), device,
                               None if weights is None else str(weights))
         ok = [r for r in records if r.status == "ok"]
         probs = predict_features(model, ckpt, [r.features for r in ok]) if ok else np.zeros((0, 0))

@@ -1,7 +1,7 @@
 """framecache feature store: ragged, self-describing, crash-safe HDF5 shards."""
+from featstore.config import LAYOUT_KEYS, StoreConfig, diff_configs, feature_diffs, fingerprint
 from featstore.store import (
     FORMAT_VERSION,
-    LAYOUT_KEYS,
     ConfigMismatch,
     Loaded,
     Store,
@@ -9,14 +9,11 @@ from featstore.store import (
     StoreWriter,
     VideoRecord,
     compact,
-    diff_configs,
-    feature_diffs,
-    fingerprint,
     open_store,
 )
 from featstore.integrity import BadShard, DiskFull, ForeignShard
 from featstore.verify import VerifyReport, verify_store
 
-__all__ = ["FORMAT_VERSION", "LAYOUT_KEYS", "BadShard", "ConfigMismatch", "DiskFull", "ForeignShard", "Loaded", "Store", "StoreError",
-           "StoreWriter", "VerifyReport", "VideoRecord", "compact", "diff_configs", "feature_diffs", "fingerprint", "open_store",
-           "verify_store"]
+__all__ = ["FORMAT_VERSION", "LAYOUT_KEYS", "BadShard", "ConfigMismatch", "DiskFull", "ForeignShard", "Loaded", "Store",
+           "StoreConfig", "StoreError", "StoreWriter", "VerifyReport", "VideoRecord", "compact", "diff_configs",
+           "feature_diffs", "fingerprint", "open_store", "verify_store"]

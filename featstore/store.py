@@ -20,11 +20,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import h5py
 import numpy as np
 
+from featstore.config import StoreConfig
 from featstore.errors import StoreError
 from featstore.integrity import (DIGEST_ATTR, BadShard, Header, column_digests, describe_open_error,
                                  describe_read_error, h5_temp, read_shard_index)
@@ -57,31 +58,6 @@ OPTIONAL_COLUMNS = {"rotation": 0}  # per-video columns older shards lack, with 
 
 class ConfigMismatch(StoreError):
     """Appending to a store that was made with a different extraction config."""
-
-
-def fingerprint(config: dict, keys: Iterable[str]) -> str:
-    """Hash of the settings that change the features; the same settings always give the same hash."""
-    import hashlib
-
-    subset = {k: config.get(k) for k in sorted(keys)}
-    return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Fingerprinted by format-1 stores, but a property of the file layout, not of the features in it.
-LAYOUT_KEYS = frozenset({"format"})
-
-
-def feature_diffs(old: dict, old_keys: Iterable[str], new: dict, new_keys: Iterable[str],
-                  theirs: str = "this run") -> list[str]:
-    """Differences in the settings that change features, over the keys both fingerprints cover (layout keys aside):
-    empty when two stores of different format versions, or of older and newer key sets, hold the same features."""
-    return diff_configs(old, new, sorted((set(old_keys) | set(new_keys)) - LAYOUT_KEYS), theirs)
-
-
-def diff_configs(old: dict, new: dict, keys: Iterable[str], theirs: str = "this run") -> list[str]:
-    """Human-readable differences between two configs over the fingerprinted keys."""
-    return [f"{k}: store has {old.get(k)!r}, {theirs} has {new.get(k)!r}"
-            for k in sorted(keys) if old.get(k) != new.get(k)]
 
 
 @dataclass
@@ -124,9 +100,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_attrs(f: h5py.File, config: dict, fp: str, dim: int, keys: list[str], fmt: int) -> None:
+def _write_attrs(f: h5py.File, config: StoreConfig, fp: str, dim: int, keys: list[str], fmt: int) -> None:
     f.attrs["framecache_format"] = fmt
-    f.attrs["config"] = json.dumps(config, sort_keys=True)
+    f.attrs["config"] = json.dumps(config.to_attrs(), sort_keys=True)
     f.attrs["fingerprint"] = fp
     f.attrs["fingerprint_keys"] = json.dumps(sorted(keys))  # which config keys the fingerprint covers
     f.attrs["dim"] = dim
@@ -147,7 +123,7 @@ def _create_row_datasets(f: h5py.File, dim: int, dtype: str, chunk_rows: int, co
     return rows
 
 
-def write_shard(path: Path, records: Iterable[VideoRecord], config: dict, fp: str, keys: list[str], dim: int,
+def write_shard(path: Path, records: Iterable[VideoRecord], config: StoreConfig, fp: str, keys: list[str], dim: int,
                 dtype: str = "float16", compression: str | None = None, chunk_rows: int = 128,
                 size_hint: int | None = None, fmt: int = FORMAT_VERSION) -> None:
     """Write records to `path` atomically: temp file, fsync, rename. Never leaves a partial shard.
@@ -208,7 +184,7 @@ def read_header(path: Path) -> Header:
     what = "store file" if path.is_file() else "store header"
     try:
         with h5py.File(src, "r") as f:
-            return Header(json.loads(f.attrs["config"]), str(f.attrs["fingerprint"]),
+            return Header(StoreConfig.from_attrs(json.loads(f.attrs["config"])), str(f.attrs["fingerprint"]),
                           json.loads(f.attrs["fingerprint_keys"]), int(f.attrs["dim"]),
                           int(f.attrs.get("framecache_format", 1)))
     except OSError as e:
@@ -438,8 +414,8 @@ class Store:
         return {
             "store": str(self.path), "videos": len(items), "ok": len(ok), "failed": len(items) - len(ok),
             "frames": int(sum(m["length"] for m in ok)), "dim": self.dim,
-            "backbone": self.config.get("backbone"), "fingerprint": self.fingerprint,
-            "config": self.config, "shards": len(self._files), "format": self.format,
+            "backbone": self.config.backbone, "fingerprint": self.fingerprint,
+            "config": self.config.to_attrs(), "shards": len(self._files), "format": self.format,
             "items": [{k: m[k] for k in ("id", "label", "group", "split", "status", "length", "error")}
                       for m in items],
         }
@@ -468,21 +444,23 @@ class StoreWriter:
     `flush_videos`/`flush_seconds` bound what a crash can lose: the records not yet in a shard.
     """
 
-    def __init__(self, path: str | Path, config: dict, fingerprint_keys: Iterable[str], dim: int,
+    def __init__(self, path: str | Path, config: StoreConfig | Mapping[str, Any], fingerprint_keys: Iterable[str], dim: int,
                  prefix: str = "p0", flush_videos: int = 32, flush_seconds: float = 60.0,
                  dtype: str = "float16", compression: str | None = None, lock: WriterLock | None = None,
                  force: bool = False):
-        """`lock`: taken beforehand with `claim_store` (extract does, before loading its model); the writer
+        """`config`: what the store records (a mapping is read as a `config` attribute: StoreConfig.from_attrs).
+        `lock`: taken beforehand with `claim_store` (extract does, before loading its model); the writer
         releases it. `force`: make a non-empty directory that is not a store into one."""
         if not re.fullmatch(r"[A-Za-z0-9_]+", prefix):
             raise StoreError(f"shard prefix {prefix!r} must be letters, digits or _")
         self.path = Path(path)
-        self.config, self.dim, self.prefix = config, dim, prefix
+        self.dim, self.prefix = dim, prefix
         self.keys = sorted(fingerprint_keys)
         # The store owns its layout: a new store is written in FORMAT_VERSION, an old one goes on in its own.
         self.format = FORMAT_VERSION
-        self.config = {**config, "format": self.format}
-        self.fp = fingerprint(self.config, self.keys)
+        config = config if isinstance(config, StoreConfig) else StoreConfig.from_attrs(config)
+        self.config = config.with_extra(format=self.format)
+        self.fp = self.config.fingerprint(self.keys)
         self.flush_videos, self.flush_seconds = flush_videos, flush_seconds
         self.dtype, self.compression = dtype, compression
         self._pending: list[VideoRecord] = []
@@ -514,14 +492,14 @@ class StoreWriter:
         self.format = old.format
         self._adopt(old.config, old.fingerprint, old.keys)
 
-    def _adopt(self, old: dict, old_fp: str, old_keys: list[str]) -> None:
+    def _adopt(self, old: StoreConfig, old_fp: str, old_keys: list[str]) -> None:
         """Append under the store's own fingerprint, format and key set, if this run's settings are the same.
 
         Compared over the keys of both: a setting this code knows but the store predates counts only when
         this run sets it (the store has it unset), so adding a config key never breaks an old store's resume."""
-        self.config = {**self.config, "format": self.format}
-        diffs = diff_configs(old, self.config, sorted(set(old_keys) | set(self.keys)))
-        if not diffs and fingerprint(self.config, old_keys) != old_fp:
+        self.config = self.config.with_extra(format=self.format)
+        diffs = old.diff(self.config, sorted(set(old_keys) | set(self.keys)))
+        if not diffs and self.config.fingerprint(old_keys) != old_fp:
             diffs = ["fingerprint keys differ"]
         if diffs:
             raise ConfigMismatch(f"store {self.path} was extracted with other settings ("
@@ -591,7 +569,7 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", 
                                   frame_end=store.frame_end(vid) if ok else None,
                                   time_end_s=store.time_end_s(vid) if ok else None)
 
-        dtype = "float32" if store.config.get("dtype") == "float32" else "float16"
+        dtype = "float32" if store.config.dtype == "float32" else "float16"
         out.parent.mkdir(parents=True, exist_ok=True)
         frames = sum(store._entries[v].meta["length"] for v in store.ids(status=None))
         hint = frames * (store.dim * np.dtype(dtype).itemsize + 16) + 512 * len(store) + 64_000  # uncompressed

@@ -397,8 +397,8 @@ def _load_points(store_path, split, fit_split, level, pool, progress) -> tuple[P
         score = make_points(store.load_all(score_ids), level, pool)
         fit = score if fit_ids is None else make_points(store.load_all(fit_ids), level, pool)
         progress("load", 1, 1)
-        info = {"fingerprint": store.fingerprint, "backbone": store.config.get("backbone"),
-                "weights": store.config.get("weights"), "store_config": store.config}
+        info = {"fingerprint": store.fingerprint, "backbone": store.config.backbone,
+                "weights": store.config.weights, "store_config": store.config.to_attrs()}
     return score, fit, info
 
 
