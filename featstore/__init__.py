@@ -1,16 +1,10 @@
 """framecache feature store: ragged, self-describing, crash-safe HDF5 shards."""
 from featstore.config import LAYOUT_KEYS, StoreConfig, diff_configs, feature_diffs, fingerprint
-from featstore.store import (
-    FORMAT_VERSION,
-    ConfigMismatch,
-    Loaded,
-    Store,
-    StoreError,
-    StoreWriter,
-    VideoRecord,
-    compact,
-    open_store,
-)
+from featstore.compact import compact
+from featstore.errors import StoreError
+from featstore.format import FORMAT_VERSION, VideoRecord
+from featstore.reader import Loaded, Store, open_store
+from featstore.writer import ConfigMismatch, StoreWriter
 from featstore.integrity import BadShard, DiskFull, ForeignShard
 from featstore.verify import VerifyReport, verify_store
 

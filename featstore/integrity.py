@@ -75,7 +75,7 @@ class Header:
     fingerprint: str
     keys: list[str]
     dim: int
-    format: int = 1  # 1: frame rows; 2: span rows (frame_end, time_end_s) -- featstore.store.FORMAT_VERSION
+    format: int = 1  # 1: frame rows; 2: span rows (frame_end, time_end_s) -- featstore.format.FORMAT_VERSION
 
 
 def describe_bytes(n: float | None) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from featstore.errors import StoreError
 from featstore.integrity import BadShard, read_shard_index
-from featstore.store import OPTIONAL_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
+from featstore.format import OPTIONAL_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
 
 QUARANTINE = "_quarantine"
 

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from featstore import Store, StoreConfig, StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
 from featstore.meta import MetaChange, diff_meta, write_meta_update
-from featstore.store import HEADER, claim_store
+from featstore.format import HEADER
+from featstore.writer import claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import (REGISTRY, Backbone, BackboneError, BackboneSpec, BackboneWeights, Preprocess,
                                 available_backbones, build_backbone, get_spec, preprocess_for, weights_for)

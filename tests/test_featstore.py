@@ -144,7 +144,7 @@ def test_kill_9_while_writing_never_leaves_a_corrupt_or_partial_store(tmp_path):
 
 
 def test_a_store_with_more_shards_than_open_handles_reads_everything(tmp_path, monkeypatch):
-    import featstore.store as fs
+    import featstore.reader as fs
 
     monkeypatch.setattr(fs, "MAX_OPEN_SHARDS", 3)
     with StoreWriter(tmp_path / "s", CFG, KEYS, dim=4, flush_videos=1) as w:
