@@ -40,11 +40,11 @@ def main() -> None:
     for vid in store.ids():
         meta = store.meta(vid)
         images, n = [], 0
-        with av.open(meta["path"]) as c:
+        with av.open(meta.path) as c:
             for n, frame in enumerate(c.decode(video=0), start=1):
                 if (n - 1) % cfg.every == 0:
                     images.append(frame.to_image())
-        if meta["length"] != math.ceil(n / cfg.every):
+        if meta.length != math.ceil(n / cfg.every):
             bad_length.append(vid)
         with torch.inference_mode():
             ref = backbone.model(torch.stack([tf(im) for im in images])).float().numpy()

@@ -97,7 +97,7 @@ def draw_thumbnails(run_dir: str | Path, max_points: int = 400, seed: int = 0,
         wanted: dict[str, list[int]] = {}
         for i in chosen:
             p = points[i]
-            row = store.meta(p.id)["length"] // 2 if video_level else p.row
+            row = store.meta(p.id).length // 2 if video_level else p.row
             wanted.setdefault(p.id, []).append(row)
         images, skipped = _decode_all(store, wanted, thumbnail_geometry(store.config), on_progress)
     shown = []
@@ -118,7 +118,7 @@ def _decode_all(store, wanted: dict[str, list[int]], geometry: Geometry,
     images, skipped = {}, []
     for n, (vid, rows) in enumerate(wanted.items(), 1):
         try:
-            got = decode_rows(store.meta(vid)["path"], store.config, rows, store.frame_index(vid), geometry)
+            got = decode_rows(store.meta(vid).path, store.config, rows, store.frame_index(vid), geometry)
             images.update({(vid, r): img for r, img in got.items()})
         except DecodeError as e:
             skipped.append((vid, str(e)))

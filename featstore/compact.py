@@ -25,9 +25,9 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", 
         def records():
             for vid in store.ids(status=None):
                 m = store.meta(vid)
-                ok = m["status"] == "ok" and m["length"] > 0
+                ok = m.status == "ok" and m.length > 0
                 # raw rows (no float32 round trip) so the copy is bit-identical
-                yield VideoRecord(vid, **{k: m[k] for k in ("path", "label", "group", "split", "status", "error",
+                yield VideoRecord(vid, **{k: getattr(m, k) for k in ("path", "label", "group", "split", "status", "error",
                                                             "fps", "n_frames", "width", "height",
                                                             "rotation")},
                                   features=store.raw_features(vid) if ok else None,
@@ -38,7 +38,7 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", 
 
         dtype = "float32" if store.config.dtype == "float32" else "float16"
         out.parent.mkdir(parents=True, exist_ok=True)
-        frames = sum(store.meta(v)["length"] for v in store.ids(status=None))
+        frames = sum(store.meta(v).length for v in store.ids(status=None))
         hint = frames * (store.dim * np.dtype(dtype).itemsize + 16) + 512 * len(store) + 64_000  # uncompressed
         write_shard(out, records(), store.config, store.fingerprint, store.fingerprint_keys, store.dim, dtype,
                     compression, size_hint=hint, fmt=store.format)

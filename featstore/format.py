@@ -85,6 +85,28 @@ class VideoRecord:
         return 0 if self.features is None else int(len(self.features))
 
 
+@dataclass(frozen=True)
+class ItemMeta:
+    """What a store holds about one item (`Store.meta`): its VideoRecord's columns, without the rows."""
+    id: str
+    path: str
+    label: str            # '|' joins several labels
+    group: str
+    split: str
+    status: str           # ok | failed
+    error: str
+    length: int           # rows stored (0 for a failed item)
+    fps: float
+    n_frames: int
+    width: int
+    height: int
+    rotation: int
+
+    @property
+    def labels(self) -> list[str]:
+        return [x for x in self.label.split("|") if x]
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

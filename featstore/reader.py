@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.format import OPTIONAL_COLUMNS, SPAN_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
+from featstore.format import OPTIONAL_COLUMNS, SPAN_COLUMNS, VIDEO_COLUMNS, ItemMeta, read_header, shard_files
 from featstore.integrity import BadShard, describe_open_error, describe_read_error, read_shard_index
 from featstore.meta import read_meta_updates
 
@@ -128,14 +128,13 @@ class Store:
     def __len__(self) -> int:
         return len(self._order)
 
-    def meta(self, vid: str) -> dict:
-        """id, path, label, labels, group, split, status, error, length, fps, n_frames, width, height."""
+    def meta(self, vid: str) -> ItemMeta:
+        """What the store holds about `vid`: path, label(s), group, split, status, error, length, fps, ..."""
         m = dict(self._get(vid).meta)
         m.pop("offset")
-        m["labels"] = [x for x in m["label"].split("|") if x]
-        return m
+        return ItemMeta(**m)
 
-    def items(self) -> list[dict]:
+    def items(self) -> list[ItemMeta]:
         return [self.meta(v) for v in self._order]
 
     def shard_of(self, vid: str) -> Path:
@@ -203,13 +202,13 @@ class Store:
 
     def summary(self) -> dict:
         items = self.items()
-        ok = [m for m in items if m["status"] == "ok"]
+        ok = [m for m in items if m.status == "ok"]
         return {
             "store": str(self.path), "videos": len(items), "ok": len(ok), "failed": len(items) - len(ok),
-            "frames": int(sum(m["length"] for m in ok)), "dim": self.dim,
+            "frames": int(sum(m.length for m in ok)), "dim": self.dim,
             "backbone": self.config.backbone, "fingerprint": self.fingerprint,
             "config": self.config.to_attrs(), "shards": len(self._files), "format": self.format,
-            "items": [{k: m[k] for k in ("id", "label", "group", "split", "status", "length", "error")}
+            "items": [{k: getattr(m, k) for k in ("id", "label", "group", "split", "status", "length", "error")}
                       for m in items],
         }
 
@@ -220,7 +219,7 @@ class Loaded:
     offsets: np.ndarray    # (V,) first row of each item
     lengths: np.ndarray    # (V,) rows per item
     ids: list[str]
-    metas: list[dict]
+    metas: list[ItemMeta]
 
     def item(self, i: int) -> np.ndarray:
         return self.features[self.offsets[i]:self.offsets[i] + self.lengths[i]]

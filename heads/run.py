@@ -312,7 +312,7 @@ def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
     clip_accuracy = (_row_accuracy(model, sub, targets) if cfg["head"] in POOLING_HEADS and task == "multiclass"
                      else None)
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
-    return SplitPredictions(sub.ids, [store.meta(v)["path"] for v in sub.ids], sub.labels, y,
+    return SplitPredictions(sub.ids, [store.meta(v).path for v in sub.ids], sub.labels, y,
                             probabilities(logits, task), labels, task, ckpt["threshold"], cfg["head"],
                             str(store.path), len(ids) - len(keep), unknown, clip_accuracy)
 
