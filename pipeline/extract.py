@@ -162,17 +162,13 @@ class ExtractResult:
 @dataclass(frozen=True)
 class Resolved:
     """Every setting of one extraction, decided once from its ExtractConfig and the store it resumes: each later
-    step reads these, none looks the backbone up or decides again."""
+    step reads these, none looks the backbone up or decides again. (The sampling is the ExtractConfig's own,
+    defaulted and checked against the backbone when the config is made.)"""
     backbone: BackboneWeights         # the spec, the weights (id, file, sha256) and their preprocessing
-    sampling: Sampling | ClipSampling
     geometry: Geometry                # size, resize, crop, resample and the resize engine
     device: torch.device
     speed: Speed                      # precision, compiled or not, batch size
     store: StoreConfig                # what the store records
-
-    @property
-    def spec(self) -> BackboneSpec:
-        return self.backbone.spec
 
 
 def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> Resolved:
@@ -184,7 +180,7 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine)
     device = resolve_device(cfg.device, chosen)
     speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling)
-    return Resolved(chosen, cfg.sampling, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed))
+    return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed))
 
 
 def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry, device: torch.device,
