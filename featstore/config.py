@@ -72,15 +72,15 @@ class StoreConfig:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> StoreConfig:
         """The config of a store's `config` attribute (decoded JSON), or of a checkpoint's `store_config`."""
-        known = _KNOWN
-        return cls(**{k: v for k, v in attrs.items() if k in known},
-                   extra={k: v for k, v in attrs.items() if k not in known},
-                   absent=frozenset(known - set(attrs)))
+        return cls(**{k: v for k, v in attrs.items() if k in _KNOWN},
+                   extra={k: v for k, v in attrs.items() if k not in _KNOWN},
+                   absent=frozenset(_KNOWN - set(attrs)))
 
     def to_attrs(self) -> dict[str, Any]:
-        """The attribute dict, exactly as `from_attrs` read it (or every field, for a config built here)."""
-        own = {k: getattr(self, k) for k in _KNOWN if k not in self.absent}
-        return {**own, **self.extra}
+        """The attribute dict, exactly as `from_attrs` read it (or every field, for a config built here), in key
+        order as a store's JSON holds it."""
+        attrs = {**{k: getattr(self, k) for k in _KNOWN if k not in self.absent}, **self.extra}
+        return dict(sorted(attrs.items()))
 
     def value(self, key: str) -> Any:
         """One recorded setting by its attribute name (None where unset): for comparisons over fingerprint keys."""
