@@ -46,7 +46,7 @@ def test_predict_on_a_fresh_file_equals_the_head_on_the_stored_features(trained,
     store = open_store(root / "store")
     vid = store.ids()[0]
     fresh = tmp_path / "never_seen.mp4"
-    shutil.copy(store.meta(vid)["path"], fresh)
+    shutil.copy(store.meta(vid).path, fresh)
     res = invoke("predict", root / "runs" / "lin", fresh, "--json", "--top", "4")
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)

@@ -66,7 +66,7 @@ def assert_same_store(store: Path, reference: Path) -> None:
     for vid in b.ids():
         np.testing.assert_allclose(a.features(vid), b.features(vid), atol=1e-4)
         np.testing.assert_array_equal(a.frame_index(vid), b.frame_index(vid))
-        assert a.meta(vid)["label"] == b.meta(vid)["label"]
+        assert a.meta(vid).label == b.meta(vid).label
 
 
 def assert_verify_deep_passes(store: Path) -> None:
