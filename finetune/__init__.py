@@ -7,7 +7,8 @@ must not pull in the training code.
 from importlib import import_module
 
 _EXPORTS = {"FinetuneConfig": "finetune.config", "FinetuneError": "finetune.config",
-            "NothingTrained": "finetune.train", "finetune": "finetune.run"}
+            "NothingTrained": "finetune.train", "finetune": "finetune.run",
+            "finetune_source": "finetune.source"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -22,6 +22,7 @@ from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
+from finetune.rundir import check_finetune_out
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, cpu_state, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
 from heads.models import POOLING_HEADS, HeadConfig, build_head, count_params
@@ -51,11 +52,13 @@ class Prepared:
 
 
 def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False,
-             on_epoch: Callable[[dict], None] | None = None) -> dict:
+             on_epoch: Callable[[dict], None] | None = None, force: bool = False) -> dict:
     """Fine-tune cfg.backbone on `items` into `out_dir`; returns metrics.json. Raises NothingTrained (nothing
-    written) when no training clip decodes; clips that fail are listed in metrics["failed"]."""
+    written) when no training clip decodes; clips that fail are listed in metrics["failed"]. `out_dir` must be
+    absent, empty or a finetune run unless `force` (finetune.rundir)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
+    check_finetune_out(out, force)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
         raise FinetuneError(f"{out} holds the checkpoint of an earlier run: pass --resume to continue it, "

@@ -23,6 +23,7 @@ _EXPORTS = {
     "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),
     "pipeline.extract": ("EXTRACT_PRECISIONS", "ExtractConfig", "ExtractResult", "config_from_store", "decode_loader",
                          "embed_files", "geometry_for", "sampling_for", "store_backbone"),
+    "pipeline.request": ("EngineFlags", "SamplingFlags", "default_store", "extract_source", "update_source_meta"),
     "pipeline.sources": ("Item", "SourceError", "load_source"),
     "pipeline.speed": ("Speed", "estimate_units", "speed_for"),
     "pipeline.stages": ("Done", "Rows"),

@@ -58,12 +58,14 @@ def option_param(f: Field, hint: Any) -> inspect.Parameter:
     kind, optional = _optional_inner(hint)
     if meta.get("choices") is not None:
         kind = choices("".join(w.title() for w in f.name.split("_")), *meta["choices"])
-        default = None if default is None else kind(default)
+        # a choice setting whose "not set" is None reads "none" on the command line (--compression none)
+        default = kind(default) if default is not None else kind("none") if "none" in meta["choices"] else None
     low = meta["ge"] if meta.get("ge") is not None else meta.get("gt")
     high = meta["le"] if meta.get("le") is not None else meta.get("lt")
     decls = () if not meta.get("flag") else ((flag_of(f) + "/--no-" + flag_of(f)[2:],) if kind is bool
                                             else (flag_of(f),))
-    bounds = {"min": low, "max": high} if kind in (int, float) else {}
+    bounds = {"min": low if low is None else kind(low), "max": high if high is None else kind(high)} \
+        if kind in (int, float) else {}  # a float option's range reads 0.0, as its default does
     option = typer.Option(*decls, help=meta.get("help") or None, **bounds)
     annotation = Annotated[Optional[kind] if optional else kind, option]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -101,3 +103,14 @@ def with_settings(cfg: Any, **changes: Any) -> Any:
         return replace(cfg, **changes)
     except FramecacheError as e:
         fail(str(e))
+
+
+def parse_shard(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """--shard i/N as (i, N); None for no --shard and for "auto" (the launcher's part, pipeline.request.launched)."""
+    if value is None or value == "auto":
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"expected i/N such as 0/4, got {value!r}") from None
+    return i, n
