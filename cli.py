@@ -69,11 +69,12 @@ def extract(
     """Decode, sample and embed every item of SOURCE into a resumable HDF5 store.
 
     --shard auto reads the part from a Slurm job array or torchrun; --engine ray runs the parts as Ray tasks."""
-    from pipeline.request import extract_source, launched, select, update_source_meta
+    from pipeline.request import extract_source, launched, subset_for, update_source_meta
 
     if update_meta:
         with user_errors():
-            return print_meta_update(update_source_meta(source, store, split_id), store)
+            changes = update_source_meta(source, store, split_id)
+        return print_meta_update(changes, store)
     with user_errors("every finished item is saved: rerun the same command to resume") as stop:
         cfg = replace(cfg, sampling=sampling.resolve(cfg.backbone), shard=parse_shard(shard))
         if shard == "auto":
@@ -81,7 +82,7 @@ def extract(
             print_launch(launch, cfg)
         with progress_bar() as bar:
             result = extract_source(source, cfg, store, split_id=split_id, engine=engine,
-                                    subset=select(classes, classes_file, per_class),
+                                    subset=subset_for(classes, classes_file, per_class),
                                     on_progress=extract_progress(bar, stop))
     print_extract_summary(result)
     if result.failed:

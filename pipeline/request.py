@@ -63,7 +63,7 @@ class EngineFlags:
             raise ExtractError(f"{', '.join(given)} only apply to --engine ray")
 
 
-def select(classes: str | None = None, classes_file: str | Path | None = None,
+def subset_for(classes: str | None = None, classes_file: str | Path | None = None,
            per_class: int | None = None) -> Subset:
     """The items to keep: only these classes (comma-separated and/or listed in a file), at most N per class."""
     return Subset(read_classes(classes, classes_file), per_class)

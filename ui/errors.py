@@ -13,6 +13,7 @@ import threading
 from contextlib import contextmanager
 
 import typer
+from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
@@ -45,8 +46,6 @@ class ExitCodes(TyperGroup):
 
 
 def fail(message: str, code: int = USER_ERROR) -> None:
-    from rich.markup import escape
-
     # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -154,8 +153,8 @@ def user_errors(on_interrupt: str = "nothing was written", memory: str = "lower 
             raise
         fail(line)
     except Terminated:
-        err.print(interrupted or f"terminated by SIGTERM ({on_interrupt})", highlight=False, soft_wrap=True)
+        err.print(escape(interrupted or f"terminated by SIGTERM ({on_interrupt})"), highlight=False, soft_wrap=True)
         raise typer.Exit(TERMINATED)
     except KeyboardInterrupt:
-        err.print(interrupted or f"interrupted ({on_interrupt})", highlight=False, soft_wrap=True)
+        err.print(escape(interrupted or f"interrupted ({on_interrupt})"), highlight=False, soft_wrap=True)
         raise typer.Exit(INTERRUPTED)

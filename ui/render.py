@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-SHOWN_FAILURES = 20
+SHOWN = 20  # items listed before "... and N more"
 
 
 def lit(value) -> str:
@@ -33,10 +33,10 @@ def lit(value) -> str:
 
 def print_failures(failed: list, more: str) -> None:
     """The first failed items (id: reason) on stderr; `more` says where the rest are listed."""
-    for vid, reason in failed[:SHOWN_FAILURES]:
+    for vid, reason in failed[:SHOWN]:
         err.print(f"[red]failed[/] {lit(vid)}: {lit(reason)}", highlight=False, soft_wrap=True)
-    if len(failed) > SHOWN_FAILURES:
-        err.print(f"... and {len(failed) - SHOWN_FAILURES} more{lit(more)}", highlight=False, soft_wrap=True)
+    if len(failed) > SHOWN:
+        err.print(f"... and {len(failed) - SHOWN} more{lit(more)}", highlight=False, soft_wrap=True)
 
 
 def info_more(store) -> str:
@@ -79,7 +79,7 @@ def print_extract_summary(result) -> None:
 
 
 def print_meta_update(changes: list, store) -> None:
-    for change in changes[:SHOWN_FAILURES]:
+    for change in changes[:SHOWN]:
         out.print(f"updated {lit(change.describe())}", highlight=False, soft_wrap=True)
     out.print(f"{len(changes)} item(s) updated in {lit(store)} (features unchanged)", highlight=False)
 
