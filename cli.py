@@ -13,7 +13,6 @@ gc.disable()
 
 import json
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +27,7 @@ from heads.models import HEADS
 from pipeline.extract import COMPRESSIONS, ExtractConfig
 from pipeline.request import EngineFlags, SamplingFlags
 from ui.errors import FAILED_ITEMS, ExitCodes, fail, os_error_line, user_errors  # noqa: F401 (os_error_line: tests)
-from ui.options import Device, Force, choices, config_options, parse_shard, plain
+from ui.options import Device, Force, choices, config_options, parse_shard, plain, with_settings
 from ui.render import (epoch_progress, err, extract_progress, finetune_splits, finetune_title, item_progress, lit,
                        out, print_compacted, print_explained, print_extract_summary, print_failures, print_finetuned,
                        print_info, print_launch, print_meta_update, print_temporal, print_verify, progress_bar)
@@ -76,7 +75,7 @@ def extract(
             changes = update_source_meta(source, store, split_id)
         return print_meta_update(changes, store)
     with user_errors("every finished item is saved: rerun the same command to resume") as stop:
-        cfg = replace(cfg, sampling=sampling.resolve(cfg.backbone), shard=parse_shard(shard))
+        cfg = with_settings(cfg, sampling=sampling.resolve(cfg.backbone), shard=parse_shard(shard))
         if shard == "auto":
             cfg, launch = launched(cfg)
             print_launch(launch, cfg)

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from featstore import Store, StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
 from featstore.meta import MetaChange, diff_meta, write_meta_update
-from featstore.store import HEADER, claim_store
 from featstore.settings import check_settings, setting
+from featstore.store import HEADER, claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
 from pipeline.decode import CROPS, RESIZE_ENGINES, ClipSampling, Geometry, Sampling, set_decoder_threads

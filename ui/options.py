@@ -64,8 +64,9 @@ def option_param(f: Field, hint: Any) -> inspect.Parameter:
     high = meta["le"] if meta.get("le") is not None else meta.get("lt")
     decls = () if not meta.get("flag") else ((flag_of(f) + "/--no-" + flag_of(f)[2:],) if kind is bool
                                             else (flag_of(f),))
-    bounds = {"min": low if low is None else kind(low), "max": high if high is None else kind(high)} \
-        if kind in (int, float) else {}  # a float option's range reads 0.0, as its default does
+    bounds = {}
+    if kind in (int, float):  # cast: a float option's range reads 0.0 in --help, as its default does
+        bounds = {"min": None if low is None else kind(low), "max": None if high is None else kind(high)}
     option = typer.Option(*decls, help=meta.get("help") or None, **bounds)
     annotation = Annotated[Optional[kind] if optional else kind, option]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
