@@ -94,3 +94,17 @@ def test_compact_replaces_its_own_compaction_and_force_replaces_another_whole(wo
     assert res.exit_code == 1 and "another store's file" in res.output and "--force" in res.output
     assert invoke("compact", world["other"], out, "--force").exit_code == 0
     assert open_store(out).ids() == ["b0"]
+
+
+def test_explain_and_finetune_accept_their_own_earlier_output(world, tmp_path):
+    explained = tmp_path / "explained"
+    explained.mkdir()
+    (explained / "index.json").write_text(json.dumps([{"path": "a.mp4", "png": str(explained / "a.gradcam.png")}]))
+    (explained / "a.gradcam.png").write_bytes(b"png")
+    res = invoke(*WRITERS["explain"](world, explained))
+    assert res.exit_code == 1 and "--force" not in res.output  # past the guard: the run itself is missing
+    interrupted = tmp_path / "tuned"
+    interrupted.mkdir()
+    (interrupted / "checkpoint.pt").write_bytes(b"ckpt")
+    res = invoke(*WRITERS["finetune"](world, interrupted))
+    assert res.exit_code == 1 and "pass --resume" in res.output
