@@ -45,9 +45,9 @@ Compression = choices("Compression", *COMPRESSIONS)
 
 
 @app.command()
-@config_options(EngineFlags, param="engine")
-@config_options(SamplingFlags, param="sampling")
 @config_options(ExtractConfig)
+@config_options(SamplingFlags, param="sampling")
+@config_options(EngineFlags, param="engine")
 def extract(
     source: Annotated[Path, typer.Argument(help="Manifest CSV, folder-per-class, UCF101/HMDB51 root, or a file.")],
     store: Annotated[Optional[Path], typer.Option(help="Store directory (default: stores/<source>-<backbone>).")]

@@ -93,9 +93,17 @@ def config_options(cls: type, *, skip: tuple[str, ...] = (), param: str = "cfg")
                 fail(str(e))
             return fn(*args, **kwargs)
 
-        command.__signature__ = sig.replace(parameters=own + [option_param(f, hints[f.name]) for f in derived])
+        # --help lists the arguments, then the config's options, then the command's own (keyword-only from here)
+        arguments = [p for p in own if _is_argument(p)]
+        options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if not _is_argument(p)]
+        command.__signature__ = sig.replace(
+            parameters=arguments + [option_param(f, hints[f.name]) for f in derived] + options)
         return command
     return wrap
+
+
+def _is_argument(p: inspect.Parameter) -> bool:
+    return any(isinstance(m, typer.models.ArgumentInfo) for m in getattr(p.annotation, "__metadata__", ()))
 
 
 def with_settings(cfg: Any, **changes: Any) -> Any:
