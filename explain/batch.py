@@ -9,7 +9,7 @@ from typing import Callable
 
 from explain import METHODS, ExplainError
 from explain.core import Explained, ExplainConfig, Explainer, mistake_jobs, video_jobs, write_index
-from featstore.ownership import check_out_folder
+from featstore.ownership import check_out_folder, clear_folder
 
 _PNG = re.compile(r".+\.(" + "|".join(re.escape(m) for m in METHODS) + r")\.png$")
 
@@ -28,13 +28,16 @@ def explain_run(run: str | Path, cfg: ExplainConfig, out: str | Path | None = No
                 videos: list[str | Path] | None = None, mistakes: int | None = None, force: bool = False,
                 on_progress: Callable[[int, int, str], None] | None = None) -> list[Explained]:
     """One PNG per file of `videos`, or per one of the `mistakes` most confident mistakes of the run's test split,
-    into `out` (default RUN/explain) with index.json; `on_progress(done, total, path)` after each."""
+    into `out` (default RUN/explain) with index.json (`force`: replacing a folder of other files whole); `on_progress(done, total, path)` after each."""
     if bool(videos) == (mistakes is not None):
         raise ExplainError("give VIDEO files or --mistakes N (one of the two)")
     out = Path(out) if out is not None else Path(run) / "explain"
-    check_out_folder(out, "explain", is_explain_folder, force)
+    replace = check_out_folder(out, "explain", is_explain_folder, force)
     explainer = Explainer(run, cfg)
-    jobs = mistake_jobs(run, mistakes, out, cfg.method) if mistakes else video_jobs([str(v) for v in videos], out, cfg.method)
+    jobs = (mistake_jobs(run, mistakes, out, cfg.method) if mistakes
+            else video_jobs([str(v) for v in videos], out, cfg.method))
+    if replace:
+        clear_folder(out)
     results: list[Explained] = []
     if on_progress is not None:
         on_progress(0, len(jobs), "")

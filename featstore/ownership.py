@@ -2,11 +2,12 @@
 
 Every command that writes an output folder or file asks here first (the library does, so a notebook caller is
 protected too). A target is writable when it is absent, empty, or the writer's own output of the same identity
-(`owned`: a compaction of the same store, an explain folder, a finetune run); anything else needs `force`. A
-store's directory, header and shards are never a target, whatever `force` says.
+(`owned`: a compaction of the same store, an explain folder, a finetune run); anything else needs `force`, which
+replaces it whole (never merges). A store's directory, header and shards are never a target, whatever `force` says.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -45,20 +46,28 @@ def _shown(names: list[str]) -> str:
 
 
 def check_out_folder(out: str | Path, kind: str, owned: Callable[[Path], bool], force: bool = False,
-                     flag: str = "--out") -> None:
+                     flag: str = "--out") -> bool:
     """Raise OwnershipError unless `kind` may write into the folder `out`: absent, empty, `owned(out)` (its own
-    earlier output), or `force` (then the files it writes are overwritten, the others kept)."""
+    earlier output), or `force`. Returns whether `out` is to be replaced whole (`force` over other files): the
+    writer calls `clear_folder` once its inputs are checked, just before it writes."""
     out = Path(out)
     _refuse_store_part(out, flag)
     if out.exists() and not out.is_dir():
         raise OwnershipError(f"{flag} {out} is a file, not a folder: choose another path (--force replaces no file "
                              "with a folder)")
-    if not out.exists() or force or owned(out):
-        return
+    if not out.exists() or owned(out):
+        return False
     entries = sorted(p.name for p in out.iterdir())
-    if entries:
+    if entries and not force:
         raise OwnershipError(f"{flag} {out} already holds files that are not {kind} output ({_shown(entries)}); "
-                             f"choose a new or empty folder, or pass --force to write {kind}'s files there")
+                             f"choose a new or empty folder, or pass --force to replace it whole")
+    return bool(entries)
+
+
+def clear_folder(out: str | Path) -> None:
+    """Delete what the folder `out` holds (a writer replacing it whole, after `check_out_folder`)."""
+    shutil.rmtree(out)
+    Path(out).mkdir()
 
 
 def check_out_file(out: str | Path, kind: str, owned: Callable[[Path], bool], force: bool = False,

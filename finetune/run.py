@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from featstore import diff_configs
+from featstore.ownership import clear_folder
 from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
@@ -58,7 +59,7 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     absent, empty or a finetune run unless `force` (finetune.rundir)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
-    check_finetune_out(out, force)
+    replace = check_finetune_out(out, force)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
         raise FinetuneError(f"{out} holds the checkpoint of an earlier run: pass --resume to continue it, "
@@ -75,6 +76,8 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
         _standardize_head(prep.net, data, device, amp)
     start = cpu_state(prep.net.state_dict())
+    if replace:  # --force over a folder of other files: replaced whole, now that the inputs are checked
+        clear_folder(out)
     trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint, _refit_start(prep, start))
     if resume and checkpoint.exists():
         trainer.resume()

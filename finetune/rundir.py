@@ -28,7 +28,7 @@ def is_finetune_run(path: Path) -> bool:
     return isinstance(config, dict) and isinstance(config.get("finetune"), dict)
 
 
-def check_finetune_out(out: str | Path, force: bool = False) -> None:
+def check_finetune_out(out: str | Path, force: bool = False) -> bool:
     """Raise OwnershipError unless finetune may write its run into `out` (absent, empty, a finetune run, or
-    `force`)."""
-    check_out_folder(out, "finetune", is_finetune_run, force)
+    `force`); True when `out` is to be replaced whole (featstore.ownership.clear_folder) before the first write."""
+    return check_out_folder(out, "finetune", is_finetune_run, force)

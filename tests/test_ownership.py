@@ -108,3 +108,21 @@ def test_explain_and_finetune_accept_their_own_earlier_output(world, tmp_path):
     (interrupted / "checkpoint.pt").write_bytes(b"ckpt")
     res = invoke(*WRITERS["finetune"](world, interrupted))
     assert res.exit_code == 1 and "pass --resume" in res.output
+
+
+def test_force_replaces_a_folder_only_once_the_inputs_are_checked(world, tmp_path):
+    """explain --force over a user's folder with a RUN that does not exist: refused for the run, folder kept."""
+    folder = targets(tmp_path / "t", world["other"])["user folder"]
+    before = snapshot(folder)
+    res = invoke(*WRITERS["explain"](world, folder), "--force")
+    assert res.exit_code == 1 and snapshot(folder) == before
+
+
+def test_finetune_force_replaces_a_folder_of_other_files_whole(world, tmp_path):
+    folder = targets(tmp_path / "t", world["other"])["a run of another kind"]
+    clips = make_temporal_dataset(tmp_path / "clips", n_per_class=4, frames=6, size=32, seed=2)  # train/val/test
+    res = invoke("finetune", clips, "--backbone", "resnet18", "--weights", "none", "--size", "32",
+                 "--crop", "none", "--segments", "2", "--precision", "fp32", "--workers", "0", "--batch-size", "4",
+                 "--epochs", "1", "--out", folder, "--force")
+    assert res.exit_code == 0, res.output
+    assert (folder / "backbone.pt").exists() and not (folder / "head.pt").exists()  # never a merge of two runs

@@ -26,7 +26,7 @@ from featstore.errors import FramecacheError
 from featstore.settings import flag_of
 from ui.errors import fail
 
-FORCE_HELP = "Write into --out even if it holds other files (those the command writes are overwritten)."
+FORCE_HELP = "Replace --out whole even if it holds other files or another kind of run (they are deleted)."
 Force = Annotated[bool, typer.Option(help=FORCE_HELP)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")]
