@@ -28,7 +28,7 @@ from pipeline.extract import COMPRESSIONS, ExtractConfig
 from pipeline.request import EngineFlags, SamplingFlags
 from ui.errors import FAILED_ITEMS, ExitCodes, fail, os_error_line, user_errors  # noqa: F401 (os_error_line: tests)
 from ui.options import Device, Force, choices, config_options, parse_shard, plain, with_settings
-from ui.render import (epoch_progress, err, extract_progress, finetune_splits, finetune_title, item_progress, lit,
+from ui.render import (err, extract_progress, finetune_progress, finetune_splits, finetune_title, item_progress, lit,
                        out, print_compacted, print_explained, print_extract_summary, print_failures, print_finetuned,
                        print_info, print_launch, print_meta_update, print_temporal, print_verify, progress_bar)
 
@@ -641,7 +641,8 @@ def explain_cmd(
 @app.command()
 @config_options(FinetuneConfig)
 def finetune(
-    source: Annotated[Path, typer.Argument(help="Anything extract accepts: manifest, class folders, UCF101/HMDB51 root.")],
+    source: Annotated[Path, typer.Argument(help="Anything extract accepts: manifest, class folders, UCF101/HMDB51 "
+                                           "root.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/finetune"),
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's last finished epoch.")] = False,
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
@@ -657,7 +658,7 @@ def finetune(
                      "keeps the last finished epoch; rerun with --resume"), progress_bar() as bar:
         try:
             metrics = finetune_source(source, cfg, out_dir, split_id=split_id, resume=resume, force=force,
-                                      on_epoch=epoch_progress(bar, cfg.objective, cfg.epochs))
+                                      on_epoch=finetune_progress(bar, cfg.objective, cfg.epochs))
         except NothingTrained as e:
             print_failures(sorted(e.failures.items()), " (all in metrics.json)")
             fail(f"{e}; fix the clips above (nothing was written to {out_dir})", code=2)

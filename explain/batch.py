@@ -28,7 +28,8 @@ def explain_run(run: str | Path, cfg: ExplainConfig, out: str | Path | None = No
                 videos: list[str | Path] | None = None, mistakes: int | None = None, force: bool = False,
                 on_progress: Callable[[int, int, str], None] | None = None) -> list[Explained]:
     """One PNG per file of `videos`, or per one of the `mistakes` most confident mistakes of the run's test split,
-    into `out` (default RUN/explain) with index.json (`force`: replacing a folder of other files whole); `on_progress(done, total, path)` after each."""
+    into `out` (default RUN/explain) with index.json; `force` replaces a folder of other files whole.
+    `on_progress(done, total, path)` after each."""
     if bool(videos) == (mistakes is not None):
         raise ExplainError("give VIDEO files or --mistakes N (one of the two)")
     out = Path(out) if out is not None else Path(run) / "explain"

@@ -183,7 +183,7 @@ def print_explained(results: list, as_json: bool) -> None:
                       f"{lit(', '.join(r.classes))} → {lit(r.png)}", highlight=False, soft_wrap=True)
 
 
-def epoch_progress(bar: Progress, objective: str, epochs: int):
+def finetune_progress(bar: Progress, objective: str, epochs: int):
     """finetune's per-epoch callback: losses and the validation metric on the bar, the refit said as such."""
     task = bar.add_task(f"finetune {objective}", total=epochs, rate="")
 
