@@ -64,7 +64,7 @@ class EngineFlags:
 
 
 def subset_for(classes: str | None = None, classes_file: str | Path | None = None,
-           per_class: int | None = None) -> Subset:
+               per_class: int | None = None) -> Subset:
     """The items to keep: only these classes (comma-separated and/or listed in a file), at most N per class."""
     return Subset(read_classes(classes, classes_file), per_class)
 

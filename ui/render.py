@@ -18,6 +18,7 @@ def progress_bar() -> Progress:
 # Every user-provided string (ids, labels, paths, reasons) goes through `lit`: rich would read "[b]" as a tag and
 # drop it, and raise MarkupError on "[/x]".
 import json  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from rich.markup import escape  # noqa: E402
@@ -86,8 +87,6 @@ def print_meta_update(changes: list, store) -> None:
 
 def print_info(store, summary: dict, parts: list, missing: dict, as_json: bool, failed: bool) -> None:
     """info: the store as JSON, its failed items (ID<TAB>reason), or a table with its parts and failures."""
-    from dataclasses import asdict
-
     failures = [i for i in summary["items"] if i["status"] != "ok"]
     if as_json:
         summary["parts"] = [asdict(p) for p in parts]
