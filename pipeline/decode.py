@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 
 from featstore.errors import FramecacheError
 from pipeline.seek import SEEK_MODES, SEEK_WORTH, StreamIndex, read_index
+from pipeline.sources import special_file
 
 # What FFmpeg and the OS raise for unreadable input; anything else is a bug and should surface as one.
 _AV_ERRORS = (av.error.FFmpegError, OSError)
@@ -546,7 +547,9 @@ def _check_file(path: str) -> None:
         info = os.stat(path)
     except OSError as e:
         raise DecodeError(f"failed to open {path}: {_reason(e)}") from e
-    if info.st_size == 0 and stat.S_ISREG(info.st_mode):  # a named pipe has no size and is read like a file
+    if why := special_file(path):
+        raise DecodeError(f"failed to open {path}: {why}")
+    if info.st_size == 0 and stat.S_ISREG(info.st_mode):
         raise DecodeError(f"failed to open {path}: the file is empty (0 bytes)")
 
 
