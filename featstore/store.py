@@ -29,6 +29,7 @@ from featstore.errors import StoreError
 from featstore.integrity import (DIGEST_ATTR, BadShard, Header, column_digests, describe_open_error,
                                  describe_read_error, h5_temp, read_shard_index)
 from featstore.locks import WriterLock
+from featstore.staging import clean_stale, temp_name
 from featstore.meta import read_meta_updates
 
 # The one format constant. 1: a row is one frame (frame_index, time_s). 2: a row is a span of frames
@@ -495,13 +496,14 @@ class StoreWriter:
             raise
         for stale in self.path.glob(f".{prefix}-*.h5.tmp"):  # left by a killed writer of this prefix
             stale.unlink()
+        clean_stale(self.path, HEADER)  # left by a writer killed while it created the store
         self._seq = 1 + max((int(m["seq"]) for p in self.path.iterdir()
                              if (m := SHARD_RE.match(p.name)) and m["prefix"] == prefix), default=-1)
 
     def _create_or_check(self) -> None:
         header = self.path / HEADER
         if not header.exists():
-            tmp = self.path / f".{HEADER}.{os.getpid()}.tmp"
+            tmp = self.path / temp_name(HEADER)
             with h5_temp(tmp, header, lambda: 64_000) as (f, _):
                 _write_attrs(f, self.config, self.fp, self.dim, self.keys, self.format)
             try:

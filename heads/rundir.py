@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from featstore.staging import clean_stale, temp_name
 from heads.models import HeadError
 
 # The files each command writes into its run directory.
@@ -82,7 +83,8 @@ def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path
     """Yield a staging folder to write the run into; on success its files replace the run in `out`."""
     out = Path(out)
     check_run_dir(out, kind, force)
-    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    clean_stale(out.parent, out.name)  # staged by runs that were killed
+    stage = out.parent / temp_name(out.name)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:

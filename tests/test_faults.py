@@ -304,7 +304,7 @@ def test_ctrl_c_during_fit_head_says_what_it_means_for_the_run(store, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "no run was written" in stderr and "extract" not in stderr and "Traceback" not in stderr
-    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.tmp-*"))
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*.tmp"))
 
 
 def test_k_range_takes_lo_colon_hi_as_its_help_says(store, tmp_path):
