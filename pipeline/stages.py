@@ -104,7 +104,7 @@ class DecodeStream(IterableDataset):
             yield from self._sent(slot, worker.id, board)
         board.post(worker.id, FINISHED)
 
-    def _sent(self, slot: int, worker: int, board: "Board") -> Iterator[Rows | Done | Fault]:
+    def _sent(self, slot: int, worker: int, board: Board) -> Iterator[Rows | Done | Fault]:
         """One video as a worker sends it: the board says `slot` while the worker works on it, and each tensor is
         put in shared memory here, where a failure can be reported, not in the queue's feeder thread (which
         prints it and drops the message, leaving the main process waiting for it)."""
@@ -349,6 +349,7 @@ class DecodeWorkers:
         self.loader, self.stall_s = loader, stall_s
         self.board = Board(loader.num_workers) if loader.num_workers else None
         self._it: Iterator | None = None
+        self._children: list = []  # the worker processes (multiprocessing.Process)
         self._seen: list | None = None  # (pid, slot, CPU ticks) of the working workers when last polled
         self._still_since = 0.0
 
@@ -379,11 +380,12 @@ class DecodeWorkers:
             # A decoder left to the garbage collector here still has its FFmpeg threads; freed in a forked worker,
             # which has none of them, it waits for them forever. Collected now, before the fork.
             gc.collect()
-        failed = None
+        failed, before = None, set(multiprocessing.active_children())
         try:
             self._it = iter(self.loader)
         except OSError as e:  # the loader's queues and semaphores live in /dev/shm too
             failed = e
+        self._children = [p for p in multiprocessing.active_children() if p not in before]
         if failed is None:
             return
         fix = shared_memory_fix(str(failed))
@@ -401,7 +403,7 @@ class DecodeWorkers:
         item raises DecodeWorkerError."""
         if isinstance(error, WorkerLost) or self.board is None:
             return error if isinstance(error, WorkerLost) else None
-        alive = {p.pid for p in multiprocessing.active_children()}
+        alive = {p.pid for p in self._children if p.is_alive()}
         dead = [(w, pid, slot) for w, pid, slot in self.board.workers() if pid not in alive and slot != FINISHED]
         if not dead:
             return None
@@ -435,8 +437,7 @@ class DecodeWorkers:
             self._it = None
             return
         slots = {pid: slot for _, pid, slot in self.board.workers()}
-        children = [p for p in multiprocessing.active_children() if p.pid in slots]
-        busy = [p for p in children if slots[p.pid] >= 0]  # inside our generator: holding none of torch's locks
+        busy = [p for p in self._children if slots.get(p.pid, IDLE) >= 0]  # in our generator: holding no torch lock
         for p in busy:
             p.terminate()
         _ended(busy)
@@ -444,7 +445,7 @@ class DecodeWorkers:
         if shutdown is not None:
             shutdown()
         self._it = None
-        _ended(children)
+        _ended(self._children)
 
 
 def _ended(processes: list) -> None:
