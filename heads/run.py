@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore import LAYOUT_KEYS, Store, feature_diffs, fingerprint, open_store
+from featstore import LAYOUT_KEYS, Store, StoreConfig, feature_diffs, open_store
 from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
                         make_splits)
 from heads.metrics import HEADLINE
 from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params
 from heads.plots import plot_confusion, plot_curves
-from heads.rundir import check_run_dir, staged_run
-from heads.train import TrainConfig, TrainResult, evaluate, probabilities, score, train_head
+from heads.rundir import check_run_dir, staged_run, write_json
+from heads.train import TrainConfig, TrainResult, cpu_state, evaluate, probabilities, score, train_head
 
 RUN_SPLITS = ("train", "val", "test")  # the run's own splits; "all" and split-column names also work
 CHECKPOINT_KEYS = ("state_dict", "head_config", "train_config", "labels", "task", "threshold", "store_fingerprint",
@@ -112,7 +112,7 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
         "val": val, "test": test, "task": task, "head": cfg.head, "split": cfg.split,
         "eval_split": eval_split if test else "val", "metric_name": metric_name, "metric": shown[metric_name],
         "store": str(Path(store.path).resolve()), "store_fingerprint": store.fingerprint,
-        "backbone": store.config.get("backbone"), "n_params": count_params(result.model),
+        "backbone": store.config.backbone, "n_params": count_params(result.model),
         "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
         "n_unused": len(cache) - sum(len(v) for v in splits.values()),
         "labels": labels, "threshold": result.threshold, "tuned_threshold": result.tuned_threshold,
@@ -133,19 +133,20 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     """Everything but metrics.json: config, splits, history, checkpoint (plain types only), plots."""
     out.mkdir(parents=True, exist_ok=True)
     task, labels = metrics["task"], metrics["labels"]
-    store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint, "store_config": store.config,
-                  "store_fingerprint_keys": list(store.fingerprint_keys)}
+    store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint,
+                  "store_config": store.config.to_attrs(), "store_fingerprint_keys": list(store.fingerprint_keys)}
     write_json(out / "config.json", {"command": "fit-head", "train": asdict(cfg), "head": asdict(result.head_config),
                                       "task": task, "labels": labels, **store_info})
     write_json(out / "splits.json", split_ids)
     write_history(out / "history.csv", result.history)
     # with refit, the early-stopped head too: a fine-tune starting from this run needs a head whose training
     # never saw the val clips, or val could not pick its epochs
-    early = {"early_state_dict": _cpu_state(result.early)} if result.early is not result.model else {}
-    torch.save({"state_dict": _cpu_state(result.model), **early,
+    early = {"early_state_dict": cpu_state(result.early.state_dict())} if result.early is not result.model else {}
+    torch.save({"state_dict": cpu_state(result.model.state_dict()), **early,
                 "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
-                "store_config": store.config, "store_fingerprint_keys": list(store.fingerprint_keys)}, out / "head.pt")
+                "store_config": store.config.to_attrs(), "store_fingerprint_keys": list(store.fingerprint_keys)},
+               out / "head.pt")
     plot_curves([r for r in result.history if r["phase"] == "fit"], out / "curves.png", metrics["metric_name"],
                 result.best_epoch)
     if task == "multiclass":
@@ -200,10 +201,6 @@ def load_early_head(run_dir: str | Path, ckpt: dict) -> nn.Module | None:
     return model.eval()
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
 def read_run_config(run_dir: str | Path) -> dict:
     """A fit-head run's config.json, checked for the keys that evaluate needs."""
     path = Path(run_dir) / "config.json"
@@ -229,7 +226,7 @@ def check_store(store: Store, ckpt: dict, run_dir: str | Path) -> None:
     settings, and a run from before a setting existed on a store that leaves it unset."""
     if store.fingerprint == ckpt["store_fingerprint"]:
         return
-    have, want = store.config, ckpt["store_config"]
+    have, want = store.config, StoreConfig.from_attrs(ckpt["store_config"])
     keys = run_store_keys(store, ckpt)
     if keys is None:
         diffs = feature_diffs(have, store.fingerprint_keys, want, store.fingerprint_keys)
@@ -251,7 +248,7 @@ def run_store_keys(store: Store, ckpt: dict) -> list[str] | None:
         return list(ckpt["store_fingerprint_keys"])
     base = set(store.fingerprint_keys) - LAYOUT_KEYS
     for keys in (base, base | LAYOUT_KEYS):
-        if fingerprint(ckpt["store_config"], keys) == ckpt["store_fingerprint"]:
+        if StoreConfig.from_attrs(ckpt["store_config"]).fingerprint(keys) == ckpt["store_fingerprint"]:
             return sorted(keys)
     return None
 
@@ -262,7 +259,11 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
     any other value of the store's split column (e.g. holdout).
     """
-    p = split_predictions(run_dir, store_path, split)
+    return split_metrics(split_predictions(run_dir, store_path, split), run_dir, split)
+
+
+def split_metrics(p: SplitPredictions, run_dir: str | Path, split: str) -> dict:
+    """`evaluate_run`'s metrics from a split's predictions."""
     out = score(p.task, p.targets, p.probs, p.labels, p.threshold)
     if p.clip_accuracy is not None:
         out["clip_accuracy"] = p.clip_accuracy
@@ -288,10 +289,11 @@ class SplitPredictions:
     clip_accuracy: float | None = None  # pooling heads, multiclass: every row (frame or clip) classified alone
 
 
-def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
-                      split: str = "test") -> SplitPredictions:
-    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output."""
-    model, ckpt = load_run(run_dir)
+def split_predictions(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test",
+                      loaded: tuple[nn.Module, dict] | None = None) -> SplitPredictions:
+    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output.
+    `loaded`: the run's (model, checkpoint) if already loaded by `load_run`."""
+    model, ckpt = loaded or load_run(run_dir)
     config = read_run_config(run_dir)
     store = open_store(store_path or config["store"])
     check_store(store, ckpt, run_dir)
@@ -311,7 +313,7 @@ def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
     clip_accuracy = (_row_accuracy(model, sub, targets) if cfg["head"] in POOLING_HEADS and task == "multiclass"
                      else None)
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
-    return SplitPredictions(sub.ids, [store.meta(v)["path"] for v in sub.ids], sub.labels, y,
+    return SplitPredictions(sub.ids, [store.meta(v).path for v in sub.ids], sub.labels, y,
                             probabilities(logits, task), labels, task, ckpt["threshold"], cfg["head"],
                             str(store.path), len(ids) - len(keep), unknown, clip_accuracy)
 
@@ -429,11 +431,6 @@ def _train_params(run_dir: Path) -> dict:
         return {}
     train = config.get("train") if isinstance(config, dict) else None
     return train if isinstance(train, dict) else {}
-
-
-def write_json(path: Path, obj) -> None:
-    """A run file as people read it: indented JSON, numpy scalars as floats."""
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def write_history(path: Path, history: list[dict]) -> None:

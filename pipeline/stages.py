@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,22 +101,24 @@ class DecodeStream(IterableDataset):
         board = self.board or Board(worker.num_workers)
         board.post(worker.id, IDLE)
         for slot in range(worker.id, len(self.items), worker.num_workers):
-            yield from self._sent(slot, worker.id, board)
+            if not (yield from self._sent(slot, worker.id, board)):
+                return  # it sent a Fault: another video would only fail the same way (or leave a segment behind)
         board.post(worker.id, FINISHED)
 
-    def _sent(self, slot: int, worker: int, board: Board) -> Iterator[Rows | Done | Fault]:
+    def _sent(self, slot: int, worker: int, board: Board) -> Generator[Rows | Done | Fault, None, bool]:
         """One video as a worker sends it: the board says `slot` while the worker works on it, and each tensor is
         put in shared memory here, where a failure can be reported, not in the queue's feeder thread (which
-        prints it and drops the message, leaving the main process waiting for it)."""
+        prints it and drops the message, leaving the main process waiting for it). False if it ended in a Fault."""
         board.post(worker, slot)
         for message in self.video(slot):
             if isinstance(message, Rows) and (why := _share(message.units)):
                 yield Fault(why)
-                return
+                return False
             board.post(worker, IDLE)
             yield message
             board.post(worker, slot)
         board.post(worker, IDLE)
+        return True
 
     def video(self, slot: int) -> Iterator[Rows | Done]:
         item = self.items[slot]

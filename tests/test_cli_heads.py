@@ -46,7 +46,7 @@ def test_predict_on_a_fresh_file_equals_the_head_on_the_stored_features(trained,
     store = open_store(root / "store")
     vid = store.ids()[0]
     fresh = tmp_path / "never_seen.mp4"
-    shutil.copy(store.meta(vid)["path"], fresh)
+    shutil.copy(store.meta(vid).path, fresh)
     res = invoke("predict", root / "runs" / "lin", fresh, "--json", "--top", "4")
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)
@@ -125,3 +125,19 @@ def test_multilabel_image_store_trains_like_videos(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["task"] == "multilabel"
     assert metrics["test"]["mAP"] > 0.9 and "mAP@3" in metrics["test"]
+
+
+def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
+    from test_heads_train import blob_clips, write_store
+
+    store = write_store(tmp_path / "s[/x]", blob_clips(per_class=6))
+    runs_dir = tmp_path / "runs[b]"
+    for args in (["fit-head", store, "--epochs", "2", "--out", runs_dir / "lin[/x]"],
+                 ["fit-head", store, "--epochs", "2", "--seeds", "2", "--out", runs_dir / "rep[b]"],
+                 ["evaluate", runs_dir / "lin[/x]"],
+                 ["cluster-eval", store, "--plot", "none", "--out", runs_dir / "km[/b]"],
+                 ["runs", runs_dir]):
+        res = invoke(*args)
+        assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+        flat = "".join(res.stdout.split())  # tables wrap long titles and cells
+        assert "[/x]" in flat or "[b]" in flat or "[/b]" in flat, (args, res.stdout)

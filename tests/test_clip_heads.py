@@ -31,8 +31,8 @@ def clip_store(tmp_path_factory):
 
 def test_a_clip_store_holds_clip_rows(clip_store):
     s = open_store(clip_store / "store")
-    assert s.config["clip_len"] == 4 and s.config["clip_stride"] == 2
-    assert {s.meta(v)["length"] for v in s.ids()} == {(8 - 4) // 2 + 1}
+    assert s.config.clip_len == 4 and s.config.clip_stride == 2
+    assert {s.meta(v).length for v in s.ids()} == {(8 - 4) // 2 + 1}
 
 
 @pytest.mark.parametrize("head", ["linear", "lstm"])
@@ -48,7 +48,7 @@ def test_heads_train_evaluate_and_predict_on_clip_rows(clip_store, tmp_path, hea
     store = open_store(clip_store / "store")
     vid = store.ids()[0]
     fresh = tmp_path / "never_seen.mp4"
-    shutil.copy(store.meta(vid)["path"], fresh)
+    shutil.copy(store.meta(vid).path, fresh)
     res = invoke("predict", run, fresh, "--json", "--top", "4")
     assert res.exit_code == 0, res.output
     model, ckpt = load_run(run)

@@ -89,7 +89,7 @@ def test_pipes_devices_and_sockets_are_failed_items_that_are_never_opened(tmp_pa
     store = open_store(tmp_path / "s")
     assert store.ids() == ["c0", "c1"]
     for name, kind in [("pipe", "a named pipe"), ("zero", "a character device"), ("sock", "a socket")]:
-        assert kind in store.meta(name)["error"] and "not a regular file" in store.meta(name)["error"]
+        assert kind in store.meta(name).error and "not a regular file" in store.meta(name).error
     assert "Traceback" not in res.stderr and took < PYTHON_START_S + 30
 
 
@@ -150,4 +150,4 @@ def test_extract_ends_within_seconds_whatever_its_decode_worker_is_doing(tmp_pat
     assert took < 15 and gone(workers) and "Traceback" not in stderr
     if sig is None:
         failed = open_store(tmp_path / "s").meta("c2_held")
-        assert failed["status"] == "failed" and "died while decoding it" in failed["error"]
+        assert failed.status == "failed" and "died while decoding it" in failed.error

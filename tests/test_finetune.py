@@ -94,21 +94,32 @@ def test_a_run_directory_like_every_run_and_runs_lists_it(tuned):
 
 
 def test_backbone_pt_round_trips_through_extract_with_its_sha256_in_the_fingerprint(tuned, clips, tmp_path):
-    saved = torch.load(tuned / "backbone.pt", weights_only=True)
-    assert saved["backbone"] == "resnet18" and not any(k.startswith("fc.") for k in saved["state_dict"])
+    saved = torch.load(tuned / "backbone.pt", weights_only=True)  # a plain state_dict of the registry architecture
+    load_backbone("resnet18", "none").model.load_state_dict(saved)  # strict: every key, nothing else
+    assert json.loads((tuned / "backbone.json").read_text())["backbone"] == "resnet18"
     loaded = load_backbone("resnet18", str(tuned / "backbone.pt")).model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in saved["state_dict"].items())
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
     base = ["extract", clips, "--backbone", "resnet18", "--every", "2", "--size", "32", "--crop", "none",
             "--workers", "0", "--precision", "fp32", "--dtype", "float32"]
     assert invoke(*base, "--weights", tuned / "backbone.pt", "--store", tmp_path / "tuned").exit_code == 0
     assert invoke(*base, "--weights", "none", "--store", tmp_path / "random").exit_code == 0
     sha = json.loads((tuned / "metrics.json").read_text())["backbone_sha256"]
     a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
-    assert a.config["weights"] == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
+    assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
     vid = a.ids()[0]
     assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
     res = invoke(*base[:3], "resnet34", *base[4:], "--weights", tuned / "backbone.pt", "--store", tmp_path / "x")
     assert res.exit_code == 1 and "holds resnet18 weights" in res.output and "--backbone resnet18" in res.output
+
+
+def test_a_backbone_pt_from_before_the_sidecar_still_loads_and_names_its_backbone(tuned, tmp_path):
+    old = tmp_path / "old.pt"  # the format finetune wrote before backbone.json: one dict holding everything
+    torch.save({"state_dict": torch.load(tuned / "backbone.pt", weights_only=True), "backbone": "resnet18",
+                "config": json.loads((tuned / "backbone.json").read_text())["config"]}, old)
+    assert torch.equal(load_backbone("resnet18", str(old)).model.conv1.weight,
+                       load_backbone("resnet18", str(tuned / "backbone.pt")).model.conv1.weight)
+    with pytest.raises(BackboneError, match="holds resnet18 weights.*--backbone resnet18"):
+        load_backbone("resnet34", str(old))
 
 
 def test_a_quantized_backbone_is_refused_naming_the_float_one(clips, tmp_path):
@@ -194,8 +205,8 @@ def whole_history(run: Path) -> list[list[str]]:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    wa = torch.load(a / "backbone.pt", weights_only=True)["state_dict"]
-    wb = torch.load(b / "backbone.pt", weights_only=True)["state_dict"]
+    wa = torch.load(a / "backbone.pt", weights_only=True)
+    wb = torch.load(b / "backbone.pt", weights_only=True)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -66,7 +66,7 @@ def assert_same_store(store: Path, reference: Path) -> None:
     for vid in b.ids():
         np.testing.assert_allclose(a.features(vid), b.features(vid), atol=1e-4)
         np.testing.assert_array_equal(a.frame_index(vid), b.frame_index(vid))
-        assert a.meta(vid)["label"] == b.meta(vid)["label"]
+        assert a.meta(vid).label == b.meta(vid).label
 
 
 def assert_verify_deep_passes(store: Path) -> None:
@@ -463,6 +463,7 @@ def test_a_damaged_compacted_file_is_named_and_verify_says_to_compact_again(refe
     assert "cli.py compact" in res.output and "Traceback" not in res.output
     res = invoke("verify", one, "--deep")
     assert res.exit_code == 1 and "checksum mismatch in features" in res.output
+    assert "cli.py compact" in res.output and "--quarantine" not in res.output  # the hint that works for a file
     res = invoke("verify", one, "--quarantine")
     assert res.exit_code == 1 and "compact it again" in res.output
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import index_frames, read_indices, truncate
 from data.synth import write_video
 from pipeline.decode import FrameStream, Geometry, Sampling, SamplingError, decode_video
-from pipeline.seek import read_index
+from pipeline.decode.seek import read_index
 
 GOP = 10
 N = 60
@@ -153,4 +153,4 @@ def test_extract_with_seeking_writes_the_store_sequential_decoding_writes(tmp_pa
     for vid in never.ids():
         np.testing.assert_array_equal(never.features(vid), always.features(vid))
         np.testing.assert_array_equal(never.frame_index(vid), always.frame_index(vid))
-        assert never.meta(vid)["n_frames"] == always.meta(vid)["n_frames"] == N
+        assert never.meta(vid).n_frames == always.meta(vid).n_frames == N

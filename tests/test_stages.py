@@ -61,7 +61,8 @@ def test_a_dead_or_stuck_decode_worker_costs_the_item_in_hand_and_ends_the_run(t
         workers.close()
         held.release()
         watcher.join()
-    assert done == [0] and list(lost.value.lost) == [1]
+    # c0 came out before c1 was reached, unless the kill overtook its messages (then a rerun redoes it)
+    assert done in ([0], []) and list(lost.value.lost) == [1]
     why = lost.value.lost[1]
     assert ("made no progress on it for 3 s" if worker.startswith("stuck") else "died while decoding it") in why
     assert took < (3.0 if worker.startswith("stuck") else 0) + 8

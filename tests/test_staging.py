@@ -7,7 +7,8 @@ import pytest
 
 from featstore.meta import MetaChange, write_meta_update
 from featstore.staging import HOST, clean_stale, temp_name
-from featstore.store import HEADER, StoreWriter
+from featstore import StoreWriter
+from featstore.format import HEADER
 from heads.rundir import staged_run
 
 
