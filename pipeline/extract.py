@@ -36,7 +36,7 @@ from pipeline.device import EXTRACT_PRECISIONS, resolve_device
 from pipeline.embed import Embedder
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
-from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
+from pipeline.stages import POLL_S, Batch, DecodeStream, DecodeWorkers, Done, InOrder, Rows, rebatch
 
 # --resize-engine auto on a new store (docs/extract.md, "Decoding cost"); video backbones keep their preset's recipe.
 DEFAULT_RESIZE_ENGINE = "exact"
@@ -360,7 +360,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
 
 
 def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: list[Item], todo: list[Item],
-                units: Iterator[Rows | Done], cfg: ExtractConfig, result: ExtractResult, on_progress) -> None:
+                units: DecodeWorkers, cfg: ExtractConfig, result: ExtractResult, on_progress) -> None:
     """Embed `todo`, handing each finished item to a writer thread; the store is saved on any exit (Ctrl-C too)."""
     thread = _Writer(writer)
     thread.start()
@@ -372,7 +372,10 @@ def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: l
         _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
-        thread.finish()  # on Ctrl-C too: every finished video is saved
+        try:
+            units.close()  # within seconds, whatever the decode workers are doing
+        finally:
+            thread.finish()  # on Ctrl-C too: every finished video is saved
 
 
 def _auto_workers(device: torch.device, cores: int | None = None) -> int:
@@ -380,31 +383,42 @@ def _auto_workers(device: torch.device, cores: int | None = None) -> int:
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
-def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
+def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DecodeWorkers:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
     workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
-    return DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
-                      num_workers=workers, prefetch_factor=2 if workers else None,
-                      pin_memory=device.type == "cuda", persistent_workers=False,
-                      worker_init_fn=_init_decode_worker if workers else None)
+    return DecodeWorkers(DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
+                                    num_workers=workers, prefetch_factor=2 if workers else None,
+                                    pin_memory=device.type == "cuda", persistent_workers=False,
+                                    worker_init_fn=_init_decode_worker if workers else None,
+                                    timeout=POLL_S if workers else 0))
 
 
-def _run(todo: list[Item], units: Iterator[Rows | Done], batch_size: int, embed: Embedder,
+def _run(todo: list[Item], units: DecodeWorkers, batch_size: int, embed: Embedder,
          sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress) -> None:
     videos = InOrder(todo, sink)
     steps = rebatch(units, batch_size)
-    for step in calibrated(steps, embed) if embed.needs_calibration else steps:
-        if isinstance(step, Batch):
-            videos.add(step, embed(step.units()))
-            result.startup_s = result.startup_s or seconds_since_process_start()
-            result.setup_s = embed.setup_s
-            continue
-        for rec in videos.finish(step):
-            result.done += 1
-            result.frames += rec.length
-            if rec.status == "failed":
-                result.failed.append((rec.video_id, rec.error))
-            _report(on_progress, result, len(todo), rec.video_id)
+    try:
+        for step in calibrated(steps, embed) if embed.needs_calibration else steps:
+            if isinstance(step, Batch):
+                videos.add(step, embed(step.units()))
+                result.startup_s = result.startup_s or seconds_since_process_start()
+                result.setup_s = embed.setup_s
+                continue
+            for rec in videos.finish(step):
+                _count(rec, result, len(todo), on_progress)
+    except RuntimeError as e:  # torch says a decode worker died wherever this thread is; WorkerLost is one too
+        if (lost := units.lost(e)) is None:
+            raise
+        for slot, reason in lost.lost.items():  # the items in hand fail; the run ends here (exit 2)
+            _count(videos.fail(slot, reason), result, len(todo), on_progress)
+
+
+def _count(rec: VideoRecord, result: ExtractResult, total: int, on_progress) -> None:
+    result.done += 1
+    result.frames += rec.length
+    if rec.status == "failed":
+        result.failed.append((rec.video_id, rec.error))
+    _report(on_progress, result, total, rec.video_id)
 
 
 def calibration_units(items: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> torch.Tensor:
@@ -533,7 +547,11 @@ def embed_files(paths: list[str], config: StoreConfig, device: str = "auto",
     speed = speed_for(config.precision or "auto", "off" if config.precision != "int8" else "auto",
                       config.batch_size, backbone, dev, items, cfg.sampling)
     embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
-    _run(items, iter(decode_loader(items, cfg, geometry, dev)), speed.batch_size, embed, records.append, result, None)
+    units = decode_loader(items, cfg, geometry, dev)
+    try:
+        _run(items, units, speed.batch_size, embed, records.append, result, None)
+    finally:
+        units.close()
     for r in (fail_non_finite(r, cfg.dtype) for r in records):  # as extract would store them, or failed
         if r.features is not None:
             r.features = r.features.astype(cfg.dtype).astype(np.float32)
