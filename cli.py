@@ -24,6 +24,7 @@ from rich.table import Table
 # info/runs/compact does anyway).
 from finetune.config import BN_MODES, OBJECTIVES, FinetuneConfig
 from finetune.config import SCHEDULERS as FINETUNE_SCHEDULERS
+from featstore.config import POOLS
 from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
@@ -352,6 +353,32 @@ def print_verify(report) -> None:
         err.print(report.fix, highlight=False, soft_wrap=True)
     else:
         out.print("store ok" + ("" if report.deep else " (--deep also reads every frame block)"))
+
+
+PoolKind = choices("PoolKind", *POOLS)
+
+
+@app.command()
+def pool(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The pooled store: a new or empty directory, or the one an "
+                                          "interrupted pool of STORE was writing (resumed).")],
+    how: Annotated[PoolKind, typer.Option("--pool", help="Reduce each video's rows to their mean or max.")]
+    = PoolKind.mean,
+    force: Annotated[bool, typer.Option(help="Make a non-empty directory that is not a store into the pooled "
+                                        "store.")] = False,
+) -> None:
+    """Write a store with one row per video (same ids, labels, splits): linear, mlp and knn heads and video-level
+    cluster-eval then read one row per video."""
+    from featstore.pool import pool_store
+
+    with user_errors("the shards written so far stay: rerun the same command to finish"), progress_bar() as bar:
+        task = bar.add_task(f"pool {plain(how)}", total=None, rate="")
+        result = pool_store(store, out_dir, plain(how), force=force,
+                            on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    resumed = f" ({result.resumed} were there already)" if result.resumed else ""
+    out.print(f"pooled {result.written + result.resumed} videos{resumed} → {result.out} "
+              f"(fingerprint {result.fingerprint})", highlight=False)
 
 
 HeadKind = choices("HeadKind", *HEADS)
