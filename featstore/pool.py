@@ -22,7 +22,8 @@ from featstore.errors import StoreError
 from featstore.format import HEADER, VideoRecord, read_header
 from featstore.reader import Store, open_store
 from featstore.settings import check_choice
-from featstore.writer import StoreWriter, claim_store
+from featstore.ownership import check_out_folder, clear_folder
+from featstore.writer import StoreWriter
 
 FLUSH_VIDEOS = 4096  # pooled rows per shard: one row each, so shards stay few and small
 
@@ -41,17 +42,17 @@ def pool_store(src: str | Path, out: str | Path, pool: str = "mean", *, force: b
     """Write the `pool` ("mean" or "max") of every video of the store `src` into the store directory `out`.
 
     `out` must be new, empty, or the pooled store an earlier call with the same `src` and `pool` wrote (resumed);
-    `force` makes a non-empty directory that is not a store into one, as extract's --force does.
-    `on_progress(done, total)` after each video."""
+    `force` replaces any other folder whole, never a store (featstore.ownership). `on_progress(done, total)` after
+    each video."""
     check_choice("--pool", pool, POOLS, StoreError)
     out = Path(out)
     with open_store(src) as source:
-        _check_out(out, source, pool)
+        if not is_pooling_of(out, source, pool) and check_out_folder(out, "pool", lambda _: False, force):
+            clear_folder(out)
         config = source.config.with_extra(pool=pool, pooled_from=source.fingerprint)
         keys = [k for k in source.fingerprint_keys if k not in LAYOUT_KEYS] + list(POOL_KEYS)
         dtype = "float32" if source.config.dtype == "float32" else "float16"
-        writer = StoreWriter(out, config, keys, source.dim, dtype=dtype, flush_videos=FLUSH_VIDEOS,
-                             lock=claim_store(out, "p0", force, flag="--out"))
+        writer = StoreWriter(out, config, keys, source.dim, dtype=dtype, flush_videos=FLUSH_VIDEOS)
         try:
             with open_store(out) as made:
                 done = set(made.ids(status=None))
@@ -69,16 +70,12 @@ def pool_store(src: str | Path, out: str | Path, pool: str = "mean", *, force: b
         return PoolResult(out, writer.fp, len(ids) - resumed, resumed)
 
 
-def _check_out(out: Path, source: Store, pool: str) -> None:
-    """Refuse an `out` that holds another store (the source itself, another pooling, an extracted store)."""
-    if not (out / HEADER).exists():
-        return  # new, empty or not a store: claim_store decides
+def is_pooling_of(out: Path, source: Store, pool: str) -> bool:
+    """Whether `out` is a store that pooling `source` with `pool` wrote (complete or not): it is resumed."""
+    if not (out / HEADER).is_file():
+        return False
     made = read_header(out).config
-    if made.pooled != pool or made.value("pooled_from") != source.fingerprint:
-        what = (f"the --pool {made.pooled} pooling of store {made.value('pooled_from')}" if made.pooled
-                else "a store that is not pooled")
-        raise StoreError(f"--out {out} holds {what}, not the --pool {pool} pooling of {source.path} (fingerprint "
-                         f"{source.fingerprint}): give pool a new or empty --out")
+    return made.pooled == pool and made.value("pooled_from") == source.fingerprint
 
 
 def pooled_record(source: Store, vid: str, pool: str) -> VideoRecord:

@@ -20,22 +20,21 @@ class ConfigMismatch(StoreError):
     """Appending to a store that was made with a different extraction config."""
 
 
-def claim_store(path: Path, prefix: str, force: bool = False, flag: str = "--store") -> WriterLock:
+def claim_store(path: Path, prefix: str, force: bool = False) -> WriterLock:
     """Check that `path` may become or is a store, create it, and take the lock of shards `prefix`.
 
-    Cheap and first: extract calls it before loading a model, so a refusal costs nothing. `flag`: the option that
-    named `path`, for the messages."""
+    Cheap and first: extract calls it before loading a model, so a refusal costs nothing."""
     path = Path(path)
     if path.is_file():
         if is_store_file(path):
             raise StoreError(f"{path} is a compacted store file; extract into a store directory instead")
-        raise StoreError(f"{path} is a file, not a store directory: give {flag} a new directory or a store")
+        raise StoreError(f"{path} is a file, not a store directory: give --store a new directory or a store")
     if path.is_dir() and not (path / HEADER).exists() and not force:
         other = sorted(p.name for p in path.iterdir() if not OWN_NAME_RE.match(p.name))
         if other:
             shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
             raise StoreError(f"{path} is a non-empty directory that is not a framecache store (it holds {shown}): "
-                             f"give {flag} a new or empty directory, or pass --force to make this one a store")
+                             "give --store a new or empty directory, or pass --force to make this one a store")
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -54,15 +54,16 @@ def test_a_pooled_store_is_fingerprinted_apart_from_its_source_and_other_pooling
 
 
 def test_pool_refuses_an_out_that_is_not_its_own(source, pooled, tmp_path):
-    with pytest.raises(StoreError, match="--out .* not the --pool max pooling of"):
-        pool_store(source, pooled, "max")
-    with pytest.raises(StoreError, match="holds a store that is not pooled"):
-        pool_store(source, source)
+    for out, pool in ((pooled, "max"), (source, "mean"), (source / "inside", "mean")):
+        with pytest.raises(StoreError, match=f"--out {out} is .*store.* never written over"):
+            pool_store(source, out, pool, force=True)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(StoreError, match="give --out a new or empty directory"):
+    with pytest.raises(StoreError, match="--out .* holds files that are not pool output .*--force"):
         pool_store(source, tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    pool_store(source, tmp_path / "notes", force=True)  # replaced whole
+    assert not (tmp_path / "notes" / "todo.txt").exists() and open_store(tmp_path / "notes").config.pooled
 
 
 def test_pool_resumes_skipping_the_videos_it_already_wrote(tmp_path):
@@ -112,5 +113,5 @@ def test_cli_pool_writes_the_store_and_refuses_the_source_as_out(source, tmp_pat
     assert "pooled 49 videos" in res.output
     assert open_store(tmp_path / "p").config.pooled == "max"
     res = runner.invoke(cli.app, ["pool", str(source), "--out", str(source)])
-    assert res.exit_code == 1 and "holds a store that is not pooled" in res.output
+    assert res.exit_code == 1 and "never written over" in res.output
     assert "Traceback" not in res.output
