@@ -199,8 +199,9 @@ class KNNHead(nn.Module):
         super().__init__()
         self.register_buffer("bank", torch.zeros(0, cfg.in_dim))              # (N, D) unit-norm train clips
         self.register_buffer("bank_targets", torch.zeros(0, cfg.n_classes))   # (N, C) one-hot or multi-hot
-        self.register_buffer("k", torch.tensor(20))
-        self.register_buffer("temperature", torch.tensor(0.07))
+        # set by `remember` or a checkpoint (TrainConfig's k and temperature, the run's task)
+        self.register_buffer("k", torch.tensor(0))
+        self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("multilabel", torch.tensor(False))
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
