@@ -21,6 +21,7 @@ import typer
 
 # The CLI's options, choices and defaults are the library's own config fields and tables (importing them loads
 # torch, as every command but info/runs/compact does anyway).
+from featstore.config import POOLS
 from finetune.config import FinetuneConfig
 from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig
 from heads.models import HEADS
@@ -32,7 +33,7 @@ from ui.options import (Device, Force, Json, OutDir, StoreWeights, choices, conf
 from ui.render import (epoch_progress, extract_progress, finetune_progress, finetune_splits, finetune_title,
                        item_progress, lit, out, print_cluster, print_compacted, print_evaluation, print_explained,
                        print_extract_summary, print_failures, print_finetuned, print_fit, print_info, print_launch,
-                       print_meta_update, print_metrics, print_predictions, print_repeated, print_runs,
+                       print_meta_update, print_metrics, print_pooled, print_predictions, print_repeated, print_runs,
                        print_temporal, print_thumbnails, print_verify, progress_bar, stage_progress, sweep_progress,
                        warn_skipped)
 
@@ -145,6 +146,30 @@ def verify(
     print_verify(report)
     if not report.passed:
         raise typer.Exit(1)
+
+
+PoolKind = choices("PoolKind", *POOLS)
+
+
+@app.command()
+def pool(
+    store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The pooled store: a new or empty directory, or the one an "
+                                          "interrupted pool of STORE was writing (resumed).")],
+    how: Annotated[PoolKind, typer.Option("--pool", help="Reduce each video's rows to their mean or max.")]
+    = PoolKind.mean,
+    force: Annotated[bool, typer.Option(help="Replace --out whole even if it holds other files (a store "
+                                        "never).")] = False,
+) -> None:
+    """Write a store with one row per video (same ids, labels, splits): linear, mlp and knn heads and video-level
+    cluster-eval then read one row per video."""
+    from featstore.pool import pool_store
+
+    with user_errors("the shards written so far stay: rerun the same command to finish"), progress_bar() as bar:
+        task = bar.add_task(f"pool {plain(how)}", total=None, rate="")
+        result = pool_store(store, out_dir, plain(how), force=force,
+                            on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    print_pooled(result)
 
 
 HeadKind = choices("HeadKind", *HEADS)

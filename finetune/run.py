@@ -27,7 +27,7 @@ from finetune.objectives import Supervised, Temporal
 from finetune.rundir import check_finetune_out
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
-from heads.models import POOLING_HEADS, HeadConfig, build_head, count_params
+from heads.models import MEMORY_HEADS, POOLING_HEADS, HeadConfig, build_head, count_params
 from heads.plots import plot_curves
 from heads.run import load_early_head, load_run, write_history
 from heads.rundir import write_json
@@ -166,6 +166,9 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
     if ckpt["task"] != "multiclass":
         raise FinetuneError(f"--init-head {cfg.init_head} is a {ckpt['task']} head; finetune trains multiclass heads")
     hc = ckpt["head_config"]
+    if hc["kind"] in MEMORY_HEADS:
+        raise FinetuneError(f"--init-head {cfg.init_head} is a --head {hc['kind']} run: it has no weights to "
+                            "fine-tune; give a run of a trained head (linear, mlp, ...)")
     if hc["kind"] == "transformer" and hc["max_len"] < cfg.segments:
         raise FinetuneError(f"--init-head {cfg.init_head} reads at most {hc['max_len']} frames: "
                             f"use --segments {hc['max_len']} or fewer")

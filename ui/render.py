@@ -144,6 +144,13 @@ def print_compacted(path: Path) -> None:
     out.print(f"wrote {lit(path)} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def print_pooled(result) -> None:
+    """What pool wrote (a featstore.pool.PoolResult)."""
+    resumed = f" ({result.resumed} were there already)" if result.resumed else ""
+    out.print(f"pooled {result.written + result.resumed} videos{resumed} → {lit(result.out)} "
+              f"(fingerprint {result.fingerprint})", highlight=False)
+
+
 def print_verify(report) -> None:
     t = Table(title=f"verify {lit(report.store)}" + (" (deep)" if report.deep else ""), show_header=False)
     for k, v in [("shards", report.shards), ("bad shards", len(report.bad)), ("videos", report.videos),
