@@ -12,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from data.synth import codec_available, make_images, make_temporal_dataset, write_vfr_video, write_video
 
@@ -181,3 +182,13 @@ def place(index_clip):
 def temporal_dataset(media) -> Path:
     """The synthetic grow/shrink/brighten/darken dataset, small: returns its manifest."""
     return make_temporal_dataset(media / "temporal", n_per_class=6, frames=6, size=32)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module (pytestmark = pytest.mark.usefixtures("one_thread")): tiny heads and tiny
+    backbones gain nothing from a second thread, and on a busy CI machine its spin-waits cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,22 +4,13 @@ import shutil
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-import cli
 from data.synth import make_temporal_dataset
 from featstore import open_store
 from heads.run import load_run, predict_features
+from helpers import extract_flags, invoke, write_manifest
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
-EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32", "--crop", "none",
-           "--workers", "0"]
+EXTRACT = extract_flags(every=2)
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +58,13 @@ def test_predict_reports_a_broken_file_and_exits_2(trained, tmp_path):
 def test_evaluate_scores_a_named_split_of_another_store_and_refuses_other_settings(trained, tmp_path):
     root, manifest = trained
     rows = manifest.read_text().splitlines()
-    holdout = tmp_path / "holdout.csv"
-    holdout.write_text("path,label,split\n" + "\n".join(
-        f"{manifest.parent / r.split(',')[0]},{r.split(',')[1]},holdout" for r in rows[1:5]) + "\n")
+    holdout = write_manifest(tmp_path, [(manifest.parent / r.split(",")[0], r.split(",")[1], "holdout")
+                                        for r in rows[1:5]], ["path", "label", "split"], name="holdout.csv")
     assert invoke("extract", holdout, *EXTRACT, "--store", tmp_path / "h").exit_code == 0
     res = invoke("evaluate", root / "runs" / "lin", "--store", tmp_path / "h", "--split", "holdout", "--json")
     assert res.exit_code == 0, res.output
     assert "accuracy" in json.dumps(json.loads(res.stdout))
-    other = [a if a != "2" else "3" for a in EXTRACT]  # --every 3
+    other = extract_flags(every=3)
     assert invoke("extract", holdout, *other, "--store", tmp_path / "h3").exit_code == 0
     res = invoke("evaluate", root / "runs" / "lin", "--store", tmp_path / "h3", "--split", "holdout")
     assert res.exit_code == 1 and "every" in res.output and "Traceback" not in res.output
@@ -104,7 +94,7 @@ def multilabel_images(root):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    rows = ["path,label,split"]
+    rows = []
     for i in range(40):
         red, blue = i % 2, (i // 2) % 2
         img = np.zeros((32, 32, 3), np.uint8)
@@ -112,16 +102,36 @@ def multilabel_images(root):
         img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / f"p{i}.png")
         labels = "|".join(n for n, on in (("red", red), ("blue", blue), ("any", 1)) if on)
-        rows.append(f"p{i}.png,{labels},{'test' if i >= 28 else 'train'}")
-    (root / "m.csv").write_text("\n".join(rows) + "\n")
-    return root / "m.csv"
+        rows.append((f"p{i}.png", labels, "test" if i >= 28 else "train"))
+    return write_manifest(root, rows, ["path", "label", "split"])
 
 
-def test_multilabel_image_store_trains_like_videos(tmp_path):
-    """Posters-style data: one frame per item, several labels each, chosen automatically as multilabel."""
-    assert invoke("extract", multilabel_images(tmp_path), *EXTRACT, "--store", tmp_path / "s").exit_code == 0
-    res = invoke("fit-head", tmp_path / "s", "--head", "mlp", "--epochs", "30", "--out", tmp_path / "run")
+@pytest.fixture(scope="module")
+def multilabel_store(tmp_path_factory):
+    """Posters-style data: one frame per item, several labels each (--every 1: images have one frame)."""
+    root = tmp_path_factory.mktemp("multilabel")
+    assert invoke("extract", multilabel_images(root), *extract_flags(), "--store", root / "s").exit_code == 0
+    return root
+
+
+def test_multilabel_image_store_trains_like_videos(multilabel_store, tmp_path):
+    """Several labels per item are chosen automatically as multilabel."""
+    res = invoke("fit-head", multilabel_store / "s", "--head", "mlp", "--epochs", "30", "--out", tmp_path / "run")
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["task"] == "multilabel"
     assert metrics["test"]["mAP"] > 0.9 and "mAP@3" in metrics["test"]
+
+
+def test_fixed_threshold_run_and_predict_returns_the_labels_above_it(multilabel_store, tmp_path):
+    res = invoke("fit-head", multilabel_store / "s", "--head", "mlp", "--epochs", "30", "--threshold", "0.4",
+                 "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["threshold"] == 0.4 and m["threshold_source"] == "fixed (--threshold)" and "tuned_threshold" in m
+    assert m["test"]["micro_f1_fixed"] == m["test"]["micro_f1"] and "micro_f1_tuned" in m["test"]
+    res = invoke("predict", tmp_path / "run", multilabel_store / "p3.png", "--json", "--top", "3")
+    (row,) = json.loads(res.stdout)
+    above = sorted(t["label"] for t in row["top"] if t["prob"] >= 0.4)
+    assert sorted(row["labels"]) == above and row["threshold"] == 0.4
+    assert {"red", "blue", "any"} >= set(row["labels"]) and "any" in row["labels"]
