@@ -192,3 +192,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """8 labelled clips c0..c7 (helpers.write_split_clips) extracted with helpers.tiny_config(dtype="float16");
+    its manifest is tiny_store.parent / "m.csv". Tests read it and write elsewhere."""
+    from helpers import tiny_config, write_split_clips
+    from pipeline.extract import extract
+    from pipeline.sources import load_source
+
+    root = tmp_path_factory.mktemp("tiny")
+    extract(load_source(write_split_clips(root, [f"c{i}.mkv" for i in range(8)])), root / "store",
+            tiny_config(dtype="float16"))
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_store) -> Path:
+    """`cli.py fit-head` of tiny_store: a linear head, 2 epochs. Tests read it and write elsewhere."""
+    from helpers import invoke
+
+    out = tiny_store.parent / "runs" / "lin"
+    res = invoke("fit-head", tiny_store, "--epochs", "2", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out

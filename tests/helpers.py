@@ -38,10 +38,10 @@ def child_env(**extra: str) -> dict[str, str]:
 
 # -- a tiny extract ----------------------------------------------------------------------------------------------------
 def extract_flags(every: int = 1, size: int = 32, weights: str = "none", workers: int | None = 0,
-                  precision: str | None = None, dtype: str | None = None) -> list[str]:
+                  precision: str | None = None, dtype: str | None = None, backbone: str = "resnet18") -> list[str]:
     """`extract` flags of a tiny, fast run: random-init resnet18 on `size` px frames squashed whole (--crop none),
     decoded in this process; --precision and --dtype only where given."""
-    flags = ["--backbone", "resnet18", "--weights", weights, "--every", str(every), "--size", str(size),
+    flags = ["--backbone", backbone, "--weights", weights, "--every", str(every), "--size", str(size),
              "--crop", "none"]
     for flag, value in (("--workers", workers), ("--precision", precision), ("--dtype", dtype)):
         if value is not None:
@@ -82,6 +82,11 @@ def write_clips(folder: Path, names: Sequence[str], frames: int | Sequence[int] 
             write_video(folder / name, random_frames(i, n, height, width))
         rows.append([name, "ab"[i % 2], *(value(i) for value in columns.values())])
     return write_manifest(folder, rows, ["path", "label", *columns])
+
+
+def write_split_clips(folder: Path, names: Sequence[str]) -> Path:
+    """write_clips of 4 frames each, every clip its own group (g0, g1, ...), every 4th one (3, 7, ...) in test."""
+    return write_clips(folder, names, group=lambda i: f"g{i}", split=lambda i: "test" if i % 4 == 3 else "train")
 
 
 def write_rotated(path: Path, frames: np.ndarray, degrees: int) -> Path:

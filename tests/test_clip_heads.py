@@ -4,20 +4,14 @@ import shutil
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
 
-import cli
 from data.synth import make_temporal_dataset
 from featstore import open_store
 from heads.run import load_run, predict_features
 
-runner = CliRunner()
 EXTRACT = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "4", "--clip-stride", "2", "--size", "32",
            "--workers", "0"]
-
-
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

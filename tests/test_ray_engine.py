@@ -14,10 +14,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from data.synth import write_video
+from helpers import ROOT, assert_same_store, child_env, tiny_config, write_clips, write_manifest
+
 from featstore import open_store
 from pipeline.decode import Sampling
-from pipeline.extract import ExtractConfig, extract
+from pipeline.extract import extract
 from pipeline.sources import load_source
 
 ray = pytest.importorskip("ray")
@@ -25,7 +26,6 @@ from pipeline.ray_engine import (RayEngineError, RayOptions, TaskPlan, extract_o
                                  runtime_env)
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,19 +36,11 @@ def cluster():
 
 
 def make_clips(folder: Path, n: int, frames: int, size: int = 32) -> Path:
-    rows = ["path,label"]
-    for i in range(n):
-        data = np.random.default_rng(i).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
-        write_video(folder / f"c{i:02d}.mkv", data)
-        rows.append(f"c{i:02d}.mkv,{'ab'[i % 2]}")
-    (folder / "m.csv").write_text("\n".join(rows) + "\n")
-    return folder / "m.csv"
+    return write_clips(folder, [f"c{i:02d}.mkv" for i in range(n)], frames=frames, height=size)
 
 
-def cfg(**kw) -> ExtractConfig:
-    base = dict(backbone="resnet18", weights="none", sampling=Sampling(every=2), size=32, crop="none",
-                batch_size=4, workers=0, precision="fp32", dtype="float32")
-    return ExtractConfig(**{**base, **kw})
+def cfg(**kw):
+    return tiny_config(**{"sampling": Sampling(every=2), **kw})
 
 
 def records_per_id(store: Path) -> dict[str, int]:
@@ -61,21 +53,13 @@ def records_per_id(store: Path) -> dict[str, int]:
     return counts
 
 
-def assert_same(a: Path, b: Path) -> None:
-    sa, sb = open_store(a), open_store(b)
-    assert sorted(sa.ids()) == sorted(sb.ids())
-    for vid in sb.ids():
-        np.testing.assert_allclose(sa.features(vid), sb.features(vid), atol=1e-5)
-        np.testing.assert_array_equal(sa.frame_index(vid), sb.frame_index(vid))
-
-
 def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
     items = load_source(make_clips(tmp_path, 8, 5))
     seen = []
     r = extract_on_ray(items, tmp_path / "ray", cfg(), RayOptions(tasks=3, poll_seconds=0.2), seen.append)
     assert (r.done, r.skipped, r.failed) == (8, 0, []) and r.frames == 8 * 3
     extract(items, tmp_path / "one", cfg())
-    assert_same(tmp_path / "ray", tmp_path / "one")
+    assert_same_store(tmp_path / "ray", tmp_path / "one", n=8, atol=1e-5)
     assert {p.name.split("-")[0] for p in (tmp_path / "ray").glob("*-0*.h5")} <= {"s0of3", "s1of3", "s2of3"}
     assert seen[-1]["done"] == seen[-1]["total"] == 8
     again = extract_on_ray(items, tmp_path / "ray", cfg(), RayOptions(tasks=3))
@@ -145,13 +129,12 @@ def test_parts_default_to_the_cluster_and_impossible_requests_are_refused_at_onc
 def cli_subprocess(tmp_path: Path, *ray_args: str, prelude: str = "pass", manifest: Path | None = None,
                    args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     if manifest is None:
-        manifest = tmp_path / "m.csv"
-        manifest.write_text("path,label\nx.mp4,a\n")
+        manifest = write_manifest(tmp_path, [("x.mp4", "a")])
     code = f"{prelude}; import sys, cli; sys.argv = ['cli.py', *sys.argv[1:]]; cli.app()"
     cmd = [sys.executable, "-c", code, "extract", str(manifest), "--weights", "none", "--store", str(tmp_path / "s"),
            *args, "--engine", "ray", *ray_args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+                          env=child_env(RAY_ADDRESS=""))
 
 
 def test_engine_ray_without_ray_installed_names_the_install_command(tmp_path):

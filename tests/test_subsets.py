@@ -2,22 +2,16 @@
 from collections import Counter
 
 import pytest
-from typer.testing import CliRunner
+from helpers import extract_flags, invoke, write_manifest
 
-import cli
 from featstore import open_store
 from pipeline.sources import SourceError, Subset, load_source, read_classes, select_items
 
 
 def manifest(tmp_path, n_classes=4, groups=5, per_group=3):
-    rows = ["path,label,group,split"]
-    for c in range(n_classes):
-        for g in range(groups):
-            for i in range(per_group):
-                rows.append(f"v/c{c}_g{g}_{i}.mp4,class{c},class{c}_g{g},{'test' if g < 2 else 'train'}")
-    path = tmp_path / "m.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    rows = [(f"v/c{c}_g{g}_{i}.mp4", f"class{c}", f"class{c}_g{g}", "test" if g < 2 else "train")
+            for c in range(n_classes) for g in range(groups) for i in range(per_group)]
+    return write_manifest(tmp_path, rows, ["path", "label", "group", "split"])
 
 
 def test_classes_keep_only_those_classes_in_source_order(tmp_path):
@@ -79,29 +73,27 @@ def test_classes_file_and_list_merge_without_duplicates(tmp_path):
         read_classes(None, tmp_path / "nope.txt")
 
 
-runner = CliRunner()
-EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "4", "--size", "32", "--crop", "none",
-           "--workers", "0"]
+EXTRACT = extract_flags(every=4)
 
 
 def test_extract_records_the_subset_in_the_config_but_not_the_fingerprint(tmp_path, temporal_dataset):
     labels = sorted({i.labels[0] for i in load_source(temporal_dataset)})
-    args = ["extract", str(temporal_dataset), *EXTRACT]
-    res = runner.invoke(cli.app, [*args, "--classes", labels[0], "--per-class", "2", "--store", str(tmp_path / "a")])
+    args = ["extract", temporal_dataset, *EXTRACT]
+    res = invoke(*args, "--classes", labels[0], "--per-class", "2", "--store", tmp_path / "a")
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli.app, [*args, "--classes", labels[1], "--store", str(tmp_path / "b")])
+    res = invoke(*args, "--classes", labels[1], "--store", tmp_path / "b")
     assert res.exit_code == 0, res.output
     with open_store(tmp_path / "a") as a, open_store(tmp_path / "b") as b:
         assert a.config["subset"] == {"classes": [labels[0]], "per_class": 2}
         assert {m["label"] for m in a.items()} == {labels[0]} and len(a) < 6  # whole groups of 6
         assert a.fingerprint == b.fingerprint  # same features, different items
     # appending another subset to a store would make its record wrong
-    res = runner.invoke(cli.app, [*args, "--classes", labels[1], "--store", str(tmp_path / "a")])
+    res = invoke(*args, "--classes", labels[1], "--store", tmp_path / "a")
     assert res.exit_code == 1 and "holds the subset" in res.output
 
 
 @pytest.mark.parametrize("flags, message", [(["--classes", "nope"], "unknown class 'nope'"),
                                             (["--per-class", "0"], "--per-class 0 must be at least 1")])
 def test_extract_bad_subset_is_one_line_exit_1(tmp_path, temporal_dataset, flags, message):
-    res = runner.invoke(cli.app, ["extract", str(temporal_dataset), *EXTRACT, *flags, "--store", str(tmp_path / "s")])
+    res = invoke("extract", temporal_dataset, *EXTRACT, *flags, "--store", tmp_path / "s")
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
