@@ -4,88 +4,70 @@ import shutil
 
 import numpy as np
 import pytest
-
-from data.synth import make_temporal_dataset
-from featstore import open_store
-from heads.run import load_run, predict_features
 from helpers import extract_flags, invoke, write_manifest
 
-EXTRACT = extract_flags(every=2)
+from featstore import open_store
+from heads.run import load_run, predict_features
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_heads")
-    manifest = make_temporal_dataset(root / "clips", n_per_class=4, frames=8, size=32, seed=1)
-    assert invoke("extract", manifest, *EXTRACT, "--store", root / "store").exit_code == 0
-    res = invoke("fit-head", root / "store", "--head", "linear", "--epochs", "3", "--out", root / "runs" / "lin")
-    assert res.exit_code == 0, res.output
-    return root, manifest
-
-
-def test_fit_head_writes_a_complete_run_directory(trained):
-    root, _ = trained
-    run = root / "runs" / "lin"
+def test_fit_head_writes_a_complete_run_directory(tiny_store, tiny_run):
     for name in ("config.json", "history.csv", "metrics.json", "head.pt", "curves.png"):
-        assert (run / name).exists(), name
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["store_fingerprint"] == open_store(root / "store").fingerprint
+        assert (tiny_run / name).exists(), name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["store_fingerprint"] == open_store(tiny_store).fingerprint
 
 
-def test_predict_on_a_fresh_file_equals_the_head_on_the_stored_features(trained, tmp_path):
-    root, manifest = trained
-    store = open_store(root / "store")
+def test_predict_on_a_fresh_file_equals_the_head_on_the_stored_features(tiny_store, tiny_run, tmp_path):
+    store = open_store(tiny_store)
     vid = store.ids()[0]
-    fresh = tmp_path / "never_seen.mp4"
+    fresh = tmp_path / "never_seen.mkv"
     shutil.copy(store.meta(vid)["path"], fresh)
-    res = invoke("predict", root / "runs" / "lin", fresh, "--json", "--top", "4")
+    res = invoke("predict", tiny_run, fresh, "--json", "--top", "4")
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)
-    model, ckpt = load_run(root / "runs" / "lin")
+    model, ckpt = load_run(tiny_run)
     expected = predict_features(model, ckpt, [store.features(vid)])[0]
     got = {t["label"]: t["prob"] for t in row["top"]}
     for label, p in zip(ckpt["labels"], expected):
         assert got[label] == pytest.approx(float(p), abs=1e-3)
 
 
-def test_predict_reports_a_broken_file_and_exits_2(trained, tmp_path):
-    root, _ = trained
+def test_predict_reports_a_broken_file_and_exits_2(tiny_run, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
-    res = invoke("predict", root / "runs" / "lin", tmp_path / "broken.mp4", "--json")
+    res = invoke("predict", tiny_run, tmp_path / "broken.mp4", "--json")
     assert res.exit_code == 2 and "error" in json.loads(res.stdout)[0]
 
 
-def test_evaluate_scores_a_named_split_of_another_store_and_refuses_other_settings(trained, tmp_path):
-    root, manifest = trained
-    rows = manifest.read_text().splitlines()
-    holdout = write_manifest(tmp_path, [(manifest.parent / r.split(",")[0], r.split(",")[1], "holdout")
-                                        for r in rows[1:5]], ["path", "label", "split"], name="holdout.csv")
-    assert invoke("extract", holdout, *EXTRACT, "--store", tmp_path / "h").exit_code == 0
-    res = invoke("evaluate", root / "runs" / "lin", "--store", tmp_path / "h", "--split", "holdout", "--json")
+def test_evaluate_scores_a_named_split_of_another_store_and_refuses_other_settings(tiny_store, tiny_run, tmp_path):
+    manifest = tiny_store.parent / "m.csv"
+    rows = [r.split(",") for r in manifest.read_text().splitlines()[1:5]]
+    holdout = write_manifest(tmp_path, [(manifest.parent / path, label, "holdout") for path, label, *_ in rows],
+                             ["path", "label", "split"], name="holdout.csv")
+    same = extract_flags(precision="fp32")  # tiny_store's settings
+    assert invoke("extract", holdout, *same, "--store", tmp_path / "h").exit_code == 0
+    res = invoke("evaluate", tiny_run, "--store", tmp_path / "h", "--split", "holdout", "--json")
     assert res.exit_code == 0, res.output
     assert "accuracy" in json.dumps(json.loads(res.stdout))
-    other = extract_flags(every=3)
-    assert invoke("extract", holdout, *other, "--store", tmp_path / "h3").exit_code == 0
-    res = invoke("evaluate", root / "runs" / "lin", "--store", tmp_path / "h3", "--split", "holdout")
+    assert invoke("extract", holdout, *extract_flags(every=3), "--store", tmp_path / "h3").exit_code == 0
+    res = invoke("evaluate", tiny_run, "--store", tmp_path / "h3", "--split", "holdout")
     assert res.exit_code == 1 and "every" in res.output and "Traceback" not in res.output
 
 
-def test_runs_table_lists_head_and_cluster_runs(trained):
-    root, _ = trained
-    res = invoke("cluster-eval", root / "store", "--plot", "pca", "--out", root / "runs" / "km")
+def test_runs_table_lists_head_and_cluster_runs(tiny_store, tiny_run, tmp_path):
+    shutil.copytree(tiny_run, tmp_path / "runs" / "lin")
+    res = invoke("cluster-eval", tiny_store, "--plot", "pca", "--out", tmp_path / "runs" / "km")
     assert res.exit_code == 0, res.output
-    rows = json.loads(invoke("runs", root / "runs", "--json").stdout)
+    rows = json.loads(invoke("runs", tmp_path / "runs", "--json").stdout)
     assert {r["name"] for r in rows} == {"lin", "km"}
-    assert "lin" in invoke("runs", root / "runs").stdout
+    assert "lin" in invoke("runs", tmp_path / "runs").stdout
 
 
-def test_head_cli_user_errors_are_one_line(trained, tmp_path):
-    root, _ = trained
+def test_head_cli_user_errors_are_one_line(tiny_store, tmp_path):
     res = invoke("fit-head", tmp_path / "nowhere", "--head", "lstm")
     assert res.exit_code == 1 and "no store at" in res.output and "Traceback" not in res.output
-    res = invoke("fit-head", root / "store", "--head", "cnn")
+    res = invoke("fit-head", tiny_store, "--head", "cnn")
     assert res.exit_code == 1 and "cnn" in res.output  # a bad flag value is a user error (typer alone: 2)
-    res = invoke("cluster-eval", root / "store", "--k-range", "five")
+    res = invoke("cluster-eval", tiny_store, "--k-range", "five")
     assert res.exit_code == 1 and "--k-range" in res.output
 
 
