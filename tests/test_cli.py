@@ -35,6 +35,7 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 # -- exit codes: the README's table, on real processes -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_exit_codes_0_1_2_of_real_processes(tiny_store, tmp_path):
     ok = run_cli("info", tiny_store)
     assert ok.returncode == 0, ok.stderr

@@ -109,6 +109,7 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_extract_then_resume_equals_an_uninterrupted_run(tmp_path):
     manifest = write_clips(tmp_path, [f"c{i:02d}.mkv" for i in range(16)], frames=6)
     store = tmp_path / "killed"

@@ -167,6 +167,7 @@ def test_a_source_where_every_video_fails_exits_2_listing_them_and_writes_nothin
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_temporal_trains_without_labels_and_an_interrupted_run_resumes_to_the_same_result(clips, tmp_path):
     cfg = FinetuneConfig(**TINY, objective="temporal", epochs=2, pos_window=0.2)
     items = load_source(clips)

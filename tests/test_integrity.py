@@ -197,13 +197,19 @@ def test_kill_9_then_rerun_gives_a_store_that_verify_deep_passes_equal_to_an_uni
 
 
 # -- damaged shards --------------------------------------------------------------------------------------------
-@pytest.fixture
-def three_shards(clips, tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def three_runs(clips, tmp_path_factory) -> Path:
     """The clips extracted in three runs: shards of 4, 4 and 2 videos."""
-    store = tmp_path / "s"
+    store = tmp_path_factory.mktemp("three") / "s"
     for extra in (["--limit", "4"], ["--limit", "4"], []):
         assert invoke(*extract_args(clips, store, *extra)).exit_code == 0
     return store
+
+
+@pytest.fixture
+def three_shards(three_runs, tmp_path) -> Path:
+    """A copy of three_runs for the test to damage."""
+    return shutil.copytree(three_runs, tmp_path / "s")
 
 
 def shards(store: Path) -> list[Path]:

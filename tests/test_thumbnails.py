@@ -1,6 +1,7 @@
 """cluster-eval --thumbnails: frames decoded again from the store's paths, drawn at their 2-D positions."""
 import shutil
 
+import pytest
 from conftest import read_indices
 from helpers import extract_flags, invoke, write_manifest
 from matplotlib.image import imread
@@ -30,6 +31,7 @@ def test_a_stored_row_decodes_again_to_its_own_frame(tmp_path, index_clip):
     assert got[0].shape == (24, 24, 3)
 
 
+@pytest.mark.slow
 def test_cluster_eval_thumbnails_skip_missing_files_and_cap_frame_points(tmp_path, index_clip, odd_clip):
     store = index_store(tmp_path, index_clip, odd_clip)  # odd_clip: 10 frames, so 4 rows per clip
     (tmp_path / "c3.mp4").unlink()  # moved away after extraction
