@@ -1,13 +1,18 @@
 """What many test files share: the CLI run in this process or in a child, the settings of a tiny extract, clips
 written with their manifest, comparing two stores, and synthetic stores for the heads. Fixtures built on these live
 in conftest.py; both are here so that a test file states only what it checks."""
+import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 import cli
@@ -34,6 +39,15 @@ def cli_command(*args) -> list[str]:
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment, with the worktree importable, plus `extra`."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def kill_9_when_shards(proc: subprocess.Popen, store: Path, shards: int = 2, timeout: float = 120) -> None:
+    """SIGKILL `proc` once `store` holds `shards` finished shards of the whole run (or after `timeout` s)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(store.glob("p0-*.h5"))) < shards:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 # -- a tiny extract ----------------------------------------------------------------------------------------------------
@@ -110,6 +124,23 @@ def assert_same_store(store: Path, reference: Path, n: int, atol: float = 1e-4) 
         np.testing.assert_allclose(a.features(vid), b.features(vid), atol=atol)
         np.testing.assert_array_equal(a.frame_index(vid), b.frame_index(vid))
         assert a.meta(vid)["label"] == b.meta(vid)["label"]
+
+
+def assert_predict_equals_the_head_on_stored_features(run: Path, store_path: Path, tmp_path: Path) -> None:
+    """`cli.py predict RUN` on a copy of the store's first file gives what the run's head gives on its stored rows."""
+    from heads.run import load_run, predict_features  # stage two: only the tests that train import it
+
+    store = open_store(store_path)
+    vid = store.ids()[0]
+    fresh = tmp_path / ("never_seen" + Path(store.meta(vid)["path"]).suffix)
+    fresh.write_bytes(Path(store.meta(vid)["path"]).read_bytes())
+    res = invoke("predict", run, fresh, "--json", "--top", "4")
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)
+    model, ckpt = load_run(run)
+    expected = predict_features(model, ckpt, [store.features(vid)])[0]
+    got = {t["label"]: t["prob"] for t in row["top"]}
+    assert [got[label] for label in ckpt["labels"]] == pytest.approx(expected.tolist(), abs=1e-3)
 
 
 D = 8  # feature width of the synthetic head stores

@@ -4,10 +4,9 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import extract_flags, invoke, write_manifest
+from helpers import assert_predict_equals_the_head_on_stored_features, extract_flags, invoke, write_manifest
 
 from featstore import open_store
-from heads.run import load_run, predict_features
 
 
 def test_fit_head_writes_a_complete_run_directory(tiny_store, tiny_run):
@@ -18,18 +17,7 @@ def test_fit_head_writes_a_complete_run_directory(tiny_store, tiny_run):
 
 
 def test_predict_on_a_fresh_file_equals_the_head_on_the_stored_features(tiny_store, tiny_run, tmp_path):
-    store = open_store(tiny_store)
-    vid = store.ids()[0]
-    fresh = tmp_path / "never_seen.mkv"
-    shutil.copy(store.meta(vid)["path"], fresh)
-    res = invoke("predict", tiny_run, fresh, "--json", "--top", "4")
-    assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.stdout)
-    model, ckpt = load_run(tiny_run)
-    expected = predict_features(model, ckpt, [store.features(vid)])[0]
-    got = {t["label"]: t["prob"] for t in row["top"]}
-    for label, p in zip(ckpt["labels"], expected):
-        assert got[label] == pytest.approx(float(p), abs=1e-3)
+    assert_predict_equals_the_head_on_stored_features(tiny_run, tiny_store, tmp_path)
 
 
 def test_predict_reports_a_broken_file_and_exits_2(tiny_run, tmp_path):

@@ -1,17 +1,15 @@
 """Stage one end to end: real tiny videos → extract → store; resume, kill -9, bad input, CLI errors."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 import torch
-from helpers import (assert_same_store, child_env, extract_flags, invoke, random_frames, tiny_config, write_clips,
-                     write_manifest, write_rotated)
+from helpers import (assert_same_store, child_env, extract_flags, invoke, kill_9_when_shards, random_frames,
+                     tiny_config, write_clips, write_manifest, write_rotated)
 
 from data.synth import write_video
 from featstore import open_store
@@ -113,12 +111,8 @@ KILLED_RUN = textwrap.dedent("""
 def test_kill_9_mid_extract_then_resume_equals_an_uninterrupted_run(tmp_path):
     manifest = write_clips(tmp_path, [f"c{i:02d}.mkv" for i in range(16)], frames=6)
     store = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(manifest), str(store)], env=child_env())
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(store.glob("p0-*.h5"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_when_shards(subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(manifest), str(store)], env=child_env()),
+                       store)
     partial = open_store(store).ids()
     assert 0 < len(partial) < 16, "the kill must land mid-run"
     items = load_source(manifest)

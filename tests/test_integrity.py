@@ -4,20 +4,18 @@ Real files, real child processes with RLIMIT_FSIZE, real SIGKILL, bytes flipped 
 with a store that `verify --deep` passes after the rerun and that equals an uninterrupted run.
 """
 import json
-import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from helpers import assert_same_store, child_env, cli_command, extract_flags, invoke, write_clips
+from helpers import assert_same_store, child_env, cli_command, extract_flags, invoke, kill_9_when_shards, write_clips
 
 from featstore import BadShard, ForeignShard, StoreError, StoreWriter, VideoRecord, open_store, verify_store
 
@@ -183,12 +181,7 @@ KILLED = textwrap.dedent("""
 def test_kill_9_then_rerun_gives_a_store_that_verify_deep_passes_equal_to_an_uninterrupted_run(
         clips, reference, tmp_path):
     store = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(clips), str(store)], env=child_env())
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(store.glob("p0-*.h5"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_when_shards(subprocess.Popen([sys.executable, "-c", KILLED, str(clips), str(store)], env=child_env()), store)
     assert 0 < len(open_store(store).ids()) < N_CLIPS, "the kill must land mid-run"
     assert_verify_deep_passes(store)
     assert invoke(*extract_args(clips, store)).exit_code == 0
