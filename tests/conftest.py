@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny real videos written with PyAV, whose frames say which frame they are.
+"""Shared fixtures: tiny real videos written with PyAV, whose frames say which frame they are; a tiny extracted
+store and a head run on it (tiny_store, tiny_run); one torch thread for a module (one_thread).
 
 Frame i of an index clip has channel 0 equal to i * STEP everywhere (a flat plane stays flat through any resize,
 so the index survives every geometry), and gradients in channels 1 and 2 so that geometry mistakes show.
-Videos are written once per session; tests only read them.
+Session fixtures are made once; tests only read them. Plain helpers (the CLI, extract flags, manifests, store
+comparison) are in helpers.py.
 """
 import os
 import shutil
