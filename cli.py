@@ -11,79 +11,42 @@ import gc
 # the cyclic collector would walk them all several times while they load (~0.5 s of a ~3.5 s start on 2 cores).
 gc.disable()
 
-import errno
 import json
-import os
-import signal
-import sys
-import threading
 import warnings
-from contextlib import contextmanager
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
-from typer.core import TyperGroup
 
 # The CLI's choices and defaults are the library's own tables (importing them loads torch, as every command but
 # info/runs/compact does anyway).
 from finetune.config import BN_MODES, OBJECTIVES, FinetuneConfig
 from finetune.config import SCHEDULERS as FINETUNE_SCHEDULERS
-from heads.config import LEVELS, OPTIMIZERS, PLOTS, POOLS, SCHEDULERS, SPLITS, TASKS, TrainConfig
+from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig
 from heads.models import HEADS
 from pipeline.backbones import available_backbones
 from pipeline.accel import COMPILE_MODES
-from pipeline.decode import CROPS, RESIZE_ENGINES
-from pipeline.extract import COMPRESSIONS, DTYPES, EXTRACT_PRECISIONS, PRECISIONS
+from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES
+from pipeline.device import EXTRACT_PRECISIONS, PRECISIONS
+from pipeline.extract import COMPRESSIONS, DTYPES
 from pipeline.launch import ENGINES
-from pipeline.seek import SEEK_MODES
+from ui.errors import (FAILED_ITEMS, INTERRUPTED, TERMINATED, ExitCodes, Terminated, fail, os_error_line,  # noqa: F401
+                       user_errors)
+from ui.options import Device, Force, Json, OutDir, StoreWeights, choices, config_options, plain
+from ui.render import (epoch_progress, err, out, print_cluster, print_evaluation, print_fit, print_metrics,
+                       print_predictions, print_repeated, print_runs, print_thumbnails, progress_bar, stage_progress,
+                       sweep_progress, warn_skipped)
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
 
-USER_ERROR, FAILED_ITEMS, INTERRUPTED, TERMINATED = 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
-
-
-class ExitCodes(TyperGroup):
-    """Every command's exit code follows the table above; click alone would exit 2 on a bad flag value, which
-    reads as "finished with failed items"."""
-
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
-        from typer import rich_utils
-
-        try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except NoArgsIsHelpError as e:  # no command given: the help, as a usage error
-            e.show()
-            code = USER_ERROR
-        except ClickException as e:  # usage errors: a bad flag value is a user error like any other
-            rich_utils.rich_format_error(e)
-            code = USER_ERROR
-        except typer.Abort:
-            code = INTERRUPTED
-        code = code if isinstance(code, int) else 0
-        if not standalone_mode:
-            return code
-        sys.exit(code)
-
-
 app = typer.Typer(cls=ExitCodes, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cache per-frame embeddings of videos/images in HDF5; train and evaluate heads on the cache.")
-out = Console()
-err = Console(stderr=True)
 
 # torch's quantized and TypedStorage deprecation notices say nothing a user can act on.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
-
-
-def choices(name: str, *values: str) -> type[Enum]:
-    """A str Enum of CLI choices: typer lists them in --help and rejects anything else."""
-    return Enum(name, {v: v for v in values}, type=str)
 
 
 Crop = choices("Crop", *CROPS)
@@ -97,97 +60,6 @@ Compression = choices("Compression", *COMPRESSIONS)
 Engine = choices("Engine", *ENGINES)
 
 
-def fail(message: str, code: int = USER_ERROR) -> None:
-    from rich.markup import escape
-
-    # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (how Slurm, Docker and systemd stop a job), raised like Ctrl-C so the same cleanup runs."""
-
-
-class StopSignals:
-    """SIGINT and SIGTERM interrupt the command once, as KeyboardInterrupt / Terminated, so that `finally` blocks
-    save finished work; a second signal while that runs is ignored, so it cannot abandon the save halfway.
-
-    A signal that lands inside a C extension can have its exception swallowed there (PyAV replaces it with its own
-    error), so progress callbacks call `check()`, which raises it again."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None  # the signal that interrupted, once one did
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def handle(self, signum: int, frame) -> None:
-        if self.raised is not None:
-            os.write(2, b"\nstill saving what is finished; it takes a moment\n")
-            return
-        self.raised = signum
-        self.check()
-
-    def check(self) -> None:
-        if self.raised is not None:
-            raise Terminated() if self.raised == signal.SIGTERM else KeyboardInterrupt()
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            # Once interrupted, the command only winds down (DataLoader workers are joined as their iterator is
-            # collected, after this block): a further signal then must not raise inside that cleanup.
-            signal.signal(sig, signal.SIG_IGN if self.raised is not None else handler)
-
-
-# What to do about an OS error, by errno; the error's own text says what happened.
-OS_ERROR_HINTS = {
-    errno.ENOSPC: "free some space or choose another path, then rerun: finished work is kept",
-    errno.EDQUOT: "free some space or choose another path, then rerun: finished work is kept",
-    errno.EFBIG: "the file grew past a size limit, ulimit -f or the filesystem's: raise it or choose another path",
-    errno.EACCES: "check the permissions of that path, or choose another one",
-    errno.EPERM: "check the permissions of that path, or choose another one",
-    errno.EROFS: "that filesystem is read-only; choose another path",
-    errno.ENOENT: "check the path",
-    errno.ENOTDIR: "a part of that path is a file, not a folder",
-    errno.EISDIR: "that path is a folder; a file was expected",
-}
-
-
-def os_error_line(e: OSError) -> str:
-    """One line for an OS error: what failed, on which path, and what to do."""
-    line = e.strerror or " ".join(str(e).split()) or type(e).__name__
-    if e.filename:
-        line += f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
-    hint = OS_ERROR_HINTS.get(e.errno or 0)
-    return line + (f" ({hint})" if hint else "")
-
-
-@contextmanager
-def user_errors(on_interrupt: str = "nothing was written"):
-    """Run a command's work: the library's user-facing errors and OS errors become one line on stderr and exit 1;
-    SIGINT/SIGTERM end it with 130/143 after `finally` blocks ran. Anything else is a bug and keeps its traceback."""
-    from featstore.errors import FramecacheError
-
-    try:
-        with StopSignals() as stop:
-            yield stop
-    except FramecacheError as e:
-        fail(str(e))
-    except OSError as e:  # disk full, permissions, a file where a folder should be: the environment, not a bug
-        fail(os_error_line(e))
-    except Terminated:
-        err.print(f"terminated by SIGTERM ({on_interrupt})", highlight=False, soft_wrap=True)
-        raise typer.Exit(TERMINATED)
-    except KeyboardInterrupt:
-        err.print(f"interrupted ({on_interrupt})", highlight=False, soft_wrap=True)
-        raise typer.Exit(INTERRUPTED)
-
-
 def parse_shard(value: Optional[str]) -> Optional[tuple[int, int]]:
     if value is None:
         return None
@@ -196,12 +68,6 @@ def parse_shard(value: Optional[str]) -> Optional[tuple[int, int]]:
     except ValueError:
         raise typer.BadParameter(f"expected i/N such as 0/4, got {value!r}") from None
     return i, n
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=err, transient=False)
 
 
 @app.command()
@@ -483,78 +349,25 @@ def print_verify(report) -> None:
         err.print(f"moved {len(report.quarantined)} shard(s) to {Path(report.store) / '_quarantine'}; rerun "
                   f"extract to redo their {videos}", highlight=False, soft_wrap=True)
     elif report.bad:
-        err.print(f"run `cli.py verify {report.store} --quarantine` to move them aside, then rerun extract",
-                  highlight=False, soft_wrap=True)
+        err.print(report.fix, highlight=False, soft_wrap=True)
     else:
         out.print("store ok" + ("" if report.deep else " (--deep also reads every frame block)"))
 
 
 HeadKind = choices("HeadKind", *HEADS)
-Task = choices("Task", *TASKS)
 SplitKind = choices("SplitKind", *SPLITS)
-Optim = choices("Optim", *OPTIMIZERS)
-Sched = choices("Sched", *SCHEDULERS)
-TRAIN = TrainConfig()  # fit-head's defaults are the library's (shown by --help)
-FORCE_HELP = "Write into --out even if it holds other files (those the command writes are overwritten)."
-
-
-def default_run_dir(store: Path, head: str) -> Path:
-    return Path("runs") / f"{store.stem}-{head}"
-
-
-Fuse = choices("Fuse", "concat")
+Plot = choices("Plot", *PLOTS)
+Fuse = choices("Fuse", *FUSE_MODES)
 
 
 @app.command("fit-head")
+@config_options(TrainConfig)
 def fit_head(
     store: Annotated[Optional[Path], typer.Argument(help="Store directory or compacted .h5 file.")] = None,
     more_stores: Annotated[Optional[list[Path]], typer.Argument(help="More stores: one trunk, a classifier "
                                                                 "per store (multi-task).", show_default=False)]
     = None,
-    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind[TRAIN.head],
-    task: Annotated[Task, typer.Option(help="auto: multilabel when any item has several labels.")]
-    = Task[TRAIN.task],
-    split: Annotated[SplitKind, typer.Option(help="official: the store's split column; group: no group on both "
-                                             "sides; stratified.")] = SplitKind[TRAIN.split],
-    val_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Share of train for validation.")]
-    = TRAIN.val_frac,
-    test_frac: Annotated[float, typer.Option(min=0.01, max=0.9, help="Test share (group/stratified).")]
-    = TRAIN.test_frac,
-    epochs: Annotated[int, typer.Option(min=1, help="Upper bound; early stopping ends sooner.")] = TRAIN.epochs,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = TRAIN.lr,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = TRAIN.weight_decay,
-    batch_size: Annotated[int, typer.Option(min=1, help="Clips per batch.")] = TRAIN.batch_size,
-    optimizer: Annotated[Optim, typer.Option()] = Optim[TRAIN.optimizer],
-    scheduler: Annotated[Sched, typer.Option()] = Sched[TRAIN.scheduler],
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")]
-    = TRAIN.patience,
-    lr_factor: Annotated[float, typer.Option(help="plateau: lr multiplier when the val loss stalls.")]
-    = TRAIN.lr_factor,
-    lr_patience: Annotated[int, typer.Option(min=0, help="plateau: stalled epochs first (0: patience//3).")]
-    = TRAIN.lr_patience,
-    lr_gamma: Annotated[float, typer.Option(help="exp: lr multiplier per epoch.")] = TRAIN.lr_gamma,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Multilabel: fixed decision threshold (0: "
-                                             "tuned on val).")] = TRAIN.threshold,
-    max_frames: Annotated[int, typer.Option(min=1, help="Frames per clip (random at train, uniform at eval).")]
-    = TRAIN.max_frames,
-    hidden: Annotated[int, typer.Option(min=1)] = TRAIN.hidden,
-    layers: Annotated[int, typer.Option(min=1)] = TRAIN.layers,
-    bidirectional: Annotated[bool, typer.Option(help="rnn / gru / lstm.")] = TRAIN.bidirectional,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = TRAIN.dropout,
-    proj_dim: Annotated[int, typer.Option(min=0, help="Project frames to this size first (0: off).")]
-    = TRAIN.proj_dim,
-    frame_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Train-time frame drop.")]
-    = TRAIN.frame_dropout,
-    noise_std: Annotated[float, typer.Option(min=0.0, help="Train-time gaussian noise.")] = TRAIN.noise_std,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = TRAIN.label_smoothing,
-    class_weights: Annotated[bool, typer.Option(help="Weigh classes by inverse frequency.")] = TRAIN.class_weights,
-    refit: Annotated[bool, typer.Option(help="Retrain on train+val for the best epoch count.")] = TRAIN.refit,
-    skip_unlabelled: Annotated[bool, typer.Option(help="Leave out clips with an empty label instead of refusing.")]
-    = TRAIN.skip_unlabelled,
-    seed: Annotated[int, typer.Option()] = TRAIN.seed,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = TRAIN.device,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-<head>).")]
-    = None,
+    out_dir: OutDir = None,
     seeds: Annotated[Optional[int], typer.Option(min=1, help="Train with N seeds (N val carvings): mean ± std.")]
     = None,
     folds: Annotated[Optional[int], typer.Option(min=2, help="K-fold group-aware CV on the training split.")]
@@ -563,72 +376,22 @@ def fit_head(
     = None,
     fuse: Annotated[Optional[Fuse], typer.Option(help="concat: the same videos from two stores, features joined.")]
     = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    force: Force = False,
+    *,
+    cfg: TrainConfig,
 ) -> None:
-    """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory."""
-    from heads.rundir import check_run_folder
-    from heads.run import fit_head as run_fit
+    """Train a head on a store; writes config, history, metrics, checkpoint and plots to the run directory
+    (--out, default runs/<store>-<head>)."""
+    from heads.api import fit
 
     stores = [s for s in (store, *(more_stores or []), *(store_opt or [])) if s is not None]
     if not stores:
         fail("give a store: `cli.py fit-head STORE --head linear` (see --help)")
-    store = stores[0]
-    with user_errors("no run was written; an earlier run in --out is unchanged"):
-        cfg = TrainConfig(head=head.value, task=task.value, split=split.value, val_frac=val_frac,
-                          test_frac=test_frac, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                          batch_size=batch_size, optimizer=optimizer.value, scheduler=scheduler.value,
-                          patience=patience, lr_factor=lr_factor, lr_patience=lr_patience, lr_gamma=lr_gamma,
-                          threshold=threshold, max_frames=max_frames, hidden=hidden, layers=layers,
-                          bidirectional=bidirectional, dropout=dropout, proj_dim=proj_dim,
-                          frame_dropout=frame_dropout, noise_std=noise_std, label_smoothing=label_smoothing,
-                          class_weights=class_weights, refit=refit, skip_unlabelled=skip_unlabelled, seed=seed,
-                          device=device)
-        run_dir = out_dir or default_run_dir(store, head.value)
-        with progress_bar() as bar:
-            t = bar.add_task(f"fit {head.value}", total=cfg.epochs, rate="")
-
-            def on_epoch(row: dict) -> None:
-                phase = row.get("phase", "fit")
-                shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("train_loss", "val_loss", "val_metric")
-                                  if isinstance(row.get(k), float) and row[k] == row[k])  # skip NaN
-                bar.update(t, description=f"{phase} {head.value} {row.get('member', '')}",
-                           completed=row.get("epoch", 0), total=row.get("epochs", cfg.epochs), rate=shown)
-
-            if fuse or len(stores) > 1 or seeds or folds:
-                check_run_folder(run_dir, force)
-            if fuse or len(stores) > 1:
-                metrics = fit_several(stores, cfg, run_dir, on_epoch, fuse, seeds or folds)
-            elif seeds or folds:
-                metrics = fit_repeated(store, cfg, run_dir, on_epoch, seeds, folds)
-            else:
-                metrics = run_fit(store, cfg, run_dir, on_epoch, force=force)
-    if "fusion" in metrics:
-        report_fusion(metrics["fusion"])
-    if metrics.get("kind") == "multitask":
-        print_metrics({f"{name} {part}": m for name, parts in metrics["per_store"].items()
-                       for part, m in parts.items()} | {"mean test": metrics["test"]},
-                      f"{metrics.get('head')}, one trunk for {len(metrics['tasks'])} stores → {run_dir}")
-        return
-    if metrics.get("kind") == "repeated":
-        print_repeated(metrics, f"{metrics.get('head')} on {metrics.get('backbone')}, {metrics['n']} "
-                                f"{metrics['mode']} → {run_dir}")
-        return
-    print_metrics({"val": metrics.get("val"), "test": metrics.get("test")},
-                  f"{metrics.get('head')} on {metrics.get('backbone')} → {run_dir}")
-
-
-def print_metrics(by_split: dict[str, dict], title: str) -> None:
-    """One row per split with the headline metrics that are present."""
-    keys = ("accuracy", "clip_accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
-    rows = {name: m for name, m in by_split.items() if isinstance(m, dict)}
-    shown = [k for k in keys if any(k in m for m in rows.values())]
-    t = Table(title=title)
-    t.add_column("split")
-    for k in shown:
-        t.add_column(k, justify="right")
-    for name, m in rows.items():
-        t.add_row(name, *[f"{m[k]:.3f}" if isinstance(m.get(k), float) else "" for k in shown])
-    out.print(t)
+    run_dir = out_dir or Path("runs") / f"{stores[0].stem}-{cfg.head}"
+    with user_errors("no run was written; an earlier run in --out is unchanged"), progress_bar() as bar:
+        result = fit(stores, cfg, run_dir, fuse=plain(fuse), seeds=seeds, folds=folds, force=force,
+                     on_epoch=epoch_progress(bar, cfg.head, cfg.epochs))
+    print_fit(result)
 
 
 @app.command()
@@ -636,42 +399,16 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by fit-head.")],
     store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
     split: Annotated[str, typer.Option(help="Split name in the store (train, val, test, holdout, ...).")] = "test",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    as_json: Json = False,
     report: Annotated[bool, typer.Option(help="Also write per-class and mistakes CSVs + PNGs to "
                                          "RUN/report-<split>.")] = False,
 ) -> None:
     """Re-score a trained head on any split of a store made with the same extraction settings."""
-    from heads.multitask import evaluate_multi, is_multitask
-    from heads.run import evaluate_run, load_run
+    from heads.api import evaluate as run_evaluate
 
     with user_errors():
-        refuse_fused(load_run(run)[1], run)
-        if is_multitask(load_run(run)[1]):
-            if report:
-                fail("--report covers single-store runs; evaluate each store's run on its own for a report")
-            per_store = evaluate_multi(run, split)
-            if as_json:
-                print(json.dumps(per_store, default=float))
-            else:
-                print_metrics({f"{name} {split}": m for name, m in per_store.items()}, f"{run}: one row per store")
-            return
-        metrics = evaluate_run(run, store, split)
-        if report:
-            write_evaluate_report(run, store, split)
-    if as_json:
-        print(json.dumps(metrics, default=float))
-        return
-    print_metrics({split: metrics}, f"{metrics.get('head')} ({run}) on {metrics.get('store')}, "
-                                    f"{metrics.get('n')} clips")
-
-
-def write_evaluate_report(run: Path, store: Optional[Path], split: str) -> None:
-    from heads.report import write_report
-    from heads.run import split_predictions
-
-    name = f"report-{split}" if store is None else f"report-{store.stem}-{split}"
-    paths = write_report(split_predictions(run, store, split), run / name, split)
-    err.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
+        result = run_evaluate(run, store, split, report=report)
+    print_evaluation(result, as_json)
 
 
 @app.command()
@@ -679,101 +416,49 @@ def predict(
     run: Annotated[Path, typer.Argument(help="Run directory written by fit-head.")],
     videos: Annotated[list[Path], typer.Argument(help="Video or image files.")],
     top: Annotated[int, typer.Option(min=1, help="Labels shown per file.")] = 5,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:i.")] = "auto",
-    weights: Annotated[Optional[Path], typer.Option(help="The store's weights file, if it moved since extract "
-                                                    "(checked against the sha256 the store recorded).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    device: Device = "auto",
+    weights: StoreWeights = None,
+    as_json: Json = False,
 ) -> None:
     """Embed new files exactly as the run's store was made, apply the head, print the top labels."""
-    import numpy as np
-
-    from heads.run import load_run, predict_features
-    from pipeline.extract import embed_files
+    from heads.api import predict_files
 
     with user_errors():
-        model, ckpt = load_run(run)
-        refuse_fused(ckpt, run)
-        records = embed_files([str(v) for v in videos], ckpt["store_config"], device,
-                              None if weights is None else str(weights))
-        ok = [r for r in records if r.status == "ok"]
-        probs = predict_features(model, ckpt, [r.features for r in ok]) if ok else np.zeros((0, 0))
-    labels, rows = ckpt["labels"], []
-    for r, p in zip(ok, probs):
-        order = np.argsort(-p)[:top]
-        rows.append({"path": r.video_id, "top": [{"label": labels[i], "prob": round(float(p[i]), 4)} for i in order]})
-    rows = per_store_rows(ckpt, ok, probs, top) or rows
-    if ckpt["task"] == "multilabel":  # the decision the run was scored with: every label at/above its threshold
-        for row, p in zip(rows, probs):
-            row["labels"] = [labels[i] for i in np.flatnonzero(p >= ckpt["threshold"])]
-            row["threshold"] = ckpt["threshold"]
-    failed = [r for r in records if r.status != "ok"]
-    if as_json:
-        print(json.dumps(rows + [{"path": r.video_id, "error": r.error} for r in failed]))
-    else:
-        for row in rows:
-            decided = (f" → labels at ≥ {row['threshold']:.2f}: {', '.join(row['labels']) or '(none)'}"
-                       if "labels" in row else "")
-            out.print(f"[bold]{row['path']}[/]: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"])
-                      + decided, highlight=False)
-        for r in failed:
-            err.print(f"[red]failed[/] {r.video_id}: {r.error}", highlight=False)
-    if failed:
+        result = predict_files(run, videos, top=top, device=device, weights=weights)
+    print_predictions(result, as_json)
+    if result.failed:
         raise typer.Exit(FAILED_ITEMS)
 
 
-Level = choices("Level", *LEVELS)
-Pool = choices("Pool", *POOLS)
-Plot = choices("Plot", *PLOTS)
-
-
 @app.command("cluster-eval")
+@config_options(ClusterConfig)
 def cluster_eval(
     store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
-    k: Annotated[Optional[int], typer.Option(min=2, help="Clusters (default: number of labels).")] = None,
-    level: Annotated[Level, typer.Option(help="video: pooled clips; frame: every sampled frame.")] = Level.video,
-    pool: Annotated[Pool, typer.Option(help="Pooling of a clip's frames at --level video.")] = Pool.mean,
-    split: Annotated[Optional[str], typer.Option(help="Cluster only this split (default: all).")] = None,
-    fit_split: Annotated[Optional[str], typer.Option(help="Fit centroids on this split, score --split.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="Repeat with this many seeds; report mean ± std.")] = 1,
-    seed: Annotated[int, typer.Option()] = 0,
-    n_init: Annotated[int, typer.Option(min=1)] = 10,
-    pca: Annotated[Optional[int], typer.Option(min=1, help="Reduce to this many PCA components first.")] = None,
-    whiten: Annotated[bool, typer.Option(help="Whiten the PCA components.")] = False,
     k_range: Annotated[Optional[str], typer.Option(help="Sweep k over LO:HI or LO:HI:STEP (e.g. 5:50), reporting "
                                                    "inertia/silhouette.")] = None,
-    plot: Annotated[Plot, typer.Option(help="2-D picture of the points.")] = Plot.tsne,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<store>-kmeans).")]
-    = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    out_dir: OutDir = None,
+    force: Force = False,
     thumbnails: Annotated[bool, typer.Option(help="Also draw the frames at their 2-D positions (thumbnails.png), "
                                              "re-decoded from the store's paths.")] = False,
     max_points: Annotated[int, typer.Option(min=1, help="At most this many thumbnails (a seeded choice).")] = 400,
+    *,
+    cfg: ClusterConfig,
 ) -> None:
-    """k-means on the cache, scored against labels: NMI, ARI, purity, accuracy, H(label|cluster), plots."""
+    """k-means on the cache, scored against labels: NMI, ARI, purity, accuracy, H(label|cluster), plots
+    (--out, default runs/<store>-kmeans)."""
     from heads.cluster import cluster_eval as run_cluster
+    from heads.config import parse_k_range
 
-    if thumbnails and plot is Plot.none:
+    if thumbnails and cfg.plot == "none":
         fail("--thumbnails draws on the 2-D map: use --plot tsne or --plot pca")
-
-    sweep = None
-    if k_range is not None:
-        try:
-            sweep = tuple(int(x) for x in k_range.split(":"))
-        except ValueError:
-            fail(f"--k-range expects LO:HI or LO:HI:STEP such as 5:50, got {k_range!r}")
     run_dir = out_dir or Path("runs") / f"{store.stem}-kmeans"
-    with user_errors("no run was written; an earlier run in --out is unchanged"), progress_bar() as bar:
-        t = bar.add_task("cluster", total=None, rate="")
-
-        def on_progress(p: dict) -> None:
-            bar.update(t, description=p["stage"], total=p["total"], completed=p["done"])
-
-        result = run_cluster(store, run_dir, k=k, level=level.value, pool=pool.value, split=split,
-                             fit_split=fit_split, seeds=seeds, seed=seed, n_init=n_init, pca=pca, whiten=whiten,
-                             k_range=sweep, plot=plot.value, on_progress=on_progress, force=force)
+    with user_errors("no run was written; an earlier run in --out is unchanged"):
+        cfg = replace(cfg, k_range=parse_k_range(k_range))
+        with progress_bar() as bar:
+            result = run_cluster(store, cfg, run_dir, force=force, on_progress=stage_progress(bar, "cluster"))
     print_cluster(result, run_dir)
     if thumbnails:
-        draw_cluster_thumbnails(run_dir, max_points, seed)
+        draw_cluster_thumbnails(run_dir, max_points, cfg.seed)
 
 
 def draw_cluster_thumbnails(run_dir: Path, max_points: int, seed: int) -> None:
@@ -783,149 +468,33 @@ def draw_cluster_thumbnails(run_dir: Path, max_points: int, seed: int) -> None:
         t = bar.add_task("thumbnails", total=None, rate="decoding")
         drawn = draw_thumbnails(run_dir, max_points, seed, lambda done, total: bar.update(t, completed=done,
                                                                                             total=total))
-    out.print(f"thumbnails: {drawn.drawn} of {drawn.n_points} points drawn → {drawn.png}", highlight=False)
-    if drawn.skipped:
-        err.print(f"note: {len(drawn.skipped)} file(s) could not be decoded again and were skipped: "
-                  + "; ".join(f"{vid} ({why})" for vid, why in drawn.skipped[:5])
-                  + (" ..." if len(drawn.skipped) > 5 else ""), highlight=False, soft_wrap=True)
-
-
-def print_cluster(result: dict, run_dir: Path) -> None:
-    t = Table(title=f"k-means → {run_dir}")
-    t.add_column("metric")
-    t.add_column("mean", justify="right")
-    t.add_column("std", justify="right")
-    mean, std = result.get("metrics", {}), result.get("std", {})
-    for name, value in mean.items():
-        if isinstance(value, (int, float)):
-            t.add_row(name, f"{value:.4f}", f"{std.get(name, 0.0):.4f}" if name in std else "")
-    out.print(t)
-
-
-# -- repeated runs and sweeps (heads.experiments) ---------------------------------------------------------
-def fit_repeated(store: Path, cfg, run_dir: Path, on_epoch, seeds: Optional[int], folds: Optional[int]) -> dict:
-    from heads.experiments import fit_folds, fit_seeds
-
-    if seeds and folds:
-        fail("choose one of --seeds (repeated training) and --folds (cross-validation)")
-    if folds:
-        return fit_folds(store, cfg, run_dir, folds, on_epoch)
-    return fit_seeds(store, cfg, run_dir, seeds, on_epoch)
-
-
-def print_repeated(metrics: dict, title: str) -> None:
-    """mean ± std per split of a repeated run or a sweep's chosen cell."""
-    keys = ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "mAP", "mAP@1", "mAP@3", "mAP@5")
-    rows = {name: (metrics[name], metrics.get(f"{name}_std") or {}) for name in ("val", "cv", "test")
-            if isinstance(metrics.get(name), dict)}
-    shown = [k for k in keys if any(k in m for m, _ in rows.values())]
-    t = Table(title=title)
-    t.add_column("split")
-    for k in shown:
-        t.add_column(k, justify="right")
-    for name, (m, sd) in rows.items():
-        t.add_row(name, *[f"{m[k]:.3f} ± {sd.get(k, 0.0):.3f}" if isinstance(m.get(k), float) else ""
-                          for k in shown])
-    out.print(t)
+    print_thumbnails(drawn)
 
 
 @app.command()
+@config_options(TrainConfig)
 def sweep(
     store: Annotated[Path, typer.Argument(help="Store directory or compacted .h5 file.")],
     grid: Annotated[list[str], typer.Option(help="KEY=V1,V2 (a TrainConfig field); repeat for more axes.")],
-    head: Annotated[HeadKind, typer.Option(help="Head architecture.")] = HeadKind.linear,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds (val carvings) per cell; cells compare on means.")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="First seed.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    split: Annotated[Optional[SplitKind], typer.Option()] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:i.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep directory (default runs/<store>-sweep).")]
-    = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    out_dir: OutDir = None,
+    force: Force = False,
+    *,
+    cfg: TrainConfig,
 ) -> None:
-    """Train every cell of a grid on one cache, choose by validation only, score the chosen cell on test once."""
+    """Train every cell of a grid on one cache, choose by validation only, score the chosen cell on test once
+    (--out, default runs/<store>-sweep); the other options set what every cell shares."""
     from heads.experiments import parse_grid
     from heads.experiments import sweep as run_sweep
-    from heads.rundir import check_run_folder
-    from heads.train import TrainConfig
 
-    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in
-             {"head": head, "seed": seed, "epochs": epochs, "split": split, "device": device}.items() if v is not None}
     run_dir = out_dir or Path("runs") / f"{store.stem}-sweep"
     with user_errors():
-        cfg = TrainConfig(**given)
         axes = parse_grid(grid, cfg)
-        check_run_folder(run_dir, force)
         with progress_bar() as bar:
-            t = bar.add_task("sweep", total=None, rate="")
-
-            def on_progress(p: dict) -> None:
-                cell = " ".join(f"{k}={v}" for k, v in p["params"].items())
-                rate = f"{cell}: val {p['val']:.3f}" if "val" in p else f"test of {cell}"
-                bar.update(t, description=p["stage"], total=p["total"], completed=p["done"], rate=rate)
-
-            metrics = run_sweep(store, cfg, axes, run_dir, seeds, on_progress)
+            metrics = run_sweep(store, cfg, axes, run_dir, seeds, sweep_progress(bar), force=force)
     chosen = " ".join(f"{k}={v}" for k, v in metrics["chosen"].items())
     print_repeated(metrics, f"sweep of {metrics['n_cells']} cells × {seeds} seeds → {run_dir}; chosen by val: "
                             f"{chosen}")
-
-
-def per_store_rows(ckpt: dict, records, probs, top: int) -> list[dict]:
-    """predict on a multi-task run: the top labels of each store, named "store:label"."""
-    import numpy as np
-
-    from heads.multitask import is_multitask, predict_multi
-
-    if not is_multitask(ckpt):
-        return []
-    rows = []
-    for r, by_store in zip(records, predict_multi(ckpt, probs)):
-        shown = [{"store": name, "label": f"{name}:{labels[i]}", "prob": round(float(p[i]), 4)}
-                 for name, (labels, p) in by_store.items() for i in np.argsort(-p)[:top]]
-        rows.append({"path": r.video_id, "top": shown})
-    return rows
-
-
-# -- fusion (heads.fusion) ------------------------------------------------------------------------------
-def parse_floats(text: Optional[str], flag: str) -> Optional[list[float]]:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        fail(f"{flag} expects comma-separated numbers such as 0.5,0.5, got {text!r}")
-
-
-def fit_several(stores: list[Path], cfg, run_dir: Path, on_epoch, fuse, repeated) -> dict:
-    """fit-head on two or more stores: concat fusion (--fuse) or one trunk with a classifier per store."""
-    from heads.fusion import fit_fused
-
-    if repeated:
-        fail("--seeds/--folds take a single store")
-    from heads.multitask import fit_multi
-
-    if fuse:
-        return fit_fused(stores, cfg, run_dir, fuse.value, on_epoch)
-    return fit_multi(stores, cfg, run_dir, on_epoch)
-
-
-def refuse_fused(ckpt: dict, run: Path) -> None:
-    stores = ckpt.get("store_config", {}).get("fused_stores")
-    if stores:
-        fail(f"{run} was trained on the features of {' and '.join(s['store'] for s in stores)} joined (--fuse): "
-             "evaluate/predict cannot rebuild them yet; its metrics.json holds val and test")
-
-
-def report_fusion(info: dict) -> None:
-    left = {Path(s).name: n for s, n in info["left_out"].items() if n}
-    if left:
-        err.print(f"fused {info['n_common']} videos held by both stores; left out (in one store only): "
-                  + ", ".join(f"{n} of {s} (e.g. {info['left_out_examples'][k][0]})"
-                              for (s, n), k in zip(left.items(), [k for k, v in info["left_out"].items() if v])),
-                  highlight=False, soft_wrap=True)
-    if info.get("label_mismatches"):
-        err.print(f"{info['label_mismatches']} common videos have other labels in the second store; the first "
-                  "store's labels were used", highlight=False)
 
 
 @app.command()
@@ -933,69 +502,37 @@ def fuse(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories of the same classes.")],
     weights: Annotated[Optional[str], typer.Option(help="One weight per run, e.g. 0.7,0.3 (default: equal).")]
     = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/fuse-<runs>).")]
-    = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    out_dir: OutDir = None,
+    force: Force = False,
 ) -> None:
-    """Late fusion: average the runs' probabilities on their common test clips; writes a run that `runs` lists."""
-    from heads.fusion import fuse_runs
-    from heads.rundir import check_run_folder
+    """Late fusion: average the runs' probabilities on their common test clips; writes a run that `runs` lists
+    (--out, default runs/fuse-<runs>)."""
+    from heads.fusion import fuse_runs, parse_weights
 
     run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
-        check_run_folder(run_dir, force)
-        metrics = fuse_runs(run_dirs, run_dir, parse_floats(weights, "--weights"))
+        metrics = fuse_runs(run_dirs, run_dir, parse_weights(weights), force=force)
     print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
                   f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
-
-
-RUN_TABLE = ("name", "backbone", "head", "task", "split", "accuracy", "macro_f1", "mAP", "micro_f1", "nmi", "n_params",
-             "seconds")
 
 
 @app.command()
 def runs(
     runs_dir: Annotated[Path, typer.Argument(help="Folder holding run directories.")] = Path("runs"),
     sort: Annotated[Optional[str], typer.Option(help="Sort by this column, best first (e.g. accuracy).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """One table comparing every run under RUNS_DIR."""
     from heads.run import list_runs
 
     with user_errors():
-        rows = list_runs(runs_dir, sort, on_bad=lambda path, why: err.print(
-            f"[yellow]warning:[/] skipped {path}: {why}", highlight=False, soft_wrap=True))
+        rows = list_runs(runs_dir, sort, on_bad=warn_skipped)
     if as_json:
         print(json.dumps(rows, default=str))
         return
     if not rows:
         fail(f"no runs under {runs_dir}: train one with `cli.py fit-head STORE --out {runs_dir}/NAME`")
-    cols = [c for c in RUN_TABLE if any(r.get(c) is not None for r in rows)]
-    differing = differing_params(rows)
-    t = Table(title=f"runs in {runs_dir} (all columns: --json)")
-    for c in [*cols[:3], *differing, *cols[3:]]:
-        numeric = any(isinstance(r.get(c), (int, float)) for r in rows)
-        t.add_column(c, justify="right" if numeric else "left", min_width=min(len(c), 8))
-    for r in rows:
-        params = [str(r["params"].get(k, "")) for k in differing]
-        cells = [run_cell(r, c) for c in cols]
-        t.add_row(*cells[:3], *params, *cells[3:])
-    out.print(t)
-
-
-def differing_params(rows: list[dict]) -> list[str]:
-    """Train settings (config.json) that differ between the listed runs; head is a column of its own."""
-    keys = sorted({k for r in rows for k in r.get("params", {})} - {"head", "device"})
-    trained = [r.get("params", {}) for r in rows if r.get("params")]
-    return [k for k in keys if len({json.dumps(p.get(k)) for p in trained}) > 1]
-
-
-def run_cell(row: dict, col: str) -> str:
-    value, std = row.get(col), row.get(f"{col}_std")
-    if isinstance(value, float):
-        digits = 1 if col == "seconds" else 3
-        return f"{value:.{digits}f} ± {std:.{digits}f}" if isinstance(std, float) else f"{value:.{digits}f}"
-    return str(value if value is not None else "")
+    print_runs(rows, runs_dir)
 
 
 # -- explain: Grad-CAM through the run's backbone + head ---------------------------------------------------------

@@ -158,7 +158,7 @@ def measure(name: str, items, args) -> dict:
     cfg = ExtractConfig(backbone=name, weights="none", sampling=sampling_for(name, **flags),
                         batch_size=args.batch_size, workers=args.workers, device=args.device, size=args.size)
     backbone = load_backbone(name, "none")
-    device = resolve_device(cfg.device, backbone)
+    device = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, backbone, device, items, cfg.sampling)
     precision, batch_size = speed.precision, speed.batch_size  # what extract will run: the device's batch
     D, units, decoded = decode_only(items, cfg, backbone, device)
@@ -227,7 +227,7 @@ def speed_options(name: str, items, args) -> dict:
     --precision int8), and the ratios to the serial ceiling of the defaults."""
     cfg = ExtractConfig(backbone=name, weights="none", sampling=sampling_for(name, every=args.every))
     backbone = load_backbone(name, "none")
-    device = resolve_device(cfg.device, backbone)
+    device = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     # The commands first: compiling in this process leaves inductor's compile workers behind, which would share
     # the cores with them.
     flags = ["--every", str(args.every)]

@@ -3,7 +3,8 @@
     python bench/finetune.py [--source /work/shared/data/ucf101_subset20/manifest.csv] [--clips 86]
                              [--backbone mobilenet_v2] [--size 224] [--segments 8] [--batch-size 8] [--workers 1]
 
-Three measurements on the same clips, model, batch and precision (`--precision auto`):
+Three measurements on the same clips (the train part of finetune's split of the first --clips train items), model,
+batch and precision (`--precision auto`), all set up by finetune's own functions:
   decode   the DataLoader alone (workers decoding TSN segment frames, augmentation included), no model;
   compute  forward + backward + optimizer step alone, on one real batch already in memory, before and
            after the training epoch (their mean);
@@ -27,13 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from finetune.data import ClipFrames, FrameSampler, clip_loader, epoch_order  # noqa: E402
-from finetune.model import VideoNet, trainable_backbone  # noqa: E402
-from finetune.objectives import Supervised  # noqa: E402
-from finetune.train import FinetuneConfig, Loaders, Trainer  # noqa: E402
-from heads.data import build_vocab, encode_targets  # noqa: E402
-from heads.models import HeadConfig, build_head  # noqa: E402
-from pipeline import ExtractConfig, geometry_for, load_source, resolve_device, resolve_precision  # noqa: E402
+from finetune.data import clip_loader, epoch_order, item_index  # noqa: E402
+from finetune.run import loaders, prepare, setup  # noqa: E402
+from finetune.train import FinetuneConfig, Trainer  # noqa: E402
+from pipeline import load_source  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "ucf101_subset20" / "manifest.csv"
@@ -58,29 +56,22 @@ def main() -> None:
     items = [it for it in load_source(args.source) if it.split == "train"][:args.clips]
     cfg = FinetuneConfig(backbone=args.backbone, weights=args.weights, size=args.size, segments=args.segments,
                          batch_size=args.batch_size, workers=args.workers, precision=args.precision, epochs=1)
-    backbone = trainable_backbone(cfg.backbone, cfg.weights)
-    device = resolve_device(cfg.device, backbone)
-    precision = resolve_precision(cfg.precision, device, backbone)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size), backbone)
-    labels = build_vocab([list(it.labels) for it in items])
-    targets = encode_targets([list(it.labels) for it in items], labels, "multiclass")
-    head = build_head(HeadConfig(in_dim=backbone.dim, n_classes=len(labels), max_len=cfg.segments))
-    net = VideoNet(backbone, head).to(device)
-    dataset = ClipFrames(items, range(len(items)), geometry, FrameSampler("segments", cfg.segments), augment=True,
-                         seed=0)
-    data = Loaders(dataset, dataset, cfg.workers, device.type == "cuda")
-    trainer = Trainer(net, Supervised(targets, labels), cfg, data, device, amp, Path(os.devnull))
-    images = len(items) * cfg.segments
+    run = setup(cfg)  # finetune's own setup, network and loaders: what it trains on is what is timed
+    device, precision, geometry = run.device, run.precision, run.geometry
+    prep = prepare(run.backbone, geometry, item_index(items), cfg)
+    data = loaders(items, geometry, cfg, prep, device)
+    trainer = Trainer(prep.net.to(device), prep.objective, cfg, data, device, run.amp, Path(os.devnull))
+    dataset = data.train
+    images = len(dataset) * cfg.segments
 
     t = time.perf_counter()
-    for _ in clip_loader(dataset, epoch_order(len(items), 0, 1), cfg.batch_size, cfg.workers, False):
+    for _ in clip_loader(dataset, epoch_order(len(dataset), 0, 1), cfg.batch_size, cfg.workers, False):
         pass
     decode_s = time.perf_counter() - t
 
     fake = next(iter(clip_loader(dataset, list(range(cfg.batch_size)), cfg.batch_size, 0, False)))
     trainer.step(fake)  # warm-up: first-call allocations and kernel selection
-    steps = -(-len(items) // cfg.batch_size)
+    steps = -(-len(dataset) // cfg.batch_size)
     compute_before = compute_rate(trainer, fake, steps, cfg.segments)
 
     t = time.perf_counter()
@@ -92,7 +83,7 @@ def main() -> None:
             "train": trained * cfg.segments / train_s}
     result = {
         "what": "fine-tuning images/s: training epoch vs forward+backward alone vs decoding alone",
-        "source": str(args.source), "clips": len(items), "backbone": cfg.backbone, "size": geometry.size,
+        "source": str(args.source), "clips": len(items), "train_clips": len(dataset), "backbone": cfg.backbone, "size": geometry.size,
         "segments": cfg.segments, "batch_clips": cfg.batch_size, "workers": cfg.workers,
         "device": str(device), "precision": precision, "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),

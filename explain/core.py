@@ -6,7 +6,6 @@ title's label and probability are predict's; `frames` only chooses how many of t
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from explain.model import RunModel, clip_probabilities, decode_for, head_rows, l
 from explain.render import Panel, render
 from heads.report import mistakes
 from heads.run import split_predictions
+from heads.rundir import write_json
 from pipeline.backbones import get_spec
 from pipeline.decode import DecodeError, Sampling, sample_indices
 
@@ -144,7 +144,6 @@ def mistake_jobs(run_dir: str | Path, n: int, out_dir: Path, method: str, split:
 
 def write_index(results: list[Explained], out_dir: Path) -> Path:
     """index.json beside the PNGs: every video's outcome, failures included."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.json"
-    path.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    write_json(path, [asdict(r) for r in results])
     return path

@@ -90,7 +90,7 @@ def load_run_model(run_dir: str | Path, device: str = "auto", weights: str | Non
     config = ckpt["store_config"]
     check_explainable(config, run_dir)
     cfg, backbone = store_backbone(config, device, weights)
-    dev = resolve_device(cfg.device, backbone)
+    dev = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     pre = backbone.preprocess
     model = ComposedModel(backbone.model, head, pre.mean, pre.std, STORE_DTYPES[config["dtype"]]).to(dev).eval()
     return RunModel(model, list(ckpt["labels"]), ckpt["task"], cfg.backbone, cfg.sampling,

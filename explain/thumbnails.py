@@ -17,7 +17,7 @@ import numpy as np
 
 from explain import ExplainError
 from featstore import open_store
-from heads.cluster import palette
+from heads.plots import palette
 from pipeline.decode import DecodeError, Geometry, decode_image, decode_video
 from pipeline.extract import config_from_store
 from pipeline.sources import item_kind

@@ -47,16 +47,22 @@ class DiskFull(StoreError):
     """A write ran out of space (or hit the file size limit); nothing partial was left behind."""
 
 
+# The fix for a damaged compacted file, which cannot be repaired in place (verify --quarantine refuses one).
+REMAKE_COMPACTED = "re-create it with `cli.py compact STORE OUT.h5` from the store directory"
+
+
 class BadShard(StoreError):
     """A shard that cannot be trusted: damaged, truncated, inconsistent or made with other settings."""
+
+    verify_flags = "--quarantine"  # what finds the shard again and moves it aside
 
     def __init__(self, shard: Path, problem: str, compacted: bool = False):
         self.shard, self.problem, self.compacted = Path(shard), problem, compacted
         if compacted:
-            what, hint = "store file", "re-create it with `cli.py compact STORE OUT.h5` from the store directory"
+            what, hint = "store file", REMAKE_COMPACTED
         else:
-            what, hint = "shard", (f"run `cli.py verify {self.shard.parent} --quarantine` to move it aside, then "
-                                   "rerun extract to redo its videos")
+            what, hint = "shard", (f"run `cli.py verify {self.shard.parent} {self.verify_flags}` to move it aside, "
+                                   "then rerun extract to redo its videos")
         super().__init__(f"{what} {self.shard}: {problem}; {hint}")
 
     def __reduce__(self):  # raised in Ray or DataLoader workers too: pickle the fields, not the message
@@ -335,8 +341,17 @@ def _check_blocks(sets: dict[str, h5py.Dataset], columns: dict[str, np.ndarray])
     for name in _row_datasets(sets):
         for start in range(0, rows, DEEP_BLOCK_ROWS):
             block = _read(sets[name], name, np.s_[start:start + DEEP_BLOCK_ROWS])
-            if block.dtype.kind == "f" and not np.isfinite(block).all():
-                row = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
+            bad = first_non_finite(block) if block.dtype.kind == "f" else None
+            if bad is not None:
+                row = start + bad
                 vid = columns["video_id"][int(np.searchsorted(ends, row, side="right"))]
                 vid = vid.decode() if isinstance(vid, bytes) else vid
                 raise _Problem(f"non-finite values in {name} (row {row}, video {vid})")
+
+
+def first_non_finite(rows: np.ndarray) -> int | None:
+    """The index of the first row of `rows` (N, ...) holding a NaN or an infinity; None when every value is finite."""
+    finite = np.isfinite(rows)
+    if finite.all():
+        return None
+    return int(np.flatnonzero(~finite.reshape(len(rows), -1).all(axis=1))[0])

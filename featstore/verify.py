@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import StoreError
-from featstore.integrity import BadShard, read_shard_index
+from featstore.integrity import REMAKE_COMPACTED, BadShard, read_shard_index
 from featstore.store import OPTIONAL_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
 
 QUARANTINE = "_quarantine"
@@ -34,6 +34,14 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         return not self.bad
+
+    @property
+    def fix(self) -> str:
+        """What to do about the bad shards: a compacted file is made again, a store's shards are moved aside."""
+        if Path(self.store).is_file():
+            return REMAKE_COMPACTED
+        deep = " --deep" if self.deep else ""  # without it, a shard bad only in its frame blocks looks good
+        return f"run `cli.py verify {self.store}{deep} --quarantine` to move them aside, then rerun extract"
 
 
 def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False,

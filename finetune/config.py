@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from featstore.errors import FramecacheError
 from heads.config import SPLITS
 from heads.models import HEADS
+from pipeline.device import PRECISIONS
 
 OBJECTIVES = ("supervised", "temporal")
 SCHEDULERS = ("cosine", "plateau", "none")
 BN_MODES = ("frozen", "partial", "train")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class FinetuneError(FramecacheError, ValueError):

@@ -1,7 +1,8 @@
 """`finetune`: items in, a run directory out, laid out like fit-head's so `cli.py runs` lists it.
 
-    backbone.pt    {"state_dict": the registry architecture's weights (classifier removed), "backbone": name,
-                    "config": what made it}; torch.load(weights_only=True) works, and `extract --weights` takes it
+    backbone.pt    the registry architecture's state_dict, classifier removed: `load_backbone(name, "none").model
+                    .load_state_dict(torch.load(p, weights_only=True))` works, and `extract --weights` takes it
+    backbone.json  beside it: {"backbone": name, "config": what made it} (extract reads the name from it)
     checkpoint.pt  the training state after the last finished epoch (what --resume continues from)
     config.json, splits.json, history.csv, metrics.json, curves.png
 """
@@ -12,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -22,18 +23,22 @@ from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
-from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, cpu_state, evaluate, save_atomic
+from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
 from heads.models import POOLING_HEADS, HeadConfig, build_head, count_params
 from heads.plots import plot_curves
-from heads.run import load_early_head, load_run, write_history, write_json
+from heads.run import load_early_head, load_run, write_history
+from heads.rundir import write_json
+from heads.train import cpu_state
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
-from pipeline.extract import ExtractConfig, geometry_for, resolve_device, resolve_precision
+from pipeline.device import resolve_device, resolve_precision
+from pipeline.extract import ExtractConfig, geometry_for
 from pipeline.sources import Item
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE_FILE = "backbone.pt"
+BACKBONE_SIDECAR = "backbone.json"  # the name pipeline.backbones looks for beside a weights file
 # What an --init-head run's store must share with this run for its head to read our features.
 INIT_HEAD_KEYS = ("backbone", "weights", "size", "resize", "crop", "mean", "std")
 STAT_CLIPS = 32  # clips whose features standardize a new head's input (as fit-head does with train frames)
@@ -60,14 +65,10 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     if checkpoint.exists() and not resume:
         raise FinetuneError(f"{out} holds the checkpoint of an earlier run: pass --resume to continue it, "
                             "or choose another --out")
-    backbone = trainable_backbone(cfg.backbone, cfg.weights)
-    device = resolve_device(cfg.device, backbone)
-    precision = resolve_precision(cfg.precision, device, backbone)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size, crop=cfg.crop), backbone)
+    backbone, device, precision, amp, geometry = setup(cfg)
     index = item_index(items)
-    prep = _prepare(backbone, geometry, index, cfg)
-    data = _loaders(items, geometry, cfg, prep, device)
+    prep = prepare(backbone, geometry, index, cfg)
+    data = loaders(items, geometry, cfg, prep, device)
     prep.net.to(device)
     if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
         _standardize_head(prep.net, data, device, amp)
@@ -83,8 +84,28 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     return metrics
 
 
+class Setup(NamedTuple):
+    backbone: Backbone
+    device: torch.device
+    precision: str               # what --precision resolved to on this device
+    amp: torch.dtype | None      # its autocast dtype (None: fp32)
+    geometry: Geometry           # the frames' size and crop, as extract would make them for this backbone
+
+
+def setup(cfg: FinetuneConfig) -> Setup:
+    """The trainable backbone, and the device, precision and frame geometry a run of `cfg` uses (bench/finetune.py
+    times this same setup)."""
+    backbone = trainable_backbone(cfg.backbone, cfg.weights)
+    device = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
+    precision = resolve_precision(cfg.precision, device, backbone)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size, crop=cfg.crop), backbone)
+    return Setup(backbone, device, precision, amp, geometry)
+
+
 # -- building the network ---------------------------------------------------------------------------------------
-def _prepare(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneConfig) -> Prepared:
+def prepare(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneConfig) -> Prepared:
+    """The network and objective a run trains, and its splits of `index`."""
     torch.manual_seed(cfg.seed)  # a new head's init
     if cfg.objective == "temporal":
         head = ProjectionHead(backbone.dim, cfg.hidden, cfg.proj_dim)
@@ -165,8 +186,9 @@ def _run_splits(run_dir: Path, index: Cache) -> dict[str, np.ndarray]:
     return splits
 
 
-def _loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: Prepared,
-             device: torch.device) -> Loaders:
+def loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: Prepared,
+            device: torch.device) -> Loaders:
+    """Training clips (the train split), validation clips, and train + val for the refit."""
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     train = FrameSampler(prep.objective.sampler, cfg.segments, cfg.pos_window, random=True)
     refit = (ClipFrames(items, np.sort(np.concatenate([prep.splits["train"], prep.splits["val"]])), geometry, train,
@@ -250,8 +272,8 @@ def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbon
                state: LoopState, metrics: dict, index: Cache) -> None:
     weights = {k.removeprefix("backbone."): v for k, v in prep.net.state_dict().items() if k.startswith("backbone.")}
     made = {"finetune": asdict(cfg), "from_weights": backbone.weights_id, "geometry": asdict(geometry)}
-    save_atomic({"state_dict": {k: v.detach().cpu() for k, v in weights.items()}, "backbone": cfg.backbone,
-                 "config": made}, out / BACKBONE_FILE)
+    save_atomic(cpu_state(weights), out / BACKBONE_FILE)
+    write_json(out / BACKBONE_SIDECAR, {"backbone": cfg.backbone, "config": made})
     metrics["backbone_file"] = str((out / BACKBONE_FILE).resolve())
     metrics["backbone_sha256"] = _sha256(out / BACKBONE_FILE)
     write_json(out / "config.json", {**made, "head": prep.head_config, "labels": prep.labels,

@@ -21,6 +21,7 @@ from finetune.config import FinetuneConfig, FinetuneError
 from finetune.data import Batch, ClipFrames, clip_loader, epoch_order, steps_per_epoch
 from finetune.model import VideoNet, param_groups
 from finetune.objectives import Supervised, Temporal, headline
+from heads.train import cpu_state
 
 # Settings that may change between a run and its --resume without changing the result.
 RESUMABLE_CHANGES = ("workers", "device")
@@ -288,7 +289,3 @@ def save_atomic(obj: dict, path: Path) -> None:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
-
-
-def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -1,18 +1,19 @@
 """Heads trained on a feature store: models, data, one training loop, metrics, plots and run directories.
 
+What each stage-two command calls: fit-head `fit`, evaluate `evaluate`, predict `predict_files`, cluster-eval
+`cluster_eval` (with a `ClusterConfig`), sweep `sweep` (axes from `parse_grid`), fuse `fuse_runs`, runs `list_runs`.
+
 The names below load on first use (PEP 562): `import heads.config` for the CLI's choice tables must not pull in
 scikit-learn and matplotlib through heads.run.
 """
-from importlib import import_module
+from featstore.lazy import lazy_exports
 
-_EXPORTS = {"HEADS": "heads.models", "HeadConfig": "heads.models", "HeadError": "heads.models",
-            "build_head": "heads.models", "TrainConfig": "heads.config", "evaluate_run": "heads.run",
-            "fit_head": "heads.run", "list_runs": "heads.run", "load_run": "heads.run",
-            "predict_features": "heads.run"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'heads' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "heads.models": ("HEADS", "HeadConfig", "HeadError", "build_head"),
+    "heads.config": ("TrainConfig", "ClusterConfig", "ClusterError"),
+    "heads.run": ("evaluate_run", "fit_head", "list_runs", "load_run", "predict_features"),
+    "heads.cluster": ("cluster_eval", "ClusterModel"),
+    "heads.api": ("fit", "FitResult", "evaluate", "Evaluation", "predict_files", "Predictions"),
+    "heads.experiments": ("sweep", "parse_grid"),
+    "heads.fusion": ("fuse_runs",),
+})

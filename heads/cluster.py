@@ -1,5 +1,8 @@
 """Cluster evaluation: how well do a store's embeddings group by label, with no head trained at all?
 
+Here: the points, the estimator (ClusterModel, a scikit-learn estimator) and the runner (cluster_eval, configured by
+heads.config.ClusterConfig); the label metrics are in heads.metrics, the pictures in heads.plots.
+
 Pipeline (kept deliberately plain so it equals a direct scikit-learn computation):
 
     items of --split ─► points ─► [PCA(-whiten) ─► L2] ─► KMeans(k, n_init, random_state) ─► metrics, plots
@@ -11,8 +14,8 @@ Decisions:
   (and counted as `n_unlabelled`). With no labels at all, only label-free numbers are reported: inertia,
   silhouette, cluster sizes and the clip ids nearest each centroid.
 - `seeds=N` repeats k-means with random_state seed, seed+1, ..., seed+N-1; every scalar metric is reported as
-  mean and std (population std, so N=1 gives 0) over seeds. Sizes, nearest clips, plots and assignments come
-  from the first seed, so `seed` alone reproduces them.
+  mean and sample std (ddof=1, as fit-head --seeds; N=1 gives 0) over seeds. Sizes, nearest clips, plots and
+  assignments come from the first seed, so `seed` alone reproduces them.
 - Frame-level sets of more than MINIBATCH_ABOVE points use MiniBatchKMeans; video level always uses KMeans.
 - `fit_split` fits PCA and centroids on that split's items and scores `split` (default: every other item).
 - The 2-D scatter is t-SNE up to TSNE_MAX_POINTS points, PCA beyond (t-SNE is quadratic); both seeded.
@@ -28,123 +31,36 @@ Decisions:
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn import metrics as skm
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from sklearn.metrics.cluster import contingency_matrix
 from sklearn.preprocessing import normalize
 
 from featstore import Loaded, open_store
-from heads.config import LEVELS, PLOTS, POOLS
-from featstore.errors import FramecacheError
-from heads.rundir import check_run_dir, staged_run
+from featstore.finite import finite_rows
+from featstore.settings import check_choice
+from heads.config import POOLS, ClusterConfig, ClusterError
+from heads.metrics import clustering_metrics, mean_std, retrieval_precision, silhouette
+from heads.plots import plot_contingency, plot_scatter, plot_sweep
+from heads.rundir import check_run_dir, staged_run, write_json
 
 MINIBATCH_ABOVE = 20_000     # frame-level points above which MiniBatchKMeans replaces KMeans
-SILHOUETTE_SAMPLE = 5_000    # silhouette on a seeded sample of this many points when there are more
 TSNE_MAX_POINTS = 5_000      # above this the scatter falls back to PCA
-LEGEND_MAX = 25              # legends only when there are at most this many labels / clusters
-RETRIEVAL_KS = (1, 5, 10)
 HEADLINE = ("nmi", "ari", "purity", "accuracy", "cond_entropy_bits")
 
 Progress = Callable[[dict], None]  # called with {"stage": load|fit|sweep|plot, "done": int, "total": int}
 
 
-class ClusterError(FramecacheError, ValueError):
-    """A cluster-eval request that cannot be run as asked; the message names the CLI flag to change."""
-
-
-# -- metrics -----------------------------------------------------------------------------------------
-def purity(labels, clusters) -> float:
-    """Share of points whose cluster's majority label is their own label."""
-    cont = contingency_matrix(labels, clusters)
-    return float(cont.max(axis=0).sum() / cont.sum())
-
-
-def hungarian_accuracy(labels, clusters) -> float:
-    """Accuracy after the best one-to-one matching of clusters to labels (unmatched points count as wrong)."""
-    cont = contingency_matrix(labels, clusters)
-    rows, cols = linear_sum_assignment(cont, maximize=True)
-    return float(cont[rows, cols].sum() / cont.sum())
-
-
-def conditional_entropy_bits(labels, clusters) -> float:
-    """H(label | cluster) in bits: the label uncertainty left once the cluster is known (0 = pure clusters)."""
-    p = contingency_matrix(labels, clusters).astype(np.float64)
-    p /= p.sum()
-    p_cluster = np.broadcast_to(p.sum(axis=0, keepdims=True), p.shape)
-    nz = p > 0
-    return float(-(p[nz] * np.log2(p[nz] / p_cluster[nz])).sum())
-
-
-def entropy_bits(labels) -> float:
-    _, counts = np.unique(np.asarray(labels), return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
-
-
-def clustering_metrics(labels, clusters) -> dict:
-    """Agreement between true labels and cluster ids; invariant to renaming either."""
-    labels, clusters = np.asarray(labels), np.asarray(clusters)
-    h, c, v = skm.homogeneity_completeness_v_measure(labels, clusters)
-    return {
-        "nmi": float(skm.normalized_mutual_info_score(labels, clusters)),
-        "ami": float(skm.adjusted_mutual_info_score(labels, clusters)),
-        "ari": float(skm.adjusted_rand_score(labels, clusters)),
-        "v_measure": float(v), "homogeneity": float(h), "completeness": float(c),
-        "purity": purity(labels, clusters),
-        "accuracy": hungarian_accuracy(labels, clusters),
-        "cond_entropy_bits": conditional_entropy_bits(labels, clusters),
-        "label_entropy_bits": entropy_bits(labels),
-    }
-
-
-def retrieval_precision(vectors: np.ndarray, labels, ks=RETRIEVAL_KS, chunk: int = 1024) -> dict:
-    """precision@k: mean share of each item's k nearest neighbours (cosine, itself excluded) with its label.
-
-    `vectors` must be L2-normalised; k values not below the number of items are skipped.
-    """
-    labels = np.asarray(labels)
-    n = len(vectors)
-    ks = [k for k in ks if k < n]
-    if not ks:
-        return {}
-    kmax = max(ks)
-    hits = np.empty((n, kmax), dtype=bool)
-    for start in range(0, n, chunk):
-        sims = vectors[start:start + chunk] @ vectors.T                       # (c, n)
-        rows = np.arange(len(sims))
-        sims[rows, start + rows] = -np.inf                                     # never retrieve yourself
-        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), axis=1), 1)
-        hits[start:start + chunk] = labels[top] == labels[start:start + chunk, None]
-    return {f"precision@{k}": float(hits[:, :k].mean()) for k in ks}
-
-
-def silhouette(points: np.ndarray, clusters: np.ndarray, seed: int) -> float | None:
-    """Euclidean silhouette (on a seeded sample when large); None when undefined (one cluster, or n clusters)."""
-    if not 2 <= len(np.unique(clusters)) <= len(points) - 1:
-        return None
-    sample = SILHOUETTE_SAMPLE if len(points) > SILHOUETTE_SAMPLE else None
-    try:
-        return float(skm.silhouette_score(points, clusters, sample_size=sample, random_state=seed))
-    except ValueError:  # the sample happened to hold a single cluster
-        return None
-
-
 # -- points ------------------------------------------------------------------------------------------
 def pool_features(loaded: Loaded, pool: str = "mean") -> np.ndarray:
     """(V, D) one vector per item: the mean or max over its frames (not normalised)."""
-    if pool not in POOLS:
-        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of {', '.join(POOLS)}")
+    check_choice("--pool", pool, POOLS, ClusterError)
     reduce = np.mean if pool == "mean" else np.max
     out = np.empty((len(loaded.ids), loaded.features.shape[1]), dtype=np.float32)
     for i in range(len(loaded.ids)):
@@ -240,33 +156,14 @@ def _select_ids(store, split: str | None, fit_split: str | None) -> tuple[list[s
     return score, fit
 
 
-def _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot) -> None:
-    if level not in LEVELS:
-        raise ClusterError(f"unknown level {level!r}: --level must be one of {', '.join(LEVELS)}")
-    if pool not in POOLS:
-        raise ClusterError(f"unknown pool {pool!r}: --pool must be one of {', '.join(POOLS)}")
-    if plot not in PLOTS:
-        raise ClusterError(f"unknown plot {plot!r}: --plot must be one of {', '.join(PLOTS)}")
-    if seeds < 1:
-        raise ClusterError(f"--seeds must be at least 1, got {seeds}")
-    if n_init < 1:
-        raise ClusterError(f"--n-init must be at least 1, got {n_init}")
-    if pca is not None and pca < 1:
-        raise ClusterError(f"--pca must be a positive number of components, got {pca}")
-    if whiten and pca is None:
-        raise ClusterError("--whiten needs --pca N (the number of components to keep and whiten)")
-    if k_range is not None and not (len(k_range) in (2, 3) and 2 <= k_range[0] <= k_range[1]
-                                    and (len(k_range) == 2 or k_range[2] >= 1)):
-        raise ClusterError(f"--k-range must be LO:HI or LO:HI:STEP with 2 <= LO <= HI, got {k_range}")
-
-
 def _check_k(k: int, n_fit: int, flag: str = "--k") -> None:
     if not 2 <= k <= n_fit:
         raise ClusterError(f"{flag} {k} is out of range: it must be between 2 and the {n_fit} points fitted on")
 
 
-def _seed_run(model: ClusterModel, fit: Points, score: Points, same: bool, seed: int) -> tuple[dict, np.ndarray]:
+def _seed_run(model: ClusterModel, fit: Points, score: Points, seed: int) -> tuple[dict, np.ndarray]:
     """Fit one model, score it; returns (metrics, cluster id per scored point)."""
+    same = fit is score
     model.fit(fit.X)
     Z = model.embed(score.X)
     clusters = model.labels_ if same else model.kmeans_.predict(Z)
@@ -285,8 +182,7 @@ def _mean_std(per_seed: list[dict]) -> tuple[dict, dict]:
         if key in ("seed", "sizes"):
             continue
         vals = [r[key] for r in per_seed if r[key] is not None]
-        mean[key] = float(np.mean(vals)) if vals else None
-        std[key] = float(np.std(vals)) if vals else None
+        mean[key], std[key] = mean_std(vals) if vals else (None, None)
     return mean, std
 
 
@@ -306,110 +202,122 @@ def _nearest_clips(model: ClusterModel, Z: np.ndarray, points: Points, top: int 
     return out
 
 
-def _sweep(fit: Points, score: Points, same: bool, k_range, args: dict, progress) -> list[dict]:
+def _sweep(fit: Points, score: Points, k_range, args: dict, progress) -> list[dict]:
+    """Inertia, silhouette (and label agreement) of one seed's k-means for each k of `k_range`."""
     lo, hi, step = (*k_range, 1) if len(k_range) == 2 else k_range
     ks = list(range(lo, hi + 1, step))
     _check_k(hi, len(fit.X), "--k-range upper end")
     rows = []
     for i, k in enumerate(ks):
         model = ClusterModel(k=k, **args)
-        m, _ = _seed_run(model, fit, score, same, args["random_state"])
+        m, _ = _seed_run(model, fit, score, args["random_state"])
         rows.append({"k": k, **{key: m.get(key) for key in ("inertia", "silhouette", "nmi", "ari", "accuracy")}})
         progress("sweep", i + 1, len(ks))
     return rows
 
 
-def cluster_eval(store_path, out_dir=None, k: int | None = None, level: str = "video", pool: str = "mean",
-                 split: str | None = None, fit_split: str | None = None, seeds: int = 1, seed: int = 0,
-                 n_init: int = 10, pca: int | None = None, whiten: bool = False, k_range=None,
-                 plot: str = "tsne", on_progress: Progress | None = None, force: bool = False) -> dict:
+def cluster_eval(store_path, cfg: ClusterConfig | None = None, out_dir=None, *, force: bool = False,
+                 on_progress: Progress | None = None) -> dict:
     """k-means on a store's embeddings, scored against its labels; writes metrics/config/plots to `out_dir`.
 
-    `k` defaults to the number of distinct (first) labels among the items fitted on. `k_range=(LO, HI[, STEP])`
-    adds a sweep of inertia / silhouette (and NMI with labels) over k. `on_progress` is called with
+    `cfg.k` defaults to the number of distinct (first) labels among the items fitted on; `cfg.k_range=(LO, HI[,
+    STEP])` adds a sweep of inertia / silhouette (and NMI with labels) over k. `on_progress` is called with
     {"stage", "done", "total"} as work completes. Returns the dict written to `metrics.json`: `kind` is
     "cluster" and `summary` holds the headline numbers averaged over seeds.
     Raises ClusterError for bad arguments, featstore.StoreError for a missing or unreadable store.
-    `out_dir` must be absent, empty or a cluster-eval run (replaced) unless `force` (see heads.rundir).
+    `out_dir` must be absent, empty or a cluster-eval run (replaced whole) unless `force` (see heads.rundir).
     """
+    cfg = cfg or ClusterConfig()
+
     def progress(stage: str, done: int, total: int) -> None:
         if on_progress is not None:
             on_progress({"stage": stage, "done": done, "total": total})
 
-    _check_args(level, pool, seeds, n_init, pca, whiten, k_range, plot)
     if out_dir is not None:
         check_run_dir(Path(out_dir), "cluster-eval", force)  # before the work: a refusal must not cost it
-    score, fit, store_info = _load_points(store_path, split, fit_split, level, pool, progress)
-    same = fit is score
-    k, k_source = _resolve_k(k, fit, pca)
-    minibatch = level == "frame" and len(fit.X) > MINIBATCH_ABOVE
-    args = dict(n_init=n_init, pca=pca, whiten=whiten, minibatch=minibatch)
+    score, fit, store_info = _load_points(store_path, cfg, progress)
+    k, k_source = _resolve_k(cfg, fit)
+    minibatch = cfg.level == "frame" and len(fit.X) > MINIBATCH_ABOVE
+    args = dict(n_init=cfg.n_init, pca=cfg.pca, whiten=cfg.whiten, minibatch=minibatch)
+    per_seed, (model, clusters) = _fit_seeds(fit, score, cfg, k, args, progress)
+    sweep = _sweep(fit, score, cfg.k_range, {**args, "random_state": cfg.seed}, progress) if cfg.k_range else None
+    config = {
+        "command": "cluster-eval", "store": str(store_path), **store_info,
+        "k": k, "k_source": k_source, "level": cfg.level, "pool": cfg.pool, "split": cfg.split,
+        "fit_split": cfg.fit_split, "seeds": cfg.seeds, "seed": cfg.seed, "n_init": cfg.n_init, "pca": cfg.pca,
+        "whiten": cfg.whiten, "k_range": list(cfg.k_range) if cfg.k_range else None, "plot": cfg.plot,
+        "algorithm": "MiniBatchKMeans" if minibatch else "KMeans",
+    }
+    result = _describe(config, per_seed, model, clusters, score, fit, sweep)
+    if out_dir is not None:
+        with staged_run(out_dir, "cluster-eval", force) as stage:
+            _write_outputs(stage, result, score, model.embed(score.X), clusters, cfg.plot, cfg.seed, progress)
+    return result
 
+
+def _fit_seeds(fit: Points, score: Points, cfg: ClusterConfig, k: int, args: dict,
+               progress) -> tuple[list[dict], tuple[ClusterModel, np.ndarray]]:
+    """Metrics of each seed's run, and the first seed's (model, clusters): the run described in detail and drawn."""
     per_seed, runs = [], []
-    for i in range(seeds):
-        model = ClusterModel(k=k, random_state=seed + i, **args)
-        metrics, clusters = _seed_run(model, fit, score, same, seed + i)
-        per_seed.append({"seed": seed + i, **metrics})
+    for i in range(cfg.seeds):
+        model = ClusterModel(k=k, random_state=cfg.seed + i, **args)
+        metrics, clusters = _seed_run(model, fit, score, cfg.seed + i)
+        per_seed.append({"seed": cfg.seed + i, **metrics})
         runs.append((model, clusters))
-        progress("fit", i + 1, seeds)
+        progress("fit", i + 1, cfg.seeds)
+    return per_seed, runs[0]
+
+
+def _describe(config: dict, per_seed: list[dict], model: ClusterModel, clusters: np.ndarray, score: Points,
+              fit: Points, sweep: list[dict] | None) -> dict:
+    """metrics.json: seed means and stds, the first seed's clusters and retrieval, the sweep, the config."""
     mean, std = _mean_std(per_seed)
-    model, clusters = runs[0]  # the first seed's run is the one described in detail and drawn
-    Z = model.embed(score.X)
     labelled = bool((score.labels != "").any())
     clip_mask = score.clip_labels != ""
     retrieval = (retrieval_precision(model.embed(score.clip_X)[clip_mask], score.clip_labels[clip_mask].astype(str))
                  if labelled else {})
-    sweep = _sweep(fit, score, same, k_range, {**args, "random_state": seed}, progress) if k_range else None
-
-    config = {
-        "command": "cluster-eval", "store": str(store_path), **store_info,
-        "k": k, "k_source": k_source, "level": level, "pool": pool, "split": split, "fit_split": fit_split,
-        "seeds": seeds, "seed": seed, "n_init": n_init, "pca": pca, "whiten": whiten,
-        "k_range": list(k_range) if k_range else None, "plot": plot,
-        "algorithm": "MiniBatchKMeans" if minibatch else "KMeans",
-    }
-    result = {
-        "kind": "cluster", "head": "kmeans", "store": str(store_path), "backbone": store_info["backbone"],
-        "fingerprint": store_info["fingerprint"], "split": split,
+    return {
+        "kind": "cluster", "head": "kmeans", "store": config["store"], "backbone": config["backbone"],
+        "fingerprint": config["fingerprint"], "split": config["split"],
         "summary": {key: mean[key] for key in (HEADLINE if labelled else ("inertia", "silhouette"))},
         "metrics": mean, "std": std, "per_seed": per_seed, "retrieval": retrieval,
         "clusters": {
             "sizes": per_seed[0]["sizes"],
-            "nearest_ids": _nearest_clips(model, Z, score),
-            "majority_label": _majority_labels(score.labels, clusters, k) if labelled else None,
+            "nearest_ids": _nearest_clips(model, model.embed(score.X), score),
+            "majority_label": _majority_labels(score.labels, clusters, config["k"]) if labelled else None,
         },
         "sweep": sweep,
         "n_items": len(score.ids), "n_points": len(score.X), "n_fit_points": len(fit.X),
         "n_unlabelled": int((score.labels == "").sum()),
         "config": config, "plots": [],
     }
-    if out_dir is not None:
-        with staged_run(out_dir, "cluster-eval", force) as stage:
-            _write_outputs(stage, result, score, Z, clusters, plot, seed, progress)
-    return result
 
 
-def _load_points(store_path, split, fit_split, level, pool, progress) -> tuple[Points, Points, dict]:
+def _load_points(store_path, cfg: ClusterConfig, progress) -> tuple[Points, Points, dict]:
     """(points to score, points to fit on (the same object when they coincide), what the store says of itself)."""
     with open_store(store_path) as store:
-        score_ids, fit_ids = _select_ids(store, split, fit_split)
+        score_ids, fit_ids = _select_ids(store, cfg.split, cfg.fit_split)
         progress("load", 0, 1)
-        score = make_points(store.load_all(score_ids), level, pool)
-        fit = score if fit_ids is None else make_points(store.load_all(fit_ids), level, pool)
+        score = make_points(finite_rows(store, store.load_all(score_ids)), cfg.level, cfg.pool)
+        fit = score if fit_ids is None else make_points(finite_rows(store, store.load_all(fit_ids)), cfg.level,
+                                                        cfg.pool)
         progress("load", 1, 1)
         info = {"fingerprint": store.fingerprint, "backbone": store.config.get("backbone"),
                 "weights": store.config.get("weights"), "store_config": store.config}
     return score, fit, info
 
 
-def _resolve_k(k: int | None, fit: Points, pca: int | None) -> tuple[int, str]:
+def _resolve_k(cfg: ClusterConfig, fit: Points) -> tuple[int, str]:
     """(k, where it came from), checked against the points fitted on."""
-    source = "given"
+    k, source, pca = cfg.k, "given", cfg.pca
     if k is None:
         fit_labels = set(fit.labels) - {""}
         if not fit_labels:
             raise ClusterError("the items have no labels, so k cannot be inferred: pass --k N")
         k, source = len(fit_labels), "labels"
+        if not 2 <= k <= len(fit.X):  # no --k was given: say where this k came from
+            raise ClusterError(f"k defaults to the number of labels, {k}, which is out of range: it must be between "
+                               f"2 and the {len(fit.X)} points fitted on; pass --k N")
     _check_k(k, len(fit.X))
     if pca is not None and pca > min(fit.X.shape):
         raise ClusterError(f"--pca {pca} is too large: at most {min(fit.X.shape)} components "
@@ -455,8 +363,8 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
         plots.append("sweep.png")
     progress("plot", 1, 1)
     result["plots"] = plots
-    (out / "config.json").write_text(json.dumps(result["config"], indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "config.json", result["config"])
+    write_json(out / "metrics.json", result)
 
 
 def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:
@@ -469,7 +377,7 @@ def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:
                         f"{xy[i, 1]:.6g}", method])
 
 
-# -- plots (matplotlib's object API: no pyplot global state, no display needed) -----------------------
+# -- the 2-D map of the points ---------------------------------------------------------------------------
 def embed_2d(Z: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
     """(n, 2) seeded t-SNE (after PCA to 50 dims) for at most TSNE_MAX_POINTS points, else PCA."""
     if method == "tsne" and 4 <= len(Z) <= TSNE_MAX_POINTS:
@@ -477,135 +385,3 @@ def embed_2d(Z: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
         perplexity = min(30.0, (len(Z) - 1) / 3)
         return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X), "t-SNE"
     return PCA(2, random_state=seed).fit_transform(Z), "PCA"
-
-
-def palette(n: int) -> list:
-    import matplotlib
-
-    if n <= 20:  # tab20 pairs a dark and a light shade: use the ten dark hues first
-        order = [*range(0, 20, 2), *range(1, 20, 2)]
-        return [matplotlib.colormaps["tab20"](order[i]) for i in range(n)]
-    return [matplotlib.colormaps["turbo"](i / (n - 1)) for i in range(n)]
-
-
-def _contingency(labels: np.ndarray, clusters: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
-    names = sorted(set(labels))
-    row = {name: i for i, name in enumerate(names)}
-    cont = np.zeros((len(names), k), dtype=np.int64)
-    np.add.at(cont, ([row[x] for x in labels], clusters), 1)
-    return names, cont
-
-
-def hungarian_column_order(cont: np.ndarray) -> list[int]:
-    """Clusters (columns) ordered so that the cluster matched to label i comes i-th; the rest follow,
-    each placed by its majority label, so that a good clustering shows a diagonal."""
-    rows, cols = linear_sum_assignment(cont, maximize=True)
-    matched = [int(c) for _, c in sorted(zip(rows, cols))]
-    rest = [j for j in range(cont.shape[1]) if j not in matched]
-    return matched + sorted(rest, key=lambda j: (int(cont[:, j].argmax()), -int(cont[:, j].sum())))
-
-
-def _cluster_colours(labels: np.ndarray | None, clusters: np.ndarray, k: int):
-    """Colour and legend name per cluster: a cluster takes the colour of the label it is matched to,
-    so with a good clustering both panels look alike; unmatched clusters are drawn with crosses."""
-    if labels is None:
-        return palette(k), [f"c{j}" for j in range(k)], ["o"] * k
-    mask = labels != ""
-    names, cont = _contingency(labels[mask], clusters[mask], k)
-    colours = palette(len(names))
-    rows, cols = linear_sum_assignment(cont, maximize=True)
-    match = dict(zip(cols.tolist(), rows.tolist()))
-    out_c, out_n, out_m = [], [], []
-    for j in range(k):
-        i = match.get(j, int(cont[:, j].argmax()))
-        out_c.append(colours[i])
-        out_n.append(f"c{j}: {names[i]}" if j in match else f"c{j} (~{names[i]})")
-        out_m.append("o" if j in match else "x")
-    return out_c, out_n, out_m
-
-
-def plot_scatter(path: Path, xy: np.ndarray, labels: np.ndarray | None, clusters: np.ndarray, k: int,
-                 title: str) -> None:
-    """Two panels, coloured by label and by cluster (one panel without labels)."""
-    from matplotlib.figure import Figure
-
-    n_panels = 1 if labels is None else 2
-    fig = Figure(figsize=(7.5 * n_panels, 6.5), layout="constrained")
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
-    size = 18 if len(xy) <= 1000 else 4
-    if labels is not None:
-        names = sorted(set(labels) - {""})
-        for name, colour in zip(names, palette(len(names))):
-            m = labels == name
-            axes[0].scatter(xy[m, 0], xy[m, 1], s=size, color=colour, label=name, linewidths=0)
-        m = labels == ""
-        if m.any():
-            axes[0].scatter(xy[m, 0], xy[m, 1], s=size, color="lightgrey", label="(no label)", linewidths=0)
-        axes[0].set_title("coloured by label")
-        if len(names) <= LEGEND_MAX:
-            axes[0].legend(fontsize=6, markerscale=1.5, loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
-    colours, names, markers = _cluster_colours(labels, clusters, k)
-    ax = axes[-1]
-    for j in range(k):
-        m = clusters == j
-        if m.any():
-            ax.scatter(xy[m, 0], xy[m, 1], s=size * (1.6 if markers[j] == "x" else 1), color=colours[j],
-                       marker=markers[j], label=names[j], linewidths=0 if markers[j] == "o" else 1)
-    ax.set_title("coloured by cluster" + (" (colour of its matched label)" if labels is not None else ""))
-    if k <= LEGEND_MAX:
-        ax.legend(fontsize=6, markerscale=1.5, loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
-    for a in axes:
-        a.set_xticks([])
-        a.set_yticks([])
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-
-
-def plot_contingency(path: Path, labels: np.ndarray, clusters: np.ndarray, k: int, title: str) -> None:
-    """Heat map, rows = labels, columns = clusters in Hungarian-matched order (a diagonal when good)."""
-    from matplotlib.figure import Figure
-
-    names, cont = _contingency(labels, clusters, k)
-    order = hungarian_column_order(cont)
-    cont = cont[:, order]
-    side = min(24.0, 3 + 0.32 * max(len(names), k))
-    fig = Figure(figsize=(side + 2, side), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(cont, cmap="Blues", aspect="auto", interpolation="nearest")
-    fig.colorbar(im, ax=ax, shrink=0.6, label="points")
-    if len(names) <= 60:
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-    if k <= 60:
-        ax.set_xticks(range(k), [f"c{j}" for j in order], fontsize=7, rotation=90)
-    if cont.size <= 900:
-        top = cont.max()
-        for (i, j), v in np.ndenumerate(cont):
-            if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
-                        color="white" if v > 0.5 * top else "black")
-    ax.set_xlabel("cluster (ordered by Hungarian match to labels)")
-    ax.set_ylabel("label")
-    ax.set_title(title)
-    fig.savefig(path, dpi=110)
-
-
-def plot_sweep(path: Path, sweep: list[dict], k: int) -> None:
-    """Inertia (left) and silhouette (+ NMI with labels, right) against k; the evaluated k is marked."""
-    from matplotlib.figure import Figure
-
-    ks = [r["k"] for r in sweep]
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(ks, [r["inertia"] for r in sweep], "o-", ms=3)
-    ax1.set_ylabel("inertia (sum of squared distances)")
-    sil = [np.nan if r["silhouette"] is None else r["silhouette"] for r in sweep]
-    ax2.plot(ks, sil, "o-", ms=3, label="silhouette")
-    if sweep[0].get("nmi") is not None:
-        ax2.plot(ks, [r["nmi"] for r in sweep], "s--", ms=3, label="NMI")
-        ax2.legend()
-    ax2.set_ylabel("score")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("k")
-        ax.axvline(k, color="grey", lw=0.8, ls=":")
-    fig.suptitle("k sweep (first seed)")
-    fig.savefig(path, dpi=110)

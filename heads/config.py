@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from featstore.errors import FramecacheError
+from featstore.settings import check_settings, setting
 from heads.models import HEADS, HeadConfig, HeadError
 
 TASKS = ("auto", "multiclass", "multilabel")
@@ -18,73 +20,59 @@ PLOTS = ("tsne", "pca", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 SCHEDULERS = ("plateau", "cosine", "exp", "none")
 NORMALIZE = ("scalar", "dim", "none")
+FUSE_MODES = ("concat",)  # fit-head --fuse: how two stores' features of the same videos are joined
 
 
 @dataclass
 class TrainConfig:
-    head: str = "linear"           # a key of heads.models.HEADS
-    task: str = "auto"             # auto | multiclass | multilabel (auto: multilabel if any clip has 2+ labels)
-    split: str = "official"        # official (store's split column) | group | stratified
-    val_frac: float = 0.2          # share of train held out for early stopping (rounded to 1/k)
-    test_frac: float = 0.2         # share held out as test by --split group/stratified
-    epochs: int = 100              # upper bound; early stopping usually ends sooner
-    lr: float = 3e-3               # peak learning rate
-    batch_size: int = 32           # clips per batch
-    optimizer: str = "adamw"       # adamw | adam | sgd (momentum 0.9, nesterov) | rmsprop (alpha 0.99)
-    weight_decay: float = 1.0      # decoupled for adamw (shrinks by lr*wd a step), L2 for adam/sgd
-    scheduler: str = "plateau"     # plateau (halve when the val loss stalls) | cosine | exp | none
-    patience: int = 20             # epochs without improvement (a better val metric, or as good with a lower loss)
-    lr_factor: float = 0.5         # plateau: multiply the lr by this when the val loss stalls
-    lr_patience: int = 0           # plateau: epochs of stalled val loss before that (0: patience // 3)
-    lr_gamma: float = 0.95         # exp: multiply the lr by this every epoch
-    threshold: float = 0.0         # multilabel decision threshold: 0 tunes it on val for micro-F1, else fixed
-    max_frames: int = 64           # frames sampled per clip (random at train time, uniform at eval)
-    seed: int = 0                  # splits, init, shuffling, sampling, dropout
-    label_smoothing: float = 0.0   # multiclass cross-entropy only
-    class_weights: bool = False    # weigh classes (pos_weight for multilabel) by inverse train frequency
-    device: str = "auto"           # auto (cuda when present) | cpu | cuda | cuda:N
-    hidden: int = 256              # head width (MLP, RNN hidden size, transformer width)
-    layers: int = 1                # head depth
-    bidirectional: bool = False    # rnn / gru / lstm
-    dropout: float = 0.0           # head dropout (frame_dropout already regularizes every head)
-    proj_dim: int = 0              # project frames to this many dims first (0: no projection)
-    heads: int = 4                 # transformer attention heads
-    pool: str = "mean"             # transformer pooling: mean | cls
-    normalize: str = "scalar"      # center each dim, divide by one std for all dims (scalar), per dim (dim) | none
-    frame_dropout: float = 0.5     # train-time augmentation: drop frames with this probability
-    noise_std: float = 0.0         # train-time augmentation: gaussian noise, in units of the normalizing std
-    sampling: str = "random"       # train-time frame sampling: random (sorted subset) | contiguous
-    refit: bool = True             # after early stopping, retrain on train + val for the best epoch count
-    skip_unlabelled: bool = False  # leave out clips without a label instead of refusing (multiclass needs one each)
+    head: str = setting("linear", "Head architecture.", choices=HEADS)
+    task: str = setting("auto", "auto: multilabel when any item has several labels.", choices=TASKS)
+    split: str = setting("official", "official: the store's split column; group: no group on both sides; "
+                         "stratified.", choices=SPLITS)
+    val_frac: float = setting(0.2, "Share of train for validation.", ge=0.01, le=0.9)  # rounded to 1/k
+    test_frac: float = setting(0.2, "Test share (group/stratified).", ge=0.01, le=0.9)
+    epochs: int = setting(100, "Upper bound; early stopping ends sooner.", ge=1)
+    lr: float = setting(3e-3, "Peak learning rate.", gt=0)
+    batch_size: int = setting(32, "Clips per batch.", ge=1)
+    # adamw | adam | sgd (momentum 0.9, nesterov) | rmsprop (alpha 0.99)
+    optimizer: str = setting("adamw", "", choices=OPTIMIZERS)
+    # decoupled for adamw (shrinks by lr*wd a step), L2 for adam/sgd
+    weight_decay: float = setting(1.0, "", ge=0)
+    # plateau (halve when the val loss stalls) | cosine | exp | none
+    scheduler: str = setting("plateau", "", choices=SCHEDULERS)
+    # epochs without improvement (a better val metric, or as good with a lower loss)
+    patience: int = setting(20, "Epochs without improvement before stopping.", ge=1)
+    lr_factor: float = setting(0.5, "plateau: lr multiplier when the val loss stalls.", gt=0, lt=1)
+    lr_patience: int = setting(0, "plateau: stalled epochs first (0: patience//3).", ge=0)
+    lr_gamma: float = setting(0.95, "exp: lr multiplier per epoch.", gt=0, lt=1)
+    threshold: float = setting(0.0, "Multilabel: fixed decision threshold (0: tuned on val).", ge=0, le=1)
+    max_frames: int = setting(64, "Frames per clip (random at train, uniform at eval).", ge=1)
+    seed: int = setting(0, "")  # splits, init, shuffling, sampling, dropout
+    label_smoothing: float = setting(0.0, "", ge=0, le=0.5)  # multiclass cross-entropy only
+    class_weights: bool = setting(False, "Weigh classes by inverse frequency.")  # pos_weight for multilabel
+    device: str = setting("auto", "auto, cpu, cuda, cuda:i.")
+    hidden: int = setting(256, "", ge=1)           # head width (MLP, RNN hidden size, transformer width)
+    layers: int = setting(1, "", ge=1)             # head depth
+    bidirectional: bool = setting(False, "rnn / gru / lstm.")
+    dropout: float = setting(0.0, "", ge=0, le=0.95)  # head dropout (frame_dropout already regularizes every head)
+    proj_dim: int = setting(0, "Project frames to this size first (0: off).", ge=0)
+    heads: int = setting(4, "", ge=1, cli=False)   # transformer attention heads
+    pool: str = setting("mean", "", choices=("mean", "cls"), cli=False)  # transformer pooling
+    # center each dim, divide by one std for all dims (scalar), per dim (dim) | none
+    normalize: str = setting("scalar", "", choices=NORMALIZE, cli=False)
+    frame_dropout: float = setting(0.5, "Train-time frame drop.", ge=0, le=0.95)
+    noise_std: float = setting(0.0, "Train-time gaussian noise.", ge=0)  # in units of the normalizing std
+    # train-time frame sampling: random (sorted subset) | contiguous
+    sampling: str = setting("random", "", choices=SAMPLINGS, cli=False)
+    refit: bool = setting(True, "Retrain on train+val for the best epoch count.")
+    skip_unlabelled: bool = setting(False, "Leave out clips with an empty label instead of refusing.")
 
     def __post_init__(self):
-        choices = {"head": HEADS, "task": TASKS, "split": SPLITS, "optimizer": OPTIMIZERS,
-                   "scheduler": SCHEDULERS, "sampling": SAMPLINGS, "pool": ("mean", "cls"),
-                   "normalize": NORMALIZE}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise HeadError(f"--{name} {getattr(self, name)!r} is not valid; choose one of: {', '.join(allowed)}")
-        for name in ("val_frac", "test_frac"):
-            if not 0 < getattr(self, name) < 1:
-                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be between 0 and 1")
-        for name in ("epochs", "batch_size", "patience", "max_frames", "hidden", "layers", "heads"):
-            if getattr(self, name) < 1:
-                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
-        if self.lr <= 0:
-            raise HeadError(f"--lr {self.lr} must be > 0")
-        for name in ("lr_factor", "lr_gamma"):
-            if not 0 < getattr(self, name) < 1:
-                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be between 0 and 1")
-        if self.lr_patience < 0:
+        if self.lr_patience < 0:  # before the generic check: these two messages say what 0 means
             raise HeadError(f"--lr-patience {self.lr_patience} must be >= 0 (0: --patience // 3)")
         if not 0 <= self.threshold < 1:
             raise HeadError(f"--threshold {self.threshold} must be in (0, 1), or 0 to tune it on val")
-        for name in ("weight_decay", "proj_dim", "noise_std"):
-            if getattr(self, name) < 0:
-                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
-        for name in ("dropout", "frame_dropout", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                raise HeadError(f"--{name.replace('_', '-')} {getattr(self, name)} must be in [0, 1)")
+        check_settings(self, HeadError)
 
     def head_config(self, in_dim: int, n_classes: int) -> HeadConfig:
         shared = {f.name for f in fields(HeadConfig)} & {f.name for f in fields(TrainConfig)}
@@ -92,3 +80,41 @@ class TrainConfig:
                           **{k: getattr(self, k) for k in shared})
 
 
+class ClusterError(FramecacheError, ValueError):
+    """A cluster-eval request that cannot be run as asked; the message names the CLI flag to change."""
+
+
+@dataclass
+class ClusterConfig:
+    """What cluster-eval runs (see heads.cluster): k-means on a store's points, scored against its labels."""
+    k: int | None = setting(None, "Clusters (default: number of labels).", ge=2)
+    level: str = setting("video", "video: pooled clips; frame: every sampled frame.", choices=LEVELS)
+    pool: str = setting("mean", "Pooling of a clip's frames at --level video.", choices=POOLS)
+    split: str | None = setting(None, "Cluster only this split (default: all).")
+    fit_split: str | None = setting(None, "Fit centroids on this split, score --split.")
+    seeds: int = setting(1, "Repeat with this many seeds; report mean ± std.", ge=1)
+    seed: int = setting(0, "")  # the first seed: k-means, PCA, silhouette sample, t-SNE
+    n_init: int = setting(10, "", ge=1)  # k-means restarts per seed, the best kept
+    pca: int | None = setting(None, "Reduce to this many PCA components first.", ge=1)
+    whiten: bool = setting(False, "Whiten the PCA components.")
+    # (LO, HI) or (LO, HI, STEP): also sweep k; the CLI reads it as LO:HI[:STEP] (parse_k_range)
+    k_range: tuple[int, ...] | None = setting(None, "", cli=False)
+    plot: str = setting("tsne", "2-D picture of the points.", choices=PLOTS)
+
+    def __post_init__(self):
+        check_settings(self, ClusterError)
+        if self.whiten and self.pca is None:
+            raise ClusterError("--whiten needs --pca N (the number of components to keep and whiten)")
+        r = self.k_range
+        if r is not None and not (len(r) in (2, 3) and 2 <= r[0] <= r[1] and (len(r) == 2 or r[2] >= 1)):
+            raise ClusterError(f"--k-range must be LO:HI or LO:HI:STEP with 2 <= LO <= HI, got {r}")
+
+
+def parse_k_range(text: str | None) -> tuple[int, ...] | None:
+    """--k-range LO:HI or LO:HI:STEP as the tuple ClusterConfig.k_range takes (checked there)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(":"))
+    except ValueError:
+        raise ClusterError(f"--k-range expects LO:HI or LO:HI:STEP such as 5:50, got {text!r}") from None

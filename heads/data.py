@@ -17,6 +17,7 @@ import torch
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from featstore import Store, open_store
+from featstore.finite import finite_rows
 from heads.config import SAMPLINGS, SPLITS, TASKS  # noqa: F401  (re-exported: the choice tables live in config)
 from heads.models import HeadError
 
@@ -58,7 +59,7 @@ def load_cache(store: Store | str | Path, ids: list[str] | None = None, features
     if not features:
         return Cache(torch.zeros(0, store.dim), torch.cumsum(lengths, 0) - lengths, lengths, **columns)
     dtype = np.float32 if int(lengths.sum()) * store.dim * 4 <= FLOAT32_LIMIT else np.float16
-    loaded = store.load_all(columns["ids"], dtype=dtype)
+    loaded = finite_rows(store, store.load_all(columns["ids"], dtype=dtype))
     return Cache(torch.from_numpy(loaded.features), torch.from_numpy(loaded.offsets),
                  torch.from_numpy(loaded.lengths), **columns)
 

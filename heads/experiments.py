@@ -26,10 +26,12 @@ import numpy as np
 
 from featstore import Store, open_store
 from heads.data import Cache, carve_val, cv_folds, load_cache, make_splits
-from heads.metrics import HEADLINE
+from heads.metrics import HEADLINE, mean_std
 from heads.models import HeadError
 from heads.plots import plot_heatmap
+from heads.rundir import staged_run
 from heads.run import cache_targets, finish_run, score_split
+from heads.rundir import write_json
 from heads.train import TrainConfig, train_head
 
 # TrainConfig fields that say where or how to run, not what to learn: no grid axis
@@ -51,52 +53,53 @@ def summarize(dicts: list[dict]) -> tuple[dict, dict]:
     """(mean, sample std) of every numeric value the dicts share; std is 0 for a single dict."""
     keys = [k for k, v in dicts[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             and all(isinstance(d.get(k), (int, float)) for d in dicts)]
-    values = {k: np.array([d[k] for d in dicts], dtype=float) for k in keys}
-    mean = {k: float(v.mean()) for k, v in values.items()}
-    std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    mean, std = {}, {}
+    for k in keys:
+        mean[k], std[k] = mean_std([d[k] for d in dicts])
     return mean, std
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
 # -- repeated seeds and folds ----------------------------------------------------------------------
 def fit_seeds(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path, seeds: int,
-              on_epoch: Callable[[dict], None] | None = None) -> dict:
+              on_epoch: Callable[[dict], None] | None = None, *, force: bool = False) -> dict:
     """Train with seeds cfg.seed .. cfg.seed+seeds-1: each seed its own init, shuffling and validation carving;
-    the test split stays the same (the store's, or the one carved with cfg.seed)."""
+    the test split stays the same (the store's, or the one carved with cfg.seed).
+
+    `out_dir` must be absent, empty or a --seeds run (replaced whole) unless `force` (see heads.rundir)."""
     if seeds < 1:
         raise HeadError(f"--seeds {seeds} must be at least 1")
     start = time.perf_counter()
-    store, cache = _load(store_path)
-    members = []
-    for s in range(cfg.seed, cfg.seed + seeds):
-        splits = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed, val_seed=s)
-        name = f"seed-{s}"
-        members.append((name, _fit_member(store, cache, replace(cfg, seed=s), Path(out_dir) / name, splits,
-                                          Tagged(on_epoch, name), "test")))
-    return _write_repeated(Path(out_dir), store, cfg, members, "seeds", start)
+    with staged_run(out_dir, "fit-head --seeds", force) as out:
+        store, cache = _load(store_path)
+        members = []
+        for s in range(cfg.seed, cfg.seed + seeds):
+            splits = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed, val_seed=s)
+            name = f"seed-{s}"
+            members.append((name, _fit_member(store, cache, replace(cfg, seed=s), out / name, splits,
+                                              Tagged(on_epoch, name), "test")))
+        return _write_repeated(out, store, cfg, members, "seeds", start)
 
 
 def fit_folds(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path, folds: int,
-              on_epoch: Callable[[dict], None] | None = None) -> dict:
+              on_epoch: Callable[[dict], None] | None = None, *, force: bool = False) -> dict:
     """K-fold cross-validation on the training split (train + val), group-aware; test is never read.
-    Each fold early-stops on a validation part carved from its own training folds and is scored on the held fold."""
+    Each fold early-stops on a validation part carved from its own training folds and is scored on the held fold.
+
+    `out_dir` must be absent, empty or a --folds run (replaced whole) unless `force` (see heads.rundir)."""
     if folds < 2:
         raise HeadError(f"--folds {folds} must be at least 2")
     start = time.perf_counter()
-    store, cache = _load(store_path)
-    base = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
-    pool = np.sort(np.concatenate([base["train"], base["val"]]))
-    members = []
-    for i, (train, held) in enumerate(cv_folds(cache, pool, folds, cfg.seed)):
-        fit, val = carve_val(cache, train, cfg.val_frac, cfg.seed + i)
-        name = f"fold-{i}"
-        members.append((name, _fit_member(store, cache, cfg, Path(out_dir) / name,
-                                          {"train": fit, "val": val, "test": held}, Tagged(on_epoch, name), "cv")))
-    return _write_repeated(Path(out_dir), store, cfg, members, "folds", start)
+    with staged_run(out_dir, "fit-head --folds", force) as out:
+        store, cache = _load(store_path)
+        base = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
+        pool = np.sort(np.concatenate([base["train"], base["val"]]))
+        members = []
+        for i, (train, held) in enumerate(cv_folds(cache, pool, folds, cfg.seed)):
+            fit, val = carve_val(cache, train, cfg.val_frac, cfg.seed + i)
+            name = f"fold-{i}"
+            members.append((name, _fit_member(store, cache, cfg, out / name, {"train": fit, "val": val, "test": held},
+                                              Tagged(on_epoch, name), "cv")))
+        return _write_repeated(out, store, cfg, members, "folds", start)
 
 
 def _load(store_path: str | Path) -> tuple[Store, Cache]:
@@ -188,14 +191,27 @@ class Cell:
 
 
 def sweep(store_path: str | Path, cfg: TrainConfig, grid: dict[str, list], out_dir: str | Path, seeds: int = 1,
-          on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Train every cell of `grid` on one cache, choose by mean val metric, score the chosen cell on test once."""
+          on_progress: Callable[[dict], None] | None = None, *, force: bool = False) -> dict:
+    """Train every cell of `grid` on one cache, choose by mean val metric, score the chosen cell on test once.
+
+    `out_dir` must be absent, empty or a sweep (replaced whole) unless `force` (see heads.rundir)."""
     start = time.perf_counter()
-    store, cache = _load(store_path)
-    task, labels, targets = cache_targets(store, cache, cfg.task)
-    carvings = [make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed, val_seed=s)
-                for s in range(cfg.seed, cfg.seed + seeds)]  # every cell sees the same carvings
-    metric_name = HEADLINE[task]
+    with staged_run(out_dir, "sweep", force) as out:
+        store, cache = _load(store_path)
+        task, labels, targets = cache_targets(store, cache, cfg.task)
+        carvings = [make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed, val_seed=s)
+                    for s in range(cfg.seed, cfg.seed + seeds)]  # every cell sees the same carvings
+        metric_name = HEADLINE[task]
+        cells, best = _train_cells(cache, targets, task, labels, carvings, cfg, grid, metric_name, on_progress)
+        if on_progress is not None:
+            on_progress({"stage": "test", "done": 1, "total": 1, "params": best.params})
+        chosen = _finish_best(store, cache, targets, task, labels, carvings, replace(cfg, **best.params), best, out)
+        return _write_sweep(out, store, cfg, grid, cells, best, chosen, metric_name, start)
+
+
+def _train_cells(cache: Cache, targets, task: str, labels: list[str], carvings: list[dict], cfg: TrainConfig,
+                 grid: dict[str, list], metric_name: str, on_progress) -> tuple[list[Cell], Cell]:
+    """Every cell of the grid trained on the carvings; (all cells, the best by mean val metric)."""
     cells, best = [], None
     combos = list(itertools.product(*grid.values()))
     for n, values in enumerate(combos):
@@ -211,11 +227,7 @@ def sweep(store_path: str | Path, cfg: TrainConfig, grid: dict[str, list], out_d
         if on_progress is not None:
             on_progress({"stage": "cell", "done": n + 1, "total": len(combos), "params": params,
                          "val": cell.val[metric_name]})
-    if on_progress is not None:
-        on_progress({"stage": "test", "done": 1, "total": 1, "params": best.params})
-    chosen = _finish_best(store, cache, targets, task, labels, carvings, replace(cfg, **best.params), best,
-                          Path(out_dir))
-    return _write_sweep(Path(out_dir), store, cfg, grid, cells, best, chosen, metric_name, start)
+    return cells, best
 
 
 def _train_cell(cache: Cache, targets, task: str, labels: list[str], carvings: list[dict], cfg: TrainConfig,

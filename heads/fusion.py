@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from featstore import open_store
+from heads.config import FUSE_MODES
 from heads.data import Cache, batches, encode_targets, load_cache
 from heads.metrics import HEADLINE
 from heads.models import HeadError
 from heads.plots import plot_confusion
 from heads.run import check_store, fit_cache, load_run
+from heads.rundir import check_run_dir, staged_run, write_json
 from heads.train import TrainConfig, evaluate, probabilities, score
 
 
@@ -72,9 +74,23 @@ def check_weights(weights: list[float] | None, n: int) -> np.ndarray:
     return w / w.sum()
 
 
-def fuse_runs(run_dirs: list[str | Path], out_dir: str | Path, weights: list[float] | None = None) -> dict:
-    """Late fusion: the weighted mean of the runs' probabilities on their common test clips, scored and written."""
+def parse_weights(text: str | None) -> list[float] | None:
+    """--weights 0.7,0.3 as numbers (checked against the runs by `check_weights`)."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise HeadError(f"--weights expects comma-separated numbers such as 0.5,0.5, got {text!r}") from None
+
+
+def fuse_runs(run_dirs: list[str | Path], out_dir: str | Path, weights: list[float] | None = None, *,
+              force: bool = False) -> dict:
+    """Late fusion: the weighted mean of the runs' probabilities on their common test clips, scored and written.
+
+    `out_dir` must be absent, empty or a fuse run (replaced whole) unless `force` (see heads.rundir)."""
     start = time.perf_counter()
+    check_run_dir(Path(out_dir), "fuse", force)  # before the work: a refusal must not cost it
     if len(run_dirs) < 2:
         raise HeadError("fuse needs at least two runs")
     w = check_weights(weights, len(run_dirs))
@@ -93,7 +109,8 @@ def fuse_runs(run_dirs: list[str | Path], out_dir: str | Path, weights: list[flo
     threshold = float(np.dot(w, [r.threshold for r in runs]))
     fused = score(first.task, y, sum(wi * p for wi, p in zip(w, probs)), first.labels, threshold)
     alone = {r.run: score(first.task, y, p, first.labels, r.threshold) for r, p in zip(runs, probs)}
-    return _write_fusion(Path(out_dir), runs, w, fused, alone, common, start)
+    with staged_run(out_dir, "fuse", force) as out:
+        return _write_fusion(out, runs, w, fused, alone, common, start)
 
 
 def _check_compatible(runs: list[RunProbs]) -> None:
@@ -121,9 +138,8 @@ def _write_fusion(out: Path, runs: list[RunProbs], w: np.ndarray, fused: dict, a
         "alone": alone, "n_common": len(common), "n_left_out": {r.run: len(r.ids) - len(common) for r in runs},
         "labels": first.labels, "store": first.store, "seconds": time.perf_counter() - start,
     }
-    (out / "config.json").write_text(json.dumps({"fuse": "late", "runs": metrics["runs"],
-                                                 "weights": metrics["weights"]}, indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(out / "config.json", {"fuse": "late", "runs": metrics["runs"], "weights": metrics["weights"]})
+    write_json(out / "metrics.json", metrics)
     (out / "test_ids.json").write_text(json.dumps(common) + "\n")
     if first.task == "multiclass":
         plot_confusion(fused["confusion"], first.labels, out / "confusion.png",
@@ -133,7 +149,6 @@ def _write_fusion(out: Path, runs: list[RunProbs], w: np.ndarray, fused: dict, a
 
 # -- feature fusion: two stores of the same videos, concatenated -------------------------------------------------
 POOLED_HEADS = ("linear", "mlp")  # order-blind heads: one pooled row per clip from each store suffices
-FUSE_MODES = ("concat",)
 
 
 @dataclass
@@ -217,16 +232,24 @@ def _fused_store(a, b, mode: str, dim: int) -> FusedStore:
 
 
 def fit_fused(store_paths: list[str | Path], cfg: TrainConfig, out_dir: str | Path, mode: str = "concat",
-              on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """fit-head on the concatenated features of two stores of the same videos (see `fused_cache`)."""
+              on_epoch: Callable[[dict], None] | None = None, *, force: bool = False) -> dict:
+    """fit-head on the concatenated features of two stores of the same videos (see `fused_cache`).
+
+    `out_dir` must be absent, empty or a fit-head run (replaced whole) unless `force` (see heads.rundir)."""
     start = time.perf_counter()
+    with staged_run(out_dir, "fit-head", force) as out:
+        return _fit_fused(store_paths, cfg, out, mode, on_epoch, start)
+
+
+def _fit_fused(store_paths: list[str | Path], cfg: TrainConfig, out: Path, mode: str,
+               on_epoch: Callable[[dict], None] | None, start: float) -> dict:
     store, cache, report = fused_cache(store_paths, cfg.head, mode)
-    metrics = fit_cache(store, cache, cfg, out_dir, on_epoch)
+    metrics = fit_cache(store, cache, cfg, out, on_epoch)
     metrics["fusion"] = {"mode": mode, "stores": report.stores, "n_common": report.n_common,
                          "left_out": {s: len(v) for s, v in report.only_in.items()},
                          "left_out_examples": {s: v[:10] for s, v in report.only_in.items()},
                          "label_mismatches": report.label_mismatches,
                          "pooled": cfg.head in POOLED_HEADS}
     metrics["seconds"] = time.perf_counter() - start
-    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(out / "metrics.json", metrics)
     return metrics

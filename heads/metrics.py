@@ -1,4 +1,4 @@
-"""Metrics for clip-level predictions, from sklearn.metrics wherever sklearn has them.
+"""Metrics for clip-level predictions and for clusterings, from sklearn.metrics wherever sklearn has them.
 
 Ranking metrics for multilabel (sklearn has no top-K versions), over samples with at least one
 positive label, ranking labels by score (ties: lower label index first):
@@ -13,8 +13,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, top_k_accuracy_score)
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import (accuracy_score, adjusted_mutual_info_score, adjusted_rand_score, average_precision_score,
+                             confusion_matrix, f1_score, homogeneity_completeness_v_measure,
+                             normalized_mutual_info_score, precision_recall_fscore_support, silhouette_score,
+                             top_k_accuracy_score)
+from sklearn.metrics.cluster import contingency_matrix
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -114,9 +118,98 @@ def headline(task: str, y_true: np.ndarray, probs: np.ndarray) -> float:
     return mean_average_precision(y_true, probs)
 
 
+def mean_std(values) -> tuple[float, float]:
+    """The "mean ± std" of every repeated run (fit-head --seeds/--folds, sweep, cluster-eval --seeds): the sample
+    std (ddof=1), 0 for a single value."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
 def mean_average_precision(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Macro average precision over the labels that have positives (0 if none has)."""
     has_pos = np.asarray(y_true).sum(0) > 0
     if not has_pos.any():
         return 0.0
     return float(average_precision_score(y_true[:, has_pos], probs[:, has_pos], average="macro"))
+
+
+# -- cluster metrics: agreement of cluster ids with labels, and label retrieval (cluster-eval) ---------------------
+RETRIEVAL_KS = (1, 5, 10)
+SILHOUETTE_SAMPLE = 5_000    # silhouette on a seeded sample of this many points when there are more
+
+
+def purity(labels, clusters) -> float:
+    """Share of points whose cluster's majority label is their own label."""
+    cont = contingency_matrix(labels, clusters)
+    return float(cont.max(axis=0).sum() / cont.sum())
+
+
+def hungarian_accuracy(labels, clusters) -> float:
+    """Accuracy after the best one-to-one matching of clusters to labels (unmatched points count as wrong)."""
+    cont = contingency_matrix(labels, clusters)
+    rows, cols = linear_sum_assignment(cont, maximize=True)
+    return float(cont[rows, cols].sum() / cont.sum())
+
+
+def conditional_entropy_bits(labels, clusters) -> float:
+    """H(label | cluster) in bits: the label uncertainty left once the cluster is known (0 = pure clusters)."""
+    p = contingency_matrix(labels, clusters).astype(np.float64)
+    p /= p.sum()
+    p_cluster = np.broadcast_to(p.sum(axis=0, keepdims=True), p.shape)
+    nz = p > 0
+    return float(-(p[nz] * np.log2(p[nz] / p_cluster[nz])).sum())
+
+
+def entropy_bits(labels) -> float:
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def clustering_metrics(labels, clusters) -> dict:
+    """Agreement between true labels and cluster ids; invariant to renaming either."""
+    labels, clusters = np.asarray(labels), np.asarray(clusters)
+    h, c, v = homogeneity_completeness_v_measure(labels, clusters)
+    return {
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "ami": float(adjusted_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "v_measure": float(v), "homogeneity": float(h), "completeness": float(c),
+        "purity": purity(labels, clusters),
+        "accuracy": hungarian_accuracy(labels, clusters),
+        "cond_entropy_bits": conditional_entropy_bits(labels, clusters),
+        "label_entropy_bits": entropy_bits(labels),
+    }
+
+
+def retrieval_precision(vectors: np.ndarray, labels, ks=RETRIEVAL_KS, chunk: int = 1024) -> dict:
+    """precision@k: mean share of each item's k nearest neighbours (cosine, itself excluded) with its label.
+
+    `vectors` must be L2-normalised; k values not below the number of items are skipped.
+    """
+    labels = np.asarray(labels)
+    n = len(vectors)
+    ks = [k for k in ks if k < n]
+    if not ks:
+        return {}
+    kmax = max(ks)
+    hits = np.empty((n, kmax), dtype=bool)
+    for start in range(0, n, chunk):
+        sims = vectors[start:start + chunk] @ vectors.T                       # (c, n)
+        rows = np.arange(len(sims))
+        sims[rows, start + rows] = -np.inf                                     # never retrieve yourself
+        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), axis=1), 1)
+        hits[start:start + chunk] = labels[top] == labels[start:start + chunk, None]
+    return {f"precision@{k}": float(hits[:, :k].mean()) for k in ks}
+
+
+def silhouette(points: np.ndarray, clusters: np.ndarray, seed: int) -> float | None:
+    """Euclidean silhouette (on a seeded sample when large); None when undefined (one cluster, or n clusters)."""
+    if not 2 <= len(np.unique(clusters)) <= len(points) - 1:
+        return None
+    sample = SILHOUETTE_SAMPLE if len(points) > SILHOUETTE_SAMPLE else None
+    try:
+        return float(silhouette_score(points, clusters, sample_size=sample, random_state=seed))
+    except ValueError:  # the sample happened to hold a single cluster
+        return None

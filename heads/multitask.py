@@ -24,6 +24,7 @@ from heads.fusion import FusedStore
 from heads.metrics import multiclass_metrics
 from heads.models import HeadError
 from heads.run import check_store, finish_run, load_run
+from heads.rundir import staged_run, write_json
 from heads.train import TrainConfig, evaluate, train_head
 
 
@@ -103,9 +104,17 @@ def _unique_names(stores: list[Store]) -> list[str]:
 
 
 def fit_multi(store_paths: list[str | Path], cfg: TrainConfig, out_dir: str | Path,
-              on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """One head, one classifier per store; metrics per store and their mean (see the module docstring)."""
+              on_epoch: Callable[[dict], None] | None = None, *, force: bool = False) -> dict:
+    """One head, one classifier per store; metrics per store and their mean (see the module docstring).
+
+    `out_dir` must be absent, empty or a fit-head run (replaced whole) unless `force` (see heads.rundir)."""
     start = time.perf_counter()
+    with staged_run(out_dir, "fit-head", force) as out:
+        return _fit_multi(store_paths, cfg, out, on_epoch, start)
+
+
+def _fit_multi(store_paths: list[str | Path], cfg: TrainConfig, out: Path, on_epoch: Callable[[dict], None] | None,
+               start: float) -> dict:
     stores = [open_store(p) for p in store_paths]
     check_agree(stores)
     cache, targets, splits, tasks = joint_cache(stores, cfg)
@@ -115,12 +124,12 @@ def fit_multi(store_paths: list[str | Path], cfg: TrainConfig, out_dir: str | Pa
     stand_in = FusedStore(str(stores[0].path), stores[0].fingerprint,
                           {**stores[0].config, "multitask": [asdict(t) for t in tasks]},
                           list(stores[0].fingerprint_keys), stores[0].dim)
-    metrics = finish_run(stand_in, cache, targets, "multiclass", labels, splits, cfg, result, out_dir)
+    metrics = finish_run(stand_in, cache, targets, "multiclass", labels, splits, cfg, result, out)
     per_store = {t.name: {part: _task_scores(model, cache, targets, splits[part], t, cfg.max_frames)
                           for part, model in (("val", result.early), ("test", result.model))} for t in tasks}
     _summarize(metrics, per_store, tasks)
     metrics["seconds"] = time.perf_counter() - start
-    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -156,9 +165,11 @@ def is_multitask(ckpt: dict) -> bool:
     return bool(ckpt.get("store_config", {}).get("multitask"))
 
 
-def evaluate_multi(run_dir: str | Path, split: str = "test") -> dict[str, dict]:
-    """{store name: metrics} of a multi-task run on each store's own `split` (as recorded at training)."""
-    model, ckpt = load_run(run_dir)
+def evaluate_multi(run_dir: str | Path, split: str = "test",
+                   loaded: tuple[nn.Module, dict] | None = None) -> dict[str, dict]:
+    """{store name: metrics} of a multi-task run on each store's own `split` (as recorded at training).
+    `loaded`: the run's (model, checkpoint) if already loaded by `load_run`."""
+    model, ckpt = loaded or load_run(run_dir)
     saved = json.loads((Path(run_dir) / "splits.json").read_text())
     if split not in saved:
         raise HeadError(f"--split {split!r}: a multi-task run is evaluated on its own splits: {', '.join(saved)}")

@@ -29,8 +29,8 @@ from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_t
 from heads.metrics import HEADLINE
 from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params
 from heads.plots import plot_confusion, plot_curves
-from heads.rundir import check_run_dir, staged_run
-from heads.train import TrainConfig, TrainResult, evaluate, probabilities, score, train_head
+from heads.rundir import check_run_dir, staged_run, write_json
+from heads.train import TrainConfig, TrainResult, cpu_state, evaluate, probabilities, score, train_head
 
 RUN_SPLITS = ("train", "val", "test")  # the run's own splits; "all" and split-column names also work
 CHECKPOINT_KEYS = ("state_dict", "head_config", "train_config", "labels", "task", "threshold", "store_fingerprint",
@@ -141,8 +141,8 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     write_history(out / "history.csv", result.history)
     # with refit, the early-stopped head too: a fine-tune starting from this run needs a head whose training
     # never saw the val clips, or val could not pick its epochs
-    early = {"early_state_dict": _cpu_state(result.early)} if result.early is not result.model else {}
-    torch.save({"state_dict": _cpu_state(result.model), **early,
+    early = {"early_state_dict": cpu_state(result.early.state_dict())} if result.early is not result.model else {}
+    torch.save({"state_dict": cpu_state(result.model.state_dict()), **early,
                 "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
                 "store_config": store.config, "store_fingerprint_keys": list(store.fingerprint_keys)}, out / "head.pt")
@@ -198,10 +198,6 @@ def load_early_head(run_dir: str | Path, ckpt: dict) -> nn.Module | None:
     model = build_head(HeadConfig(**ckpt["head_config"]))
     model.load_state_dict(ckpt["early_state_dict"])
     return model.eval()
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def read_run_config(run_dir: str | Path) -> dict:
@@ -262,7 +258,11 @@ def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, spli
     split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
     any other value of the store's split column (e.g. holdout).
     """
-    p = split_predictions(run_dir, store_path, split)
+    return split_metrics(split_predictions(run_dir, store_path, split), run_dir, split)
+
+
+def split_metrics(p: SplitPredictions, run_dir: str | Path, split: str) -> dict:
+    """`evaluate_run`'s metrics from a split's predictions."""
     out = score(p.task, p.targets, p.probs, p.labels, p.threshold)
     if p.clip_accuracy is not None:
         out["clip_accuracy"] = p.clip_accuracy
@@ -288,10 +288,11 @@ class SplitPredictions:
     clip_accuracy: float | None = None  # pooling heads, multiclass: every row (frame or clip) classified alone
 
 
-def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
-                      split: str = "test") -> SplitPredictions:
-    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output."""
-    model, ckpt = load_run(run_dir)
+def split_predictions(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test",
+                      loaded: tuple[nn.Module, dict] | None = None) -> SplitPredictions:
+    """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output.
+    `loaded`: the run's (model, checkpoint) if already loaded by `load_run`."""
+    model, ckpt = loaded or load_run(run_dir)
     config = read_run_config(run_dir)
     store = open_store(store_path or config["store"])
     check_store(store, ckpt, run_dir)
@@ -429,11 +430,6 @@ def _train_params(run_dir: Path) -> dict:
         return {}
     train = config.get("train") if isinstance(config, dict) else None
     return train if isinstance(train, dict) else {}
-
-
-def write_json(path: Path, obj) -> None:
-    """A run file as people read it: indented JSON, numpy scalars as floats."""
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def write_history(path: Path, history: list[dict]) -> None:

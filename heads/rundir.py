@@ -1,27 +1,36 @@
-"""Run directories: refuse to overwrite what is not ours, and replace a run all at once.
+"""Run directories: every stage-two writer goes through one guard, and a run is replaced whole, never merged.
 
-`fit-head --out DIR` and `cluster-eval --out DIR` write into DIR only when it is absent, empty, or a run of the
-same command (whose files the new run replaces); anything else needs `force=True`, which overwrites the files the
-run writes and leaves the others. The run is written into a hidden staging folder beside DIR and moved in at the
-end, so an interrupted or failed run leaves the old one as it was and no temporary files behind.
+fit-head (one store, several, --fuse, --seeds, --folds), sweep, fuse and cluster-eval write into `--out DIR` only
+when DIR is absent, empty, or a run of the same kind holding only that kind's files; anything else is refused in one
+line naming --force, which replaces DIR whole. The run is written into a hidden staging folder beside DIR and moved
+in at the end in place of the old DIR, so an interrupted or failed run leaves the old one as it was and no
+temporary files behind, and a finished one never sits beside another run's files (a `head.pt` from an earlier single
+run beside the metrics of a --seeds run). Staging folders of a killed run (kill -9) are removed at the next start.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterator
 
 from heads.models import HeadError
 
-# The files each command writes into its run directory.
+# The files each kind of run writes into its run directory (fnmatch patterns for its member runs).
 RUN_FILES = {
     "fit-head": {"config.json", "splits.json", "history.csv", "metrics.json", "head.pt", "curves.png",
                  "confusion.png"},
-    "cluster-eval": {"config.json", "metrics.json", "assignments.csv", "embedding.png", "contingency.png",
-                     "sweep.png"},
+    "fit-head --seeds": {"config.json", "metrics.json", "seed-*"},
+    "fit-head --folds": {"config.json", "metrics.json", "fold-*"},
+    "sweep": {"config.json", "metrics.json", "sweep.csv", "heatmap.png", "best"},
+    "fuse": {"config.json", "metrics.json", "test_ids.json", "confusion.png"},
+    "cluster-eval": {"config.json", "metrics.json", "assignments.csv", "embedding.png", "embedding_2d.csv",
+                     "contingency.png", "sweep.png", "thumbnails.png"},
 }
 
 
@@ -34,70 +43,92 @@ def _run_config(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def write_json(path: Path, obj) -> None:
+    """A run file as people read it: indented JSON, numpy scalars as floats."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
 def run_kind(path: Path) -> str | None:
-    """The command that wrote the run directory `path` ('fit-head', 'cluster-eval'), or None."""
+    """The kind of run (a key of RUN_FILES) that the directory `path` holds, or None, read off its config.json."""
     config = _run_config(path)
     if config is None:
         return None
-    if config.get("command") in RUN_FILES:
+    if config.get("command") in ("fit-head", "cluster-eval"):
         return config["command"]
+    if "grid" in config:
+        return "sweep"
+    if config.get("mode") in ("seeds", "folds"):
+        return f"fit-head --{config['mode']}"
+    if config.get("fuse") == "late":
+        return "fuse"
     return "fit-head" if isinstance(config.get("train"), dict) else None  # fit-head runs before "command"
 
 
 def check_run_dir(out: Path, kind: str, force: bool = False) -> None:
-    """Raise HeadError unless `kind` may write its run into `out` (see the module docstring)."""
+    """Raise HeadError unless a `kind` run may replace `out` (see the module docstring)."""
     if out.exists() and not out.is_dir():
         raise HeadError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
     if not out.exists():
         return
     entries = sorted(p.name for p in out.iterdir())
-    foreign = [name for name in entries if name not in RUN_FILES[kind]]
-    if not entries or force or (run_kind(out) == kind and not foreign):
+    foreign = [name for name in entries if not any(fnmatch(name, pattern) for pattern in RUN_FILES[kind])]
+    found = run_kind(out)
+    if not entries or force or (found == kind and not foreign):
         return
-    what = (f"a {run_kind(out)} run" if run_kind(out) else "files that are not a " + kind + " run")
+    what = f"files that are not a {kind} run"
+    if found:
+        what = f"a {found} run" + (" and other files" if found == kind else "")
     shown = ", ".join(foreign[:5] or entries[:5]) + (" ..." if len(foreign or entries) > 5 else "")
     raise HeadError(f"--out {out} already holds {what} ({shown}); choose a new or empty folder, "
-                    f"or pass --force to overwrite the files {kind} writes there")
-
-
-def check_run_folder(out: Path, force: bool = False) -> None:
-    """For runs that write in place (--seeds/--folds, several stores, sweeps, late fusion): `out` must be absent,
-    empty or a framecache head run (a config.json of ours), unless `force`."""
-    if out.exists() and not out.is_dir():
-        raise HeadError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
-    if not out.exists() or force or not any(out.iterdir()) or _is_head_run(out):
-        return
-    shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-    raise HeadError(f"--out {out} already holds files that are not a framecache run ({shown}); choose a new or "
-                    "empty folder, or pass --force to write the run's files there")
-
-
-def _is_head_run(path: Path) -> bool:
-    config = _run_config(path)
-    return config is not None and any(k in config for k in ("train", "fuse", "command", "mode"))
+                    f"or pass --force to replace it whole with the {kind} run")
 
 
 @contextmanager
 def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path]:
-    """Yield a staging folder to write the run into; on success its files replace the run in `out`."""
-    out = Path(out)
+    """Check `out` for a `kind` run, yield a staging folder to write the run into; on success it replaces `out`."""
+    out = Path(os.path.abspath(out))
     check_run_dir(out, kind, force)
+    _clear_stale(out)
     stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
         yield stage
-        _publish(stage, out, kind)
+        _replace(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _publish(stage: Path, out: Path, kind: str) -> None:
-    replacing = out.is_dir() and run_kind(out) == kind
-    out.mkdir(parents=True, exist_ok=True)
-    written = {p.name for p in stage.iterdir()}
-    for name in sorted(written, key=lambda n: (n == "metrics.json", n)):  # metrics.json last: runs lists it
-        os.replace(stage / name, out / name)
-    if replacing:  # the old run's files the new run did not write (confusion.png of a multiclass run, ...)
-        for name in RUN_FILES[kind] - written:
-            (out / name).unlink(missing_ok=True)
+def _clear_stale(out: Path) -> None:
+    """Remove the staging and replaced folders beside `out` that a killed run left (their process is gone)."""
+    for kind in ("tmp", "old"):
+        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _replace(stage: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def safe_name(text: str) -> str:
+    """`text` (a split name, a label: data, not a path) made one harmless path component: no separators, not a
+    dot-name, so `report-{split}` stays inside the run whatever the split is called."""
+    name = re.sub(r"[/\\\x00]", "_", text)
+    return "_" + name if name.startswith(".") or not name else name

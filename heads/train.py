@@ -21,7 +21,8 @@ from torch import nn
 from heads.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from heads.data import Augment, Cache, batches, feature_stats
 from heads.metrics import HEADLINE, headline, multiclass_metrics, multilabel_metrics, tune_threshold
-from heads.models import HeadConfig, HeadError, build_head
+from heads.models import HeadConfig, build_head
+from pipeline.device import resolve_device
 
 @dataclass
 class TrainResult:
@@ -35,15 +36,9 @@ class TrainResult:
     tuned_threshold: float = 0.5  # the val-tuned threshold, reported next to a fixed one
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HeadError(f"--device {name}: no CUDA device is available; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise HeadError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as a checkpoint or a kept-best snapshot holds them: on the CPU, a copy that training cannot change."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def train_one_epoch(model: nn.Module, data: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,

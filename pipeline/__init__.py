@@ -9,7 +9,7 @@ so importing a light submodule (pipeline.launch, pipeline.sources) does not pay 
 """
 from __future__ import annotations
 
-import importlib
+from featstore.lazy import lazy_exports
 
 _EXPORTS = {
     "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "Measured", "compile_model", "compile_pays_back",
@@ -18,29 +18,15 @@ _EXPORTS = {
                            "load_backbone", "preprocess_for"),
     "pipeline.decode": ("RESIZE_ENGINES", "Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError",
                         "FrameStream", "FrameWindow", "Geometry", "Sampling", "VideoInfo", "clip_count", "decode_image",
-                        "decode_video"),
-    "pipeline.seek": ("SEEK_MODES",),
-    "pipeline.embed": ("Embedder", "resolve_device", "resolve_precision"),
-    "pipeline.extract": ("EXTRACT_PRECISIONS", "ExtractConfig", "ExtractResult", "config_from_store", "decode_loader",
+                        "decode_video", "SEEK_MODES"),
+    "pipeline.device": ("EXTRACT_PRECISIONS", "PRECISIONS", "DeviceError", "resolve_device", "resolve_precision"),
+    "pipeline.embed": ("Embedder",),
+    "pipeline.extract": ("ExtractConfig", "ExtractResult", "config_from_store", "decode_loader",
                          "embed_files", "geometry_for", "sampling_for", "store_backbone"),
     "pipeline.sources": ("Item", "SourceError", "load_source"),
     "pipeline.speed": ("Speed", "estimate_units", "speed_for"),
     "pipeline.stages": ("Done", "Rows"),
 }
 # `pipeline.extract` is the module; its function is exported as run_extraction.
-_ALIASES = {"run_extraction": ("pipeline.extract", "extract")}
-_WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | _ALIASES
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    module, attr = _WHERE[name]
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value  # once loaded, a plain module attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS,
+                                             aliases={"run_extraction": ("pipeline.extract", "extract")})

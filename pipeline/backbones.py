@@ -9,6 +9,7 @@ clips, and which clips (frames, side), is read from its weights (the `VideoClass
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -172,8 +173,10 @@ def _state_dict_from_file(path: Path, name: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "not loadable"
         raise BackboneError(f"cannot load weights file {path}: {str(e).splitlines()[0]}") from None
-    # `finetune` writes {"state_dict", "backbone", "config"}: say which backbone it belongs to, not which keys miss.
+    # A finetune backbone.pt: say which backbone it belongs to, not which keys miss. Its name is in the sidecar
+    # backbone.json (or, in files from before the sidecar, in the file itself beside "state_dict" and "config").
     made_for = obj.get("backbone") if isinstance(obj, dict) else None
+    made_for = made_for if isinstance(made_for, str) else _sidecar_backbone(path)
     if isinstance(made_for, str) and made_for != name:
         raise BackboneError(f"{path} holds {made_for} weights (written by finetune), not {name}: "
                             f"pass --backbone {made_for}")
@@ -189,6 +192,15 @@ def _state_dict_from_file(path: Path, name: str) -> dict:
     if meta is not None:
         out._metadata = type(meta)((k.removeprefix("module."), v) for k, v in meta.items())
     return out
+
+
+def _sidecar_backbone(path: Path) -> str | None:
+    """The backbone named by the `.json` beside a weights file (finetune writes backbone.json), if there is one."""
+    try:
+        made_for = json.loads(path.with_suffix(".json").read_text()).get("backbone")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return made_for if isinstance(made_for, str) else None
 
 
 def _is_file(weights: str) -> bool:

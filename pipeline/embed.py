@@ -2,47 +2,13 @@
 format and autocast chosen once per device."""
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
 import torch
 
-from pipeline.accel import batches_of, check_int8, compile_model, pad_to, quantize_int8
-from pipeline.backbones import Backbone, BackboneError, get_spec
-
-DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what --device accepts
-
-
-def resolve_device(device: str, backbone: Backbone | str) -> torch.device:
-    """The device `--device` names for this backbone (a loaded one, or a registry name: no model needed)."""
-    name, cpu_only = ((backbone, get_spec(backbone).cpu_only) if isinstance(backbone, str)
-                      else (backbone.name, backbone.cpu_only))
-    if cpu_only:
-        if device.startswith("cuda"):
-            raise BackboneError(f"{name} is an int8 CPU-only model; use --device cpu or another backbone")
-        return torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not DEVICE_RE.fullmatch(device):
-        raise BackboneError(f"--device {device!r} is not a device this tool runs on; use auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device, backbone: Backbone) -> str:
-    """auto: bf16 on GPUs that have it (else fp16); bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
-    if precision == "int8":
-        check_int8(device, backbone.name, backbone.cpu_only, backbone.is_video)
-        return precision
-    if backbone.cpu_only:
-        return "fp32"  # int8 kernels: autocast does not apply
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+from pipeline.accel import batches_of, compile_model, pad_to, quantize_int8
+from pipeline.backbones import Backbone
 
 
 class Embedder:

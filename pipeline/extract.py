@@ -23,13 +23,14 @@ from torch.utils.data import DataLoader
 
 from featstore import Store, StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
+from featstore.finite import fail_non_finite, finite_only
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.store import HEADER, claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
-from pipeline.decode import CROPS, RESIZE_ENGINES, ClipSampling, Geometry, Sampling, set_decoder_threads
-from pipeline.embed import Embedder, resolve_device, resolve_precision  # noqa: F401 (finetune imports it here)
-from pipeline.seek import SEEK_MODES
+from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.device import EXTRACT_PRECISIONS, resolve_device
+from pipeline.embed import Embedder
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
@@ -42,8 +43,6 @@ FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames
 OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine")
 # --resize-engine auto on a new store (docs/extract.md, "Decoding cost"); video backbones keep their preset's recipe.
 DEFAULT_RESIZE_ENGINE = "exact"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autocast dtypes (finetune takes these too)
-EXTRACT_PRECISIONS = PRECISIONS + ("int8",)    # extract also runs PT2E int8 on CPUs (pipeline/accel.py)
 DTYPES = ("float16", "float32")          # storage dtype of features
 COMPRESSIONS = ("none", "lzf", "gzip")   # HDF5 compression of features; "none" is stored as None
 
@@ -317,7 +316,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
             todo, skipped = _pending(items, store, cfg)
             meta_changed = _meta_changes(items, store)
             cfg = replace(cfg, resize_engine=resize_engine_for(cfg, None if store is None else store.config))
-        geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone)
+        geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone, get_spec(cfg.backbone).cpu_only)
         # Decode workers start now and fill their prefetch queue while the model builds.
         units = iter(decode_loader(todo, cfg, geometry, device))
         backbone = load_backbone(cfg.backbone, cfg.weights)
@@ -338,7 +337,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
         embed = Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size)
         if embed.needs_calibration and todo:
             embed.calibrate(calibration_units(items, cfg, geometry, device))
-        _run(todo, units, speed.batch_size, embed, thread.put, result, on_progress)
+        _run(todo, units, speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
@@ -496,7 +495,7 @@ def embed_files(paths: list[str], config: dict, device: str = "auto", weights: s
     `weights` points at the store's weights file when it has moved; a file with other content is refused.
     """
     cfg, backbone = store_backbone(config, device, weights)
-    dev = resolve_device(cfg.device, backbone)
+    dev = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     geometry = geometry_for(cfg, backbone)
     items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]
     records: list[VideoRecord] = []
@@ -506,7 +505,7 @@ def embed_files(paths: list[str], config: dict, device: str = "auto", weights: s
                       config.get("batch_size"), backbone, dev, items, cfg.sampling)
     embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
     _run(items, iter(decode_loader(items, cfg, geometry, dev)), speed.batch_size, embed, records.append, result, None)
-    for r in records:
+    for r in (fail_non_finite(r, cfg.dtype) for r in records):  # as extract would store them, or failed
         if r.features is not None:
             r.features = r.features.astype(cfg.dtype).astype(np.float32)
     return records

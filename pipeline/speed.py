@@ -11,7 +11,7 @@ from pipeline import accel
 from pipeline.accel import AccelError
 from pipeline.backbones import Backbone
 from pipeline.decode import ClipSampling, Sampling
-from pipeline.embed import resolve_precision
+from pipeline.device import resolve_precision
 from pipeline.sources import Item
 
 PROBED_ITEMS = 4  # headers read to estimate a run's size (a few ms each), only when auto must weigh a one-time cost

@@ -36,6 +36,11 @@ def cli_command(*args) -> list[str]:
     return [sys.executable, str(ROOT / "cli.py"), *map(str, args)]
 
 
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` run to its end in a child process, its output captured as text."""
+    return subprocess.run(cli_command(*args), cwd=ROOT, text=True, capture_output=True, timeout=600)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment, with the worktree importable, plus `extra`."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}

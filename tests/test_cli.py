@@ -16,7 +16,7 @@ import cli
 from data.synth import write_video
 from featstore import open_store
 from featstore.verify import verify_store
-from helpers import ROOT, cli_command, extract_flags, invoke, random_frames, tiny_config, write_split_clips
+from helpers import ROOT, cli_command, extract_flags, invoke, random_frames, run_cli, tiny_config, write_split_clips
 from pipeline.extract import extract
 from pipeline.sources import load_source
 
@@ -26,10 +26,6 @@ EXTRACT = extract_flags(precision="fp32")
 def cli_process(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen(cli_command(*args), cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             **kw)
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command(*args), cwd=ROOT, text=True, capture_output=True, timeout=600)
 
 
 # -- exit codes: the README's table, on real processes -----------------------------------------------------------

@@ -4,7 +4,8 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import assert_predict_equals_the_head_on_stored_features, extract_flags, invoke, write_manifest
+from helpers import (assert_predict_equals_the_head_on_stored_features, blob_clips, extract_flags, invoke,
+                     write_manifest, write_store)
 
 from featstore import open_store
 
@@ -105,3 +106,17 @@ def test_fixed_threshold_run_and_predict_returns_the_labels_above_it(multilabel_
     above = sorted(t["label"] for t in row["top"] if t["prob"] >= 0.4)
     assert sorted(row["labels"]) == above and row["threshold"] == 0.4
     assert {"red", "blue", "any"} >= set(row["labels"]) and "any" in row["labels"]
+
+
+def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
+    store = write_store(tmp_path / "s[/x]", blob_clips(per_class=6))
+    runs_dir = tmp_path / "runs[b]"
+    for args in (["fit-head", store, "--epochs", "2", "--out", runs_dir / "lin[/x]"],
+                 ["fit-head", store, "--epochs", "2", "--seeds", "2", "--out", runs_dir / "rep[b]"],
+                 ["evaluate", runs_dir / "lin[/x]"],
+                 ["cluster-eval", store, "--plot", "none", "--out", runs_dir / "km[/b]"],
+                 ["runs", runs_dir]):
+        res = invoke(*args)
+        assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+        flat = "".join(res.stdout.split())  # tables wrap long titles and cells
+        assert "[/x]" in flat or "[b]" in flat or "[/b]" in flat, (args, res.stdout)

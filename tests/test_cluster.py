@@ -11,9 +11,10 @@ from sklearn.preprocessing import normalize
 
 from featstore import Loaded, StoreWriter, VideoRecord, open_store
 from heads import cluster
-from heads.cluster import (ClusterError, cluster_eval, clustering_metrics, conditional_entropy_bits,
-                           hungarian_accuracy, hungarian_column_order, pool_features, purity,
+from heads.cluster import ClusterConfig, ClusterError, cluster_eval, pool_features
+from heads.metrics import (clustering_metrics, conditional_entropy_bits, hungarian_accuracy, purity,
                            retrieval_precision)
+from heads.plots import hungarian_column_order
 
 H_QUARTER = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))  # entropy of a 3:1 split, 0.8113 bits
 
@@ -114,7 +115,7 @@ def test_pool_features_mean_and_max():
 # -- cluster_eval ------------------------------------------------------------------------------------
 def test_equals_direct_sklearn_on_overlapping_classes(tmp_path):
     store = make_store(tmp_path / "s", n_classes=5, per_class=10, spread=0.6, seed=3)
-    res = cluster_eval(store, tmp_path / "run", seed=7, n_init=4, plot="none")
+    res = cluster_eval(store, ClusterConfig(seed=7, n_init=4, plot="none"), tmp_path / "run")
     ids, X, labels = direct_points(store)
     ref = KMeans(n_clusters=5, n_init=4, random_state=7).fit(X)
     got = read_assignments(tmp_path / "run")
@@ -129,7 +130,7 @@ def test_equals_direct_sklearn_on_overlapping_classes(tmp_path):
 
 def test_outputs_files_and_self_description(tmp_path):
     store = make_store(tmp_path / "s")
-    res = cluster_eval(store, tmp_path / "run", k=4, plot="tsne", k_range=(2, 6))
+    res = cluster_eval(store, ClusterConfig(k=4, plot="tsne", k_range=(2, 6)), tmp_path / "run")
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["kind"] == "cluster"
@@ -152,7 +153,7 @@ def test_outputs_files_and_self_description(tmp_path):
 def test_contingency_png_shows_a_diagonal(tmp_path):
     # the heat map's darkest cell in each row must sit in that row's column band
     store = make_store(tmp_path / "s", n_classes=3, per_class=8)
-    cluster_eval(store, tmp_path / "run", plot="none")
+    cluster_eval(store, ClusterConfig(plot="none"), tmp_path / "run")
     rgb = imread(tmp_path / "run" / "contingency.png")[..., :3]
     dark = (rgb[..., 0] < 0.3) & (rgb[..., 2] > 0.4)  # dark blue cells; black text and white are not
     ys, xs = np.nonzero(dark[:, : int(rgb.shape[1] * 0.8)])  # leave out the colour bar
@@ -164,8 +165,8 @@ def test_contingency_png_shows_a_diagonal(tmp_path):
 
 def test_same_seed_same_result_and_seeds_are_averaged(tmp_path):
     store = make_store(tmp_path / "s", n_classes=5, per_class=10, spread=0.6, seed=3)
-    a = cluster_eval(store, tmp_path / "a", seeds=3, seed=1, n_init=1, plot="none")
-    b = cluster_eval(store, tmp_path / "b", seeds=3, seed=1, n_init=1, plot="none")
+    a = cluster_eval(store, ClusterConfig(seeds=3, seed=1, n_init=1, plot="none"), tmp_path / "a")
+    b = cluster_eval(store, ClusterConfig(seeds=3, seed=1, n_init=1, plot="none"), tmp_path / "b")
     assert a["per_seed"] == b["per_seed"]
     assert read_assignments(tmp_path / "a") == read_assignments(tmp_path / "b")
     assert [r["seed"] for r in a["per_seed"]] == [1, 2, 3]
@@ -176,15 +177,15 @@ def test_same_seed_same_result_and_seeds_are_averaged(tmp_path):
     nmis = [r["nmi"] for r in a["per_seed"]]
     assert len(set(nmis)) == 3 and a["std"]["nmi"] > 0
     assert a["metrics"]["nmi"] == pytest.approx(np.mean(nmis))
-    assert a["std"]["nmi"] == pytest.approx(np.std(nmis))
+    assert a["std"]["nmi"] == pytest.approx(np.std(nmis, ddof=1))  # sample std, as fit-head --seeds (issue 18)
     assert a["summary"]["ari"] == pytest.approx(np.mean([r["ari"] for r in a["per_seed"]]))
 
 
 def test_label_free_mode(tmp_path):
     store = make_store(tmp_path / "s", labels=False)
     with pytest.raises(ClusterError, match="no labels.*--k"):
-        cluster_eval(store, plot="none")
-    res = cluster_eval(store, tmp_path / "run", k=4, plot="pca")
+        cluster_eval(store, ClusterConfig(plot="none"))
+    res = cluster_eval(store, ClusterConfig(k=4, plot="pca"), tmp_path / "run")
     assert set(res["summary"]) == {"inertia", "silhouette"}
     assert "nmi" not in res["metrics"] and res["retrieval"] == {}
     assert res["summary"]["silhouette"] > 0.8
@@ -199,7 +200,7 @@ def test_label_free_mode(tmp_path):
 
 def test_frame_level(tmp_path):
     store = make_store(tmp_path / "s", per_class=5, frames=7)
-    res = cluster_eval(store, tmp_path / "run", level="frame", plot="none")
+    res = cluster_eval(store, ClusterConfig(level="frame", plot="none"), tmp_path / "run")
     assert res["n_points"] == 4 * 5 * 7 and res["n_items"] == 20
     assert res["config"]["algorithm"] == "KMeans"
     assert res["summary"]["nmi"] == pytest.approx(1.0)
@@ -216,7 +217,7 @@ def test_frame_level(tmp_path):
 
 def test_frame_level_equals_direct_sklearn_on_normalised_frames(tmp_path):
     store = make_store(tmp_path / "s", n_classes=3, per_class=4, frames=6, spread=0.8, seed=2)
-    res = cluster_eval(store, tmp_path / "run", level="frame", k=3, n_init=2, seed=4, plot="none")
+    res = cluster_eval(store, ClusterConfig(level="frame", k=3, n_init=2, seed=4, plot="none"), tmp_path / "run")
     s = open_store(store)
     frames = normalize(np.concatenate([s.features(v) for v in s.ids()]))
     ref = KMeans(n_clusters=3, n_init=2, random_state=4).fit(frames)
@@ -227,15 +228,15 @@ def test_frame_level_equals_direct_sklearn_on_normalised_frames(tmp_path):
 def test_large_frame_sets_switch_to_minibatch(tmp_path, monkeypatch):
     monkeypatch.setattr(cluster, "MINIBATCH_ABOVE", 100)  # instead of writing 20k frames
     store = make_store(tmp_path / "s", per_class=5, frames=7)
-    res = cluster_eval(store, level="frame", n_init=3, plot="none")
+    res = cluster_eval(store, ClusterConfig(level="frame", n_init=3, plot="none"))
     assert res["config"]["algorithm"] == "MiniBatchKMeans" and res["summary"]["nmi"] == pytest.approx(1.0)
-    assert cluster_eval(store, level="video", plot="none")["config"]["algorithm"] == "KMeans"
+    assert cluster_eval(store, ClusterConfig(level="video", plot="none"))["config"]["algorithm"] == "KMeans"
 
 
 def test_progress_is_reported_through_the_callback(tmp_path):
     calls = []
     store = make_store(tmp_path / "s", per_class=3)
-    cluster_eval(store, tmp_path / "run", seeds=2, k_range=(2, 3), plot="pca",
+    cluster_eval(store, ClusterConfig(seeds=2, k_range=(2, 3), plot="pca"), tmp_path / "run",
                  on_progress=lambda e: calls.append((e["stage"], e["done"], e["total"])))
     assert ("fit", 2, 2) in calls and ("sweep", 2, 2) in calls and calls[-1] == ("plot", 1, 1)
 
@@ -243,7 +244,8 @@ def test_progress_is_reported_through_the_callback(tmp_path):
 def test_fit_on_one_split_score_another(tmp_path):
     store = make_store(tmp_path / "s", n_classes=4, per_class=10, spread=0.5, seed=5,
                        splits=lambda i: "test" if i % 5 == 0 else "train")
-    res = cluster_eval(store, tmp_path / "run", fit_split="train", split="test", n_init=3, plot="none")
+    res = cluster_eval(store, ClusterConfig(fit_split="train", split="test", n_init=3, plot="none"),
+                       tmp_path / "run")
     store_ = open_store(store)
     train = [v for v in store_.ids() if store_.meta(v)["split"] == "train"]
     test = [v for v in store_.ids() if store_.meta(v)["split"] == "test"]
@@ -257,22 +259,22 @@ def test_fit_on_one_split_score_another(tmp_path):
     assert res["summary"]["nmi"] == pytest.approx(normalized_mutual_info_score(yte, pred))
     assert res["metrics"]["inertia"] == pytest.approx(-ref.score(Xte), rel=1e-5)
     # without --split, the items outside the fit split are scored
-    assert cluster_eval(store, fit_split="train", n_init=3, plot="none")["n_items"] == len(test)
+    assert cluster_eval(store, ClusterConfig(fit_split="train", n_init=3, plot="none"))["n_items"] == len(test)
 
 
 def test_multi_label_items_use_their_first_label(tmp_path):
     store = make_store(tmp_path / "s", n_classes=3, label_fn=lambda c: f"class{c}|shared")
-    res = cluster_eval(store, plot="none")
+    res = cluster_eval(store, ClusterConfig(plot="none"))
     assert res["config"]["k"] == 3 and res["summary"]["nmi"] == pytest.approx(1.0)
     assert sorted(res["clusters"]["majority_label"]) == ["class0", "class1", "class2"]
 
 
 def test_pca_whitening_and_max_pool(tmp_path):
     store = make_store(tmp_path / "s")
-    res = cluster_eval(store, pca=5, whiten=True, pool="max", plot="none")
+    res = cluster_eval(store, ClusterConfig(pca=5, whiten=True, pool="max", plot="none"))
     assert res["summary"]["nmi"] == pytest.approx(1.0)
     with pytest.raises(ClusterError, match="--pca"):
-        cluster_eval(store, pca=500, plot="none")
+        cluster_eval(store, ClusterConfig(pca=500, plot="none"))
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -284,4 +286,11 @@ def test_pca_whitening_and_max_pool(tmp_path):
 def test_user_errors_name_the_flag(tmp_path, kwargs, flag):
     store = make_store(tmp_path / "s", per_class=3)
     with pytest.raises(ClusterError, match=flag):
-        cluster_eval(store, **{"plot": "none", **kwargs})
+        cluster_eval(store, ClusterConfig(**{"plot": "none", **kwargs}))
+
+
+def test_a_k_taken_from_the_labels_says_so_when_out_of_range(tmp_path):
+    store = make_store(tmp_path / "s", n_classes=1, per_class=4)
+    with pytest.raises(ClusterError, match="k defaults to the number of labels, 1.*pass --k N") as e:
+        cluster_eval(store, ClusterConfig(plot="none"))
+    assert "--k 1" not in str(e.value)

@@ -98,10 +98,12 @@ def test_a_run_directory_like_every_run_and_runs_lists_it(tuned):
 
 
 def test_backbone_pt_round_trips_through_extract_with_its_sha256_in_the_fingerprint(tuned, clips, tmp_path):
-    saved = torch.load(tuned / "backbone.pt", weights_only=True)
-    assert saved["backbone"] == "resnet18" and not any(k.startswith("fc.") for k in saved["state_dict"])
+    saved = torch.load(tuned / "backbone.pt", weights_only=True)  # a plain state_dict of the registry architecture
+    load_backbone("resnet18", "none").model.load_state_dict(saved)  # strict: every key, nothing else
+    assert json.loads((tuned / "backbone.json").read_text())["backbone"] == "resnet18"
     loaded = load_backbone("resnet18", str(tuned / "backbone.pt")).model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in saved["state_dict"].items())
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
     def flags(weights, backbone="resnet18"):
         return extract_flags(every=2, weights=weights, precision="fp32", dtype="float32", backbone=backbone)
 
@@ -114,6 +116,16 @@ def test_backbone_pt_round_trips_through_extract_with_its_sha256_in_the_fingerpr
     assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
     res = invoke("extract", clips, *flags(tuned / "backbone.pt", "resnet34"), "--store", tmp_path / "x")
     assert res.exit_code == 1 and "holds resnet18 weights" in res.output and "--backbone resnet18" in res.output
+
+
+def test_a_backbone_pt_from_before_the_sidecar_still_loads_and_names_its_backbone(tuned, tmp_path):
+    old = tmp_path / "old.pt"  # the format finetune wrote before backbone.json: one dict holding everything
+    torch.save({"state_dict": torch.load(tuned / "backbone.pt", weights_only=True), "backbone": "resnet18",
+                "config": json.loads((tuned / "backbone.json").read_text())["config"]}, old)
+    assert torch.equal(load_backbone("resnet18", str(old)).model.conv1.weight,
+                       load_backbone("resnet18", str(tuned / "backbone.pt")).model.conv1.weight)
+    with pytest.raises(BackboneError, match="holds resnet18 weights.*--backbone resnet18"):
+        load_backbone("resnet34", str(old))
 
 
 def test_a_quantized_backbone_is_refused_naming_the_float_one(clips, tmp_path):
@@ -193,8 +205,8 @@ def whole_history(run: Path) -> list[list[str]]:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    wa = torch.load(a / "backbone.pt", weights_only=True)["state_dict"]
-    wb = torch.load(b / "backbone.pt", weights_only=True)["state_dict"]
+    wa = torch.load(a / "backbone.pt", weights_only=True)
+    wb = torch.load(b / "backbone.pt", weights_only=True)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from heads.metrics import headline, multiclass_metrics, multilabel_metrics, ranking_at_k, tune_threshold
+from heads.metrics import headline, mean_std, multiclass_metrics, multilabel_metrics, ranking_at_k, tune_threshold
 
 # 4 clips x 3 labels; the last clip has no positive label.
 Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
@@ -86,3 +86,8 @@ def test_threshold_is_tuned_for_micro_f1():
     p = np.array([[0.35, 0.1], [0.2, 0.3], [0.4, 0.32]])
     # positives score 0.3..0.4, negatives 0.1..0.2: 0.25 and 0.3 both separate them; 0.3 is nearer 0.5
     assert tune_threshold(y, p) == pytest.approx(0.3)
+
+
+def test_mean_std_is_the_sample_std_and_zero_for_one_value():
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(np.sqrt(2)))
+    assert mean_std([0.5]) == (0.5, 0.0)

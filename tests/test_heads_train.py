@@ -10,7 +10,7 @@ from heads.data import (Augment, batches, build_vocab, detect_task, encode_targe
                         make_splits, train_frames)
 from heads.models import HEADS, HeadError
 from heads.run import evaluate_run, fit_head, list_runs, load_run, predict_features
-from heads.train import TrainConfig
+from heads.train import TrainConfig, cpu_state
 from helpers import SMALL, D, blob_clips, write_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -271,3 +271,11 @@ def test_list_runs_sorts_by_a_metric(blob_store, tmp_path):
     rows = list_runs(tmp_path, sort_by="n_params")
     assert [r["name"] for r in rows] == ["b_mlp", "a_lin"]  # the MLP has more parameters
     assert rows[0]["head"] == "mlp" and rows[0]["backbone"] == "synthetic" and rows[0]["accuracy"] is not None
+
+
+def test_cpu_state_is_a_cpu_copy_that_training_cannot_change():
+    model = torch.nn.Linear(3, 2)
+    state = cpu_state(model.state_dict())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert state["weight"].device.type == "cpu" and not torch.equal(state["weight"], model.weight)

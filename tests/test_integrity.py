@@ -435,6 +435,7 @@ def test_a_damaged_compacted_file_is_named_and_verify_says_to_compact_again(refe
     assert "cli.py compact" in res.output and "Traceback" not in res.output
     res = invoke("verify", one, "--deep")
     assert res.exit_code == 1 and "checksum mismatch in features" in res.output
+    assert "cli.py compact" in res.output and "--quarantine" not in res.output  # the hint that works for a file
     res = invoke("verify", one, "--quarantine")
     assert res.exit_code == 1 and "compact it again" in res.output
 

@@ -12,7 +12,7 @@ from helpers import tiny_config, write_manifest
 
 from data.synth import write_video
 from pipeline.decode import FrameStream, Geometry, Sampling, SamplingError, decode_video
-from pipeline.seek import read_index
+from pipeline.decode.seek import read_index
 
 GOP = 10
 N = 60

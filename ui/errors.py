@@ -1,0 +1,135 @@
+"""How a command ends: exit codes, one-line errors on stderr, and SIGINT/SIGTERM handling.
+
+Exit codes (README, tests): 0 success; 1 user error, bad flag values included (one line, no traceback); 2 finished
+with failed items; 130 interrupted by SIGINT (Ctrl-C); 143 stopped by SIGTERM.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
+import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+from typer.core import TyperGroup
+
+from ui.render import err
+
+USER_ERROR, FAILED_ITEMS, INTERRUPTED, TERMINATED = 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+class ExitCodes(TyperGroup):
+    """Every command's exit code follows the table above; click alone would exit 2 on a bad flag value, which
+    reads as "finished with failed items"."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        from typer import rich_utils
+
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:  # no command given: the help, as a usage error
+            e.show()
+            code = USER_ERROR
+        except ClickException as e:  # usage errors: a bad flag value is a user error like any other
+            rich_utils.rich_format_error(e)
+            code = USER_ERROR
+        except typer.Abort:
+            code = INTERRUPTED
+        code = code if isinstance(code, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+def fail(message: str, code: int = USER_ERROR) -> None:
+    from rich.markup import escape
+
+    # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how Slurm, Docker and systemd stop a job), raised like Ctrl-C so the same cleanup runs."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM interrupt the command once, as KeyboardInterrupt / Terminated, so that `finally` blocks
+    save finished work; a second signal while that runs is ignored, so it cannot abandon the save halfway.
+
+    A signal that lands inside a C extension can have its exception swallowed there (PyAV replaces it with its own
+    error), so progress callbacks call `check()`, which raises it again."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None  # the signal that interrupted, once one did
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum: int, frame) -> None:
+        if self.raised is not None:
+            os.write(2, b"\nstill saving what is finished; it takes a moment\n")
+            return
+        self.raised = signum
+        self.check()
+
+    def check(self) -> None:
+        if self.raised is not None:
+            raise Terminated() if self.raised == signal.SIGTERM else KeyboardInterrupt()
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            # Once interrupted, the command only winds down (DataLoader workers are joined as their iterator is
+            # collected, after this block): a further signal then must not raise inside that cleanup.
+            signal.signal(sig, signal.SIG_IGN if self.raised is not None else handler)
+
+
+# What to do about an OS error, by errno; the error's own text says what happened.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space or choose another path, then rerun: finished work is kept",
+    errno.EDQUOT: "free some space or choose another path, then rerun: finished work is kept",
+    errno.EFBIG: "the file grew past a size limit, ulimit -f or the filesystem's: raise it or choose another path",
+    errno.EACCES: "check the permissions of that path, or choose another one",
+    errno.EPERM: "check the permissions of that path, or choose another one",
+    errno.EROFS: "that filesystem is read-only; choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EISDIR: "that path is a folder; a file was expected",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: what failed, on which path, and what to do."""
+    line = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    if e.filename:
+        line += f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    hint = OS_ERROR_HINTS.get(e.errno or 0)
+    return line + (f" ({hint})" if hint else "")
+
+
+@contextmanager
+def user_errors(on_interrupt: str = "nothing was written"):
+    """Run a command's work: the library's user-facing errors and OS errors become one line on stderr and exit 1;
+    SIGINT/SIGTERM end it with 130/143 after `finally` blocks ran. Anything else is a bug and keeps its traceback."""
+    from featstore.errors import FramecacheError
+
+    try:
+        with StopSignals() as stop:
+            yield stop
+    except FramecacheError as e:
+        fail(str(e))
+    except OSError as e:  # disk full, permissions, a file where a folder should be: the environment, not a bug
+        fail(os_error_line(e))
+    except Terminated:
+        err.print(f"terminated by SIGTERM ({on_interrupt})", highlight=False, soft_wrap=True)
+        raise typer.Exit(TERMINATED)
+    except KeyboardInterrupt:
+        err.print(f"interrupted ({on_interrupt})", highlight=False, soft_wrap=True)
+        raise typer.Exit(INTERRUPTED)
