@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from featstore import StoreWriter, VideoRecord, open_store  # noqa: E402
 from featstore.parts import store_parts  # noqa: E402
-from featstore.store import VIDEO_COLUMNS, shard_files  # noqa: E402
+from featstore.format import VIDEO_COLUMNS, shard_files  # noqa: E402
 from featstore.verify import verify_store  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

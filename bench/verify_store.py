@@ -32,19 +32,19 @@ def main() -> None:
     args = ap.parse_args()
     store = open_store(args.store)
     cfg = store.config
-    if cfg.get("every") is None:
+    if cfg.every is None:
         sys.exit("this check supports --every stores only")
-    backbone = load_backbone(cfg["backbone"], cfg["weights_arg"])
-    tf = get_spec(cfg["backbone"]).weights.DEFAULT.transforms()
+    backbone = load_backbone(cfg.backbone, cfg.weights_arg)
+    tf = get_spec(cfg.backbone).weights.DEFAULT.transforms()
     cosines, bad_length = [], []
     for vid in store.ids():
         meta = store.meta(vid)
         images, n = [], 0
-        with av.open(meta["path"]) as c:
+        with av.open(meta.path) as c:
             for n, frame in enumerate(c.decode(video=0), start=1):
-                if (n - 1) % cfg["every"] == 0:
+                if (n - 1) % cfg.every == 0:
                     images.append(frame.to_image())
-        if meta["length"] != math.ceil(n / cfg["every"]):
+        if meta.length != math.ceil(n / cfg.every):
             bad_length.append(vid)
         with torch.inference_mode():
             ref = backbone.model(torch.stack([tf(im) for im in images])).float().numpy()

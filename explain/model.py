@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from explain import ExplainError
+from featstore import StoreConfig
 from heads.data import eval_frames
 from heads.multitask import is_multitask
 from heads.run import load_run
 from heads.train import probabilities
 from pipeline.backbones import REGISTRY, get_spec
 from pipeline.decode import DecodedVideo, Geometry, Sampling, decode_image, decode_video
-from pipeline import geometry_for, resolve_device, store_backbone
+from pipeline import resolve_device, store_backbone, store_geometry
 from pipeline.sources import item_kind
 
 STORE_DTYPES = {"float16": torch.float16, "float32": None}  # None: features are stored as computed
@@ -65,9 +66,9 @@ class RunModel:
     device: torch.device
 
 
-def check_explainable(config: dict, run_dir: str | Path) -> None:
+def check_explainable(config: StoreConfig, run_dir: str | Path) -> None:
     """Refuse stores whose backbone gives no gradients (int8) or whose rows are clips (not supported yet)."""
-    name = config.get("backbone")
+    name = config.backbone
     spec = get_spec(name)
     if spec.cpu_only:  # int8 kernels: no autograd through them
         twin = name.removeprefix("quantized_")
@@ -75,7 +76,7 @@ def check_explainable(config: dict, run_dir: str | Path) -> None:
                if twin in REGISTRY else "a float backbone")
         raise ExplainError(f"run {run_dir} was trained on a {name} store, and int8 kernels have no gradients: "
                            f"extract with {use}, fit a head on that store, and explain that run")
-    if spec.clip is not None or config.get("clip_len") is not None:
+    if spec.clip is not None or config.is_clip:
         raise ExplainError(f"run {run_dir} was trained on clip rows ({name}): explain is not supported for clip "
                            "backbones yet (frame stores only)")
 
@@ -87,14 +88,14 @@ def load_run_model(run_dir: str | Path, device: str = "auto", weights: str | Non
     head, ckpt = load_run(run_dir)
     if is_multitask(ckpt) or ckpt.get("store_config", {}).get("fused_stores"):
         raise ExplainError(f"run {run_dir} was trained on several stores at once: explain a single-store run")
-    config = ckpt["store_config"]
+    config = StoreConfig.from_attrs(ckpt["store_config"])
     check_explainable(config, run_dir)
     cfg, backbone = store_backbone(config, device, weights)
     dev = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     pre = backbone.preprocess
-    model = ComposedModel(backbone.model, head, pre.mean, pre.std, STORE_DTYPES[config["dtype"]]).to(dev).eval()
+    model = ComposedModel(backbone.model, head, pre.mean, pre.std, STORE_DTYPES[config.dtype]).to(dev).eval()
     return RunModel(model, list(ckpt["labels"]), ckpt["task"], cfg.backbone, cfg.sampling,
-                    geometry_for(cfg, backbone), int(ckpt["train_config"]["max_frames"]), dev)
+                    store_geometry(config), int(ckpt["train_config"]["max_frames"]), dev)
 
 
 def decode_for(run: RunModel, path: str | Path) -> DecodedVideo:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from explain import ExplainError
-from featstore import open_store
+from featstore import StoreConfig, open_store
 from heads.plots import palette
 from pipeline.decode import DecodeError, Geometry, decode_image, decode_video
-from pipeline.extract import config_from_store
+from pipeline.extract import config_from_store, store_geometry
 from pipeline.sources import item_kind
 
 THUMB_PX = 64           # decoded side of a thumbnail
@@ -55,13 +55,14 @@ def read_points(run_dir: Path) -> tuple[list[Point], str]:
     return points, rows[0]["method"] if rows else "t-SNE"
 
 
-def thumbnail_geometry(config: dict, px: int = THUMB_PX) -> Geometry:
-    """The store's crop at `px` pixels (resize scaled in the same ratio), so a thumbnail shows what the model saw."""
-    resize = max(px, round(px * config["resize"] / config["size"]))
-    return Geometry(size=px, resize=resize, crop=config["crop"])
+def thumbnail_geometry(config: StoreConfig, px: int = THUMB_PX) -> Geometry:
+    """The store's crop at `px` pixels (resize scaled in the same ratio), so a thumbnail shows what the model saw;
+    drawn by the exact recipe whichever engine fed the model (at 64 px they differ by a grey level or two)."""
+    stored = store_geometry(config)
+    return replace(stored, size=px, resize=max(px, round(px * stored.resize / stored.size)), engine="exact")
 
 
-def decode_rows(path: str, config: dict, rows: list[int], stored_index: np.ndarray,
+def decode_rows(path: str, config: StoreConfig, rows: list[int], stored_index: np.ndarray,
                 geometry: Geometry) -> dict[int, np.ndarray]:
     """{row: (px, px, 3) uint8} of the wanted stored rows of one file; DecodeError when the file does not give
     them back (gone, unreadable, or changed since extraction)."""
@@ -89,14 +90,14 @@ def draw_thumbnails(run_dir: str | Path, max_points: int = 400, seed: int = 0,
     config = json.loads((run_dir / "config.json").read_text())
     points, method = read_points(run_dir)
     with open_store(config["store"]) as store:
-        if store.config.get("clip_len") is not None:
+        if store.config.is_clip:
             raise ExplainError(f"{config['store']} holds clip rows: thumbnails are drawn for frame stores only")
         video_level = config["level"] == "video"
         chosen = choose(points, max_points, seed)
         wanted: dict[str, list[int]] = {}
         for i in chosen:
             p = points[i]
-            row = store.meta(p.id)["length"] // 2 if video_level else p.row
+            row = store.meta(p.id).length // 2 if video_level else p.row
             wanted.setdefault(p.id, []).append(row)
         images, skipped = _decode_all(store, wanted, thumbnail_geometry(store.config), on_progress)
     shown = []
@@ -117,7 +118,7 @@ def _decode_all(store, wanted: dict[str, list[int]], geometry: Geometry,
     images, skipped = {}, []
     for n, (vid, rows) in enumerate(wanted.items(), 1):
         try:
-            got = decode_rows(store.meta(vid)["path"], store.config, rows, store.frame_index(vid), geometry)
+            got = decode_rows(store.meta(vid).path, store.config, rows, store.frame_index(vid), geometry)
             images.update({(vid, r): img for r, img in got.items()})
         except DecodeError as e:
             skipped.append((vid, str(e)))

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import numpy as np
 
 from featstore.integrity import BadShard, first_non_finite
-from featstore.store import Loaded, Store, VideoRecord
+from featstore.format import VideoRecord
+from featstore.reader import Loaded, Store
 
 class NonFiniteShard(BadShard):
     """A shard holding NaN or infinite features: only `verify --deep` reads them, so its hint says --deep."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featstore.config import StoreConfig
 from featstore.errors import StoreError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
@@ -76,11 +77,11 @@ class ForeignShard(BadShard):
 @dataclass
 class Header:
     """What the store's header (or a compacted file's attributes) says every shard must match."""
-    config: dict
+    config: StoreConfig
     fingerprint: str
     keys: list[str]
     dim: int
-    format: int = 1  # 1: frame rows; 2: span rows (frame_end, time_end_s) -- featstore.store.FORMAT_VERSION
+    format: int = 1  # 1: frame rows; 2: span rows (frame_end, time_end_s) -- featstore.format.FORMAT_VERSION
 
 
 def describe_bytes(n: float | None) -> str:
@@ -279,19 +280,17 @@ def _read(ds: h5py.Dataset, name: str, selection=()) -> np.ndarray:
 
 
 def _check_fingerprint(f: h5py.File, header: Header) -> None:
-    from featstore.store import diff_configs
-
     fp = f.attrs.get("fingerprint")
     if fp is None:
         raise _Problem("has no fingerprint (not written by framecache)")
     if str(fp) == header.fingerprint:
         return
     try:
-        config = json.loads(f.attrs["config"])
+        config = StoreConfig.from_attrs(json.loads(f.attrs["config"]))
         keys = sorted(set(header.keys) | set(json.loads(f.attrs.get("fingerprint_keys", "[]"))))
     except (KeyError, ValueError):
         raise _Problem("has an unreadable config attribute") from None
-    diffs = diff_configs(header.config, config, keys, theirs="this shard") or ["fingerprint keys differ"]
+    diffs = header.config.diff(config, keys, theirs="this shard") or ["fingerprint keys differ"]
     raise _Foreign("was extracted with other settings than its store (" + "; ".join(diffs) + ")")
 
 

@@ -38,9 +38,9 @@ def diff_meta(store, wanted: dict[str, dict]) -> list[MetaChange]:
         if new is None:
             continue
         old = store.meta(vid)
-        differ = {k: new[k] for k in META_COLUMNS if k in new and new[k] != old[k]}
+        differ = {k: new[k] for k in META_COLUMNS if k in new and new[k] != getattr(old, k)}
         if differ:
-            changes.append(MetaChange(vid, {k: old[k] for k in differ}, differ))
+            changes.append(MetaChange(vid, {k: getattr(old, k) for k in differ}, differ))
     return changes
 
 

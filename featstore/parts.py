@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featstore.locks import PARTITION_RE
-from featstore.store import SHARD_RE, Store, shard_files
+from featstore.format import SHARD_RE, shard_files
+from featstore.reader import Store
 
 
 @dataclass

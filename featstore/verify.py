@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import StoreError
+from featstore.format import OPTIONAL_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
 from featstore.integrity import REMAKE_COMPACTED, BadShard, read_shard_index
-from featstore.store import OPTIONAL_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
 
 QUARANTINE = "_quarantine"
 

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from featstore import diff_configs
+from featstore import StoreConfig
 from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
@@ -33,7 +33,7 @@ from heads.train import cpu_state
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
 from pipeline.device import resolve_device, resolve_precision
-from pipeline.extract import ExtractConfig, geometry_for
+from pipeline.extract import geometry_of, resize_engine_for
 from pipeline.sources import Item
 
 CHECKPOINT = "checkpoint.pt"
@@ -99,7 +99,7 @@ def setup(cfg: FinetuneConfig) -> Setup:
     device = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     precision = resolve_precision(cfg.precision, device, backbone)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    geometry = geometry_for(ExtractConfig(backbone=cfg.backbone, size=cfg.size, crop=cfg.crop), backbone)
+    geometry = geometry_of(backbone.preprocess, cfg.size, cfg.crop, resize_engine_for("auto", backbone.is_video))
     return Setup(backbone, device, precision, amp, geometry)
 
 
@@ -149,10 +149,10 @@ def _targets(index: Cache, vocab: list[str] | None) -> tuple[list[str], torch.Te
 def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneConfig) -> Prepared:
     """The head of a fit-head run, refused when its store's features are not the ones this run computes."""
     head, ckpt = load_run(cfg.init_head)
-    ours = {"backbone": backbone.name, "weights": backbone.weights_id, "size": geometry.size,
-            "resize": geometry.resize, "crop": geometry.crop, "mean": list(backbone.preprocess.mean),
-            "std": list(backbone.preprocess.std)}
-    diffs = diff_configs(ckpt["store_config"], ours, INIT_HEAD_KEYS)
+    ours = StoreConfig(backbone=backbone.name, weights=backbone.weights_id, size=geometry.size,
+                       resize=geometry.resize, crop=geometry.crop, mean=list(backbone.preprocess.mean),
+                       std=list(backbone.preprocess.std))
+    diffs = StoreConfig.from_attrs(ckpt["store_config"]).diff(ours, INIT_HEAD_KEYS)
     if diffs:
         raise FinetuneError(f"--init-head {cfg.init_head} was trained on other features than this run computes "
                             f"({'; '.join(diffs)}): pass the matching --backbone/--weights/--size/--crop, "

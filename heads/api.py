@@ -119,13 +119,14 @@ def predict_files(run: str | Path, paths: Sequence[str | Path], *, top: int = 5,
                   weights: str | Path | None = None) -> Predictions:
     """Embed `paths` exactly as the run's store was made (`weights`: the store's weights file if it moved), apply
     the head; per file its `top` labels and, for a multilabel run, every label at/above the run's threshold."""
+    from featstore import StoreConfig
     from heads.run import load_run, predict_features
     from pipeline.extract import embed_files
 
     run = Path(run)
     model, ckpt = load_run(run)
     refuse_fused(ckpt, run)
-    records = embed_files([str(p) for p in paths], ckpt["store_config"], device,
+    records = embed_files([str(p) for p in paths], StoreConfig.from_attrs(ckpt["store_config"]), device,
                           None if weights is None else str(weights))
     ok = [r for r in records if r.status == "ok"]
     probs = predict_features(model, ckpt, [r.features for r in ok]) if ok else np.zeros((0, 0))

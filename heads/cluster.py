@@ -81,7 +81,7 @@ class Points:
 
 
 def make_points(loaded: Loaded, level: str, pool: str) -> Points:
-    clip_labels = np.array([(m["labels"] or [""])[0] for m in loaded.metas], dtype=object)
+    clip_labels = np.array([(m.labels or [""])[0] for m in loaded.metas], dtype=object)
     clip_X = normalize(pool_features(loaded, pool))
     if level == "video":
         idx = np.arange(len(loaded.ids))
@@ -135,10 +135,10 @@ class ClusterModel(ClusterMixin, BaseEstimator):
 # -- cluster_eval ------------------------------------------------------------------------------------
 def _select_ids(store, split: str | None, fit_split: str | None) -> tuple[list[str], list[str] | None]:
     """(ids to score, ids to fit on or None when they are the same)."""
-    ids = [v for v in store.ids() if store.meta(v)["length"] > 0]
+    ids = [v for v in store.ids() if store.meta(v).length > 0]
     if not ids:
         raise ClusterError(f"store {store.path} has no items with features: extract some first")
-    split_of = {v: store.meta(v)["split"] for v in ids}
+    split_of = {v: store.meta(v).split for v in ids}
     known = sorted(set(split_of.values()))
 
     def pick(name: str, flag: str) -> list[str]:
@@ -302,8 +302,8 @@ def _load_points(store_path, cfg: ClusterConfig, progress) -> tuple[Points, Poin
         fit = score if fit_ids is None else make_points(finite_rows(store, store.load_all(fit_ids)), cfg.level,
                                                         cfg.pool)
         progress("load", 1, 1)
-        info = {"fingerprint": store.fingerprint, "backbone": store.config.get("backbone"),
-                "weights": store.config.get("weights"), "store_config": store.config}
+        info = {"fingerprint": store.fingerprint, "backbone": store.config.backbone,
+                "weights": store.config.weights, "store_config": store.config.to_attrs()}
     return score, fit, info
 
 

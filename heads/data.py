@@ -52,10 +52,10 @@ def load_cache(store: Store | str | Path, ids: list[str] | None = None, features
     """
     store = store if isinstance(store, Store) else open_store(store)
     metas = [store.meta(v) for v in (store.ids() if ids is None else ids)]
-    metas = [m for m in metas if m["status"] == "ok" and m["length"] > 0]
-    columns = {"ids": [m["id"] for m in metas], "labels": [m["labels"] for m in metas],
-               "groups": [m["group"] for m in metas], "splits": [m["split"] for m in metas]}
-    lengths = torch.tensor([m["length"] for m in metas], dtype=torch.int64)
+    metas = [m for m in metas if m.status == "ok" and m.length > 0]
+    columns = {"ids": [m.id for m in metas], "labels": [m.labels for m in metas],
+               "groups": [m.group for m in metas], "splits": [m.split for m in metas]}
+    lengths = torch.tensor([m.length for m in metas], dtype=torch.int64)
     if not features:
         return Cache(torch.zeros(0, store.dim), torch.cumsum(lengths, 0) - lengths, lengths, **columns)
     dtype = np.float32 if int(lengths.sum()) * store.dim * 4 <= FLOAT32_LIMIT else np.float16

@@ -133,7 +133,7 @@ def _write_repeated(out: Path, store: Store, cfg: TrainConfig, members: list[tup
     metrics["per_member"] = {n: m["metric"] for n, m in members}
     metrics["seconds"] = time.perf_counter() - start
     write_json(out / "config.json", {"train": vars(cfg), "mode": mode, "members": metrics["members"],
-                                     "store": metrics["store"], "store_config": store.config})
+                                     "store": metrics["store"], "store_config": store.config.to_attrs()})
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from featstore import open_store
+from featstore import StoreConfig, open_store
 from heads.config import FUSE_MODES
 from heads.data import Cache, batches, encode_targets, load_cache
 from heads.metrics import HEADLINE
@@ -60,7 +60,7 @@ def test_probabilities(run_dir: str | Path) -> tuple[RunProbs, Cache]:
     logits, _, _ = evaluate(model, batches(cache, None, np.arange(len(cache)), 256,
                                            ckpt["train_config"]["max_frames"]))
     return RunProbs(str(run_dir), cache.ids, probabilities(logits, ckpt["task"]), ckpt["labels"], ckpt["task"],
-                    float(ckpt["threshold"]), ckpt["train_config"]["head"], store.config.get("backbone"),
+                    float(ckpt["threshold"]), ckpt["train_config"]["head"], store.config.backbone,
                     str(store.path)), cache
 
 
@@ -156,7 +156,7 @@ class FusedStore:
     """Stands in for a Store where a run records its features' origin: both stores' configs."""
     path: str
     fingerprint: str
-    config: dict
+    config: StoreConfig
     fingerprint_keys: list[str]
     dim: int
 
@@ -226,8 +226,9 @@ def _fused_store(a, b, mode: str, dim: int) -> FusedStore:
     import hashlib
 
     fp = hashlib.sha256(f"{mode}:{a.fingerprint}:{b.fingerprint}".encode()).hexdigest()[:16]
-    config = {**a.config, "backbone": f"{a.config.get('backbone')}+{b.config.get('backbone')}", "fuse": mode,
-              "fused_stores": [{"store": str(a.path), **a.config}, {"store": str(b.path), **b.config}]}
+    config = a.config.with_extra(backbone=f"{a.config.backbone}+{b.config.backbone}", fuse=mode,
+                                 fused_stores=[{"store": str(a.path), **a.config.to_attrs()},
+                                               {"store": str(b.path), **b.config.to_attrs()}])
     return FusedStore(str(a.path), fp, config, list(a.fingerprint_keys), dim)
 
 

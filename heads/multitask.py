@@ -122,7 +122,7 @@ def _fit_multi(store_paths: list[str | Path], cfg: TrainConfig, out: Path, on_ep
     loss = SliceLoss([t.lo for t in tasks] + [tasks[-1].hi])
     result = train_head(cache, targets, "multiclass", labels, splits, cfg, on_epoch, loss=loss)
     stand_in = FusedStore(str(stores[0].path), stores[0].fingerprint,
-                          {**stores[0].config, "multitask": [asdict(t) for t in tasks]},
+                          stores[0].config.with_extra(multitask=[asdict(t) for t in tasks]),
                           list(stores[0].fingerprint_keys), stores[0].dim)
     metrics = finish_run(stand_in, cache, targets, "multiclass", labels, splits, cfg, result, out)
     per_store = {t.name: {part: _task_scores(model, cache, targets, splits[part], t, cfg.max_frames)

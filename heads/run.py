@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore import LAYOUT_KEYS, Store, feature_diffs, fingerprint, open_store
+from featstore import LAYOUT_KEYS, Store, StoreConfig, feature_diffs, open_store
 from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
                         make_splits)
 from heads.metrics import HEADLINE
@@ -112,7 +112,7 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
         "val": val, "test": test, "task": task, "head": cfg.head, "split": cfg.split,
         "eval_split": eval_split if test else "val", "metric_name": metric_name, "metric": shown[metric_name],
         "store": str(Path(store.path).resolve()), "store_fingerprint": store.fingerprint,
-        "backbone": store.config.get("backbone"), "n_params": count_params(result.model),
+        "backbone": store.config.backbone, "n_params": count_params(result.model),
         "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
         "n_unused": len(cache) - sum(len(v) for v in splits.values()),
         "labels": labels, "threshold": result.threshold, "tuned_threshold": result.tuned_threshold,
@@ -133,8 +133,8 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     """Everything but metrics.json: config, splits, history, checkpoint (plain types only), plots."""
     out.mkdir(parents=True, exist_ok=True)
     task, labels = metrics["task"], metrics["labels"]
-    store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint, "store_config": store.config,
-                  "store_fingerprint_keys": list(store.fingerprint_keys)}
+    store_info = {"store": metrics["store"], "store_fingerprint": store.fingerprint,
+                  "store_config": store.config.to_attrs(), "store_fingerprint_keys": list(store.fingerprint_keys)}
     write_json(out / "config.json", {"command": "fit-head", "train": asdict(cfg), "head": asdict(result.head_config),
                                       "task": task, "labels": labels, **store_info})
     write_json(out / "splits.json", split_ids)
@@ -145,7 +145,8 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
     torch.save({"state_dict": cpu_state(result.model.state_dict()), **early,
                 "head_config": asdict(result.head_config), "train_config": asdict(cfg), "labels": labels,
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
-                "store_config": store.config, "store_fingerprint_keys": list(store.fingerprint_keys)}, out / "head.pt")
+                "store_config": store.config.to_attrs(), "store_fingerprint_keys": list(store.fingerprint_keys)},
+               out / "head.pt")
     plot_curves([r for r in result.history if r["phase"] == "fit"], out / "curves.png", metrics["metric_name"],
                 result.best_epoch)
     if task == "multiclass":
@@ -225,7 +226,7 @@ def check_store(store: Store, ckpt: dict, run_dir: str | Path) -> None:
     settings, and a run from before a setting existed on a store that leaves it unset."""
     if store.fingerprint == ckpt["store_fingerprint"]:
         return
-    have, want = store.config, ckpt["store_config"]
+    have, want = store.config, StoreConfig.from_attrs(ckpt["store_config"])
     keys = run_store_keys(store, ckpt)
     if keys is None:
         diffs = feature_diffs(have, store.fingerprint_keys, want, store.fingerprint_keys)
@@ -247,7 +248,7 @@ def run_store_keys(store: Store, ckpt: dict) -> list[str] | None:
         return list(ckpt["store_fingerprint_keys"])
     base = set(store.fingerprint_keys) - LAYOUT_KEYS
     for keys in (base, base | LAYOUT_KEYS):
-        if fingerprint(ckpt["store_config"], keys) == ckpt["store_fingerprint"]:
+        if StoreConfig.from_attrs(ckpt["store_config"]).fingerprint(keys) == ckpt["store_fingerprint"]:
             return sorted(keys)
     return None
 
@@ -312,7 +313,7 @@ def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
     clip_accuracy = (_row_accuracy(model, sub, targets) if cfg["head"] in POOLING_HEADS and task == "multiclass"
                      else None)
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
-    return SplitPredictions(sub.ids, [store.meta(v)["path"] for v in sub.ids], sub.labels, y,
+    return SplitPredictions(sub.ids, [store.meta(v).path for v in sub.ids], sub.labels, y,
                             probabilities(logits, task), labels, task, ckpt["threshold"], cfg["head"],
                             str(store.path), len(ids) - len(keep), unknown, clip_accuracy)
 

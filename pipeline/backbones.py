@@ -226,31 +226,69 @@ def preprocess_for(name: str, weights: str = "DEFAULT") -> Preprocess:
     return _preprocess_of(_member(name, spec, weights))
 
 
-def _build(name: str, spec: BackboneSpec, weights: str) -> tuple[nn.Module, str, object, str | None]:
-    """Returns (model with its classifier, weights id for the fingerprint, enum member for preprocessing, the
-    weights file's sha256 or None)."""
+@dataclass(frozen=True)
+class BackboneWeights:
+    """A backbone and its weights as chosen, before the model is built: what a run decides from (device, precision,
+    batch size, preprocessing) and what a store records of them. A weights file is hashed here, once."""
+    name: str
+    spec: BackboneSpec
+    arg: str                    # --weights as given: an enum name, 'none' or a file
+    id: str                     # what identifies the weights in a store fingerprint
+    member: object              # the weights enum member whose preset preprocesses (the DEFAULT's for none/files)
+    file: str | None = None     # a weights file's absolute path
+    sha256: str | None = None   # and its content's sha256
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return _preprocess_of(self.member)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def cpu_only(self) -> bool:
+        return self.spec.cpu_only
+
+    @property
+    def is_video(self) -> bool:
+        return self.spec.clip is not None
+
+
+def weights_for(name: str, weights: str = "DEFAULT") -> BackboneWeights:
+    """`name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), not built yet."""
+    spec = get_spec(name)
     member = _member(name, spec, weights)
     if weights.lower() == "none":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(SEED_FOR_RANDOM_INIT)
-            return spec.builder(weights=None), f"none(seed={SEED_FOR_RANDOM_INIT})", member, None
+        return BackboneWeights(name, spec, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", member)
     if _is_file(weights):
         path = Path(weights).expanduser()
-        model = _from_file(name, spec, path)
+        if not path.is_file():
+            raise BackboneError(f"weights file {path} does not exist")
         sha = _file_sha256(path)  # hashed once: the id takes its prefix, the store config all of it
-        return model, f"file:sha256:{sha[:16]}", member, sha
+        return BackboneWeights(name, spec, weights, f"file:sha256:{sha[:16]}", member, str(path.resolve()), sha)
+    return BackboneWeights(name, spec, weights, f"{member.__class__.__name__}.{member.name}", member)
+
+
+def _build(chosen: BackboneWeights) -> nn.Module:
+    """The model with its classifier, with the chosen weights."""
+    spec, member = chosen.spec, chosen.member
+    if chosen.arg.lower() == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED_FOR_RANDOM_INIT)
+            return spec.builder(weights=None)
+    if chosen.file is not None:
+        return _from_file(chosen.name, spec, Path(chosen.arg).expanduser())
     try:
-        return spec.builder(weights=member), f"{member.__class__.__name__}.{member.name}", member, None
+        return spec.builder(weights=member)
     except (OSError, RuntimeError) as e:  # URLError is an OSError; hub raises RuntimeError on bad downloads
         raise BackboneError(
-            f"cannot get {name} {member.name} weights offline ({str(e).splitlines()[0][:80]}): download "
+            f"cannot get {chosen.name} {member.name} weights offline ({str(e).splitlines()[0][:80]}): download "
             f"{member.url} on a connected machine and pass --weights /path/to/{Path(member.url).name}, "
             f"or put the file in {torch.hub.get_dir()}/checkpoints/") from None
 
 
 def _from_file(name: str, spec: BackboneSpec, path: Path) -> nn.Module:
-    if not path.is_file():
-        raise BackboneError(f"weights file {path} does not exist")
     model = spec.builder(weights=None)
     state = _state_dict_from_file(path, name)
     try:
@@ -268,12 +306,17 @@ def _from_file(name: str, spec: BackboneSpec, path: Path) -> nn.Module:
 
 def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
     """Build `name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), frozen."""
-    spec = get_spec(name)
-    model, weights_id, member, sha = _build(name, spec, weights)
+    return build_backbone(weights_for(name, weights))
+
+
+def build_backbone(chosen: BackboneWeights) -> Backbone:
+    """The chosen backbone built with its weights, classifier removed, frozen, in eval mode."""
+    spec = chosen.spec
+    model = _build(chosen)
     setattr(model, spec.head, nn.Identity())
     model.eval().requires_grad_(False)
-    meta = {"categories": len(member.meta.get("categories", []))}
-    if sha is not None:  # where the file was and what it holds: a store can find it again
-        meta.update(weights_file=str(Path(weights).expanduser().resolve()), weights_sha256=sha)
-    return Backbone(name, model, _preprocess_of(member), spec.dim, weights_id, spec.cpu_only, meta, spec.clip,
+    meta = {"categories": len(chosen.member.meta.get("categories", []))}
+    if chosen.sha256 is not None:  # where the file was and what it holds: a store can find it again
+        meta.update(weights_file=chosen.file, weights_sha256=chosen.sha256)
+    return Backbone(chosen.name, model, chosen.preprocess, spec.dim, chosen.id, spec.cpu_only, meta, spec.clip,
                     spec.cam_layer)

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,13 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from featstore import Store, StoreError, StoreWriter, VideoRecord, open_store
+from featstore import Store, StoreConfig, StoreError, StoreWriter, VideoRecord, open_store
 from featstore.errors import FramecacheError
 from featstore.finite import fail_non_finite, finite_only
 from featstore.meta import MetaChange, diff_meta, write_meta_update
-from featstore.store import HEADER, claim_store
+from featstore.format import HEADER
+from featstore.writer import claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
-from pipeline.backbones import Backbone, BackboneError, available_backbones, get_spec, load_backbone, preprocess_for
+from pipeline.backbones import (REGISTRY, Backbone, BackboneError, BackboneSpec, BackboneWeights, Preprocess,
+                                available_backbones, build_backbone, get_spec, preprocess_for, weights_for)
 from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.device import EXTRACT_PRECISIONS, resolve_device
 from pipeline.embed import Embedder
@@ -35,12 +37,6 @@ from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
 
-# Settings that change the features: a store refuses appends that differ in any of them. (The row layout is the
-# store's own business: featstore records its format.)
-FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames",
-                    "size", "resize", "crop", "mean", "std", "dtype")
-# Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
-OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine")
 # --resize-engine auto on a new store (docs/extract.md, "Decoding cost"); video backbones keep their preset's recipe.
 DEFAULT_RESIZE_ENGINE = "exact"
 DTYPES = ("float16", "float32")          # storage dtype of features
@@ -93,12 +89,12 @@ class ExtractConfig:
             raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise ExtractError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
+        spec = get_spec(self.backbone)
         if self.sampling is None:
-            self.sampling = sampling_for(self.backbone)
-        _check_sampling_kind(self.backbone, self.sampling)
-        clip = get_spec(self.backbone).clip
-        if clip is not None:  # checked here, before any work starts
-            clip.check(self.backbone, self.sampling.clip_len, self.size or get_spec(self.backbone).input_size)
+            self.sampling = _sampling(self.backbone, spec)
+        _check_sampling_kind(self.backbone, spec, self.sampling)
+        if spec.clip is not None:  # the one check of the clip's shape, made before any work starts
+            spec.clip.check(self.backbone, self.sampling.clip_len, self.size or spec.input_size)
 
 
 def sampling_for(backbone: str, every: int | None = None, frames: int | None = None, fps: float | None = None,
@@ -106,19 +102,24 @@ def sampling_for(backbone: str, every: int | None = None, frames: int | None = N
                  clips: int | None = None) -> Sampling | ClipSampling:
     """The sampling the flags ask for, for this backbone: frames (--every/--frames/--fps/--max-frames) for image
     backbones, every 10th by default; clips (--clip-len/--clip-stride/--clips/--fps) for video ones, the model's
-    own clip length by default. A flag of the other kind is refused naming it and what applies instead."""
-    spec = get_spec(backbone)
+    own clip length by default. A flag of the other kind is refused naming it and what applies instead. (The
+    clip's length is checked against the model by the ExtractConfig it goes into.)"""
+    return _sampling(backbone, get_spec(backbone), every, frames, fps, max_frames, clip_len, clip_stride, clips)
+
+
+def _sampling(backbone: str, spec: BackboneSpec, every: int | None = None, frames: int | None = None,
+              fps: float | None = None, max_frames: int | None = None, clip_len: int | None = None,
+              clip_stride: int | None = None, clips: int | None = None) -> Sampling | ClipSampling:
     frame_flags = {"--every": every, "--frames": frames, "--max-frames": max_frames}
     clip_flags = {"--clip-len": clip_len, "--clip-stride": clip_stride, "--clips": clips}
     if spec.clip is None:
         _refuse(backbone, clip_flags, "an image backbone: it embeds frames; use --every, --frames or --fps, or a "
-                "video backbone (" + ", ".join(n for n in available_backbones() if get_spec(n).clip) + ")")
+                "video backbone (" + ", ".join(n for n in available_backbones() if REGISTRY[n].clip) + ")")
         return Sampling(every=every if (every or frames or fps) else 10, frames=frames, fps=fps,
                         max_frames=max_frames)
     _refuse(backbone, frame_flags, "a video backbone: it embeds clips; use --clip-len, --clip-stride, --clips "
             "or --fps")
     length = spec.clip.default_len if clip_len is None else clip_len
-    spec.clip.check(backbone, length, max(spec.clip.min_size, 1))
     return ClipSampling(clip_len=length, clip_stride=clip_stride, clips=clips, fps=fps)
 
 
@@ -128,8 +129,8 @@ def _refuse(backbone: str, flags: dict, why: str) -> None:
         raise BackboneError(f"{' and '.join(given)} does not apply to {backbone}, {why}")
 
 
-def _check_sampling_kind(backbone: str, sampling: Sampling | ClipSampling) -> None:
-    video = get_spec(backbone).clip is not None
+def _check_sampling_kind(backbone: str, spec: BackboneSpec, sampling: Sampling | ClipSampling) -> None:
+    video = spec.clip is not None
     if video != isinstance(sampling, ClipSampling):
         kind = "clips (ClipSampling)" if video else "frames (Sampling)"
         raise BackboneError(f"{backbone} embeds {kind}; build the config with pipeline.sampling_for")
@@ -157,64 +158,91 @@ class ExtractResult:
         return self.frames / self.seconds if self.seconds else 0.0
 
 
-def store_config(cfg: ExtractConfig, backbone: Backbone, geometry: Geometry, device: torch.device,
-                 precision: str, speed: Speed | None = None) -> dict:
+@dataclass(frozen=True)
+class Resolved:
+    """Every setting of one extraction, decided once from its ExtractConfig and the store it resumes: each later
+    step reads these, none looks the backbone up or decides again. (The sampling is the ExtractConfig's own,
+    defaulted and checked against the backbone when the config is made.)"""
+    backbone: BackboneWeights         # the spec, the weights (id, file, sha256) and their preprocessing
+    geometry: Geometry                # size, resize, crop, resample and the resize engine
+    device: torch.device
+    speed: Speed                      # precision, compiled or not, batch size
+    store: StoreConfig                # what the store records
+
+
+def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> Resolved:
+    """The run `cfg` asks for, continuing `store` (None: a new one) on the items `todo`. No model is built: a
+    weights file is hashed, and `auto` precision, compiling and batch size are chosen from the registry's and
+    accel's tables (and the run's size, read from a few headers where a choice needs it)."""
+    chosen = weights_for(cfg.backbone, cfg.weights)
+    engine = resize_engine_for(cfg.resize_engine, chosen.is_video, store)
+    geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine)
+    device = resolve_device(cfg.device, chosen.name, chosen.cpu_only)
+    speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling)
+    return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed))
+
+
+def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry, device: torch.device,
+                 speed: Speed) -> StoreConfig:
+    """What the store records of a run (featstore.config.StoreConfig: which of it is fingerprinted)."""
     import av
     import torchvision
 
-    s = cfg.sampling
+    s, pre = cfg.sampling, chosen.preprocess
     clip = isinstance(s, ClipSampling)
-    return {
-        "backbone": backbone.name, "weights": backbone.weights_id,
-        "weights_arg": cfg.weights, "weights_file": backbone.meta.get("weights_file"),
-        "weights_sha256": backbone.meta.get("weights_sha256"), "every": None if clip else s.every, "frames": None if clip else s.frames,
-        "fps": s.fps, "max_frames": None if clip else s.max_frames,
+    return StoreConfig(
+        backbone=chosen.name, weights=chosen.id, weights_arg=cfg.weights, weights_file=chosen.file,
+        weights_sha256=chosen.sha256, every=None if clip else s.every, frames=None if clip else s.frames, fps=s.fps,
+        max_frames=None if clip else s.max_frames,
         # the stride actually used (None with --clips), so --clip-stride 16 and its default 16 are one store
-        "clip_len": s.clip_len if clip else None, "clip_stride": s.stride if clip and s.clips is None else None,
-        "clips": s.clips if clip else None,
-        "size": geometry.size, "crop": geometry.crop,
+        clip_len=s.clip_len if clip else None, clip_stride=s.stride if clip and s.clips is None else None,
+        clips=s.clips if clip else None, size=geometry.size, crop=geometry.crop,
         # None is the exact recipe, as in the stores made before engines existed (their fingerprint stays the same)
-        "resize_engine": None if geometry.engine == "exact" else geometry.engine,
-        "resize": list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
-        "mean": list(backbone.preprocess.mean), "std": list(backbone.preprocess.std), "dtype": cfg.dtype,
-        "dim": backbone.dim, "subset": cfg.subset, "autorotate": True, "device": str(device), "precision": precision,
+        resize_engine=None if geometry.engine == "exact" else geometry.engine,
+        resize=list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
+        mean=list(pre.mean), std=list(pre.std), dtype=cfg.dtype, dim=chosen.dim, subset=cfg.subset, autorotate=True,
+        device=str(device), precision=speed.precision,
         # int8 changes features beyond bf16's noise: fingerprinted (an optional key, so older stores keep theirs)
-        "quantization": QUANTIZATION if precision == "int8" else None,
+        quantization=QUANTIZATION if speed.precision == "int8" else None,
         # compiling keeps the features within bf16 noise (docs/extract.md): recorded, not fingerprinted
-        "compile": speed.compiled if speed else False, "batch_size": speed.batch_size if speed else cfg.batch_size,
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
-    }
+        compile=speed.compiled, batch_size=speed.batch_size,
+        versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__})
 
 
-def fingerprint_keys(config: dict) -> tuple[str, ...]:
-    """The config keys whose values identify the features: the base set, plus the newer ones that are set."""
-    return FINGERPRINT_KEYS + tuple(k for k in OPTIONAL_KEYS if config.get(k) is not None)
-
-
-def resize_engine_for(cfg: ExtractConfig, store: dict | None = None) -> str:
+def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = None) -> str:
     """The engine `--resize-engine auto` means: the store's own when resuming one (a store without the key was made
     by the exact recipe), else the default for image backbones and the preset's exact recipe for video ones."""
-    own = None if store is None else store.get("resize_engine") or "exact"
-    if cfg.resize_engine == "auto":
-        return own or ("exact" if get_spec(cfg.backbone).clip is not None else DEFAULT_RESIZE_ENGINE)
-    if own is not None and own != cfg.resize_engine:
-        raise ExtractError(f"the store was made with --resize-engine {own}, this run asks for {cfg.resize_engine}: "
+    own = None if store is None else store.geometry().engine
+    if asked == "auto":
+        return own or ("exact" if is_video else DEFAULT_RESIZE_ENGINE)
+    if own is not None and own != asked:
+        raise ExtractError(f"the store was made with --resize-engine {own}, this run asks for {asked}: "
                            "drop --resize-engine (auto continues with the store's own) or use another --store")
-    return cfg.resize_engine
+    return asked
+
+
+def geometry_of(preprocess: Preprocess, size: int | None, crop: str, engine: str) -> Geometry:
+    """How frames become model input: the weights' preprocessing, at `size` when set (the resize scaled in the same
+    ratio), cut by `crop`, resized by `engine`. Extract, finetune and the bench scripts make theirs here; a store's
+    is read back by store_geometry."""
+    pre = preprocess if size is None else preprocess.scaled(size)
+    return Geometry(size=pre.crop, resize=pre.resize, crop=crop, resample=pre.resample, engine=engine)
 
 
 def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
-    """How frames become model input: the backbone's preprocessing (without `backbone`, read from the weights'
-    preset alone, so decoding can start before the model is built), at `cfg.size` when set, resized by
-    `cfg.resize_engine` (auto: see resize_engine_for)."""
+    """The geometry `cfg` asks for (`backbone`'s preprocessing, or without it the weights' preset, read without
+    building the model), as a new store would get it."""
     preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
-    pre = preprocess if cfg.size is None else preprocess.scaled(cfg.size)
-    geometry = Geometry(size=pre.crop, resize=pre.resize, crop=cfg.crop, resample=pre.resample,
-                        engine=resize_engine_for(cfg))
-    clip = get_spec(cfg.backbone).clip
-    if clip is not None:
-        clip.check(cfg.backbone, cfg.sampling.clip_len, geometry.size)
-    return geometry
+    is_video = backbone.is_video if backbone is not None else isinstance(cfg.sampling, ClipSampling)
+    return geometry_of(preprocess, cfg.size, cfg.crop, resize_engine_for(cfg.resize_engine, is_video))
+
+
+def store_geometry(config: StoreConfig) -> Geometry:
+    """The geometry a store's features were made with: what extract recorded (size, resize, crop, engine), resampled
+    by the architecture's recipe (PIL for image presets, torch for video ones: the same for all its weights)."""
+    g = config.geometry()
+    return Geometry(size=g.size, resize=g.resize, crop=g.crop, resample=preprocess_for(config.backbone).resample,
+                    engine=g.engine)
 
 
 class _Writer(threading.Thread):
@@ -275,10 +303,10 @@ def _pending(items: list[Item], store: Store | None, cfg: ExtractConfig) -> tupl
     return (todo if cfg.limit is None else todo[:cfg.limit]), skipped
 
 
-def _check_subset(config: dict, subset: dict | None, store_path: Path) -> None:
+def _check_subset(config: StoreConfig, subset: dict | None, store_path: Path) -> None:
     """A store's config names one subset: appending another would make that record wrong."""
-    if config.get("subset") != subset:
-        raise StoreError(f"store {store_path} holds the subset {config.get('subset') or 'all items'}, this run asks "
+    if config.subset != subset:
+        raise StoreError(f"store {store_path} holds the subset {config.subset or 'all items'}, this run asks "
                          f"for {subset or 'all items'}: rerun with the store's --classes/--per-class, or use "
                          "another --store")
 
@@ -312,36 +340,39 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
     # The lock and the store's shards are checked before the model loads: a refusal costs nothing.
     lock = claim_store(store_path, prefix, cfg.force)
     try:
-        with existing_store(store_path) as store:  # resuming: what is done, what changed, the store's engine
+        with existing_store(store_path) as store:  # resuming: what is done, what changed, the store's settings
             todo, skipped = _pending(items, store, cfg)
             meta_changed = _meta_changes(items, store)
-            cfg = replace(cfg, resize_engine=resize_engine_for(cfg, None if store is None else store.config))
-        geometry, device = geometry_for(cfg), resolve_device(cfg.device, cfg.backbone, get_spec(cfg.backbone).cpu_only)
+            run = resolve(cfg, None if store is None else store.config, todo)
         # Decode workers start now and fill their prefetch queue while the model builds.
-        units = iter(decode_loader(todo, cfg, geometry, device))
-        backbone = load_backbone(cfg.backbone, cfg.weights)
-        speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, backbone, device, todo, cfg.sampling)
-        config = store_config(cfg, backbone, geometry, device, speed.precision, speed)
+        units = iter(decode_loader(todo, cfg, run.geometry, run.device))
+        backbone = build_backbone(run.backbone)
     except BaseException:
         lock.abandon()  # a typo in --weights must not leave an empty store directory behind
         raise
-    writer = StoreWriter(store_path, config, fingerprint_keys(config), backbone.dim, prefix=prefix, lock=lock,
-                         flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
-    result = ExtractResult(str(store_path), skipped=skipped, device=str(device), precision=speed.precision,
-                           unit="clips" if backbone.is_video else "frames", meta_changed=meta_changed,
-                           compiled=speed.compiled, batch_size=speed.batch_size)
+    writer = StoreWriter(store_path, run.store, run.store.fingerprint_keys(), run.backbone.dim, prefix=prefix,
+                         lock=lock, flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
+    result = ExtractResult(str(store_path), skipped=skipped, device=str(run.device), precision=run.speed.precision,
+                           unit="clips" if run.backbone.is_video else "frames", meta_changed=meta_changed,
+                           compiled=run.speed.compiled, batch_size=run.speed.batch_size)
+    _embed_into(writer, backbone, run, items, todo, units, cfg, result, on_progress)
+    return result
+
+
+def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: list[Item], todo: list[Item],
+                units: Iterator[Rows | Done], cfg: ExtractConfig, result: ExtractResult, on_progress) -> None:
+    """Embed `todo`, handing each finished item to a writer thread; the store is saved on any exit (Ctrl-C too)."""
     thread = _Writer(writer)
     thread.start()
     start = time.perf_counter()
     try:
-        embed = Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size)
+        embed = Embedder(backbone, run.device, run.speed.precision, run.speed.compiled, run.speed.batch_size)
         if embed.needs_calibration and todo:
-            embed.calibrate(calibration_units(items, cfg, geometry, device))
-        _run(todo, units, speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
+            embed.calibrate(calibration_units(items, cfg, run.geometry, run.device))
+        _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         thread.finish()  # on Ctrl-C too: every finished video is saved
-    return result
 
 
 def _auto_workers(device: torch.device, cores: int | None = None) -> int:
@@ -445,50 +476,48 @@ def _report(on_progress, result: ExtractResult, total: int, current: str) -> Non
                      "failed": len(result.failed), "current": current})
 
 
-def config_from_store(config: dict, device: str = "auto", workers: int | None = 0,
+def config_from_store(config: StoreConfig, device: str = "auto", workers: int | None = 0,
                       weights: str | None = None) -> ExtractConfig:
     """The ExtractConfig that made a store (its backbone, weights, sampling and preprocessing).
 
     `weights` replaces a weights file that is no longer where the store recorded it (embed_files checks its hash)."""
-    if config.get("clip_len") is not None:  # a clip store; format-1 configs have no clip keys at all
-        sampling = ClipSampling(clip_len=config["clip_len"], clip_stride=config.get("clip_stride"),
-                                clips=config.get("clips"), fps=config.get("fps"))
+    c = config
+    if c.is_clip:
+        sampling = ClipSampling(clip_len=c.clip_len, clip_stride=c.clip_stride, clips=c.clips, fps=c.fps)
     else:
-        sampling = Sampling(every=config["every"], frames=config["frames"], fps=config["fps"],
-                            max_frames=config["max_frames"])
-    return ExtractConfig(backbone=config["backbone"], weights=weights or store_weights(config), sampling=sampling,
-                         size=config["size"], crop=config["crop"], device=device, workers=workers,
-                         resize_engine=config.get("resize_engine") or "exact",
-                         dtype=config["dtype"])
+        sampling = Sampling(every=c.every, frames=c.frames, fps=c.fps, max_frames=c.max_frames)
+    return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
+                         crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype)
 
 
-def store_weights(config: dict) -> str:
+def store_weights(config: StoreConfig) -> str:
     """The --weights that rebuilds a store's backbone: its enum name, or the weights file, looked for at the absolute
     path extract recorded, then at the path extract was given (relative to the working directory)."""
-    if not str(config["weights"]).startswith("file:"):
-        return config["weights_arg"]
-    for candidate in (config.get("weights_file"), config["weights_arg"]):
+    if not str(config.weights).startswith("file:"):
+        return config.weights_arg
+    for candidate in (config.weights_file, config.weights_arg):
         if candidate and Path(candidate).expanduser().is_file():
             return candidate
     raise BackboneError(f"the weights file the store was made with is gone (recorded at "
-                        f"{config.get('weights_file') or config['weights_arg']}, {config['weights']}): "
+                        f"{config.weights_file or config.weights_arg}, {config.weights}): "
                         "pass --weights PATH to a copy of it (its sha256 is checked)")
 
 
-def store_backbone(config: dict, device: str = "auto", weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
+def store_backbone(config: StoreConfig, device: str = "auto",
+                   weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
     """(ExtractConfig, frozen backbone) that made the store with `config`: its weights found where extract recorded
     them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
     cfg = config_from_store(config, device, weights=weights)
-    backbone = load_backbone(cfg.backbone, cfg.weights)
-    recorded = config.get("weights_sha256")
-    if backbone.weights_id != config["weights"] or (recorded and backbone.meta.get("weights_sha256") != recorded):
+    chosen = weights_for(cfg.backbone, cfg.weights)
+    recorded = config.weights_sha256
+    if chosen.id != config.weights or (recorded and chosen.sha256 != recorded):
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "
-                            f"({backbone.meta.get('weights_sha256') or backbone.weights_id} vs "
-                            f"{recorded or config['weights']})")
-    return cfg, backbone
+                            f"({chosen.sha256 or chosen.id} vs {recorded or config.weights})")
+    return cfg, build_backbone(chosen)
 
 
-def embed_files(paths: list[str], config: dict, device: str = "auto", weights: str | None = None) -> list[VideoRecord]:
+def embed_files(paths: list[str], config: StoreConfig, device: str = "auto",
+                weights: str | None = None) -> list[VideoRecord]:
     """Decode and embed files exactly as the store with `config` was made; no store is written.
 
     Features go through the store's dtype, so a file embedded here equals the same file read from the store.
@@ -496,13 +525,13 @@ def embed_files(paths: list[str], config: dict, device: str = "auto", weights: s
     """
     cfg, backbone = store_backbone(config, device, weights)
     dev = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
-    geometry = geometry_for(cfg, backbone)
+    geometry = store_geometry(config)
     items = [Item(id=str(p), path=str(Path(p).resolve()), labels=(), kind=item_kind(Path(p))) for p in paths]
     records: list[VideoRecord] = []
     result = ExtractResult("")
     # int8 stores are re-embedded in int8, calibrated on these files (docs/extract.md); nothing else is compiled
-    speed = speed_for(config.get("precision", "auto"), "off" if config.get("precision") != "int8" else "auto",
-                      config.get("batch_size"), backbone, dev, items, cfg.sampling)
+    speed = speed_for(config.precision or "auto", "off" if config.precision != "int8" else "auto",
+                      config.batch_size, backbone, dev, items, cfg.sampling)
     embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
     _run(items, iter(decode_loader(items, cfg, geometry, dev)), speed.batch_size, embed, records.append, result, None)
     for r in (fail_non_finite(r, cfg.dtype) for r in records):  # as extract would store them, or failed

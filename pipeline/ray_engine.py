@@ -305,8 +305,8 @@ def _summary(todo: list[Item], skipped: int, store: Path, results: list[ExtractR
         for item in todo:
             m = s.meta(item.id)
             out.done += 1
-            if m["status"] == "ok":
-                out.frames += m["length"]
+            if m.status == "ok":
+                out.frames += m.length
             else:
-                out.failed.append((item.id, m["error"]))
+                out.failed.append((item.id, m.error))
     return out

@@ -9,7 +9,7 @@ import torch
 
 from pipeline import accel
 from pipeline.accel import AccelError
-from pipeline.backbones import Backbone
+from pipeline.backbones import Backbone, BackboneWeights
 from pipeline.decode import ClipSampling, Sampling
 from pipeline.device import resolve_precision
 from pipeline.sources import Item
@@ -24,8 +24,8 @@ class Speed:
     batch_size: int   # units per forward pass
 
 
-def speed_for(precision: str, compile: str, batch_size: int | None, backbone: Backbone, device: torch.device,
-              todo: list[Item], sampling: Sampling | ClipSampling) -> Speed:
+def speed_for(precision: str, compile: str, batch_size: int | None, backbone: Backbone | BackboneWeights,
+              device: torch.device, todo: list[Item], sampling: Sampling | ClipSampling) -> Speed:
     """The Speed for the --precision / --compile / --batch-size asked for; `auto` picks int8 or compiling only
     where bench/backbone.py measured cosine >= 0.999 to fp32 and the time saved on this run exceeds the one-time
     cost. --batch-size is honoured as given; otherwise accel.default_batch for the device and variant."""

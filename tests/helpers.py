@@ -128,7 +128,7 @@ def assert_same_store(store: Path, reference: Path, n: int, atol: float = 1e-4) 
     for vid in b.ids():
         np.testing.assert_allclose(a.features(vid), b.features(vid), atol=atol)
         np.testing.assert_array_equal(a.frame_index(vid), b.frame_index(vid))
-        assert a.meta(vid)["label"] == b.meta(vid)["label"]
+        assert a.meta(vid).label == b.meta(vid).label
 
 
 def assert_predict_equals_the_head_on_stored_features(run: Path, store_path: Path, tmp_path: Path) -> None:
@@ -137,8 +137,8 @@ def assert_predict_equals_the_head_on_stored_features(run: Path, store_path: Pat
 
     store = open_store(store_path)
     vid = store.ids()[0]
-    fresh = tmp_path / ("never_seen" + Path(store.meta(vid)["path"]).suffix)
-    fresh.write_bytes(Path(store.meta(vid)["path"]).read_bytes())
+    fresh = tmp_path / ("never_seen" + Path(store.meta(vid).path).suffix)
+    fresh.write_bytes(Path(store.meta(vid).path).read_bytes())
     res = invoke("predict", run, fresh, "--json", "--top", "4")
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)

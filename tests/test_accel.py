@@ -11,13 +11,13 @@ from helpers import invoke, tiny_config, write_clips, write_manifest
 from torch import nn
 
 from data.synth import write_video
-from featstore import ConfigMismatch, open_store
+from featstore import ConfigMismatch, StoreConfig, open_store
 from pipeline.accel import (CPU_SPEED, FRAME_BATCH, QUANTIZATION, AccelError, Measured, check_int8,
                             compile_pays_back, default_batch, int8_is_auto)
 from pipeline.backbones import Backbone, Preprocess, load_backbone
 from pipeline.decode import Sampling
 from pipeline.embed import Embedder
-from pipeline.extract import extract, fingerprint_keys
+from pipeline.extract import extract
 from pipeline.sources import load_source
 from pipeline.speed import estimate_units, speed_for
 
@@ -102,9 +102,9 @@ def test_int8_refusals_say_what_to_do_in_one_line():
 
 
 def test_a_store_made_in_int8_records_it_in_its_fingerprint_and_older_configs_keep_theirs():
-    old = {"backbone": "resnet18", "clip_len": None, "quantization": None}
-    assert "quantization" not in fingerprint_keys(old)  # a store made before int8 existed: same keys as before
-    assert fingerprint_keys({**old, "quantization": QUANTIZATION})[-1] == "quantization"
+    old = StoreConfig.from_attrs({"backbone": "resnet18", "clip_len": None, "quantization": None})
+    assert "quantization" not in old.fingerprint_keys()  # a store made before int8 existed: same keys as before
+    assert old.with_extra(quantization=QUANTIZATION).fingerprint_keys()[-1] == "quantization"
 
 
 def test_batch_size_is_the_devices_unless_given():
@@ -163,7 +163,7 @@ def test_extract_int8_is_close_to_fp32_resumes_with_the_same_calibration_and_is_
     int8 = extract(items, tmp_path / "int8", tiny_config(**base, precision="int8"))
     assert int8.precision == "int8" and int8.compiled and int8.frames == fp32.frames == 18
     a, b = open_store(tmp_path / "fp32"), open_store(tmp_path / "int8")
-    assert b.config["quantization"] == QUANTIZATION and a.fingerprint != b.fingerprint
+    assert b.config.quantization == QUANTIZATION and a.fingerprint != b.fingerprint
     assert cosines(a.load_all().features, b.load_all().features).min() > 0.98
     # interrupted after one video, then resumed: calibrated on the source's first frames both times
     extract(items, tmp_path / "resumed", tiny_config(**base, precision="int8", limit=1))

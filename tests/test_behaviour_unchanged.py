@@ -42,7 +42,7 @@ def observed(tmp_path_factory) -> dict:
     store = open_store(root / "store")
     ids = sorted(store.ids())
     feats = [np.asarray(store.features(v), dtype=np.float64) for v in ids]
-    config = {k: store.config[k] for k in store.fingerprint_keys}
+    config = {k: store.config.to_attrs()[k] for k in store.fingerprint_keys}
     fit = json.loads((root / "lin" / "metrics.json").read_text())
     km = json.loads((root / "km" / "metrics.json").read_text())
     return {

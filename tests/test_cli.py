@@ -256,7 +256,7 @@ def test_predict_finds_weights_by_absolute_path_and_accepts_a_moved_copy_checked
     res = invoke("extract", manifest, *extract_flags(weights="w/r18.pth", precision="fp32"), "--store", tmp_path / "s")
     assert res.exit_code == 0, res.output
     config = open_store(tmp_path / "s").config
-    assert config["weights_file"] == str(work / "w" / "r18.pth") and len(config["weights_sha256"]) == 64
+    assert config.weights_file == str(work / "w" / "r18.pth") and len(config.weights_sha256) == 64
     assert invoke("fit-head", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "run").exit_code == 0
     monkeypatch.chdir(tmp_path)  # the relative path no longer resolves; the recorded absolute one does
     res = invoke("predict", tmp_path / "run", tmp_path / "c0.mkv", "--json")

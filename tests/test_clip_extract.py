@@ -63,11 +63,11 @@ def test_clip_store_rows_follow_the_formula_and_pad_short_videos(clip_dataset, t
     r = extract(load_source(clip_dataset), tmp_path / "s", cfg)
     assert (r.done, r.unit, r.failed) == (3, "clips", [])
     s = open_store(tmp_path / "s")
-    assert [s.meta(v)["length"] for v in ("c0", "c1", "c2")] == [(20 - 8) // 8 + 1, (40 - 8) // 8 + 1, 1]
+    assert [s.meta(v).length for v in ("c0", "c1", "c2")] == [(20 - 8) // 8 + 1, (40 - 8) // 8 + 1, 1]
     np.testing.assert_array_equal(s.frame_end("c1") - s.frame_index("c1"), [8] * 5)
     assert (s.frame_index("c2")[0], s.frame_end("c2")[0]) == (0, 5)  # padded: 5 real frames in a clip of 8
     np.testing.assert_allclose(s.time_end_s("c1"), s.frame_end("c1") / 25, atol=1e-6)
-    assert s.config["clip_len"] == 8 and s.config["every"] is None and s.features("c0").shape == (2, 512)
+    assert s.config.clip_len == 8 and s.config.every is None and s.features("c0").shape == (2, 512)
     again = extract(load_source(clip_dataset), tmp_path / "s", cfg)
     assert (again.skipped, again.done) == (3, 0)
 

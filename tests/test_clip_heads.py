@@ -22,8 +22,8 @@ def clip_store(tmp_path_factory):
 
 def test_a_clip_store_holds_clip_rows(clip_store):
     s = open_store(clip_store / "store")
-    assert s.config["clip_len"] == 4 and s.config["clip_stride"] == 2
-    assert {s.meta(v)["length"] for v in s.ids()} == {(8 - 4) // 2 + 1}
+    assert s.config.clip_len == 4 and s.config.clip_stride == 2
+    assert {s.meta(v).length for v in s.ids()} == {(8 - 4) // 2 + 1}
 
 
 @pytest.mark.parametrize("head", ["linear", "lstm"])

@@ -41,7 +41,7 @@ def direct_points(path, ids=None):
     store = open_store(path)
     ids = store.ids() if ids is None else ids
     X = normalize(np.stack([store.features(v).mean(axis=0) for v in ids]))
-    return ids, X, [store.meta(v)["labels"][0] for v in ids]
+    return ids, X, [store.meta(v).labels[0] for v in ids]
 
 
 def read_assignments(run):
@@ -247,8 +247,8 @@ def test_fit_on_one_split_score_another(tmp_path):
     res = cluster_eval(store, ClusterConfig(fit_split="train", split="test", n_init=3, plot="none"),
                        tmp_path / "run")
     store_ = open_store(store)
-    train = [v for v in store_.ids() if store_.meta(v)["split"] == "train"]
-    test = [v for v in store_.ids() if store_.meta(v)["split"] == "test"]
+    train = [v for v in store_.ids() if store_.meta(v).split == "train"]
+    test = [v for v in store_.ids() if store_.meta(v).split == "test"]
     _, Xtr, _ = direct_points(store, train)
     _, Xte, yte = direct_points(store, test)
     ref = KMeans(n_clusters=4, n_init=3, random_state=0).fit(Xtr)

@@ -9,6 +9,7 @@ from helpers import extract_flags, invoke
 from matplotlib.image import imread
 
 from data.synth import make_temporal_dataset
+from featstore import StoreConfig
 from heads.data import batches, cache_from_arrays
 from heads.run import load_run
 from heads.train import evaluate
@@ -47,7 +48,7 @@ def test_composed_model_logits_equal_predict_on_the_same_file(runs, head):
     root, manifest = runs
     path = clip_paths(manifest)[0]
     model, ckpt = load_run(root / head)
-    (record,) = embed_files([path], ckpt["store_config"], "cpu")   # predict's own embedding path
+    (record,) = embed_files([path], StoreConfig.from_attrs(ckpt["store_config"]), "cpu")   # predict's own embedding path
     expected, _, _ = evaluate(model, batches(cache_from_arrays([record.features]), None, np.arange(1), 1,
                                              ckpt["train_config"]["max_frames"]))
     run = load_run_model(root / head, "cpu")

@@ -47,7 +47,7 @@ def test_stored_embeddings_equal_a_direct_model_call_on_the_same_frames(dataset,
             expected = b.model(x).numpy()
         np.testing.assert_allclose(s.features(vid), expected, rtol=1e-3, atol=1e-3)
         m = s.meta(vid)
-        assert m["n_frames"] == len(frames) and (m["width"], m["height"]) == (32, 32)
+        assert m.n_frames == len(frames) and (m.width, m.height) == (32, 32)
 
 
 def test_batches_span_videos_without_changing_any_video_features(dataset, tmp_path):
@@ -68,7 +68,7 @@ def test_bad_inputs_are_recorded_as_failed_and_the_run_goes_on(dataset, tmp_path
     assert res.exit_code == 2, res.output
     s = open_store(tmp_path / "s")
     assert len(s.ids()) == 6 and sorted(s.ids("failed")) == ["missing", "noise", "zero"]
-    assert all(s.meta(v)["error"] and "\n" not in s.meta(v)["error"] for v in s.ids("failed"))
+    assert all(s.meta(v).error and "\n" not in s.meta(v).error for v in s.ids("failed"))
     info = json.loads(invoke("info", tmp_path / "s", "--json").stdout)
     assert (info["videos"], info["ok"], info["failed"]) == (9, 6, 3)
     assert {i["id"] for i in info["items"] if i["status"] == "failed"} == {"missing", "noise", "zero"}
@@ -140,8 +140,8 @@ def test_images_are_single_frame_items(tmp_path):
         Image.fromarray(random_frames(len(name), 1)[0]).save(tmp_path / name)
     extract(load_source(tmp_path), tmp_path / "s", cfg())
     s = open_store(tmp_path / "s")
-    assert len(s.ids()) == 3 and all(s.meta(v)["length"] == 1 for v in s.ids())
-    assert {s.meta(v)["label"] for v in s.ids()} == {"cat", "dog"}
+    assert len(s.ids()) == 3 and all(s.meta(v).length == 1 for v in s.ids())
+    assert {s.meta(v).label for v in s.ids()} == {"cat", "dog"}
 
 
 def test_cli_extract_info_compact_roundtrip(dataset, tmp_path):
@@ -194,5 +194,5 @@ def test_extract_records_each_videos_rotation(tmp_path):
     extract(load_source(write_manifest(tmp_path, [("phone.mp4", "a"), ("plain.mkv", "b")])), tmp_path / "s",
             tiny_config(dtype="float16"))
     s = open_store(tmp_path / "s")
-    assert (s.meta("phone")["rotation"], s.meta("plain")["rotation"]) == (270, 0)
-    assert s.config["autorotate"] is True
+    assert (s.meta("phone").rotation, s.meta("plain").rotation) == (270, 0)
+    assert s.config.autorotate is True

@@ -34,7 +34,7 @@ def test_ragged_roundtrip_keeps_each_video_contiguous(tmp_path):
     for vid, f in feats.items():
         np.testing.assert_allclose(s.features(vid), f, atol=2e-3)  # float16 storage
         assert s.features(vid).dtype == np.float32
-    assert s.meta("v2")["labels"] == ["x", "y"] and s.meta("v2")["length"] == 5
+    assert s.meta("v2").labels == ["x", "y"] and s.meta("v2").length == 5
     np.testing.assert_array_equal(s.frame_index("v4"), np.arange(4) * 10)
     loaded = s.load_all()
     assert loaded.features.shape == (15, 4)
@@ -86,8 +86,8 @@ def test_retried_failure_is_superseded_by_success_but_not_vice_versa(tmp_path):
         w.add(VideoRecord("ok", status="failed", error="later failure"))
     s = open_store(tmp_path / "s")
     assert s.ids(status=None) == ["v", "ok"]
-    assert s.meta("v")["status"] == "ok" and s.features("v").shape == (3, 4)
-    assert s.meta("ok")["status"] == "ok"
+    assert s.meta("v").status == "ok" and s.features("v").shape == (3, 4)
+    assert s.meta("ok").status == "ok"
 
 
 def test_compact_writes_one_file_that_opens_as_a_store(tmp_path):
@@ -99,7 +99,7 @@ def test_compact_writes_one_file_that_opens_as_a_store(tmp_path):
     out = compact(tmp_path / "s", tmp_path / "one.h5")
     one = open_store(out)
     assert one.fingerprint == src.fingerprint and one.ids(None) == src.ids(None)
-    assert one.meta("bad")["error"] == "zero bytes"
+    assert one.meta("bad").error == "zero bytes"
     np.testing.assert_array_equal(one.load_all().features, src.load_all().features)
 
 
@@ -144,7 +144,7 @@ def test_kill_9_while_writing_never_leaves_a_corrupt_or_partial_store(tmp_path):
 
 
 def test_a_store_with_more_shards_than_open_handles_reads_everything(tmp_path, monkeypatch):
-    import featstore.store as fs
+    import featstore.reader as fs
 
     monkeypatch.setattr(fs, "MAX_OPEN_SHARDS", 3)
     with StoreWriter(tmp_path / "s", CFG, KEYS, dim=4, flush_videos=1) as w:

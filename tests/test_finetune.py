@@ -111,7 +111,7 @@ def test_backbone_pt_round_trips_through_extract_with_its_sha256_in_the_fingerpr
     assert invoke("extract", clips, *flags("none"), "--store", tmp_path / "random").exit_code == 0
     sha = json.loads((tuned / "metrics.json").read_text())["backbone_sha256"]
     a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
-    assert a.config["weights"] == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
+    assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
     vid = a.ids()[0]
     assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
     res = invoke("extract", clips, *flags(tuned / "backbone.pt", "resnet34"), "--store", tmp_path / "x")

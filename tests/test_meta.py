@@ -40,8 +40,8 @@ def test_updates_apply_in_sequence_over_shards_that_stay_as_extract_wrote_them(t
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
     assert read_meta_updates(path) == {"a": {"label": "w", "split": "val"}, "b": {"group": "g9"}}
     s = open_store(path)
-    assert (s.meta("a")["label"], s.meta("a")["split"], s.meta("a")["group"]) == ("w", "val", "g1")
-    assert (s.meta("b")["label"], s.meta("b")["group"]) == ("y", "g9")
+    assert (s.meta("a").label, s.meta("a").split, s.meta("a").group) == ("w", "val", "g1")
+    assert (s.meta("b").label, s.meta("b").group) == ("y", "g9")
     assert {p.name: p.read_bytes() for p in path.glob("p0-*.h5")} == shards
     with h5py.File(second) as f:  # an update names only what it changes
         assert f["label_set"][()].tolist() == [True, False] and f["group_set"][()].tolist() == [False, True]
@@ -51,7 +51,7 @@ def test_a_compacted_store_has_its_updates_built_in(tmp_path):
     path = labelled_store(tmp_path / "s")
     write_meta_update(path, [MetaChange("b", {"label": "y"}, {"label": "q"})])
     one = compact(path, tmp_path / "one.h5")
-    assert open_store(one).meta("b")["label"] == "q" and read_meta_updates(one) == {}
+    assert open_store(one).meta("b").label == "q" and read_meta_updates(one) == {}
 
 
 def test_edited_labels_warn_and_update_meta_records_them_without_re_embedding(tmp_path):
@@ -68,17 +68,17 @@ def test_edited_labels_warn_and_update_meta_records_them_without_re_embedding(tm
     res = invoke(*extract)
     assert res.exit_code == 0 and "2 item(s) already in the store have another" in res.output, res.output
     assert "c0: label 'a' -> 'c'" in res.output and "--update-meta" in res.output
-    assert open_store(store).meta("c0")["label"] == "a"  # a warning only
+    assert open_store(store).meta("c0").label == "a"  # a warning only
     res = invoke("extract", manifest, "--update-meta", "--store", store)
     assert res.exit_code == 0 and "2 item(s) updated" in res.output, res.output
     s = open_store(store)
-    assert (s.meta("c0")["label"], s.meta("c0")["split"], s.meta("c1")["group"]) == ("c", "test", "g9")
-    assert s.meta("c2")["label"] == "a" and s.meta("c0")["labels"] == ["c"]
+    assert (s.meta("c0").label, s.meta("c0").split, s.meta("c1").group) == ("c", "test", "g9")
+    assert s.meta("c2").label == "a" and s.meta("c0").labels == ["c"]
     assert sorted(p.name for p in store.glob("p0-*.h5")) == shards  # nothing re-embedded
     np.testing.assert_array_equal(s.load_all().features, before)
     again = invoke(*extract)
     assert again.exit_code == 0 and "another" not in again.output
     assert invoke("compact", store, tmp_path / "one.h5").exit_code == 0
-    assert open_store(tmp_path / "one.h5").meta("c0")["label"] == "c"
+    assert open_store(tmp_path / "one.h5").meta("c0").label == "c"
     info = json.loads(invoke("info", store, "--json").stdout)
     assert {i["id"]: i["split"] for i in info["items"]}["c0"] == "test"

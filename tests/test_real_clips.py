@@ -45,8 +45,8 @@ def test_real_clips_match_an_independent_computation_and_decoded_lengths(tmp_pat
                for row in csv.DictReader(open(DATA / "clips_info.csv"))}
     s = open_store(tmp_path / "s")
     for it in chosen:
-        assert s.meta(it.id)["length"] == math.ceil(decoded[it.id] / 10)
-        assert s.meta(it.id)["n_frames"] == decoded[it.id]
+        assert s.meta(it.id).length == math.ceil(decoded[it.id] / 10)
+        assert s.meta(it.id).n_frames == decoded[it.id]
         ours, ref = s.features(it.id), reference_embeddings(it.path, 10)
         cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
         assert cos.min() >= 0.99, cos.min()

@@ -9,7 +9,7 @@ from helpers import invoke, tiny_config, write_clips, write_rotated
 from data.synth import write_video
 from featstore import open_store
 from pipeline.decode import RESIZE_ENGINES, Geometry, Sampling, SamplingError, decode_video
-from pipeline.extract import ExtractConfig, ExtractError, config_from_store, extract, fingerprint_keys
+from pipeline.extract import ExtractConfig, ExtractError, config_from_store, extract
 from pipeline.sources import load_source
 
 SMOOTH = index_frames(6, 48, 64)  # gradients: resampling differences stay small, geometry mistakes do not
@@ -61,10 +61,10 @@ def test_a_store_records_its_engine_and_resumes_with_it(tmp_path):
     items = _items(tmp_path)
     extract(items, tmp_path / "sws", _cfg(resize_engine="swscale"))
     config = open_store(tmp_path / "sws").config
-    assert config["resize_engine"] == "swscale" and "resize_engine" in fingerprint_keys(config)
+    assert config.resize_engine == "swscale" and "resize_engine" in config.fingerprint_keys()
     assert config_from_store(config).resize_engine == "swscale"  # predict decodes new files the same way
     r = extract(items, tmp_path / "sws", _cfg(limit=None))  # auto: the store's own engine
-    assert (r.skipped, r.done) == (1, 2) and open_store(tmp_path / "sws").config["resize_engine"] == "swscale"
+    assert (r.skipped, r.done) == (1, 2) and open_store(tmp_path / "sws").config.resize_engine == "swscale"
     with pytest.raises(ExtractError, match="made with --resize-engine swscale, this run asks for exact"):
         extract(items, tmp_path / "sws", _cfg(resize_engine="exact", retry_failed=True, limit=None))
 
@@ -73,7 +73,7 @@ def test_the_exact_recipe_adds_no_key_so_older_stores_keep_their_fingerprint(tmp
     items = _items(tmp_path)
     extract(items, tmp_path / "exact", _cfg(resize_engine="exact"))
     config = open_store(tmp_path / "exact").config
-    assert config["resize_engine"] is None and "resize_engine" not in fingerprint_keys(config)
+    assert config.resize_engine is None and "resize_engine" not in config.fingerprint_keys()
     r = extract(items, tmp_path / "exact", _cfg(limit=None))  # auto on a store without the engine: exact
     assert (r.skipped, r.done) == (1, 2)
     with pytest.raises(ExtractError, match="made with --resize-engine exact, this run asks for torch"):

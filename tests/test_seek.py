@@ -152,4 +152,4 @@ def test_extract_with_seeking_writes_the_store_sequential_decoding_writes(tmp_pa
     for vid in never.ids():
         np.testing.assert_array_equal(never.features(vid), always.features(vid))
         np.testing.assert_array_equal(never.frame_index(vid), always.frame_index(vid))
-        assert never.meta(vid)["n_frames"] == always.meta(vid)["n_frames"] == N
+        assert never.meta(vid).n_frames == always.meta(vid).n_frames == N

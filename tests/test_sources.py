@@ -336,8 +336,8 @@ def test_extract_records_the_subset_in_the_config_but_not_the_fingerprint(tmp_pa
     res = invoke(*args, "--classes", labels[1], "--store", tmp_path / "b")
     assert res.exit_code == 0, res.output
     with open_store(tmp_path / "a") as a, open_store(tmp_path / "b") as b:
-        assert a.config["subset"] == {"classes": [labels[0]], "per_class": 2}
-        assert {m["label"] for m in a.items()} == {labels[0]} and len(a) < 6  # whole groups of 6
+        assert a.config.subset == {"classes": [labels[0]], "per_class": 2}
+        assert {m.label for m in a.items()} == {labels[0]} and len(a) < 6  # whole groups of 6
         assert a.fingerprint == b.fingerprint  # same features, different items
     # appending another subset to a store would make its record wrong
     res = invoke(*args, "--classes", labels[1], "--store", tmp_path / "a")

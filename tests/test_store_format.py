@@ -10,7 +10,7 @@ from helpers import tiny_config, write_clips
 
 from featstore import FORMAT_VERSION, ConfigMismatch, StoreError, StoreWriter, VideoRecord, compact, open_store
 from pipeline.decode import Sampling
-from pipeline.extract import ExtractConfig, extract, fingerprint_keys
+from pipeline.extract import ExtractConfig, extract
 from pipeline.sources import load_source
 
 STR = h5py.string_dtype("utf-8")
@@ -110,8 +110,8 @@ def test_a_store_made_before_clip_settings_existed_resumes_with_the_same_fingerp
     # Today's config of these settings, as the format-1 code recorded it (it had no clip keys at all).
     extract(items, tmp_path / "today", cfg)
     today = open_store(tmp_path / "today").config
-    assert set(fingerprint_keys(today)) == set(FORMAT1_KEYS) - {"format"}
-    before = {**{k: v for k, v in today.items() if k not in ("clip_len", "clip_stride", "clips")}, "format": 1}
+    assert set(today.fingerprint_keys()) == set(FORMAT1_KEYS) - {"format"}
+    before = {**{k: v for k, v in today.to_attrs().items() if k not in ("clip_len", "clip_stride", "clips")}, "format": 1}
     fp = write_format1_store(tmp_path / "old", before, {"v0": open_store(tmp_path / "today").features("v0")})
     r = extract(items, tmp_path / "old", ExtractConfig(**{**cfg.__dict__, "limit": None}))
     assert (r.skipped, r.done) == (1, 2)

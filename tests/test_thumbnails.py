@@ -25,7 +25,7 @@ def test_a_stored_row_decodes_again_to_its_own_frame(tmp_path, index_clip):
     store = open_store(index_store(tmp_path, index_clip, n=1))
     vid = store.ids()[0]
     rows = [0, 5, 9]
-    got = decode_rows(store.meta(vid)["path"], store.config, rows, store.frame_index(vid),
+    got = decode_rows(store.meta(vid).path, store.config, rows, store.frame_index(vid),
                       thumbnail_geometry(store.config, 24))
     assert [read_indices(got[r][None])[0] for r in rows] == store.frame_index(vid)[rows].tolist() == [0, 15, 27]
     assert got[0].shape == (24, 24, 3)

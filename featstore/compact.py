@@ -1,0 +1,45 @@
+"""`compact`: a store's current records copied into one portable `.h5` file, item by item."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.format import VideoRecord, is_store_file, write_shard
+from featstore.reader import open_store
+
+
+def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", force: bool = False) -> Path:
+    """Write every current record of `src` into one portable `.h5` file (superseded records dropped).
+
+    Streams item by item: memory stays at one item's features, whatever the store's size. `out` may be absent
+    or a framecache file; anything else is overwritten only with `force`."""
+    out = Path(out)
+    if out.is_dir():
+        raise StoreError(f"{out} is a directory; compact writes one file: give a file path such as {out / 'store.h5'}")
+    if out.exists() and not force and not is_store_file(out):
+        raise StoreError(f"{out} exists and is not a framecache store file: choose another path, "
+                         "or pass --force to overwrite it")
+    with open_store(src) as store:
+        def records():
+            for vid in store.ids(status=None):
+                m = store.meta(vid)
+                ok = m.status == "ok" and m.length > 0
+                # raw rows (no float32 round trip) so the copy is bit-identical
+                yield VideoRecord(vid, **{k: getattr(m, k) for k in ("path", "label", "group", "split", "status", "error",
+                                                            "fps", "n_frames", "width", "height",
+                                                            "rotation")},
+                                  features=store.raw_features(vid) if ok else None,
+                                  frame_index=store.frame_index(vid) if ok else None,
+                                  time_s=store.time_s(vid) if ok else None,
+                                  frame_end=store.frame_end(vid) if ok else None,
+                                  time_end_s=store.time_end_s(vid) if ok else None)
+
+        dtype = "float32" if store.config.dtype == "float32" else "float16"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frames = sum(store.meta(v).length for v in store.ids(status=None))
+        hint = frames * (store.dim * np.dtype(dtype).itemsize + 16) + 512 * len(store) + 64_000  # uncompressed
+        write_shard(out, records(), store.config, store.fingerprint, store.fingerprint_keys, store.dim, dtype,
+                    compression, size_hint=hint, fmt=store.format)
+    return out
