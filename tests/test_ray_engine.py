@@ -1,6 +1,6 @@
 """extract --engine ray on a local Ray cluster: same store as one process; a killed worker costs nothing twice.
 
-One cluster for the whole module (Ray takes seconds to start); skipped cleanly without Ray.
+One cluster for the module's tests that need one (Ray takes seconds to start), all slow; skipped cleanly without Ray.
 """
 import os
 import signal
@@ -25,10 +25,13 @@ ray = pytest.importorskip("ray")
 from pipeline.ray_engine import (RayEngineError, RayOptions, TaskPlan, extract_on_ray, plan_tasks, probe,  # noqa: E402
                                  runtime_env)
 
-pytestmark = pytest.mark.slow
+
+def on_cluster(test):
+    """A slow test that runs on the module's local Ray cluster."""
+    return pytest.mark.slow(pytest.mark.usefixtures("cluster")(test))
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
     yield
@@ -53,6 +56,7 @@ def records_per_id(store: Path) -> dict[str, int]:
     return counts
 
 
+@on_cluster
 def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
     items = load_source(make_clips(tmp_path, 8, 5))
     seen = []
@@ -66,6 +70,7 @@ def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
     assert (again.done, again.skipped) == (0, 8)  # a rerun resumes: nothing left, no task started
 
 
+@on_cluster
 def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
     # 4 items of 240 frames per part, one per shard: when a part reports its first item it still has three items
     # (seconds of work even on an idle machine) ahead, far more than the killer needs to react (~60 ms). A part
@@ -105,6 +110,7 @@ def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
     assert all(np.array_equal(s.frame_index(it.id), np.arange(frames)) for it in items)
 
 
+@on_cluster
 def test_cli_joins_a_running_cluster_prints_the_usual_summary_and_exits_2_on_failures(tmp_path):
     manifest = make_clips(tmp_path, 4, 3)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
@@ -117,6 +123,7 @@ def test_cli_joins_a_running_cluster_prints_the_usual_summary_and_exits_2_on_fai
     assert sorted(open_store(tmp_path / "s").ids(status=None)) == ["broken", "c00", "c01", "c02", "c03"]
 
 
+@on_cluster
 def test_parts_default_to_the_cluster_and_impossible_requests_are_refused_at_once(tmp_path):
     assert plan_tasks(ray, RayOptions()) == TaskPlan(tasks=2, gpus=0.0, cpus=1.0)  # 2 CPUs, no GPU
     assert plan_tasks(ray, RayOptions(cpus_per_task=2)).tasks == 1
@@ -137,11 +144,13 @@ def cli_subprocess(tmp_path: Path, *ray_args: str, prelude: str = "pass", manife
                           env=child_env(RAY_ADDRESS=""))
 
 
+@pytest.mark.slow
 def test_engine_ray_without_ray_installed_names_the_install_command(tmp_path):
     res = cli_subprocess(tmp_path, prelude="import sys; sys.modules['ray'] = None")  # import ray fails
     assert res.returncode == 1 and 'pip install "framecache[ray]"' in res.stderr and "Traceback" not in res.stderr
 
 
+@on_cluster
 def test_an_address_that_does_not_answer_is_a_timeout_with_a_message(tmp_path):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
