@@ -1,6 +1,6 @@
 """What many test files share: the CLI run in this process or in a child, the settings of a tiny extract, clips
-written with their manifest, comparing two stores, and synthetic stores for the heads. Fixtures built on these live
-in conftest.py; both are here so that a test file states only what it checks."""
+written with their manifest, comparing two stores, and synthetic stores for the heads. The fixtures built on these
+live in conftest.py. Import what you need (`from helpers import invoke`), so a test file states only what it checks."""
 import json
 import os
 import signal
