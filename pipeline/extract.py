@@ -26,6 +26,7 @@ from featstore.errors import FramecacheError
 from featstore.finite import fail_non_finite, finite_only
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.format import HEADER
+from featstore.settings import check_settings, setting
 from featstore.writer import claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import (REGISTRY, Backbone, BackboneError, BackboneSpec, BackboneWeights, Preprocess,
@@ -49,44 +50,43 @@ class ExtractError(FramecacheError, ValueError):
 
 @dataclass
 class ExtractConfig:
-    backbone: str = "resnet50"
-    weights: str = "DEFAULT"          # enum name, 'none' (seeded random init) or a local file
-    sampling: Sampling | ClipSampling | None = None  # None: every 10th frame, or the video backbone's own clips
-    size: int | None = None           # model input side; None = the weights' own crop size
-    crop: str = "center"              # center (weights' recipe) | square | none (squash)
-    resize_engine: str = "auto"       # auto (a resumed store's own, else the default) | one of RESIZE_ENGINES
-    seek: str = "auto"                # frame sampling: auto | always | never (same frames either way; docs/extract.md)
-    batch_size: int | None = None     # units per forward pass, across videos; None: the device's (batch_size_for)
-    workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
-    cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
-    device: str = "auto"              # auto | cpu | cuda | cuda:i
-    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (autocast dtype) | int8 (CPU, PT2E)
-    compile: str = "auto"             # auto (where it pays back, measured) | on | off: torch.compile the backbone
-    dtype: str = "float16"            # storage dtype of features: float16 | float32
-    compression: str | None = None    # None | lzf | gzip
-    shard: tuple[int, int] | None = None  # (i, N): this process handles part i of N
-    retry_failed: bool = False
-    limit: int | None = None          # process at most this many new items
-    flush_videos: int = 32            # videos per shard: what a crash can lose at most
-    force: bool = False               # make a non-empty directory that is not a store into one
-    subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
+    backbone: str = setting("resnet50", f"One of: {', '.join(available_backbones())}.")
+    # enum name, 'none' (seeded random init) or a local file
+    weights: str = setting("DEFAULT", "DEFAULT, an enum name (IMAGENET1K_V2), none, or a file.")
+    # None: every 10th frame, or the video backbone's own clips (the command sets it from --every/--frames/...)
+    sampling: Sampling | ClipSampling | None = setting(None, cli=False)
+    size: int | None = setting(None, "Input side (default: the weights' own).", ge=16)  # None = weights' crop size
+    crop: str = setting("center", "center: weights' resize+crop; square; none: squash.", choices=CROPS)
+    resize_engine: str = setting("auto", "Who resizes frames: exact (the weights' own recipe), swscale (in the "
+                                 "decoder), swscale-yuv (fastest, least exact); auto: a resumed store's own, else "
+                                 "the default (docs/extract.md).", choices=("auto", *RESIZE_ENGINES))
+    seek: str = setting("auto", "Frame sampling: seek to keyframes instead of decoding every frame (auto: where "
+                        "that saves half the decoding; same frames either way).", choices=SEEK_MODES)
+    # units per forward pass, across videos; None: the device's (batch_size_for)
+    batch_size: int | None = setting(None, "Frames (or clips) per forward pass, across videos (default: the "
+                                     "device's, docs/extract.md).", ge=1)
+    workers: int | None = setting(None, "Decode processes (default: auto).", ge=0)  # auto: 1 on CPU, up to 8 on GPU
+    # CPU cores this process may use; None = its affinity (launchers split nodes)
+    cores: int | None = setting(None, cli=False)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:i.")
+    precision: str = setting("auto", "auto: bf16 where supported, else fp16 (GPU) / fp32; int8: CPU, calibrated on "
+                             "the source.", choices=EXTRACT_PRECISIONS)  # autocast dtype, or int8 (CPU, PT2E)
+    compile: str = setting("auto", "torch.compile the backbone; auto: where measured to pay back on this run's "
+                           "size.", choices=COMPILE_MODES)
+    dtype: str = setting("float16", "Storage dtype of features.", choices=DTYPES)
+    compression: str | None = setting(None, "HDF5 compression of features.", choices=COMPRESSIONS)  # "none" is None
+    shard: tuple[int, int] | None = setting(None, cli=False)  # (i, N): this process handles part i of N
+    retry_failed: bool = setting(False, "Retry items recorded as failed.")
+    limit: int | None = setting(None, "Process at most N new items.", ge=1)
+    flush_videos: int = setting(32, cli=False)  # videos per shard: what a crash can lose at most
+    # make a non-empty directory that is not a store into one
+    force: bool = setting(False, "Make --store a store even if it is a non-empty other directory.")
+    subset: dict | None = setting(None, cli=False)  # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ExtractError("--batch-size must be at least 1")
-        if self.precision not in EXTRACT_PRECISIONS:
-            raise ExtractError(f"--precision must be one of {', '.join(EXTRACT_PRECISIONS)}, not {self.precision!r}")
-        if self.compile not in COMPILE_MODES:
-            raise ExtractError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
-        if self.crop not in CROPS:
-            raise ExtractError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
-        if self.resize_engine not in ("auto", *RESIZE_ENGINES):
-            raise ExtractError(f"--resize-engine must be one of auto, {', '.join(RESIZE_ENGINES)}, "
-                               f"not {self.resize_engine!r}")
-        if self.seek not in SEEK_MODES:
-            raise ExtractError(f"--seek must be one of {', '.join(SEEK_MODES)}, not {self.seek!r}")
-        if self.dtype not in DTYPES:
-            raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.compression == "none":  # how the command line says "no compression"
+            self.compression = None
+        check_settings(self, ExtractError)
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise ExtractError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
         spec = get_spec(self.backbone)

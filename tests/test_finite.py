@@ -4,6 +4,7 @@ extract fails an item whose features overflow the storage dtype (a random-init r
 above float16's 65504, as it does at full size), naming the fix; every reader of a store written before that check
 refuses its non-finite rows in one line naming the shard and the video, before any epoch; predict's embedding of new
 files fails them the same way. Real processes, real stores."""
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +39,17 @@ def test_extract_fails_items_whose_features_overflow_float16_and_the_named_fix_w
     failed = [line for line in done.stderr.splitlines() if line.startswith("failed")]
     assert len(failed) == 2 and all("overflow float16" in x and "--dtype float32" in x for x in failed), failed
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr
-    assert [m["status"] for m in open_store(store).items()] == ["failed", "failed"]
+    assert [m.status for m in open_store(store).items()] == ["failed", "failed"]
     assert verify_store(store, deep=True).passed  # nothing non-finite was written
     # the fix it names: the same run in float32 stores every item, and finite
     s = open_store(float32_store)
-    assert [m["status"] for m in s.items()] == ["ok", "ok"]
+    assert [m.status for m in s.items()] == ["ok", "ok"]
     assert np.abs(s.features("c0")).max() > np.finfo(np.float16).max
     assert verify_store(float32_store, deep=True).passed
 
 
 def test_predict_embedding_fails_files_whose_features_overflow_the_store_dtype(clips, float32_store):
-    config = {**open_store(float32_store).config, "dtype": "float16"}  # a float16 store of the same backbone
+    config = replace(open_store(float32_store).config, dtype="float16")  # a float16 store of the same backbone
     records = embed_files([str(clips.parent / "c0.mkv")], config, device="cpu")
     assert records[0].status == "failed" and "--dtype float32" in records[0].error
     assert records[0].features is None
