@@ -1,9 +1,9 @@
-# The two commands a newcomer needs: `make demo` and `make test`.
+# The two commands a newcomer needs: `make demo` and `make test` (`make test-fast` while editing).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo install bench clean
+.PHONY: test test-fast demo install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The edit loop: every module's tests but the `slow` end-to-end ones (real processes, kills, training to a score).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
 	$(BIN)/python cli.py demo

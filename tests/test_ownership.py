@@ -6,17 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
 
-import cli
 from data.synth import make_temporal_dataset
 from featstore import StoreWriter, VideoRecord, open_store
 
 KEYS = ["backbone", "every"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
 
 
 def make_store(path: Path, ids: list[str], every: int) -> Path:

@@ -2,18 +2,12 @@
 `[/x]` raises no MarkupError, `[b]` does not vanish, in extract's summary, info, verify and compact."""
 from pathlib import Path
 
-from typer.testing import CliRunner
+from conftest import index_frames
+from helpers import extract_flags, invoke
 
-import cli
 from data.synth import write_video
-from tests.conftest import index_frames
 
-SETTINGS = ["--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32", "--crop", "none",
-            "--workers", "0"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
+SETTINGS = extract_flags(every=2)
 
 
 def test_ids_labels_and_paths_with_markup_are_printed_literally(tmp_path, monkeypatch):
