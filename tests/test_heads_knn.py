@@ -4,16 +4,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-import cli
 from featstore import open_store
 from featstore.pool import pool_store
 from heads.api import evaluate, fit
 from heads.config import TrainConfig
 from heads.models import HeadError
 from heads.run import load_early_head, load_run, predict_features, split_predictions
-from test_heads_train import D, SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
+from helpers import D, SMALL, blob_clips, invoke, write_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Six videos of two classes, frames whose means are easy to follow: (id, label, split, frames)
 SIX = [("a1", "a", "train", [[1, 0, 0], [1, 0, 0]]),
@@ -101,12 +101,11 @@ def test_a_multilabel_knn_run_reports_map_and_a_tuned_threshold(tmp_path):
 
 
 def test_a_knn_run_is_a_run_like_any_other(tmp_path):
-    runner = CliRunner()
     store = write_store(tmp_path / "blob", blob_clips())
     runs = tmp_path / "runs"
     for head in ("knn", "linear"):
-        res = runner.invoke(cli.app, ["fit-head", str(store), "--head", head, "--k", "5", "--temperature", "0.1",
-                                      "--epochs", "5", "--out", str(runs / head)])
+        res = invoke("fit-head", str(store), "--head", head, "--k", "5", "--temperature", "0.1",
+                                      "--epochs", "5", "--out", str(runs / head))
         assert res.exit_code == 0, res.output
     names = {p.name for p in (runs / "knn").iterdir()}
     assert {"config.json", "splits.json", "history.csv", "metrics.json", "head.pt"} <= names
@@ -114,11 +113,11 @@ def test_a_knn_run_is_a_run_like_any_other(tmp_path):
     config = json.loads((runs / "knn" / "config.json").read_text())
     assert (config["train"]["k"], config["train"]["temperature"]) == (5, 0.1)
     metrics = json.loads((runs / "knn" / "metrics.json").read_text())
-    res = runner.invoke(cli.app, ["evaluate", str(runs / "knn"), "--json"])
+    res = invoke("evaluate", str(runs / "knn"), "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["accuracy"] == metrics["test"]["accuracy"]
-    rows = json.loads(runner.invoke(cli.app, ["runs", str(runs), "--json"]).stdout)
+    rows = json.loads(invoke("runs", str(runs), "--json").stdout)
     assert {r["name"]: r["head"] for r in rows} == {"knn": "knn", "linear": "linear"}
-    res = runner.invoke(cli.app, ["fuse", str(runs / "knn"), str(runs / "linear"), "--out", str(tmp_path / "f")])
+    res = invoke("fuse", str(runs / "knn"), str(runs / "linear"), "--out", str(tmp_path / "f"))
     assert res.exit_code == 0, res.output
     ckpt = torch.load(runs / "knn" / "head.pt", weights_only=True)
     assert ckpt["head_config"]["kind"] == "knn" and ckpt["state_dict"]["bank"].shape[1] == D

@@ -1,15 +1,15 @@
 """featstore.pool (`cli.py pool`): one row per video, written by the store writer, and heads that read it."""
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-import cli
 from featstore import StoreError, StoreWriter, VideoRecord, open_store
 from featstore.pool import pool_store
 from heads.api import evaluate, fit
 from heads.config import TrainConfig
 from heads.models import HeadError
-from test_heads_train import D, SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
+from helpers import D, SMALL, blob_clips, invoke, write_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +107,10 @@ def test_a_run_on_the_pooled_store_refuses_its_source_store(source, pooled, tmp_
 
 
 def test_cli_pool_writes_the_store_and_refuses_the_source_as_out(source, tmp_path):
-    runner = CliRunner()
-    res = runner.invoke(cli.app, ["pool", str(source), "--out", str(tmp_path / "p"), "--pool", "max"])
+    res = invoke("pool", str(source), "--out", str(tmp_path / "p"), "--pool", "max")
     assert res.exit_code == 0, res.output
     assert "pooled 49 videos" in res.output
     assert open_store(tmp_path / "p").config.pooled == "max"
-    res = runner.invoke(cli.app, ["pool", str(source), "--out", str(source)])
+    res = invoke("pool", str(source), "--out", str(source))
     assert res.exit_code == 1 and "never written over" in res.output
     assert "Traceback" not in res.output
