@@ -206,7 +206,8 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         quantization=QUANTIZATION if speed.precision == "int8" else None,
         # compiling keeps the features within bf16 noise (docs/extract.md): recorded, not fingerprinted
         compile=speed.compiled, batch_size=speed.batch_size,
-        versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__})
+        versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
+        recipe=chosen.recipe, absent=frozenset() if chosen.recipe else frozenset({"recipe"}))
 
 
 def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = None) -> str:
