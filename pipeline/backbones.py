@@ -11,6 +11,7 @@ pipeline/families, imported only when such a name is used, answers for the name 
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import json
@@ -29,6 +30,7 @@ from torchvision.models import video as vmodels
 from torchvision.transforms._presets import VideoClassification  # the class video weights' transforms() build
 
 from featstore.errors import FramecacheError
+from pipeline.layers import LayerPool, layer_dim, layer_names
 
 SEED_FOR_RANDOM_INIT = 0  # `--weights none` is always the same network, so one fingerprint = one model
 # Frames per clip unless --clip-len says otherwise: torchvision's Kinetics recipes train and score VideoResNet, MViT
@@ -288,10 +290,12 @@ class BackboneWeights:
     sha256: str | None = None   # and its content's sha256
     recipe: dict | None = None  # a family's library, version, model config and preprocessing (JSON values): the
     #                             store records and fingerprints it
+    layer: str | None = None    # --layer: rows are this block's output, pooled (None: the model's own row)
+    layer_dim: int | None = None  # and their size
 
     @property
     def dim(self) -> int:
-        return self.spec.dim
+        return self.layer_dim or self.spec.dim
 
     @property
     def cpu_only(self) -> bool:
@@ -302,8 +306,40 @@ class BackboneWeights:
         return self.spec.clip is not None
 
 
-def weights_for(name: str, weights: str = "DEFAULT") -> BackboneWeights:
-    """`name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), not built yet."""
+def weights_for(name: str, weights: str = "DEFAULT", layer: str | None = None) -> BackboneWeights:
+    """`name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), not built yet; its
+    rows the pooled output of the block `layer` where given."""
+    chosen = _weights(name, weights)
+    if layer is None:
+        return chosen
+    skeleton = _skeleton(chosen)
+    if layer not in dict(skeleton.named_modules()) or not layer:
+        like = difflib.get_close_matches(layer, layer_names(skeleton), n=5, cutoff=0.3)
+        raise BackboneError(f"--layer {layer!r} is not a block of {name}" + (f"; similar: {', '.join(like)}"
+                            if like else "") + f" (all of them: pipeline.backbones.layers_of({name!r}))")
+    side = chosen.preprocess.crop
+    shape = (1, 3, side, side) if chosen.spec.clip is None else (1, 3, chosen.spec.clip.min_len, side, side)
+    return replace(chosen, layer=layer, layer_dim=layer_dim(skeleton, layer, torch.empty(shape, device="meta")))
+
+
+def layers_of(name: str) -> list[str]:
+    """The block names `--layer` accepts for `name`."""
+    return layer_names(_skeleton(_weights(name, "none")))
+
+
+def _skeleton(chosen: BackboneWeights) -> nn.Module:
+    """The architecture on the meta device, classifier removed: its blocks and shapes without building it."""
+    if (family := family_of(chosen.name)) is not None:
+        return family[0].skeleton(family[1])
+    if chosen.spec.cpu_only:
+        raise BackboneError(f"--layer does not apply to {chosen.name} (int8 modules): use its float twin")
+    with torch.device("meta"):
+        model = chosen.spec.builder(weights=None)
+    setattr(model, chosen.spec.head, nn.Identity())
+    return model
+
+
+def _weights(name: str, weights: str) -> BackboneWeights:
     if (family := family_of(name)) is not None:
         return family[0].weights_for(name, family[1], weights)
     spec = get_spec(name)
@@ -360,9 +396,16 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
 
 
 def build_backbone(chosen: BackboneWeights) -> Backbone:
-    """The chosen backbone built with its weights, classifier removed, frozen, in eval mode."""
-    if (family := family_of(chosen.name)) is not None:
-        return family[0].build(chosen, family[1])
+    """The chosen backbone built with its weights, classifier removed, frozen, in eval mode (its rows the chosen
+    layer's, pooled, where there is one)."""
+    family = family_of(chosen.name)
+    backbone = family[0].build(chosen, family[1]) if family is not None else _torchvision_backbone(chosen)
+    if chosen.layer is None:
+        return backbone
+    return replace(backbone, model=LayerPool(backbone.model, chosen.layer), cam_layer=f"model.{chosen.layer}")
+
+
+def _torchvision_backbone(chosen: BackboneWeights) -> Backbone:
     spec = chosen.spec
     model = _build(chosen)
     setattr(model, spec.head, nn.Identity())
@@ -370,5 +413,5 @@ def build_backbone(chosen: BackboneWeights) -> Backbone:
     meta = {"categories": len(chosen.member.meta.get("categories", []))}
     if chosen.sha256 is not None:  # where the file was and what it holds: a store can find it again
         meta.update(weights_file=chosen.file, weights_sha256=chosen.sha256)
-    return Backbone(chosen.name, model, chosen.preprocess, spec.dim, chosen.id, spec.cpu_only, meta, spec.clip,
+    return Backbone(chosen.name, model, chosen.preprocess, chosen.dim, chosen.id, spec.cpu_only, meta, spec.clip,
                     spec.cam_layer)

@@ -70,6 +70,7 @@ class ExtractConfig:
     flush_videos: int = 32            # videos per shard: what a crash can lose at most
     force: bool = False               # make a non-empty directory that is not a store into one
     subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
+    layer: str | None = None          # rows are this block's output, pooled (None: the model's own row)
 
     def __post_init__(self):
         if self.batch_size is not None and self.batch_size < 1:
@@ -174,7 +175,7 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     """The run `cfg` asks for, continuing `store` (None: a new one) on the items `todo`. No model is built: a
     weights file is hashed, and `auto` precision, compiling and batch size are chosen from the registry's and
     accel's tables (and the run's size, read from a few headers where a choice needs it)."""
-    chosen = weights_for(cfg.backbone, cfg.weights)
+    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
     engine = resize_engine_for(cfg.resize_engine, chosen.is_video, store)
     geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine)
     device = resolve_device(cfg.device, chosen.name, chosen.cpu_only)
@@ -207,7 +208,8 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         # compiling keeps the features within bf16 noise (docs/extract.md): recorded, not fingerprinted
         compile=speed.compiled, batch_size=speed.batch_size,
         versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
-        recipe=chosen.recipe, absent=frozenset() if chosen.recipe else frozenset({"recipe"}))
+        recipe=chosen.recipe, layer=chosen.layer,
+        absent=frozenset(k for k in ("recipe", "layer") if getattr(chosen, k) is None))  # torchvision stores: no keys
 
 
 def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = None) -> str:
@@ -488,7 +490,8 @@ def config_from_store(config: StoreConfig, device: str = "auto", workers: int | 
     else:
         sampling = Sampling(every=c.every, frames=c.frames, fps=c.fps, max_frames=c.max_frames)
     return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
-                         crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype)
+                         crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype,
+                         layer=c.layer)
 
 
 def store_weights(config: StoreConfig) -> str:
@@ -509,7 +512,7 @@ def store_backbone(config: StoreConfig, device: str = "auto",
     """(ExtractConfig, frozen backbone) that made the store with `config`: its weights found where extract recorded
     them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
     cfg = config_from_store(config, device, weights=weights)
-    chosen = weights_for(cfg.backbone, cfg.weights)
+    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
     recorded = config.weights_sha256
     if chosen.id != config.weights or (recorded and chosen.sha256 != recorded):
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "

@@ -4,6 +4,7 @@ FAMILIES), and its module here is imported only then, so a torchvision run never
 Each family module answers, for the model name after the prefix:
     spec(model) -> FamilySpec                                 what the registry knows of a torchvision backbone
     preprocess(model) -> Preprocess                           the library's own eval recipe
+    skeleton(model) -> nn.Module                              the architecture on the meta device (for --layer)
     weights_for(name, model, weights) -> BackboneWeights      'none' (seeded random init), a file, or the library's
                                                               default weights (found or fetched; one line without)
     build(chosen, model) -> Backbone                          the frozen model whose forward gives the row

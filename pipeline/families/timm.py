@@ -29,8 +29,8 @@ HUB_FILE = "model.safetensors"  # the file timm's Hugging Face repositories hold
 
 
 @lru_cache(maxsize=None)
-def _skeleton(model: str) -> nn.Module:
-    """The architecture on the meta device (no memory, no init): its config and shapes, without building it."""
+def skeleton(model: str) -> nn.Module:
+    """The architecture on the meta device, classifier removed (no memory, no init): its config and shapes, without building it."""
     try:
         with torch.device("meta"):
             return timm.create_model(model, pretrained=False, num_classes=0)
@@ -43,13 +43,13 @@ def _skeleton(model: str) -> nn.Module:
 
 @lru_cache(maxsize=None)
 def _data_config(model: str) -> dict:
-    return resolve_model_data_config(_skeleton(model))
+    return resolve_model_data_config(skeleton(model))
 
 
 @lru_cache(maxsize=None)
 def spec(model: str) -> FamilySpec:
     """dim (the forward's row, traced on the meta device), input side and the last feature stage for Grad-CAM."""
-    net = _skeleton(model)
+    net = skeleton(model)
     side = _data_config(model)["input_size"][-1]
     dim = int(net(torch.empty(1, 3, side, side, device="meta")).shape[-1])
     info = getattr(net, "feature_info", None) or [{}]
@@ -69,14 +69,14 @@ def preprocess(model: str) -> Preprocess:
                             "framecache reproduces (center or squash crops, PIL filters): choose another model")
     side = math.floor(height / pct)  # as timm's transforms_imagenet_eval
     return Preprocess(height, side if mode == "center" else (side, side), tuple(cfg["mean"]), tuple(cfg["std"]),
-                      _RESAMPLE[interpolation], pct, bool(_skeleton(model).pretrained_cfg.get("fixed_input_size")))
+                      _RESAMPLE[interpolation], pct, bool(skeleton(model).pretrained_cfg.get("fixed_input_size")))
 
 
 def recipe(model: str) -> dict:
     """What the store records and fingerprints of the model besides its weights: timm's version, the model's
     pretrained config and the data config its eval transform is made from (JSON values, as read back)."""
     cfg = {"library": "timm", "version": timm.__version__, "model": model,
-           "pretrained_cfg": dict(_skeleton(model).pretrained_cfg), "data_config": _data_config(model)}
+           "pretrained_cfg": dict(skeleton(model).pretrained_cfg), "data_config": _data_config(model)}
     return json.loads(json.dumps(cfg, sort_keys=True, default=str))
 
 
@@ -87,7 +87,7 @@ def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
     if weights.lower() == "none":
         return BackboneWeights(name, shape, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", None, pre, recipe=made)
     if weights.upper() == "DEFAULT":
-        path, kind = _hub_file(name, model), "hub:" + _skeleton(model).pretrained_cfg["hf_hub_id"] + ":"
+        path, kind = _hub_file(name, model), "hub:" + skeleton(model).pretrained_cfg["hf_hub_id"] + ":"
     elif is_weights_file(weights) or weights.endswith(".safetensors"):
         path, kind = Path(weights).expanduser(), "file:"
         if not path.is_file():
@@ -101,7 +101,7 @@ def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
 
 
 def _hub_file(name: str, model: str) -> Path:
-    hub_id = _skeleton(model).pretrained_cfg.get("hf_hub_id")
+    hub_id = skeleton(model).pretrained_cfg.get("hf_hub_id")
     if not hub_id:
         raise BackboneError(f"{name} has no Hugging Face weights in timm {timm.__version__}: pass --weights PATH to "
                             "a checkpoint file, or --weights none")
@@ -141,7 +141,7 @@ def _from_file(chosen: BackboneWeights, model: str) -> nn.Module:
         state = timm.models.load_state_dict(chosen.file)
     except Exception as e:  # noqa: BLE001 — torch and safetensors raise many types for a bad file
         raise BackboneError(f"cannot load weights file {chosen.file}: {str(e).splitlines()[0]}") from None
-    head = _skeleton(model).pretrained_cfg.get("classifier") or ""
+    head = skeleton(model).pretrained_cfg.get("classifier") or ""
     head = head if isinstance(head, str) else head[0]
     classes = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else 0
     try:
