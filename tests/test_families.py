@@ -170,3 +170,15 @@ def test_extract_with_a_torchvision_backbone_imports_no_family_library(videos, t
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "FAMILIES []" in p.stdout, p.stdout
+
+
+def test_a_timm_store_resumes_and_re_embeds_files_exactly_as_it_was_made(timm, videos, tmp_path):
+    from pipeline.extract import embed_files
+
+    manifest, _ = videos
+    store = extract_timm(manifest, tmp_path / "s", "timm:resnet10t", size=64)
+    again = extract(load_source(manifest), tmp_path / "s", ExtractConfig(
+        backbone="timm:resnet10t", weights="none", sampling=Sampling(every=1), size=64, workers=0, dtype="float32"))
+    assert again.skipped == 2 and again.done == 0  # same recipe read back from the store: same fingerprint
+    [record] = embed_files([str(tmp_path / "v1.mkv")], store.config, device="cpu")
+    np.testing.assert_allclose(record.features, store.features("v1"), rtol=1e-4, atol=1e-5)
