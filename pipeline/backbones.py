@@ -356,13 +356,18 @@ def _weights(name: str, weights: str) -> BackboneWeights:
     return BackboneWeights(name, spec, weights, f"{member.__class__.__name__}.{member.name}", member, pre)
 
 
+def seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` under SEED_FOR_RANDOM_INIT, leaving the global random state as it was: `--weights none`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED_FOR_RANDOM_INIT)
+        return build()
+
+
 def _build(chosen: BackboneWeights) -> nn.Module:
     """The model with its classifier, with the chosen weights."""
     spec, member = chosen.spec, chosen.member
     if chosen.arg.lower() == "none":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(SEED_FOR_RANDOM_INIT)
-            return spec.builder(weights=None)
+        return seeded(partial(spec.builder, weights=None))
     if chosen.file is not None:
         return _from_file(chosen.name, spec, Path(chosen.arg).expanduser())
     try:

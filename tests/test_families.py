@@ -136,7 +136,8 @@ def test_unknown_family_model_and_weights_fail_in_one_line_naming_what_to_use(ti
 def test_a_missing_family_library_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
     monkeypatch.delitem(sys.modules, "pipeline.families.timm", raising=False)
-    with pytest.raises(BackboneError, match=r'timm:resnet10t needs timm, which is not installed: pip install -e "\.\[timm\]"'):
+    with pytest.raises(BackboneError, match=r'timm:resnet10t needs timm, which is not installed: '
+                                            r'pip install -e "\.\[timm\]"'):
         get_spec("timm:resnet10t")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import timm
@@ -19,7 +19,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, Preprocess,
-                                file_sha256, is_weights_file)
+                                file_sha256, is_weights_file, seeded)
 from pipeline.families import FamilySpec
 
 # timm interpolation names the decode stage resizes with (as the PIL filter of the same name)
@@ -30,7 +30,8 @@ HUB_FILE = "model.safetensors"  # the file timm's Hugging Face repositories hold
 
 @lru_cache(maxsize=None)
 def skeleton(model: str) -> nn.Module:
-    """The architecture on the meta device, classifier removed (no memory, no init): its config and shapes, without building it."""
+    """The architecture on the meta device, classifier removed (no memory, no init): its config, blocks and shapes
+    without building it."""
     try:
         with torch.device("meta"):
             return timm.create_model(model, pretrained=False, num_classes=0)
@@ -119,19 +120,14 @@ def _hub_file(name: str, model: str) -> Path:
 
 def build(chosen: BackboneWeights, model: str) -> Backbone:
     """The model with the chosen weights, classifier removed (num_classes=0), frozen, in eval mode."""
-    net = _random(model) if chosen.file is None else _from_file(chosen, model)
+    net = seeded(partial(timm.create_model, model, pretrained=False, num_classes=0)) if chosen.file is None \
+        else _from_file(chosen, model)
     net.eval().requires_grad_(False)
     meta = {"library": f"timm {timm.__version__}"}
     if chosen.sha256 is not None:
         meta.update(weights_file=chosen.file, weights_sha256=chosen.sha256)
     return Backbone(chosen.name, net, chosen.preprocess, chosen.dim, chosen.id, False, meta, None,
                     chosen.spec.cam_layer)
-
-
-def _random(model: str) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED_FOR_RANDOM_INIT)
-        return timm.create_model(model, pretrained=False, num_classes=0)
 
 
 def _from_file(chosen: BackboneWeights, model: str) -> nn.Module:
