@@ -30,7 +30,7 @@ from torchvision.models import video as vmodels
 from torchvision.transforms._presets import VideoClassification  # the class video weights' transforms() build
 
 from featstore.errors import FramecacheError
-from pipeline.layers import LayerPool, layer_dim, layer_names
+from pipeline.layers import Layer, LayerPool, layer_names, trace_layer
 
 SEED_FOR_RANDOM_INIT = 0  # `--weights none` is always the same network, so one fingerprint = one model
 # Frames per clip unless --clip-len says otherwise: torchvision's Kinetics recipes train and score VideoResNet, MViT
@@ -290,12 +290,11 @@ class BackboneWeights:
     sha256: str | None = None   # and its content's sha256
     recipe: dict | None = None  # a family's library, version, model config and preprocessing (JSON values): the
     #                             store records and fingerprints it
-    layer: str | None = None    # --layer: rows are this block's output, pooled (None: the model's own row)
-    layer_dim: int | None = None  # and their size
+    layer: Layer | None = None  # --layer: rows are this block's output, pooled (None: the model's own row)
 
     @property
     def dim(self) -> int:
-        return self.layer_dim or self.spec.dim
+        return self.spec.dim if self.layer is None else self.layer.dim
 
     @property
     def cpu_only(self) -> bool:
@@ -319,7 +318,7 @@ def weights_for(name: str, weights: str = "DEFAULT", layer: str | None = None) -
                             if like else "") + f" (all of them: pipeline.backbones.layers_of({name!r}))")
     side = chosen.preprocess.crop
     shape = (1, 3, side, side) if chosen.spec.clip is None else (1, 3, chosen.spec.clip.min_len, side, side)
-    return replace(chosen, layer=layer, layer_dim=layer_dim(skeleton, layer, torch.empty(shape, device="meta")))
+    return replace(chosen, layer=trace_layer(skeleton, layer, torch.empty(shape, device="meta")))
 
 
 def layers_of(name: str) -> list[str]:
@@ -407,7 +406,9 @@ def build_backbone(chosen: BackboneWeights) -> Backbone:
     backbone = family[0].build(chosen, family[1]) if family is not None else _torchvision_backbone(chosen)
     if chosen.layer is None:
         return backbone
-    return replace(backbone, model=LayerPool(backbone.model, chosen.layer), cam_layer=f"model.{chosen.layer}")
+    layer = chosen.layer
+    return replace(backbone, model=LayerPool(backbone.model, layer.name, layer.channels_last),
+                   cam_layer=f"model.{layer.name}")
 
 
 def _torchvision_backbone(chosen: BackboneWeights) -> Backbone:

@@ -208,7 +208,7 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         # compiling keeps the features within bf16 noise (docs/extract.md): recorded, not fingerprinted
         compile=speed.compiled, batch_size=speed.batch_size,
         versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
-        recipe=chosen.recipe, layer=chosen.layer,
+        recipe=chosen.recipe, layer=None if chosen.layer is None else chosen.layer.name,
         absent=frozenset(k for k in ("recipe", "layer") if getattr(chosen, k) is None))  # torchvision stores: no keys
 
 

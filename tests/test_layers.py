@@ -69,3 +69,13 @@ def test_the_layer_changes_the_fingerprint_and_an_unknown_one_names_similar_bloc
     assert "layer" not in plain.store.to_attrs()  # a store without --layer records no key (its fingerprint as before)
     with pytest.raises(BackboneError, match="--layer 'layer5' is not a block of resnet18; similar: layer"):
         weights_for("resnet18", "none", "layer5")
+
+
+def test_channels_last_blocks_are_pooled_over_their_sides_not_their_channels():
+    from pipeline.layers import Layer, pool
+
+    assert weights_for("swin3d_t", "none", "features.6").layer == Layer("features.6", 768, True)  # (B, T, H, W, C)
+    assert weights_for("resnet18", "none", "layer3").layer == Layer("layer3", 256, False)       # (B, C, H, W)
+    maps = torch.rand(2, 3, 4, 4, 5)
+    assert torch.allclose(pool(maps, channels_last=True), maps.mean((1, 2, 3)))
+    assert torch.allclose(pool(maps, channels_last=False), maps.mean((2, 3, 4)))
