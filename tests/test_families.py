@@ -183,3 +183,25 @@ def test_a_timm_store_resumes_and_re_embeds_files_exactly_as_it_was_made(timm, v
     assert again.skipped == 2 and again.done == 0  # same recipe read back from the store: same fingerprint
     [record] = embed_files([str(tmp_path / "v1.mkv")], store.config, device="cpu")
     np.testing.assert_allclose(record.features, store.features("v1"), rtol=1e-4, atol=1e-5)
+
+
+def test_default_weights_come_from_the_hugging_face_cache_without_network(timm, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from pipeline.backbones import build_backbone
+
+    snapshot = tmp_path / "models--timm--resnet10t.c3_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    hub = timm.create_model("resnet10t", pretrained=False).eval()  # as on the hub: the 1000-class head included
+    save_file(hub.state_dict(), snapshot / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    chosen = weights_for("timm:resnet10t", "DEFAULT")
+    assert chosen.id.startswith("hub:timm/resnet10t.c3_in1k:sha256:") and chosen.file.endswith("model.safetensors")
+    hub.reset_classifier(0)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(build_backbone(chosen).model(x), hub(x), atol=1e-5)

@@ -108,6 +108,10 @@ def _hub_file(name: str, model: str) -> Path:
                             "a checkpoint file, or --weights none")
     from huggingface_hub import constants, hf_hub_download
 
+    try:  # the cached file first: no network round trip (and no retries where there is no network)
+        return Path(hf_hub_download(hub_id, HUB_FILE, local_files_only=True))
+    except Exception:  # noqa: BLE001 — hub errors come in many types; all mean "not in the cache"
+        pass
     try:
         return Path(hf_hub_download(hub_id, HUB_FILE))
     except Exception as e:  # noqa: BLE001 — hub and HTTP errors come in many types; all mean "not available here"
