@@ -4,8 +4,11 @@ Frame i of an index clip has channel 0 equal to i * STEP everywhere (a flat plan
 so the index survives every geometry), and gradients in channels 1 and 2 so that geometry mistakes show.
 Videos are written once per session; tests only read them.
 """
+import fcntl
 import os
 import shutil
+import signal
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -181,3 +184,37 @@ def place(index_clip):
 def temporal_dataset(media) -> Path:
     """The synthetic grow/shrink/brighten/darken dataset, small: returns its manifest."""
     return make_temporal_dataset(media / "temporal", n_per_class=6, frames=6, size=32)
+
+
+class HeldFile:
+    """A regular file whose opening blocks, as on a network mount that stopped answering: a write lease makes every
+    other process's open() wait until `release` (or the kernel's lease-break-time, 45 s by default)."""
+
+    def __init__(self, path: Path):
+        self.opened = threading.Event()  # set once another process tries to open it
+        self._fd = os.open(path, os.O_RDONLY)
+        fcntl.fcntl(self._fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the lease: the blocked open goes on
+            self._fd = None
+
+
+@pytest.fixture
+def hold():
+    """hold(path) -> HeldFile; released at teardown. Skips where this filesystem or user cannot take leases."""
+    held: list[HeldFile] = []
+    previous = signal.signal(signal.SIGIO, lambda *_: [h.opened.set() for h in held])
+
+    def take(path: Path) -> HeldFile:
+        try:
+            held.append(HeldFile(path))
+        except OSError as e:
+            pytest.skip(f"cannot take a file lease here ({e.strerror})")
+        return held[-1]
+
+    yield take
+    for h in held:
+        h.release()
+    signal.signal(signal.SIGIO, previous)

@@ -141,3 +141,18 @@ def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
         assert res.exit_code == 0 and "Traceback" not in res.output, res.output
         flat = "".join(res.stdout.split())  # tables wrap long titles and cells
         assert "[/x]" in flat or "[b]" in flat or "[/b]" in flat, (args, res.stdout)
+
+
+def test_a_knn_run_predicts_a_fresh_file_as_its_head_scores_the_stored_features(trained, tmp_path):
+    root, _ = trained
+    assert invoke("fit-head", root / "store", "--head", "knn", "--k", "3", "--out", tmp_path / "knn").exit_code == 0
+    store = open_store(root / "store")
+    vid = store.ids()[0]
+    shutil.copy(store.meta(vid).path, tmp_path / "never_seen.mp4")
+    res = invoke("predict", tmp_path / "knn", tmp_path / "never_seen.mp4", "--json", "--top", "4")
+    assert res.exit_code == 0, res.output
+    model, ckpt = load_run(tmp_path / "knn")
+    expected = predict_features(model, ckpt, [store.features(vid)])[0]
+    got = {t["label"]: t["prob"] for t in json.loads(res.stdout)[0]["top"]}
+    for label, p in zip(ckpt["labels"], expected):
+        assert got[label] == pytest.approx(float(p), abs=1e-3)

@@ -174,23 +174,16 @@ def test_a_genuine_bug_keeps_its_traceback():
 # -- signals: SIGTERM like Ctrl-C, a second Ctrl-C without worker tracebacks ----------------------------------------
 
 
-def signalled_extract(tmp_path: Path, sig: int, twice: bool, group: bool) -> tuple[subprocess.CompletedProcess, Path]:
-    """Extract 4 clips, then a named pipe (the decode worker blocks on it), then 2 more; signal the extract while
-    the worker waits on the pipe, then let the pipe go."""
-    fifo = tmp_path / "c4_pipe.mkv"
-    os.mkfifo(fifo)
-    manifest = write_manifest(tmp_path, ["c0.mkv", "c1.mkv", "c2.mkv", "c3.mkv", "c4_pipe.mkv", "c5.mkv", "c6.mkv"])
+def signalled_extract(tmp_path: Path, hold, sig: int, twice: bool,
+                      group: bool) -> tuple[subprocess.CompletedProcess, Path]:
+    """Extract 4 clips, then one whose opening blocks (held, like a file on a stalled network mount), then 2 more;
+    signal the extract while the decode worker waits to open it, then let the file go."""
+    manifest = write_manifest(tmp_path, ["c0.mkv", "c1.mkv", "c2.mkv", "c3.mkv", "c4_held.mkv", "c5.mkv", "c6.mkv"])
+    held = hold(tmp_path / "c4_held.mkv")
     store = tmp_path / "s"
     proc = cli_process("extract", manifest, *EXTRACT, "--workers", "1", "--batch-size", "1", "--store", store,
-                       start_new_session=True)
-    deadline = time.time() + 300
-    while True:  # opening a pipe's write end succeeds only once a reader has it open
-        try:
-            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError as e:
-            assert e.errno == errno.ENXIO and time.time() < deadline and proc.poll() is None, proc.poll()
-            time.sleep(0.05)
+                       "--compile", "off", start_new_session=True)
+    assert held.opened.wait(300), proc.poll()
     time.sleep(1.0)
     send = (lambda s: os.killpg(proc.pid, s)) if group else (lambda s: os.kill(proc.pid, s))
     send(sig)
@@ -198,14 +191,12 @@ def signalled_extract(tmp_path: Path, sig: int, twice: bool, group: bool) -> tup
         time.sleep(0.3)
         send(sig)
     time.sleep(0.5)
-    os.close(writer)
+    held.release()
     stdout, stderr = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), manifest
 
 
 def assert_resume_equals_uninterrupted(store: Path, manifest: Path, tmp_path: Path, done: list[str]) -> None:
-    (tmp_path / "c4_pipe.mkv").unlink()
-    write_video(tmp_path / "c4_pipe.mkv", clip(4))
     items = load_source(manifest)
     resumed = extract(items, store, small_cfg())
     assert resumed.skipped == len(done) and not resumed.failed
@@ -218,24 +209,24 @@ def assert_resume_equals_uninterrupted(store: Path, manifest: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_sigterm_saves_finished_videos_says_one_line_and_exits_143(tmp_path):
-    res, manifest = signalled_extract(tmp_path, signal.SIGTERM, twice=False, group=False)  # docker stop: PID 1
+def test_sigterm_saves_finished_videos_says_one_line_and_exits_143(tmp_path, hold):
+    res, manifest = signalled_extract(tmp_path, hold, signal.SIGTERM, twice=False, group=False)  # docker stop: PID 1
     assert res.returncode == 143, res.stderr
     assert "terminated by SIGTERM" in res.stderr and "Traceback" not in res.stderr
     done = open_store(tmp_path / "s").ids(status=None)
-    # the worker reached the pipe, so the main process had taken at least 2 clips; none is a failure
+    # the worker reached the held file, so the main process had taken at least 2 clips; none is a failure
     assert done[:2] == ["c0", "c1"] and done == [f"c{i}" for i in range(len(done))] and len(done) <= 4
     assert not list((tmp_path / "s").glob(".*.tmp"))
     assert_resume_equals_uninterrupted(tmp_path / "s", manifest, tmp_path, done)
 
 
 @pytest.mark.slow
-def test_two_ctrl_c_to_the_process_group_exit_130_without_a_worker_traceback(tmp_path):
-    res, manifest = signalled_extract(tmp_path, signal.SIGINT, twice=True, group=True)  # a terminal's Ctrl-C
+def test_two_ctrl_c_to_the_process_group_exit_130_without_a_worker_traceback(tmp_path, hold):
+    res, manifest = signalled_extract(tmp_path, hold, signal.SIGINT, twice=True, group=True)  # a terminal's Ctrl-C
     assert res.returncode == 130, res.stderr
     assert "interrupted" in res.stderr and "Traceback" not in res.stderr and "Error" not in res.stderr
     done = open_store(tmp_path / "s").ids(status=None)
-    assert done[:2] == ["c0", "c1"] and "c4_pipe" not in done
+    assert done[:2] == ["c0", "c1"] and "c4_held" not in done
     assert_resume_equals_uninterrupted(tmp_path / "s", manifest, tmp_path, done)
 
 
@@ -313,7 +304,7 @@ def test_ctrl_c_during_fit_head_says_what_it_means_for_the_run(store, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "no run was written" in stderr and "extract" not in stderr and "Traceback" not in stderr
-    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.tmp-*"))
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*.tmp"))
 
 
 def test_k_range_takes_lo_colon_hi_as_its_help_says(store, tmp_path):

@@ -147,6 +147,15 @@ def test_init_head_of_other_features_is_refused_naming_the_difference(clips, tmp
     assert ran["init_head"] and ran["n_test"] == json.loads((tmp_path / "head" / "metrics.json").read_text())["n_test"]
 
 
+def test_init_head_of_a_knn_run_is_refused_as_having_no_weights(clips, tmp_path):
+    store = tmp_path / "store"
+    assert invoke("extract", clips, "--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32",
+                  "--crop", "none", "--workers", "0", "--store", store).exit_code == 0
+    assert invoke("fit-head", store, "--head", "knn", "--out", tmp_path / "knn").exit_code == 0
+    res = invoke("finetune", clips, *TINY_FLAGS, "--init-head", tmp_path / "knn", "--out", tmp_path / "ft")
+    assert res.exit_code == 1 and "--head knn run: it has no weights" in res.output, res.output
+
+
 def test_a_refit_head_run_starts_the_fit_from_its_early_head_and_a_refit_from_epoch_0_ends_on_its_final_head(
         clips, tmp_path):
     store, head = tmp_path / "store", tmp_path / "head"

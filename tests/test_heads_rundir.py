@@ -7,6 +7,7 @@ import pytest
 from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
 
 import heads
+from featstore.staging import HOST
 from heads.models import HeadError
 
 FAST = {**SMALL, "epochs": 2, "patience": 2, "device": "cpu"}
@@ -68,9 +69,9 @@ def test_every_writer_refuses_what_is_not_its_own_and_replaces_it_whole_with_for
 def test_staging_folders_a_killed_run_left_are_removed_at_the_next_start(inputs, tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)
-    for kind in ("tmp", "old"):
-        (tmp_path / f".out.{kind}-{dead}").mkdir()
-        (tmp_path / f".out.{kind}-{dead}" / "head.pt").write_text("half written")
-    (tmp_path / f".other.tmp-{dead}").mkdir()  # another run's: not ours to clean
+    for base in ("out", "out.old"):  # a staging folder, and the old run moved aside to be replaced
+        (tmp_path / f".{base}.{HOST}.{dead}.tmp").mkdir()
+        (tmp_path / f".{base}.{HOST}.{dead}.tmp" / "head.pt").write_text("half written")
+    (tmp_path / f".other.{HOST}.{dead}.tmp").mkdir()  # another run's: not ours to clean
     WRITERS["cluster-eval"](inputs, tmp_path / "out", False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{dead}", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.{HOST}.{dead}.tmp", "out"]
