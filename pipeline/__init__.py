@@ -14,9 +14,9 @@ from featstore.lazy import lazy_exports
 _EXPORTS = {
     "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "Measured", "compile_model", "compile_pays_back",
                        "default_batch", "quantize_int8"),
-    "pipeline.backbones": ("REGISTRY", "Backbone", "BackboneError", "BackboneWeights", "Preprocess",
-                           "available_backbones", "build_backbone", "get_spec", "load_backbone", "preprocess_for",
-                           "weights_for"),
+    "pipeline.backbones": ("FAMILIES", "REGISTRY", "Backbone", "BackboneError", "BackboneWeights", "Preprocess",
+                           "available_backbones", "build_backbone", "family_of", "get_spec", "layers_of",
+                           "load_backbone", "preprocess_for", "weights_for"),
     "pipeline.decode": ("RESIZE_ENGINES", "Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError",
                         "FrameStream", "FrameWindow", "Geometry", "Sampling", "VideoInfo", "clip_count", "decode_image",
                         "decode_video", "SEEK_MODES"),

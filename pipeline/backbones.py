@@ -5,14 +5,21 @@ weights define (resize / crop / mean / std from the enum's own `transforms()`), 
 travel together. Adding a torchvision image or video model is one line in `REGISTRY`: whether it takes
 clips, and which clips (frames, side), is read from its weights (the `VideoClassification` preset and the
 `min_temporal_size` / `min_size` meta), not typed here.
+
+A name with a prefix (`timm:convnext_tiny`) selects a family of FAMILIES instead: its own module under
+pipeline/families, imported only when such a name is used, answers for the name (pipeline/families/__init__.py).
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
+import importlib
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -23,6 +30,7 @@ from torchvision.models import video as vmodels
 from torchvision.transforms._presets import VideoClassification  # the class video weights' transforms() build
 
 from featstore.errors import FramecacheError
+from pipeline.layers import Layer, LayerPool, layer_names, trace_layer
 
 SEED_FOR_RANDOM_INIT = 0  # `--weights none` is always the same network, so one fingerprint = one model
 # Frames per clip unless --clip-len says otherwise: torchvision's Kinetics recipes train and score VideoResNet, MViT
@@ -103,29 +111,63 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
+# Families of prefixed names: prefix -> (its module, the library it needs, the pip extra that installs that library).
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "timm": ("pipeline.families.timm", "timm", "timm"),
+}
+
+
 def available_backbones() -> list[str]:
     return sorted(REGISTRY)
+
+
+def family_of(name: str) -> tuple[ModuleType, str] | None:
+    """(the family's module, the model name after the prefix) for a prefixed name, imported now; None for a
+    torchvision name."""
+    prefix, sep, model = name.partition(":")
+    if not sep:
+        return None
+    if prefix not in FAMILIES:
+        raise BackboneError(f"unknown backbone family {prefix + ':'!r} in {name!r}: use "
+                            f"{', '.join(p + ':NAME' for p in FAMILIES)}, or a torchvision name "
+                            f"({', '.join(available_backbones())})")
+    module, library, extra = FAMILIES[prefix]
+    try:
+        return importlib.import_module(module), model
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != library:
+            raise
+        raise BackboneError(f"--backbone {name} needs {library}, which is not installed: "
+                            f"pip install -e \".[{extra}]\"") from None
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """What the weights expect: a `crop` x `crop` RGB image cut from a frame resized to `resize` (the shorter
     side, or an exact (height, width) as the VideoResNet preset's (128, 171)). `resample` is how: 'pil' (PIL
-    bilinear, as the image presets on PIL images) or 'tensor' (torch bilinear without antialias, as the
-    VideoClassification preset on frame tensors)."""
+    bilinear, as the image presets on PIL images), 'pil-bicubic' (and the other PIL filters a family's recipe
+    names) or 'tensor' (torch bilinear without antialias, as the VideoClassification preset on frame tensors)."""
     crop: int
     resize: int | tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resample: str = "pil"
+    crop_pct: float | None = None   # timm's recipe: at any size the resize is floor(crop / crop_pct)
+    fixed: bool = False             # the model takes `crop` only (a positional encoding built for that input)
 
     def scaled(self, size: int) -> "Preprocess":
-        """The same recipe at another input size (keeps the resize/crop ratio)."""
-        if isinstance(self.resize, tuple):
+        """The same recipe at another input size (keeps the resize/crop ratio, or timm's crop_pct)."""
+        if self.fixed and size != self.crop:
+            raise BackboneError(f"--size {size} does not fit these weights: they take exactly --size {self.crop} "
+                                "(a positional encoding built for that input)")
+        if self.crop_pct is not None:  # timm squashes to (side, side) where its resize is a pair
+            side = math.floor(size / self.crop_pct)
+            resize = (side, side) if isinstance(self.resize, tuple) else side
+        elif isinstance(self.resize, tuple):
             resize = tuple(round(size * r / self.crop) for r in self.resize)
         else:
             resize = round(size * self.resize / self.crop)
-        return Preprocess(size, resize, self.mean, self.std, self.resample)
+        return replace(self, crop=size, resize=resize)
 
 
 @dataclass
@@ -146,6 +188,9 @@ class Backbone:
 
 
 def get_spec(name: str) -> BackboneSpec:
+    """The registry's spec of `name` (a family's FamilySpec for a prefixed name: dim, clip, cam_layer, cpu_only)."""
+    if (family := family_of(name)) is not None:
+        return family[0].spec(family[1])
     try:
         return REGISTRY[name]
     except KeyError:
@@ -160,7 +205,8 @@ def _preprocess_of(enum_member) -> Preprocess:
     return Preprocess(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std))
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -203,7 +249,8 @@ def _sidecar_backbone(path: Path) -> str | None:
     return made_for if isinstance(made_for, str) else None
 
 
-def _is_file(weights: str) -> bool:
+def is_weights_file(weights: str) -> bool:
+    """`--weights` names a file (by its suffix, or because it exists) rather than an enum member or 'none'."""
     path = Path(weights).expanduser()
     return path.suffix in {".pth", ".pt", ".bin", ".ckpt"} or path.exists()
 
@@ -211,7 +258,7 @@ def _is_file(weights: str) -> bool:
 def _member(name: str, spec: BackboneSpec, weights: str):
     """The weights enum member whose preset preprocesses for `weights`: the named one, else the DEFAULT's (random
     init and weight files use the architecture's standard preprocessing)."""
-    if weights.lower() == "none" or _is_file(weights):
+    if weights.lower() == "none" or is_weights_file(weights):
         return spec.weights.DEFAULT
     if weights.upper() not in spec.weights.__members__:
         raise BackboneError(f"unknown weights {weights!r} for {name}; use one of {list(spec.weights.__members__)}, "
@@ -222,6 +269,8 @@ def _member(name: str, spec: BackboneSpec, weights: str):
 def preprocess_for(name: str, weights: str = "DEFAULT") -> Preprocess:
     """What `load_backbone(name, weights).preprocess` will be, without building the model (so decoding can start
     while it builds)."""
+    if (family := family_of(name)) is not None:
+        return family[0].preprocess(family[1])
     spec = get_spec(name)
     return _preprocess_of(_member(name, spec, weights))
 
@@ -231,20 +280,21 @@ class BackboneWeights:
     """A backbone and its weights as chosen, before the model is built: what a run decides from (device, precision,
     batch size, preprocessing) and what a store records of them. A weights file is hashed here, once."""
     name: str
-    spec: BackboneSpec
+    spec: BackboneSpec          # a family's FamilySpec for a prefixed name
     arg: str                    # --weights as given: an enum name, 'none' or a file
     id: str                     # what identifies the weights in a store fingerprint
-    member: object              # the weights enum member whose preset preprocesses (the DEFAULT's for none/files)
+    member: object              # the weights enum member whose preset preprocesses (the DEFAULT's for none/files;
+    #                             None for a family)
+    preprocess: Preprocess      # the member's preset, or the family's own recipe
     file: str | None = None     # a weights file's absolute path
     sha256: str | None = None   # and its content's sha256
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return _preprocess_of(self.member)
+    recipe: dict | None = None  # a family's library, version, model config and preprocessing (JSON values): the
+    #                             store records and fingerprints it
+    layer: Layer | None = None  # --layer: rows are this block's output, pooled (None: the model's own row)
 
     @property
     def dim(self) -> int:
-        return self.spec.dim
+        return self.spec.dim if self.layer is None else self.layer.dim
 
     @property
     def cpu_only(self) -> bool:
@@ -255,28 +305,68 @@ class BackboneWeights:
         return self.spec.clip is not None
 
 
-def weights_for(name: str, weights: str = "DEFAULT") -> BackboneWeights:
-    """`name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), not built yet."""
+def weights_for(name: str, weights: str = "DEFAULT", layer: str | None = None) -> BackboneWeights:
+    """`name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), not built yet; its
+    rows the pooled output of the block `layer` where given."""
+    chosen = _weights(name, weights)
+    if layer is None:
+        return chosen
+    skeleton = _skeleton(chosen)
+    if layer not in dict(skeleton.named_modules()) or not layer:
+        like = difflib.get_close_matches(layer, layer_names(skeleton), n=5, cutoff=0.3)
+        raise BackboneError(f"--layer {layer!r} is not a block of {name}" + (f"; similar: {', '.join(like)}"
+                            if like else "") + f" (all of them: pipeline.backbones.layers_of({name!r}))")
+    side = chosen.preprocess.crop
+    shape = (1, 3, side, side) if chosen.spec.clip is None else (1, 3, chosen.spec.clip.min_len, side, side)
+    return replace(chosen, layer=trace_layer(skeleton, layer, torch.empty(shape, device="meta")))
+
+
+def layers_of(name: str) -> list[str]:
+    """The block names `--layer` accepts for `name`."""
+    return layer_names(_skeleton(_weights(name, "none")))
+
+
+def _skeleton(chosen: BackboneWeights) -> nn.Module:
+    """The architecture on the meta device, classifier removed: its blocks and shapes without building it."""
+    if (family := family_of(chosen.name)) is not None:
+        return family[0].skeleton(family[1])
+    if chosen.spec.cpu_only:
+        raise BackboneError(f"--layer does not apply to {chosen.name} (int8 modules): use its float twin")
+    with torch.device("meta"):
+        model = chosen.spec.builder(weights=None)
+    setattr(model, chosen.spec.head, nn.Identity())
+    return model
+
+
+def _weights(name: str, weights: str) -> BackboneWeights:
+    if (family := family_of(name)) is not None:
+        return family[0].weights_for(name, family[1], weights)
     spec = get_spec(name)
     member = _member(name, spec, weights)
+    pre = _preprocess_of(member)
     if weights.lower() == "none":
-        return BackboneWeights(name, spec, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", member)
-    if _is_file(weights):
+        return BackboneWeights(name, spec, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", member, pre)
+    if is_weights_file(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
             raise BackboneError(f"weights file {path} does not exist")
-        sha = _file_sha256(path)  # hashed once: the id takes its prefix, the store config all of it
-        return BackboneWeights(name, spec, weights, f"file:sha256:{sha[:16]}", member, str(path.resolve()), sha)
-    return BackboneWeights(name, spec, weights, f"{member.__class__.__name__}.{member.name}", member)
+        sha = file_sha256(path)  # hashed once: the id takes its prefix, the store config all of it
+        return BackboneWeights(name, spec, weights, f"file:sha256:{sha[:16]}", member, pre, str(path.resolve()), sha)
+    return BackboneWeights(name, spec, weights, f"{member.__class__.__name__}.{member.name}", member, pre)
+
+
+def seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` under SEED_FOR_RANDOM_INIT, leaving the global random state as it was: `--weights none`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED_FOR_RANDOM_INIT)
+        return build()
 
 
 def _build(chosen: BackboneWeights) -> nn.Module:
     """The model with its classifier, with the chosen weights."""
     spec, member = chosen.spec, chosen.member
     if chosen.arg.lower() == "none":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(SEED_FOR_RANDOM_INIT)
-            return spec.builder(weights=None)
+        return seeded(partial(spec.builder, weights=None))
     if chosen.file is not None:
         return _from_file(chosen.name, spec, Path(chosen.arg).expanduser())
     try:
@@ -310,7 +400,18 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
 
 
 def build_backbone(chosen: BackboneWeights) -> Backbone:
-    """The chosen backbone built with its weights, classifier removed, frozen, in eval mode."""
+    """The chosen backbone built with its weights, classifier removed, frozen, in eval mode (its rows the chosen
+    layer's, pooled, where there is one)."""
+    family = family_of(chosen.name)
+    backbone = family[0].build(chosen, family[1]) if family is not None else _torchvision_backbone(chosen)
+    if chosen.layer is None:
+        return backbone
+    layer = chosen.layer
+    return replace(backbone, model=LayerPool(backbone.model, layer.name, layer.channels_last),
+                   cam_layer=f"model.{layer.name}")
+
+
+def _torchvision_backbone(chosen: BackboneWeights) -> Backbone:
     spec = chosen.spec
     model = _build(chosen)
     setattr(model, spec.head, nn.Identity())
@@ -318,5 +419,5 @@ def build_backbone(chosen: BackboneWeights) -> Backbone:
     meta = {"categories": len(chosen.member.meta.get("categories", []))}
     if chosen.sha256 is not None:  # where the file was and what it holds: a store can find it again
         meta.update(weights_file=chosen.file, weights_sha256=chosen.sha256)
-    return Backbone(chosen.name, model, chosen.preprocess, spec.dim, chosen.id, spec.cpu_only, meta, spec.clip,
+    return Backbone(chosen.name, model, chosen.preprocess, chosen.dim, chosen.id, spec.cpu_only, meta, spec.clip,
                     spec.cam_layer)

@@ -82,6 +82,9 @@ class ExtractConfig:
     # make a non-empty directory that is not a store into one
     force: bool = setting(False, "Make --store a store even if it is a non-empty other directory.")
     subset: dict | None = setting(None, cli=False)  # sources.Subset.record(): recorded in the config, not fingerprinted
+    # rows are this block's output, pooled (None: the model's own row); recorded and fingerprinted where set
+    layer: str | None = setting(None, "Rows are this block's output, globally average-pooled (a module name: "
+                                "layer3, stages.2, blocks.6; default: the model's own row).")
 
     def __post_init__(self):
         if self.compression == "none":  # how the command line says "no compression"
@@ -174,7 +177,7 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     """The run `cfg` asks for, continuing `store` (None: a new one) on the items `todo`. No model is built: a
     weights file is hashed, and `auto` precision, compiling and batch size are chosen from the registry's and
     accel's tables (and the run's size, read from a few headers where a choice needs it)."""
-    chosen = weights_for(cfg.backbone, cfg.weights)
+    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
     engine = resize_engine_for(cfg.resize_engine, chosen.is_video, store)
     geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine)
     device = resolve_device(cfg.device, chosen.name, chosen.cpu_only)
@@ -206,7 +209,9 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         quantization=QUANTIZATION if speed.precision == "int8" else None,
         # compiling keeps the features within bf16 noise (docs/extract.md): recorded, not fingerprinted
         compile=speed.compiled, batch_size=speed.batch_size,
-        versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__})
+        versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
+        recipe=chosen.recipe, layer=None if chosen.layer is None else chosen.layer.name,
+        absent=frozenset(k for k in ("recipe", "layer") if getattr(chosen, k) is None))  # torchvision stores: no keys
 
 
 def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = None) -> str:
@@ -501,7 +506,8 @@ def config_from_store(config: StoreConfig, device: str = "auto", workers: int | 
     else:
         sampling = Sampling(every=c.every, frames=c.frames, fps=c.fps, max_frames=c.max_frames)
     return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
-                         crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype)
+                         crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype,
+                         layer=c.layer)
 
 
 def store_weights(config: StoreConfig) -> str:
@@ -522,7 +528,7 @@ def store_backbone(config: StoreConfig, device: str = "auto",
     """(ExtractConfig, frozen backbone) that made the store with `config`: its weights found where extract recorded
     them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
     cfg = config_from_store(config, device, weights=weights)
-    chosen = weights_for(cfg.backbone, cfg.weights)
+    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
     recorded = config.weights_sha256
     if chosen.id != config.weights or (recorded and chosen.sha256 != recorded):
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "

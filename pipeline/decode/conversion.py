@@ -13,7 +13,11 @@ from pipeline.decode.container import DecodeError
 from pipeline.decode.sampling import SamplingError, _check_positive_int, _normalize
 
 CROPS = ("center", "square", "none")  # the --crop choices (cli.py reads them here)
-_RESAMPLES = ("pil", "tensor")
+# PIL resampling filters: 'pil' is bilinear (torchvision's image presets); the others are named by a family's recipe
+# (timm's eval transform resizes PIL images with its `interpolation`, most often bicubic).
+_PIL_FILTERS = {"pil": Image.BILINEAR, "pil-bicubic": Image.BICUBIC, "pil-nearest": Image.NEAREST,
+                "pil-lanczos": Image.LANCZOS, "pil-box": Image.BOX, "pil-hamming": Image.HAMMING}
+_RESAMPLES = (*_PIL_FILTERS, "tensor")
 # The --resize-engine choices (cli.py reads them here). 'exact' is the weights' own recipe; the others resize in the
 # decode worker, trading exactness for speed (numbers and the default in docs/extract.md, "Decoding cost").
 RESIZE_ENGINES = ("exact", "swscale", "torch", "swscale-yuv")
@@ -27,7 +31,8 @@ class Geometry:
     resize: int | tuple[int, int] = 256  # crop='center': the shorter side is resized to this (or the frame to this
     #                                       exact (height, width)), then the center size x size is cut
     crop: str = "center"   # 'center' | 'square' (shorter side -> size, center square) | 'none' (squash to size x size)
-    resample: str = "pil"  # 'pil': PIL bilinear (image presets) | 'tensor': torch bilinear, no antialias (video preset)
+    resample: str = "pil"  # 'pil': PIL bilinear (image presets), 'pil-bicubic' etc. (a family's recipe) | 'tensor':
+    #                        torch bilinear, no antialias (video preset)
     engine: str = "exact"  # who resizes: 'exact' (the `resample` recipe above) or one of RESIZE_ENGINES' others
 
     def __post_init__(self) -> None:
@@ -103,8 +108,8 @@ class _Converter:
 def _scale(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
     """(H, W, 3) uint8 at source size -> (size, size, 3) uint8, resized the way the weights' preset does."""
     width, height = _resized_size(rgb.shape[1], rgb.shape[0], geometry)
-    if geometry.resample == "pil" and geometry.engine != "torch":
-        scaled = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+    if geometry.resample in _PIL_FILTERS and geometry.engine != "torch":
+        scaled = np.asarray(Image.fromarray(rgb).resize((width, height), _PIL_FILTERS[geometry.resample]))
         return np.ascontiguousarray(_center_crop(scaled, geometry))
     # The VideoClassification preset resizes uint8 frame tensors with torch's bilinear and antialias=False (kept by
     # torchvision to preserve the released accuracies); the same call on the same pixels gives the same pixels.

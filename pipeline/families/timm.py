@@ -1,0 +1,154 @@
+"""timm's image models as backbones (`--backbone timm:NAME`, a tag as in `timm:convnext_tiny.fb_in1k` included).
+
+The row is timm's pooled pre-logits vector (`num_classes=0`), and the preprocessing is timm's eval transform as
+`resolve_model_data_config` + `create_transform` make it: the input size, crop_pct (the resize is
+floor(size / crop_pct)), center or squash crop, the PIL interpolation, mean and std. The decode stage resizes with
+that same PIL filter, so the pixels equal the transform's; the store records timm's version, the model's config and
+the data config, and fingerprints them. Imported only for a `timm:` name.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache, partial
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import resolve_model_data_config
+from torch import nn
+
+from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, Preprocess,
+                                file_sha256, is_weights_file, seeded)
+from pipeline.families import FamilySpec
+
+# timm interpolation names the decode stage resizes with (as the PIL filter of the same name)
+_RESAMPLE = {"bilinear": "pil", "bicubic": "pil-bicubic", "nearest": "pil-nearest", "lanczos": "pil-lanczos",
+             "box": "pil-box", "hamming": "pil-hamming"}
+HUB_FILE = "model.safetensors"  # the file timm's Hugging Face repositories hold the weights in
+
+
+@lru_cache(maxsize=None)
+def skeleton(model: str) -> nn.Module:
+    """The architecture on the meta device, classifier removed (no memory, no init): its config, blocks and shapes
+    without building it."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(model, pretrained=False, num_classes=0)
+    except RuntimeError as e:  # "Unknown model (x)", "Invalid pretrained tag (t) for x."
+        like = timm.list_models(f"*{model.split('.')[0]}*")[:6]
+        raise BackboneError(f"--backbone timm:{model}: {e} in timm {timm.__version__}"
+                            + (f"; similar: {', '.join(like)}" if like else "; list them with timm.list_models()")
+                            ) from None
+
+
+@lru_cache(maxsize=None)
+def _data_config(model: str) -> dict:
+    return resolve_model_data_config(skeleton(model))
+
+
+@lru_cache(maxsize=None)
+def spec(model: str) -> FamilySpec:
+    """dim (the forward's row, traced on the meta device), input side and the last feature stage for Grad-CAM."""
+    net = skeleton(model)
+    side = _data_config(model)["input_size"][-1]
+    dim = int(net(torch.empty(1, 3, side, side, device="meta")).shape[-1])
+    info = getattr(net, "feature_info", None) or [{}]
+    return FamilySpec(dim=dim, input_size=side, cam_layer=info[-1].get("module", ""))
+
+
+def preprocess(model: str) -> Preprocess:
+    """timm's eval transform as a Preprocess (refused, in one line, where framecache cannot reproduce it)."""
+    cfg = _data_config(model)
+    _, height, width = cfg["input_size"]
+    mode, pct, interpolation = cfg["crop_mode"], cfg["crop_pct"], cfg["interpolation"]
+    if height != width:
+        raise BackboneError(f"timm:{model} takes {height}x{width} input; framecache embeds square inputs "
+                            "(--size): choose a model with a square input")
+    if mode not in ("center", "squash") or interpolation not in _RESAMPLE:
+        raise BackboneError(f"timm:{model}'s eval transform ({mode} crop, {interpolation} interpolation) is not one "
+                            "framecache reproduces (center or squash crops, PIL filters): choose another model")
+    side = math.floor(height / pct)  # as timm's transforms_imagenet_eval
+    return Preprocess(height, side if mode == "center" else (side, side), tuple(cfg["mean"]), tuple(cfg["std"]),
+                      _RESAMPLE[interpolation], pct, bool(skeleton(model).pretrained_cfg.get("fixed_input_size")))
+
+
+def recipe(model: str) -> dict:
+    """What the store records and fingerprints of the model besides its weights: timm's version, the model's
+    pretrained config and the data config its eval transform is made from (JSON values, as read back)."""
+    cfg = {"library": "timm", "version": timm.__version__, "model": model,
+           "pretrained_cfg": dict(skeleton(model).pretrained_cfg), "data_config": _data_config(model)}
+    return json.loads(json.dumps(cfg, sort_keys=True, default=str))
+
+
+def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
+    """'none' (seeded random init), a checkpoint file, or DEFAULT: the name's own pretrained weights from the Hugging
+    Face cache (fetched where there is network). A file is hashed here, once."""
+    pre, shape, made = preprocess(model), spec(model), recipe(model)
+    if weights.lower() == "none":
+        return BackboneWeights(name, shape, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", None, pre, recipe=made)
+    if weights.upper() == "DEFAULT":
+        path, kind = _hub_file(name, model), "hub:" + skeleton(model).pretrained_cfg["hf_hub_id"] + ":"
+    elif is_weights_file(weights) or weights.endswith(".safetensors"):
+        path, kind = Path(weights).expanduser(), "file:"
+        if not path.is_file():
+            raise BackboneError(f"weights file {path} does not exist")
+    else:
+        raise BackboneError(f"--weights {weights} does not apply to {name}: use DEFAULT (timm's pretrained weights "
+                            f"for the name's tag, e.g. {name.split('.')[0]}.TAG), none, or a checkpoint file")
+    sha = file_sha256(path)
+    return BackboneWeights(name, shape, weights, f"{kind}sha256:{sha[:16]}", None, pre, str(path.resolve()), sha,
+                           made)
+
+
+def _hub_file(name: str, model: str) -> Path:
+    hub_id = skeleton(model).pretrained_cfg.get("hf_hub_id")
+    if not hub_id:
+        raise BackboneError(f"{name} has no Hugging Face weights in timm {timm.__version__}: pass --weights PATH to "
+                            "a checkpoint file, or --weights none")
+    from huggingface_hub import constants, hf_hub_download
+
+    try:  # the cached file first: no network round trip (and no retries where there is no network)
+        return Path(hf_hub_download(hub_id, HUB_FILE, local_files_only=True))
+    except Exception:  # noqa: BLE001 — hub errors come in many types; all mean "not in the cache"
+        pass
+    try:
+        return Path(hf_hub_download(hub_id, HUB_FILE))
+    except Exception as e:  # noqa: BLE001 — hub and HTTP errors come in many types; all mean "not available here"
+        raise BackboneError(
+            f"cannot get {name} weights offline ({type(e).__name__}): download "
+            f"https://huggingface.co/{hub_id}/resolve/main/{HUB_FILE} on a connected machine and pass --weights "
+            f"/path/to/{HUB_FILE}, or put the repository in {constants.HF_HUB_CACHE} "
+            f"(`hf download {hub_id}`)") from None
+
+
+def build(chosen: BackboneWeights, model: str) -> Backbone:
+    """The model with the chosen weights, classifier removed (num_classes=0), frozen, in eval mode."""
+    net = seeded(partial(timm.create_model, model, pretrained=False, num_classes=0)) if chosen.file is None \
+        else _from_file(chosen, model)
+    net.eval().requires_grad_(False)
+    meta = {"library": f"timm {timm.__version__}"}
+    if chosen.sha256 is not None:
+        meta.update(weights_file=chosen.file, weights_sha256=chosen.sha256)
+    return Backbone(chosen.name, net, chosen.preprocess, chosen.dim, chosen.id, False, meta, None,
+                    chosen.spec.cam_layer)
+
+
+def _from_file(chosen: BackboneWeights, model: str) -> nn.Module:
+    """timm's own loading (its checkpoint filter adapts position embeddings and old key names), strict: the file's
+    classifier, if it has one, is loaded with its own class count and then dropped."""
+    try:
+        state = timm.models.load_state_dict(chosen.file)
+    except Exception as e:  # noqa: BLE001 — torch and safetensors raise many types for a bad file
+        raise BackboneError(f"cannot load weights file {chosen.file}: {str(e).splitlines()[0]}") from None
+    head = skeleton(model).pretrained_cfg.get("classifier") or ""
+    head = head if isinstance(head, str) else head[0]
+    classes = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else 0
+    try:
+        net = timm.create_model(model, pretrained=True, num_classes=classes,
+                                pretrained_cfg_overlay={"state_dict": state, "num_classes": classes})
+    except RuntimeError as e:  # strict loading: missing, unexpected or mis-shaped keys
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise BackboneError(f"{chosen.file} does not fit {chosen.name}: {' '.join(lines[:2])[:200]}") from None
+    net.reset_classifier(0)
+    return net
