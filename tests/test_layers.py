@@ -82,14 +82,12 @@ def test_channels_last_blocks_are_pooled_over_their_sides_not_their_channels():
 
 
 def test_cli_extract_layer_records_it_and_an_unknown_block_exits_1_naming_similar_ones(frames_on_disk, tmp_path):
-    from typer.testing import CliRunner
-
-    import cli
+    from helpers import invoke
 
     manifest, _ = frames_on_disk
-    args = ["extract", str(manifest), "--backbone", "resnet18", "--weights", "none", "--size", "32", "--workers", "0"]
-    ok = CliRunner().invoke(cli.app, [*args, "--layer", "layer2", "--store", str(tmp_path / "s")])
+    args = ["extract", manifest, "--backbone", "resnet18", "--weights", "none", "--size", "32", "--workers", "0"]
+    ok = invoke(*args, "--layer", "layer2", "--store", tmp_path / "s")
     assert ok.exit_code == 0, ok.output
     assert open_store(tmp_path / "s").config.layer == "layer2"
-    bad = CliRunner().invoke(cli.app, [*args, "--layer", "layer9", "--store", str(tmp_path / "t")])
+    bad = invoke(*args, "--layer", "layer9", "--store", tmp_path / "t")
     assert bad.exit_code == 1 and "--layer 'layer9' is not a block of resnet18; similar: layer4" in bad.output
