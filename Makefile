@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-fast demo install bench clean
+.PHONY: test test-fast demo install bench clean docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: install
 # The edit loop: every module's tests but the `slow` end-to-end ones (real processes, kills, training to a score).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# docs/cli.md from the commands' own option definitions (tests/test_cli_reference.py fails when they differ)
+docs: install
+	$(BIN)/python -c 'import cli; from ui.reference import reference; print(reference(cli.app), end="")' > docs/cli.md
 
 demo: install
 	$(BIN)/python cli.py demo

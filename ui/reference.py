@@ -1,6 +1,6 @@
 """The command-line reference (docs/cli.md), written from the commands' own option definitions.
 
-`python -m ui.reference > docs/cli.md` (or `make docs`) regenerates it; tests/test_cli_reference.py fails when the
+`make docs` regenerates it; tests/test_cli_reference.py fails when the
 file and the CLI differ, so the reference cannot drift from `--help`.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 PIPE = "\\|"  # a literal | inside a markdown table cell
 HEADER = """# Command-line reference
 
-Generated from the commands' own option definitions (`make docs`, i.e. `python -m ui.reference > docs/cli.md`);
+Generated from the commands' own option definitions by `make docs`;
 `tests/test_cli_reference.py` fails when this page and the CLI differ. `python cli.py COMMAND --help` shows the same.
 Why the commands behave as they do (exit codes, signals, run folders): [cli-decisions.md](cli-decisions.md).
 Exit codes for every command: 0 success, 1 user error, 2 finished with failed items, 130 SIGINT, 143 SIGTERM.
@@ -79,8 +79,3 @@ def reference(app) -> str:
     sections = [command_section(name, group.commands[name]) for name in group.commands]
     return HEADER + "\n" + "\n".join(sections)
 
-
-if __name__ == "__main__":
-    import cli
-
-    print(reference(cli.app), end="")
