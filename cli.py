@@ -398,7 +398,9 @@ def fit_head(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by fit-head.")],
     store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
-    split: Annotated[str, typer.Option(help="Split name in the store (train, val, test, holdout, ...).")] = "test",
+    split: Annotated[str, typer.Option(help="train, val, test: the run's own (its splits.json; another store: "
+                                       "its rule re-applied); all; or a name in the store's split column "
+                                       "(holdout, ...).")] = "test",
     as_json: Json = False,
     report: Annotated[bool, typer.Option(help="Also write per-class and mistakes CSVs + PNGs to "
                                          "RUN/report-<split>.")] = False,

@@ -141,3 +141,13 @@ def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
         assert res.exit_code == 0 and "Traceback" not in res.output, res.output
         flat = "".join(res.stdout.split())  # tables wrap long titles and cells
         assert "[/x]" in flat or "[b]" in flat or "[/b]" in flat, (args, res.stdout)
+
+
+def test_evaluate_val_after_refit_says_it_is_not_a_validation_score(trained):
+    root, _ = trained
+    res = invoke("evaluate", root / "runs" / "lin", "--split", "val", "--json")
+    assert res.exit_code == 0, res.output
+    assert "refit on train + val" in json.loads(res.stdout)["seen_in_training"]
+    assert "note: val:" in res.stderr
+    res = invoke("evaluate", root / "runs" / "lin", "--split", "test", "--json")
+    assert "seen_in_training" not in json.loads(res.stdout)
