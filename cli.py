@@ -747,6 +747,27 @@ def demo(
               f"order-blind too. Plots and metrics: {runs_dir}/*/")
 
 
+@app.command()
+def backbones(
+    check: Annotated[Optional[Path], typer.Option(help="A weights file to check against the sha256 of the files "
+                                                  "the registry knows (offline).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="With --check: also load the file into this backbone.")]
+    = None,
+    as_json: Json = False,
+) -> None:
+    """The registry's backbones (dim, rows, weights files) or, with --check, whether a weights file is one of them."""
+    from pipeline.weights_check import backbone_rows, check_weights
+    from ui.render import print_backbones, print_weights_check
+
+    with user_errors():
+        if check is None:
+            return print_backbones(backbone_rows(), as_json)
+        result = check_weights(check, backbone)
+    print_weights_check(result, as_json)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()  # ExitCodes maps every outcome to the documented exit code
 
