@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo install bench clean
+.PHONY: test test-fast demo install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install  # contributors: everything but the slow end-to-end tests
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
 	$(BIN)/python cli.py demo

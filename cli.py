@@ -212,7 +212,8 @@ def update_store_meta(source: Path, store: Optional[Path], split_id: int) -> Non
 
 def print_extract_summary(result) -> None:
     t = Table(title=f"extract → {result.store}", show_header=False)
-    for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
+    for k, v in [("written", result.done - len(result.failed)), ("failed", len(result.failed)),  # done: ok + failed
+                 ("already in store", result.skipped),
                  (result.unit, result.frames), (f"{result.unit}/s", f"{result.frames_per_s:.1f}"),
                  ("device / precision", f"{result.device} / {result.precision}"
                   f"{' compiled' if result.compiled else ''}"),

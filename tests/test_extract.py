@@ -223,3 +223,14 @@ def test_cli_missing_manifest_column_and_unwritable_store(tmp_path):
     (tmp_path / "afile").write_text("a file where the store's parent folder should be")
     res = invoke("extract", tmp_path / "m.csv", "--weights", "none", "--store", tmp_path / "afile" / "s")
     assert res.exit_code == 1 and "cannot create store directory" in res.output and "Traceback" not in res.output
+
+
+def test_extract_summary_counts_a_failed_item_as_failed_not_written(tmp_path):
+    (tmp_path / "clips" / "a").mkdir(parents=True)
+    write_video(tmp_path / "clips" / "a" / "ok.mp4", np.zeros((6, 32, 32, 3), np.uint8))
+    (tmp_path / "clips" / "a" / "broken.mp4").write_bytes(b"\x00" * 100)
+    res = runner.invoke(cli.app, ["extract", str(tmp_path / "clips"), "--backbone", "resnet18", "--weights", "none",
+                                  "--size", "32", "--crop", "none", "--workers", "0", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 2, res.output
+    rows = dict(line.strip("│ ").split("│")[:2] for line in res.stdout.splitlines() if "│" in line)
+    assert {k.strip(): v.strip() for k, v in rows.items()}.items() >= {"written": "1", "failed": "1"}.items()
