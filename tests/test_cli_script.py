@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 import tomllib
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -36,9 +35,7 @@ def test_the_entry_point_function_gives_what_cli_py_gives():
 def test_the_installed_framecache_command_runs_from_any_folder(tmp_path):
     """After `pip install -e .`: skipped where the environment was installed before the script existed."""
     script = Path(sys.executable).parent / "framecache"
-    found = [e for e in entry_points(group="console_scripts") if e.name == "framecache"]
-    if not script.exists() or not found:
+    if not script.exists():
         pytest.skip(f"no framecache script beside {sys.executable}: run `pip install -e .` to install it")
-    assert found[0].value == "cli:main"
     res = run(str(script), "backbones", cwd=tmp_path)
     assert res.returncode == 0 and "resnet18" in res.stdout, res.stderr
