@@ -118,6 +118,7 @@ def test_fit_head_reruns_into_its_own_out_after_each_follow_up(clips_store, tmp_
     _cli(*fit)
     clip = sorted((root / "clips").rglob("*.mp4"))[0]
     _cli(*FOLLOW_UPS[follow_up](run, clip))
+    _cli(*FOLLOW_UPS[follow_up](run, clip))  # the follow-up twice too: it replaces its own files
     _cli(*fit)
     assert not [p for p in run.iterdir() if p.name.startswith(("report-", "explain"))]  # replaced whole
 
@@ -129,7 +130,7 @@ def test_every_command_runs_twice_into_the_same_out(clips_store, tmp_path):
     _cli("extract", manifest, *SMALL_EXTRACT, "--store", other)
     twice = [
         ("extract", manifest, *SMALL_EXTRACT, "--store", other),  # resumes: nothing left to do
-        ("compact", store, tmp_path / "one.h5", "--force"),
+        ("compact", store, tmp_path / "one.h5"),  # a framecache file is replaced without --force
         ("fit-head", store, "--epochs", "1", "--seeds", "2", "--out", tmp_path / "seeds"),
         ("fit-head", store, "--epochs", "1", "--folds", "2", "--out", tmp_path / "folds"),
         ("fit-head", store, other, "--epochs", "1", "--out", tmp_path / "multi"),
