@@ -1,4 +1,4 @@
-# The two commands a newcomer needs: `make demo` and `make test`.
+# The two commands a newcomer needs: `make demo` and `make test` (`make test-fast` while editing).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,7 +19,8 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest -q
 
-test-fast: install  # contributors: everything but the slow end-to-end tests
+# The edit loop: every module's tests but the `slow` end-to-end ones (real processes, kills, training to a score).
+test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install

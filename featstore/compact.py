@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import StoreError
-from featstore.format import VideoRecord, is_store_file, write_shard
+from featstore.format import VideoRecord, write_shard
+from featstore.ownership import check_out_file, is_compaction_of
 from featstore.reader import open_store
 
 
@@ -14,13 +14,9 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", 
     """Write every current record of `src` into one portable `.h5` file (superseded records dropped).
 
     Streams item by item: memory stays at one item's features, whatever the store's size. `out` may be absent
-    or a framecache file; anything else is overwritten only with `force`."""
+    or a compaction of the same store; anything else is replaced only with `force`, a store's own file never."""
     out = Path(out)
-    if out.is_dir():
-        raise StoreError(f"{out} is a directory; compact writes one file: give a file path such as {out / 'store.h5'}")
-    if out.exists() and not force and not is_store_file(out):
-        raise StoreError(f"{out} exists and is not a framecache store file: choose another path, "
-                         "or pass --force to overwrite it")
+    check_out_file(out, "compact", lambda old: is_compaction_of(old, Path(src)), force)
     with open_store(src) as store:
         def records():
             for vid in store.ids(status=None):

@@ -21,6 +21,10 @@ FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames
 OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine")
 # Fingerprinted by format-1 stores, but a property of the file layout, not of the features in it.
 LAYOUT_KEYS = frozenset({"format"})
+# How `cli.py pool` reduces a video's rows to one, and the keys a pooled store records (and fingerprints) beside its
+# source's: the pooling and the source's fingerprint, so a pooled store never passes for its source nor another's.
+POOLS = ("mean", "max")
+POOL_KEYS = ("pool", "pooled_from")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,11 @@ class StoreConfig:
         known = {k: v for k, v in values.items() if k in _KNOWN}
         return replace(self, **known, extra={**self.extra, **{k: v for k, v in values.items() if k not in known}},
                        absent=self.absent - set(known))
+
+    @property
+    def pooled(self) -> str | None:
+        """How a pooled store (one row per video, `cli.py pool`) reduced each video's rows; None for any other."""
+        return self.value("pool")
 
     @property
     def is_clip(self) -> bool:

@@ -14,6 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featstore.staging import clean_stale, temp_name
+
 META_COLUMNS = ("label", "group", "split")  # what a manifest may change for an item already embedded
 META_RE = re.compile(r"^_meta\.(?P<seq>\d{6})\.h5$")
 _STR = h5py.string_dtype("utf-8")
@@ -49,7 +51,8 @@ def write_meta_update(store_path: str | Path, changes: list[MetaChange]) -> Path
     if not changes:
         return None
     store_path = Path(store_path)
-    tmp = store_path / f"._meta.{os.getpid()}.tmp"
+    clean_stale(store_path, "_meta")  # left by updates that were killed
+    tmp = store_path / temp_name("_meta")
     try:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("video_id", data=np.array([c.video_id for c in changes], dtype=object), dtype=_STR)

@@ -14,6 +14,7 @@ from featstore.format import (FORMAT_VERSION, HEADER, OWN_NAME_RE, SHARD_RE, Vid
                               write_attrs, write_shard)
 from featstore.integrity import h5_temp
 from featstore.locks import WriterLock
+from featstore.staging import clean_stale, temp_name
 
 
 class ConfigMismatch(StoreError):
@@ -80,13 +81,14 @@ class StoreWriter:
             raise
         for stale in self.path.glob(f".{prefix}-*.h5.tmp"):  # left by a killed writer of this prefix
             stale.unlink()
+        clean_stale(self.path, HEADER)  # left by a writer killed while it created the store
         self._seq = 1 + max((int(m["seq"]) for p in self.path.iterdir()
                              if (m := SHARD_RE.match(p.name)) and m["prefix"] == prefix), default=-1)
 
     def _create_or_check(self) -> None:
         header = self.path / HEADER
         if not header.exists():
-            tmp = self.path / f".{HEADER}.{os.getpid()}.tmp"
+            tmp = self.path / temp_name(HEADER)
             with h5_temp(tmp, header, lambda: 64_000) as (f, _):
                 write_attrs(f, self.config, self.fp, self.dim, self.keys, self.format)
             try:

@@ -10,4 +10,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "finetune.config": ("FinetuneConfig", "FinetuneError"),
     "finetune.train": ("NothingTrained",),
     "finetune.run": ("finetune",),
+    "finetune.source": ("finetune_source",),
 })

@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featstore.errors import FramecacheError
+from featstore.settings import check_settings, setting
 from heads.config import SPLITS
 from heads.models import HEADS
+from pipeline.decode import CROPS
 from pipeline.device import PRECISIONS
 
 OBJECTIVES = ("supervised", "temporal")
@@ -23,57 +25,52 @@ class FinetuneError(FramecacheError, ValueError):
 
 @dataclass
 class FinetuneConfig:
-    objective: str = "supervised"   # supervised (labels, TSN segments) | temporal (InfoNCE on frame pairs)
-    backbone: str = "resnet50"      # a registry name (float models only)
-    weights: str = "DEFAULT"        # as for extract: enum name, none, or a file (a finetune backbone.pt too)
-    init_head: str | None = None    # a fit-head run on a store of this backbone/weights; else a new head
-    head: str = "linear"            # the new head's kind (a key of heads.models.HEADS)
-    hidden: int = 256               # the new head's width; the temporal projection's hidden width
-    segments: int = 8               # K TSN segments per clip (supervised)
-    eval_segments: int = 25         # segment centres a pooling head is evaluated on (TSN tests on 25 frames);
-                                    # sequence heads read the K they were trained on
-    pos_window: float = 1.0         # temporal: most seconds between the two frames of a positive pair
-    tau: float = 0.1                # temporal: InfoNCE temperature
-    proj_dim: int = 128             # temporal: projection output size
-    split: str = "official"         # official | group | stratified, as fit-head
-    val_frac: float = 0.2           # as fit-head
-    test_frac: float = 0.2          # as fit-head
-    epochs: int = 10                # upper bound; early stopping may end sooner
-    lr: float = 1e-3                # head learning rate (peak, after warm-up)
-    backbone_lr_mult: float = 0.1   # backbone lr = lr * this (0: the backbone stays frozen)
-    weight_decay: float = 1e-4      # AdamW, decoupled; weight matrices and kernels only
-    batch_size: int = 8             # clips per step (x segments frames through the backbone)
-    scheduler: str = "cosine"       # cosine (to 0 at the last epoch) | plateau (halve when val stalls) | none
-    warmup: float = 1.0             # epochs of linear warm-up from 0
-    patience: int = 5               # epochs without a better validation score before stopping
-    refit: bool = True              # as fit-head: then retrain on train + val for the best epoch count
-    clip_grad: float = 1.0          # max global gradient norm (0: off)
-    freeze_until: str | None = None  # freeze the backbone up to and including this stage (e.g. layer2)
-    bn: str = "frozen"              # BatchNorm: frozen (stats and affine) | partial (TSN: the first one trains) | train
-    augment: bool = True            # random resized crop, flip, colour jitter at training
-    label_smoothing: float = 0.0    # supervised cross-entropy
-    size: int | None = None         # input side (default: the weights' own, or the init head's store's)
-    crop: str = "center"            # as extract
-    seed: int = 0                   # splits, init, data order, frames, augmentation, dropout
-    device: str = "auto"            # auto | cpu | cuda | cuda:i
-    precision: str = "auto"         # auto (bf16 where the device has it) | fp32 | bf16 | fp16
-    workers: int | None = None      # decode processes (None: extract's rule)
+    # supervised (labels, TSN segments) | temporal (InfoNCE on frame pairs)
+    objective: str = setting("supervised", "supervised (labels, TSN segments) | temporal (InfoNCE, no labels).",
+                             choices=OBJECTIVES)
+    backbone: str = setting("resnet50", "A float registry backbone (resnet18/50, mobilenet_v2, ...).")
+    # as for extract: enum name, none, or a file (a finetune backbone.pt too)
+    weights: str = setting("DEFAULT", "DEFAULT, an enum name, none, or a file.")
+    # a fit-head run on a store of this backbone/weights; else a new head
+    init_head: str | None = setting(None, "Start from this fit-head run's head (same backbone/weights/input).")
+    head: str = setting("linear", "New head's kind when no --init-head.", choices=HEADS)
+    hidden: int = setting(256, "", ge=1)  # the new head's width; the temporal projection's hidden width
+    segments: int = setting(8, "TSN segments per clip.", ge=1)  # K TSN segments per clip (supervised)
+    # TSN tests on 25 frames; sequence heads read the K they were trained on
+    eval_segments: int = setting(25, "Segment centres a pooling head is evaluated on.", ge=1)
+    pos_window: float = setting(1.0, "temporal: most seconds between positives.", gt=0)  # of a positive pair
+    tau: float = setting(0.1, "temporal: InfoNCE temperature.", gt=0)
+    proj_dim: int = setting(128, "temporal: projection size.", ge=1)
+    split: str = setting("official", "As fit-head: official, group, stratified.", choices=SPLITS)
+    val_frac: float = setting(0.2, "", ge=0.01, le=0.9)  # as fit-head
+    test_frac: float = setting(0.2, "", ge=0.01, le=0.9)  # as fit-head
+    epochs: int = setting(10, "Upper bound; early stopping ends sooner.", ge=1)
+    lr: float = setting(1e-3, "Head learning rate.", gt=0)  # peak, after warm-up
+    backbone_lr_mult: float = setting(0.1, "Backbone lr = lr x this (0: frozen).", ge=0)
+    weight_decay: float = setting(1e-4, "", ge=0)  # AdamW, decoupled; weight matrices and kernels only
+    batch_size: int = setting(8, "Clips per step.", ge=1)  # x segments frames through the backbone
+    # cosine (to 0 at the last epoch) | plateau (halve when val stalls) | none
+    scheduler: str = setting("cosine", "After --warmup.", choices=SCHEDULERS)
+    warmup: float = setting(1.0, "Epochs of linear warm-up.", ge=0)  # from 0
+    patience: int = setting(5, "Epochs without improvement before stopping.", ge=1)  # a better validation score
+    refit: bool = setting(True, "As fit-head: then retrain on train+val for the best epoch count.")
+    clip_grad: float = setting(1.0, "Max gradient norm (0: off).", ge=0)  # global norm
+    # freeze the backbone up to and including this stage
+    freeze_until: str | None = setting(None, "Freeze the backbone up to this stage (layer2).")
+    # BatchNorm: frozen (stats and affine) | partial (TSN: the first one trains) | train
+    bn: str = setting("frozen", "BatchNorm: frozen, partial (TSN) or train.", choices=BN_MODES)
+    augment: bool = setting(True, "Crop/flip/colour jitter at training.")  # random resized crop, flip, jitter
+    label_smoothing: float = setting(0.0, "", ge=0, le=0.5)  # supervised cross-entropy
+    # default: the weights' own, or the init head's store's
+    size: int | None = setting(None, "Input side (default: the weights' own).", ge=16)
+    crop: str = setting("center", "", choices=CROPS)  # as extract
+    seed: int = setting(0, "")  # splits, init, data order, frames, augmentation, dropout
+    device: str = setting("auto", "auto, cpu, cuda, cuda:i.")
+    # auto (bf16 where the device has it) | fp32 | bf16 | fp16
+    precision: str = setting("auto", "", choices=PRECISIONS)
+    workers: int | None = setting(None, "Decode processes (default: auto).", ge=0)  # None: extract's rule
 
     def __post_init__(self):
-        choices = {"objective": OBJECTIVES, "split": SPLITS, "scheduler": SCHEDULERS, "bn": BN_MODES, "head": HEADS,
-                   "precision": PRECISIONS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise FinetuneError(f"--{name} {getattr(self, name)!r} is not valid; choose one of: "
-                                    f"{', '.join(allowed)}")
-        for name in ("segments", "eval_segments", "epochs", "batch_size", "patience", "hidden", "proj_dim"):
-            if getattr(self, name) < 1:
-                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
-        for name in ("lr", "pos_window", "tau"):
-            if not getattr(self, name) > 0:
-                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be > 0")
-        for name in ("backbone_lr_mult", "weight_decay", "warmup", "clip_grad"):
-            if getattr(self, name) < 0:
-                raise FinetuneError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
+        check_settings(self, FinetuneError)
         if self.objective == "temporal" and self.batch_size < 2:
             raise FinetuneError("--objective temporal needs --batch-size >= 2: the other clips are the negatives")

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 
 from featstore import StoreConfig
+from featstore.ownership import clear_folder
 from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
+from finetune.rundir import check_finetune_out
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
-from heads.models import POOLING_HEADS, HeadConfig, build_head, count_params
+from heads.models import MEMORY_HEADS, POOLING_HEADS, HeadConfig, build_head, count_params
 from heads.plots import plot_curves
 from heads.run import load_early_head, load_run, write_history
 from heads.rundir import write_json
@@ -56,11 +58,13 @@ class Prepared:
 
 
 def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False,
-             on_epoch: Callable[[dict], None] | None = None) -> dict:
+             on_epoch: Callable[[dict], None] | None = None, force: bool = False) -> dict:
     """Fine-tune cfg.backbone on `items` into `out_dir`; returns metrics.json. Raises NothingTrained (nothing
-    written) when no training clip decodes; clips that fail are listed in metrics["failed"]."""
+    written) when no training clip decodes; clips that fail are listed in metrics["failed"]. `out_dir` must be
+    absent, empty or a finetune run unless `force` (finetune.rundir)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
+    replace = check_finetune_out(out, force)
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
         raise FinetuneError(f"{out} holds the checkpoint of an earlier run: pass --resume to continue it, "
@@ -73,6 +77,8 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
         _standardize_head(prep.net, data, device, amp)
     start = cpu_state(prep.net.state_dict())
+    if replace:  # --force over a folder of other files: replaced whole, now that the inputs are checked
+        clear_folder(out)
     trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint, _refit_start(prep, start))
     if resume and checkpoint.exists():
         trainer.resume()
@@ -160,6 +166,9 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
     if ckpt["task"] != "multiclass":
         raise FinetuneError(f"--init-head {cfg.init_head} is a {ckpt['task']} head; finetune trains multiclass heads")
     hc = ckpt["head_config"]
+    if hc["kind"] in MEMORY_HEADS:
+        raise FinetuneError(f"--init-head {cfg.init_head} is a --head {hc['kind']} run: it has no weights to "
+                            "fine-tune; give a run of a trained head (linear, mlp, ...)")
     if hc["kind"] == "transformer" and hc["max_len"] < cfg.segments:
         raise FinetuneError(f"--init-head {cfg.init_head} reads at most {hc['max_len']} frames: "
                             f"use --segments {hc['max_len']} or fewer")

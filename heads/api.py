@@ -17,8 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from featstore.format import read_header
 from heads.config import TrainConfig
-from heads.models import HeadError
+from heads.models import MEMORY_HEADS, POOLING_HEADS, HeadError
 from heads.rundir import safe_name
 
 FIT_KINDS = ("single", "fused", "multitask", "seeds", "folds")
@@ -63,6 +64,7 @@ def fit(stores: str | Path | Sequence[str | Path], cfg: TrainConfig, out: str | 
         raise HeadError("--seeds/--folds take a single store")
     if seeds and folds:
         raise HeadError("choose one of --seeds (repeated training) and --folds (cross-validation)")
+    refuse_pooled(stores, cfg.head)
     out = Path(out)
     if fuse:
         from heads.fusion import fit_fused
@@ -81,6 +83,18 @@ def fit(stores: str | Path | Sequence[str | Path], cfg: TrainConfig, out: str | 
     from heads.run import fit_head
 
     return FitResult("single", out, fit_head(stores[0], cfg, out, on_epoch, force=force))
+
+
+def refuse_pooled(stores: Sequence[str | Path], head: str) -> None:
+    """A pooled store (`cli.py pool`) has one row per video: heads that read frames in order have none to read."""
+    if head in (*POOLING_HEADS, *MEMORY_HEADS):
+        return
+    for store in map(Path, stores):
+        pooled = read_header(store).config.pooled if store.exists() else None  # a missing one: opening names it
+        if pooled:
+            raise HeadError(f"--head {head} reads a clip's frames in order, but {store} is a pooled store (one "
+                            f"--pool {pooled} row per video): give fit-head its source store, or use one of --head "
+                            f"{', '.join((*POOLING_HEADS, *MEMORY_HEADS))}")
 
 
 def evaluate(run: str | Path, store: str | Path | None = None, split: str = "test", *,

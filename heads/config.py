@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from featstore.config import POOLS  # the pool command's choices, cluster-eval's --pool too
 from featstore.errors import FramecacheError
 from featstore.settings import check_settings, setting
-from heads.models import HEADS, HeadConfig, HeadError
+from heads.models import HEADS, MEMORY_HEADS, HeadConfig, HeadError
 
 TASKS = ("auto", "multiclass", "multilabel")
 SPLITS = ("official", "group", "stratified")
 SAMPLINGS = ("random", "contiguous")
 LEVELS = ("video", "frame")  # video: one pooled point per clip; frame: every sampled frame
-POOLS = ("mean", "max")
 PLOTS = ("tsne", "pca", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 SCHEDULERS = ("plateau", "cosine", "exp", "none")
@@ -25,7 +25,8 @@ FUSE_MODES = ("concat",)  # fit-head --fuse: how two stores' features of the sam
 
 @dataclass
 class TrainConfig:
-    head: str = setting("linear", "Head architecture.", choices=HEADS)
+    head: str = setting("linear", "Head architecture (knn: a neighbour vote, no training).",
+                        choices=(*HEADS, *MEMORY_HEADS))
     task: str = setting("auto", "auto: multilabel when any item has several labels.", choices=TASKS)
     split: str = setting("official", "official: the store's split column; stratified: by label, no group on "
                          "both sides when the store has groups; group: the same, refused without groups.",
@@ -67,6 +68,8 @@ class TrainConfig:
     sampling: str = setting("random", "", choices=SAMPLINGS, cli=False)
     refit: bool = setting(True, "Retrain on train+val for the best epoch count.")
     skip_unlabelled: bool = setting(False, "Leave out clips with an empty label instead of refusing.")
+    k: int = setting(20, "knn: train clips that vote for a clip's labels.", ge=1)
+    temperature: float = setting(0.07, "knn: a neighbour's vote weighs exp(cosine / temperature).", gt=0)
 
     def __post_init__(self):
         if self.lr_patience < 0:  # before the generic check: these two messages say what 0 means

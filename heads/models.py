@@ -7,6 +7,7 @@ the training frames (buffers, so a checkpoint carries them) and an optional line
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -188,6 +189,47 @@ class TransformerHead(nn.Module):
         return self.fc(self.drop(pooled))  # (B, C)
 
 
+class KNNHead(nn.Module):
+    """Cosine k-nearest-neighbour vote over remembered train clips, as in DINO's evaluation of frozen features: a
+    clip's neighbours are the `k` train clips most similar to its masked-mean feature, each voting for its labels
+    with weight exp(cosine / temperature). Logits are the log vote shares (softmax gives the shares back), or their
+    log-odds for a multilabel run (sigmoid gives them back). No parameters: `remember` fills the buffers."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.register_buffer("bank", torch.zeros(0, cfg.in_dim))              # (N, D) unit-norm train clips
+        self.register_buffer("bank_targets", torch.zeros(0, cfg.n_classes))   # (N, C) one-hot or multi-hot
+        # set by `remember` or a checkpoint (TrainConfig's k and temperature, the run's task)
+        self.register_buffer("k", torch.tensor(0))
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("multilabel", torch.tensor(False))
+
+    def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(masked_mean(x, lengths), dim=1)  # (B, D)
+
+    def remember(self, feats: torch.Tensor, targets: torch.Tensor, k: int, temperature: float,
+                 multilabel: bool) -> None:
+        """Keep unit-norm clip features (N, D) and their targets (N, C) as the neighbours to vote."""
+        self.bank, self.bank_targets = feats.float(), targets.float().to(feats.device)
+        self.k.fill_(k)
+        self.temperature.fill_(temperature)
+        self.multilabel.fill_(multilabel)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("bank", "bank_targets"):  # the memory's size is the checkpoint's, not the config's
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        sim = self.embed(x, lengths) @ self.bank.T  # (B, N) cosine
+        top, idx = sim.topk(min(int(self.k), len(self.bank)), dim=1)  # (B, k)
+        weight = torch.exp((top - top[:, :1]) / self.temperature)  # exp(sim/T), scaled by the best: no overflow
+        votes = (weight.unsqueeze(-1) * self.bank_targets[idx]).sum(1)  # (B, C)
+        share = (votes / weight.sum(1, keepdim=True)).clamp(1e-7, 1 - 1e-7)
+        return share.log() - (1 - share).log() if self.multilabel else share.log()  # (B, C)
+
+
 HEADS: dict[str, type[nn.Module]] = {
     "linear": LinearHead,
     "mlp": MLPHead,
@@ -199,6 +241,10 @@ HEADS: dict[str, type[nn.Module]] = {
 }
 
 
+# Heads fit without gradient steps, from the train clips alone (fit-head --head knn): finetune cannot train them.
+MEMORY_HEADS: dict[str, type[nn.Module]] = {"knn": KNNHead}
+
+
 # Heads that pool rows order-blind into one vector: each row alone is a valid input, so evaluate also scores rows
 # (clips of a clip store) one by one.
 POOLING_HEADS = ("linear", "mlp", "attention")
@@ -206,11 +252,17 @@ POOLING_HEADS = ("linear", "mlp", "attention")
 
 def build_head(cfg: HeadConfig) -> nn.Module:
     """The head `cfg.kind` built from `cfg`; unknown kinds fail with the list of valid ones."""
-    if cfg.kind not in HEADS:
-        raise HeadError(f"--head {cfg.kind!r} is not a head; choose one of: {', '.join(HEADS)}")
+    kinds = {**HEADS, **MEMORY_HEADS}
+    if cfg.kind not in kinds:
+        raise HeadError(f"--head {cfg.kind!r} is not a head; choose one of: {', '.join(kinds)}")
     if cfg.in_dim < 1 or cfg.n_classes < 1:
         raise HeadError(f"a head needs in_dim >= 1 and n_classes >= 1 (got {cfg.in_dim}, {cfg.n_classes})")
-    return HEADS[cfg.kind](cfg)
+    return kinds[cfg.kind](cfg)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a head's weights live (a kNN head has buffers only)."""
+    return next(itertools.chain(model.parameters(), model.buffers())).device
 
 
 def count_params(model: nn.Module) -> int:

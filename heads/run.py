@@ -27,7 +27,7 @@ from featstore import LAYOUT_KEYS, Store, StoreConfig, feature_diffs, open_store
 from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
                         make_splits)
 from heads.metrics import HEADLINE
-from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params
+from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params, model_device
 from heads.plots import plot_confusion, plot_curves
 from heads.rundir import check_run_dir, staged_run, write_json
 from heads.train import TrainConfig, TrainResult, cpu_state, evaluate, probabilities, score, train_head
@@ -147,8 +147,9 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
                 "task": task, "threshold": result.threshold, "store_fingerprint": store.fingerprint,
                 "store_config": store.config.to_attrs(), "store_fingerprint_keys": list(store.fingerprint_keys)},
                out / "head.pt")
-    plot_curves([r for r in result.history if r["phase"] == "fit"], out / "curves.png", metrics["metric_name"],
-                result.best_epoch)
+    fit_rows = [r for r in result.history if r["phase"] == "fit"]
+    if fit_rows:  # a kNN run has no epochs to draw
+        plot_curves(fit_rows, out / "curves.png", metrics["metric_name"], result.best_epoch)
     if task == "multiclass":
         plot_confusion((metrics["test"] or metrics["val"])["confusion"], labels, out / "confusion.png",
                        f"{cfg.head} on {metrics['eval_split']}")
@@ -158,7 +159,7 @@ def score_split(model: nn.Module, cache: Cache, targets: torch.Tensor, idx: np.n
                 labels: list[str], threshold: float, max_frames: int, tuned: float | None = None,
                 fixed: float = 0.5) -> dict:
     """Metrics of `model` on the clips `idx` of a cache (multilabel: at `threshold`, and at tuned/fixed)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits, y, _ = evaluate(model, batches(cache, targets, idx, 256, max_frames, device))
     return score(task, y, probabilities(logits, task), labels, threshold, tuned, fixed)
 
@@ -311,7 +312,7 @@ def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
     sub = load_cache(store, [index.ids[i] for i in keep])
     targets = encode_targets(sub.labels, labels, task)
     cfg = ckpt["train_config"]
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits, y, _ = evaluate(model, batches(sub, targets, np.arange(len(sub)), 256, cfg["max_frames"], device))
     clip_accuracy = (_row_accuracy(model, sub, targets) if cfg["head"] in POOLING_HEADS and task == "multiclass"
                      else None)
@@ -340,7 +341,7 @@ def _row_accuracy(model: nn.Module, cache: Cache, targets: torch.Tensor) -> floa
     rows = Cache(cache.features, torch.arange(n), torch.ones(n, dtype=torch.int64), [str(i) for i in range(n)],
                  [[]] * n, [""] * n, [""] * n)
     row_targets = targets.repeat_interleave(cache.lengths)
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits, y, _ = evaluate(model, batches(rows, row_targets, np.arange(n), 1024, 1, device))
     return float((logits.argmax(1) == y).mean())
 
@@ -372,7 +373,7 @@ def predict_features(model: nn.Module, ckpt: dict, feats_list: list[np.ndarray])
         raise HeadError(f"clip {bad[0]} has features of shape {np.shape(feats_list[bad[0]])}, "
                         f"the head expects (T, {dim}): extract with the run's store settings")
     cache = cache_from_arrays(feats_list)
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits, _, _ = evaluate(model, batches(cache, None, np.arange(len(cache)), 256,
                                            ckpt["train_config"]["max_frames"], device))
     return probabilities(logits, ckpt["task"])

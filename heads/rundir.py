@@ -12,7 +12,6 @@ run beside the metrics of a --seeds run). Staging folders of a killed run (kill 
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from featstore.staging import clean_stale, temp_name
 from heads.models import HeadError
 
 MANIFEST = "run_files.json"  # {"files": [top-level names the run and its follow-ups wrote]}
@@ -84,8 +84,9 @@ def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path
     """Check `out` for a `kind` run, yield a staging folder to write the run into; on success it replaces `out`."""
     out = Path(os.path.abspath(out))
     check_run_dir(out, kind, force)
-    _clear_stale(out)
-    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    for base in (out.name, f"{out.name}.old"):  # what killed runs staged, or moved aside to replace
+        clean_stale(out.parent, base)
+    stage = out.parent / temp_name(out.name)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
@@ -119,27 +120,8 @@ def claim(path: str | Path) -> None:
             return
 
 
-def _clear_stale(out: Path) -> None:
-    """Remove the staging and replaced folders beside `out` that a killed run left (their process is gone)."""
-    for kind in ("tmp", "old"):
-        for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
-            pid = path.name.rsplit("-", 1)[1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def _replace(stage: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    old = out.parent / temp_name(f"{out.name}.old")
     if out.exists():
         os.replace(out, old)
     os.replace(stage, out)

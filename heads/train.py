@@ -21,7 +21,7 @@ from torch import nn
 from heads.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from heads.data import Augment, Cache, batches, feature_stats
 from heads.metrics import HEADLINE, headline, multiclass_metrics, multilabel_metrics, tune_threshold
-from heads.models import HeadConfig, build_head
+from heads.models import MEMORY_HEADS, HeadConfig, build_head
 from pipeline.device import resolve_device
 
 @dataclass
@@ -143,7 +143,12 @@ def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str]
                loss: nn.Module | None = None) -> TrainResult:
     """Train `cfg.head` on splits['train'], early-stop on splits['val'] and restore the best weights;
     with `cfg.refit`, then retrain from the same init on train + val for the best epoch count.
-    `loss` replaces the task's loss (multi-task training masks each clip's logits to its own dataset's)."""
+    `loss` replaces the task's loss (multi-task training masks each clip's logits to its own dataset's).
+    A memory head (--head knn) is fit by heads.knn instead: no epochs, the same TrainResult."""
+    if cfg.head in MEMORY_HEADS:
+        from heads.knn import fit_knn
+
+        return fit_knn(cache, targets, task, labels, splits, cfg, on_epoch, loss)
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     if device.type == "cuda":

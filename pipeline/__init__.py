@@ -25,6 +25,7 @@ _EXPORTS = {
     "pipeline.extract": ("ExtractConfig", "ExtractResult", "Resolved", "config_from_store", "decode_loader",
                          "embed_files", "geometry_for", "geometry_of", "resolve", "sampling_for", "store_backbone",
                          "store_geometry"),
+    "pipeline.request": ("EngineFlags", "SamplingFlags", "default_store", "extract_source", "update_source_meta"),
     "pipeline.sources": ("Item", "SourceError", "load_source"),
     "pipeline.speed": ("Speed", "estimate_units", "speed_for"),
     "pipeline.stages": ("Done", "Rows"),

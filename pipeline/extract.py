@@ -26,6 +26,7 @@ from featstore.errors import FramecacheError
 from featstore.finite import fail_non_finite, finite_only
 from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.format import HEADER
+from featstore.settings import check_settings, setting
 from featstore.writer import claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import (REGISTRY, Backbone, BackboneError, BackboneSpec, BackboneWeights, Preprocess,
@@ -35,7 +36,7 @@ from pipeline.device import EXTRACT_PRECISIONS, resolve_device
 from pipeline.embed import Embedder
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
-from pipeline.stages import Batch, DecodeStream, Done, InOrder, Rows, rebatch
+from pipeline.stages import POLL_S, Batch, DecodeStream, DecodeWorkers, Done, InOrder, Rows, rebatch
 
 # --resize-engine auto on a new store (docs/extract.md, "Decoding cost"); video backbones keep their preset's recipe.
 DEFAULT_RESIZE_ENGINE = "exact"
@@ -49,44 +50,43 @@ class ExtractError(FramecacheError, ValueError):
 
 @dataclass
 class ExtractConfig:
-    backbone: str = "resnet50"
-    weights: str = "DEFAULT"          # enum name, 'none' (seeded random init) or a local file
-    sampling: Sampling | ClipSampling | None = None  # None: every 10th frame, or the video backbone's own clips
-    size: int | None = None           # model input side; None = the weights' own crop size
-    crop: str = "center"              # center (weights' recipe) | square | none (squash)
-    resize_engine: str = "auto"       # auto (a resumed store's own, else the default) | one of RESIZE_ENGINES
-    seek: str = "auto"                # frame sampling: auto | always | never (same frames either way; docs/extract.md)
-    batch_size: int | None = None     # units per forward pass, across videos; None: the device's (batch_size_for)
-    workers: int | None = None        # decode processes; None = auto (1 on CPU, up to 8 on GPU)
-    cores: int | None = None          # CPU cores this process may use; None = its affinity (launchers split nodes)
-    device: str = "auto"              # auto | cpu | cuda | cuda:i
-    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (autocast dtype) | int8 (CPU, PT2E)
-    compile: str = "auto"             # auto (where it pays back, measured) | on | off: torch.compile the backbone
-    dtype: str = "float16"            # storage dtype of features: float16 | float32
-    compression: str | None = None    # None | lzf | gzip
-    shard: tuple[int, int] | None = None  # (i, N): this process handles part i of N
-    retry_failed: bool = False
-    limit: int | None = None          # process at most this many new items
-    flush_videos: int = 32            # videos per shard: what a crash can lose at most
-    force: bool = False               # make a non-empty directory that is not a store into one
-    subset: dict | None = None        # sources.Subset.record(): recorded in the config, not fingerprinted
+    backbone: str = setting("resnet50", f"One of: {', '.join(available_backbones())}.")
+    # enum name, 'none' (seeded random init) or a local file
+    weights: str = setting("DEFAULT", "DEFAULT, an enum name (IMAGENET1K_V2), none, or a file.")
+    # None: every 10th frame, or the video backbone's own clips (the command sets it from --every/--frames/...)
+    sampling: Sampling | ClipSampling | None = setting(None, cli=False)
+    size: int | None = setting(None, "Input side (default: the weights' own).", ge=16)  # None = weights' crop size
+    crop: str = setting("center", "center: weights' resize+crop; square; none: squash.", choices=CROPS)
+    resize_engine: str = setting("auto", "Who resizes frames: exact (the weights' own recipe), swscale (in the "
+                                 "decoder), swscale-yuv (fastest, least exact); auto: a resumed store's own, else "
+                                 "the default (docs/extract.md).", choices=("auto", *RESIZE_ENGINES))
+    seek: str = setting("auto", "Frame sampling: seek to keyframes instead of decoding every frame (auto: where "
+                        "that saves half the decoding; same frames either way).", choices=SEEK_MODES)
+    # units per forward pass, across videos; None: the device's (batch_size_for)
+    batch_size: int | None = setting(None, "Frames (or clips) per forward pass, across videos (default: the "
+                                     "device's, docs/extract.md).", ge=1)
+    workers: int | None = setting(None, "Decode processes (default: auto).", ge=0)  # auto: 1 on CPU, up to 8 on GPU
+    # CPU cores this process may use; None = its affinity (launchers split nodes)
+    cores: int | None = setting(None, cli=False)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:i.")
+    precision: str = setting("auto", "auto: bf16 where supported, else fp16 (GPU) / fp32; int8: CPU, calibrated on "
+                             "the source.", choices=EXTRACT_PRECISIONS)  # autocast dtype, or int8 (CPU, PT2E)
+    compile: str = setting("auto", "torch.compile the backbone; auto: where measured to pay back on this run's "
+                           "size.", choices=COMPILE_MODES)
+    dtype: str = setting("float16", "Storage dtype of features.", choices=DTYPES)
+    compression: str | None = setting(None, "HDF5 compression of features.", choices=COMPRESSIONS)  # "none" is None
+    shard: tuple[int, int] | None = setting(None, cli=False)  # (i, N): this process handles part i of N
+    retry_failed: bool = setting(False, "Retry items recorded as failed.")
+    limit: int | None = setting(None, "Process at most N new items.", ge=1)
+    flush_videos: int = setting(32, cli=False)  # videos per shard: what a crash can lose at most
+    # make a non-empty directory that is not a store into one
+    force: bool = setting(False, "Make --store a store even if it is a non-empty other directory.")
+    subset: dict | None = setting(None, cli=False)  # sources.Subset.record(): recorded in the config, not fingerprinted
 
     def __post_init__(self):
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ExtractError("--batch-size must be at least 1")
-        if self.precision not in EXTRACT_PRECISIONS:
-            raise ExtractError(f"--precision must be one of {', '.join(EXTRACT_PRECISIONS)}, not {self.precision!r}")
-        if self.compile not in COMPILE_MODES:
-            raise ExtractError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
-        if self.crop not in CROPS:
-            raise ExtractError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
-        if self.resize_engine not in ("auto", *RESIZE_ENGINES):
-            raise ExtractError(f"--resize-engine must be one of auto, {', '.join(RESIZE_ENGINES)}, "
-                               f"not {self.resize_engine!r}")
-        if self.seek not in SEEK_MODES:
-            raise ExtractError(f"--seek must be one of {', '.join(SEEK_MODES)}, not {self.seek!r}")
-        if self.dtype not in DTYPES:
-            raise ExtractError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.compression == "none":  # how the command line says "no compression"
+            self.compression = None
+        check_settings(self, ExtractError)
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise ExtractError(f"--shard i/N needs 0 <= i < N, got {self.shard[0]}/{self.shard[1]}")
         spec = get_spec(self.backbone)
@@ -360,7 +360,7 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
 
 
 def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: list[Item], todo: list[Item],
-                units: Iterator[Rows | Done], cfg: ExtractConfig, result: ExtractResult, on_progress) -> None:
+                units: DecodeWorkers, cfg: ExtractConfig, result: ExtractResult, on_progress) -> None:
     """Embed `todo`, handing each finished item to a writer thread; the store is saved on any exit (Ctrl-C too)."""
     thread = _Writer(writer)
     thread.start()
@@ -372,7 +372,10 @@ def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: l
         _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
-        thread.finish()  # on Ctrl-C too: every finished video is saved
+        try:
+            units.close()  # within seconds, whatever the decode workers are doing
+        finally:
+            thread.finish()  # on Ctrl-C too: every finished video is saved
 
 
 def _auto_workers(device: torch.device, cores: int | None = None) -> int:
@@ -380,31 +383,42 @@ def _auto_workers(device: torch.device, cores: int | None = None) -> int:
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
 
 
-def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DataLoader:
+def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DecodeWorkers:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
     workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
-    return DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
-                      num_workers=workers, prefetch_factor=2 if workers else None,
-                      pin_memory=device.type == "cuda", persistent_workers=False,
-                      worker_init_fn=_init_decode_worker if workers else None)
+    return DecodeWorkers(DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
+                                    num_workers=workers, prefetch_factor=2 if workers else None,
+                                    pin_memory=device.type == "cuda", persistent_workers=False,
+                                    worker_init_fn=_init_decode_worker if workers else None,
+                                    timeout=POLL_S if workers else 0))
 
 
-def _run(todo: list[Item], units: Iterator[Rows | Done], batch_size: int, embed: Embedder,
+def _run(todo: list[Item], units: DecodeWorkers, batch_size: int, embed: Embedder,
          sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress) -> None:
     videos = InOrder(todo, sink)
     steps = rebatch(units, batch_size)
-    for step in calibrated(steps, embed) if embed.needs_calibration else steps:
-        if isinstance(step, Batch):
-            videos.add(step, embed(step.units()))
-            result.startup_s = result.startup_s or seconds_since_process_start()
-            result.setup_s = embed.setup_s
-            continue
-        for rec in videos.finish(step):
-            result.done += 1
-            result.frames += rec.length
-            if rec.status == "failed":
-                result.failed.append((rec.video_id, rec.error))
-            _report(on_progress, result, len(todo), rec.video_id)
+    try:
+        for step in calibrated(steps, embed) if embed.needs_calibration else steps:
+            if isinstance(step, Batch):
+                videos.add(step, embed(step.units()))
+                result.startup_s = result.startup_s or seconds_since_process_start()
+                result.setup_s = embed.setup_s
+                continue
+            for rec in videos.finish(step):
+                _count(rec, result, len(todo), on_progress)
+    except RuntimeError as e:  # torch says a decode worker died wherever this thread is; WorkerLost is one too
+        if (lost := units.lost(e)) is None:
+            raise
+        for slot, reason in lost.lost.items():  # the items in hand fail; the run ends here (exit 2)
+            _count(videos.fail(slot, reason), result, len(todo), on_progress)
+
+
+def _count(rec: VideoRecord, result: ExtractResult, total: int, on_progress) -> None:
+    result.done += 1
+    result.frames += rec.length
+    if rec.status == "failed":
+        result.failed.append((rec.video_id, rec.error))
+    _report(on_progress, result, total, rec.video_id)
 
 
 def calibration_units(items: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> torch.Tensor:
@@ -533,7 +547,11 @@ def embed_files(paths: list[str], config: StoreConfig, device: str = "auto",
     speed = speed_for(config.precision or "auto", "off" if config.precision != "int8" else "auto",
                       config.batch_size, backbone, dev, items, cfg.sampling)
     embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
-    _run(items, iter(decode_loader(items, cfg, geometry, dev)), speed.batch_size, embed, records.append, result, None)
+    units = decode_loader(items, cfg, geometry, dev)
+    try:
+        _run(items, units, speed.batch_size, embed, records.append, result, None)
+    finally:
+        units.close()
     for r in (fail_non_finite(r, cfg.dtype) for r in records):  # as extract would store them, or failed
         if r.features is not None:
             r.features = r.features.astype(cfg.dtype).astype(np.float32)

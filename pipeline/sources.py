@@ -9,6 +9,7 @@ import csv
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,23 @@ def _stable_hash(text: str) -> int:
 def item_kind(path: Path) -> str:
     """'image' or 'video', by the file's extension."""
     return "image" if path.suffix.lower() in IMAGE_EXTENSIONS else "video"
+
+
+# Files that are not regular files never end or never answer when read as a video: a named pipe waits for a writer,
+# /dev/zero never ends, a socket cannot be opened. They are refused by their type, before anything opens them.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_file(path: str | os.PathLike) -> str:
+    """Why `path` must not be opened as a video or image ('' for a regular file, a folder or a missing path):
+    it names the kind of file, so the item can be recorded as failed without reading it (which could block)."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/zero is a device
+    except OSError:
+        return ""
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "")
+    return f"{kind}, not a regular file: reading it could wait forever; give a video or image file" if kind else ""
 
 
 def _relative_id(path: Path, root: Path) -> str:

@@ -2,6 +2,7 @@
 bench/backbone.py measured (pipeline/accel.py CPU_SPEED) and from the run's size, estimated from a few headers."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -12,9 +13,10 @@ from pipeline.accel import AccelError
 from pipeline.backbones import Backbone, BackboneWeights
 from pipeline.decode import ClipSampling, Sampling
 from pipeline.device import resolve_precision
-from pipeline.sources import Item
+from pipeline.sources import Item, special_file
 
 PROBED_ITEMS = 4  # headers read to estimate a run's size (a few ms each), only when auto must weigh a one-time cost
+PROBE_S = 2.0     # a header not read by then counts 0 (a file that does not answer: a stalled network mount)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,20 @@ def _units_of(item: Item, sampling: Sampling | ClipSampling) -> float:
 
 
 def _header(path: str) -> tuple[float, float]:
-    """(frames, seconds) a container's header claims; (0, 0) where it cannot be read."""
+    """(frames, seconds) a container's header claims; (0, 0) where it cannot be read within PROBE_S seconds.
+
+    Read in a thread of its own: a file that never answers costs PROBE_S, and SIGTERM / Ctrl-C reach the main
+    thread, which only waits here (PyAV, reading in it, would swallow them). A pipe, device or socket is not opened."""
+    if special_file(path):
+        return 0.0, 0.0
+    found: list[tuple[float, float]] = []
+    probe = threading.Thread(target=lambda: found.append(_read_header(path)), daemon=True, name="header probe")
+    probe.start()
+    probe.join(PROBE_S)
+    return found[0] if found else (0.0, 0.0)
+
+
+def _read_header(path: str) -> tuple[float, float]:
     import av
 
     try:

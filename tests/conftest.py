@@ -1,17 +1,23 @@
-"""Shared fixtures: tiny real videos written with PyAV, whose frames say which frame they are.
+"""Shared fixtures: tiny real videos written with PyAV, whose frames say which frame they are; a tiny extracted
+store and a head run on it (tiny_store, tiny_run); one torch thread for a module (one_thread).
 
 Frame i of an index clip has channel 0 equal to i * STEP everywhere (a flat plane stays flat through any resize,
 so the index survives every geometry), and gradients in channels 1 and 2 so that geometry mistakes show.
-Videos are written once per session; tests only read them.
+Session fixtures are made once; tests only read them. Plain helpers (the CLI, extract flags, manifests, store
+comparison) are in helpers.py.
 """
+import fcntl
 import os
 import shutil
+import signal
+import threading
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import torch
 
 from data.synth import codec_available, make_images, make_temporal_dataset, write_vfr_video, write_video
 
@@ -181,3 +187,72 @@ def place(index_clip):
 def temporal_dataset(media) -> Path:
     """The synthetic grow/shrink/brighten/darken dataset, small: returns its manifest."""
     return make_temporal_dataset(media / "temporal", n_per_class=6, frames=6, size=32)
+
+
+class HeldFile:
+    """A regular file whose opening blocks, as on a network mount that stopped answering: a write lease makes every
+    other process's open() wait until `release` (or the kernel's lease-break-time, 45 s by default)."""
+
+    def __init__(self, path: Path):
+        self.opened = threading.Event()  # set once another process tries to open it
+        self._fd = os.open(path, os.O_RDONLY)
+        fcntl.fcntl(self._fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the lease: the blocked open goes on
+            self._fd = None
+
+
+@pytest.fixture
+def hold():
+    """hold(path) -> HeldFile; released at teardown. Skips where this filesystem or user cannot take leases."""
+    held: list[HeldFile] = []
+    previous = signal.signal(signal.SIGIO, lambda *_: [h.opened.set() for h in held])
+
+    def take(path: Path) -> HeldFile:
+        try:
+            held.append(HeldFile(path))
+        except OSError as e:
+            pytest.skip(f"cannot take a file lease here ({e.strerror})")
+        return held[-1]
+
+    yield take
+    for h in held:
+        h.release()
+    signal.signal(signal.SIGIO, previous)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module (pytestmark = pytest.mark.usefixtures("one_thread")): tiny heads and tiny
+    backbones gain nothing from a second thread, and on a busy CI machine its spin-waits cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """8 labelled clips c0..c7 (helpers.write_split_clips) extracted with helpers.tiny_config(dtype="float16");
+    its manifest is tiny_store.parent / "m.csv". Tests read it and write elsewhere."""
+    from helpers import tiny_config, write_split_clips
+    from pipeline.extract import extract
+    from pipeline.sources import load_source
+
+    root = tmp_path_factory.mktemp("tiny")
+    extract(load_source(write_split_clips(root, [f"c{i}.mkv" for i in range(8)])), root / "store",
+            tiny_config(dtype="float16"))
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_store) -> Path:
+    """`cli.py fit-head` of tiny_store: a linear head, 2 epochs. Tests read it and write elsewhere."""
+    from helpers import invoke
+
+    out = tiny_store.parent / "runs" / "lin"
+    res = invoke("fit-head", tiny_store, "--epochs", "2", "--out", out)
+    assert res.exit_code == 0, res.output
+    return out

@@ -7,10 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import invoke, tiny_config, write_clips, write_manifest
 from torch import nn
-from typer.testing import CliRunner
 
-import cli
 from data.synth import write_video
 from featstore import ConfigMismatch, StoreConfig, open_store
 from pipeline.accel import (CPU_SPEED, FRAME_BATCH, QUANTIZATION, AccelError, Measured, check_int8,
@@ -18,7 +17,7 @@ from pipeline.accel import (CPU_SPEED, FRAME_BATCH, QUANTIZATION, AccelError, Me
 from pipeline.backbones import Backbone, Preprocess, load_backbone
 from pipeline.decode import Sampling
 from pipeline.embed import Embedder
-from pipeline.extract import ExtractConfig, extract
+from pipeline.extract import extract
 from pipeline.sources import load_source
 from pipeline.speed import estimate_units, speed_for
 
@@ -26,7 +25,6 @@ needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.c
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
                                    reason='int8 needs torchao: pip install -e ".[int8]"')
 CPU = torch.device("cpu")
-runner = CliRunner()
 
 
 class Tiny(nn.Module):
@@ -134,18 +132,9 @@ def test_auto_weighs_the_measured_cost_against_the_run_size_and_wants_int8_cosin
 
 
 def test_the_run_size_is_estimated_from_headers(tmp_path):
-    rows = ["path,label"]
-    for i, n in enumerate([10, 20, 30]):
-        write_video(tmp_path / f"v{i}.mkv", frames(n).numpy())
-        rows.append(f"v{i}.mkv,a")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    items = load_source(tmp_path / "m.csv")
+    items = load_source(write_clips(tmp_path, ["v0.mkv", "v1.mkv", "v2.mkv"], frames=[10, 20, 30]))
     assert abs(estimate_units(items, Sampling(every=2)) - 30) <= 3  # 5 + 10 + 15
     assert estimate_units(items, Sampling(frames=4)) == 12
-
-
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -156,10 +145,8 @@ def invoke(*args):
 def test_cli_bad_combinations_are_one_line_errors(tmp_path, args, message):
     if "int8" in args and importlib.util.find_spec("torchao") is None and "already" not in message:
         pytest.skip("torchao not installed")
-    write_video(tmp_path / "v.mkv", frames(3).numpy())
-    (tmp_path / "m.csv").write_text("path,label\nv.mkv,a\n")
-    res = invoke("extract", tmp_path / "m.csv", "--weights", "none", "--store", tmp_path / "s", "--device", "cpu",
-                 *args)
+    manifest = write_clips(tmp_path, ["v.mkv"], frames=3)
+    res = invoke("extract", manifest, "--weights", "none", "--store", tmp_path / "s", "--device", "cpu", *args)
     assert res.exit_code == 1, res.output
     assert message in res.output and "Traceback" not in res.output
 
@@ -168,25 +155,21 @@ def test_cli_bad_combinations_are_one_line_errors(tmp_path, args, message):
 @needs_compiler
 @needs_torchao
 def test_extract_int8_is_close_to_fp32_resumes_with_the_same_calibration_and_is_fingerprinted(tmp_path):
-    rows = ["path,label"]
-    for i in range(3):
+    for i in range(3):  # smooth frames (see frames()), which int8 is calibrated on
         write_video(tmp_path / f"v{i}.mkv", frames(6, seed=i).numpy())
-        rows.append(f"v{i}.mkv,a")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    items = load_source(tmp_path / "m.csv")
-    base = dict(backbone="resnet18", weights="none", sampling=Sampling(every=1), size=32, crop="none",
-                batch_size=8, workers=0, dtype="float32", device="cpu")
-    fp32 = extract(items, tmp_path / "fp32", ExtractConfig(**base, precision="fp32"))
-    int8 = extract(items, tmp_path / "int8", ExtractConfig(**base, precision="int8"))
+    items = load_source(write_manifest(tmp_path, [(f"v{i}.mkv", "a") for i in range(3)]))
+    base = dict(batch_size=8, device="cpu")
+    fp32 = extract(items, tmp_path / "fp32", tiny_config(**base, precision="fp32"))
+    int8 = extract(items, tmp_path / "int8", tiny_config(**base, precision="int8"))
     assert int8.precision == "int8" and int8.compiled and int8.frames == fp32.frames == 18
     a, b = open_store(tmp_path / "fp32"), open_store(tmp_path / "int8")
     assert b.config.quantization == QUANTIZATION and a.fingerprint != b.fingerprint
     assert cosines(a.load_all().features, b.load_all().features).min() > 0.98
     # interrupted after one video, then resumed: calibrated on the source's first frames both times
-    extract(items, tmp_path / "resumed", ExtractConfig(**base, precision="int8", limit=1))
-    extract(items, tmp_path / "resumed", ExtractConfig(**base, precision="int8"))
+    extract(items, tmp_path / "resumed", tiny_config(**base, precision="int8", limit=1))
+    extract(items, tmp_path / "resumed", tiny_config(**base, precision="int8"))
     c = open_store(tmp_path / "resumed")
     assert c.ids() == b.ids() and c.fingerprint == b.fingerprint
     np.testing.assert_allclose(c.load_all().features, b.load_all().features, atol=1e-4)
     with pytest.raises(ConfigMismatch, match="quantization"):  # a float run into an int8 store
-        extract(items, tmp_path / "int8", ExtractConfig(**base, precision="fp32", retry_failed=True))
+        extract(items, tmp_path / "int8", tiny_config(**base, precision="fp32", retry_failed=True))

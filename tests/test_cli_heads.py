@@ -4,98 +4,59 @@ import shutil
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import (assert_predict_equals_the_head_on_stored_features, blob_clips, extract_flags, invoke,
+                     write_manifest, write_store)
 
-import cli
-from data.synth import make_temporal_dataset
 from featstore import open_store
-from heads.run import load_run, predict_features
-
-runner = CliRunner()
 
 
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
-EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32", "--crop", "none",
-           "--workers", "0"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_heads")
-    manifest = make_temporal_dataset(root / "clips", n_per_class=4, frames=8, size=32, seed=1)
-    assert invoke("extract", manifest, *EXTRACT, "--store", root / "store").exit_code == 0
-    res = invoke("fit-head", root / "store", "--head", "linear", "--epochs", "3", "--out", root / "runs" / "lin")
-    assert res.exit_code == 0, res.output
-    return root, manifest
-
-
-def test_fit_head_writes_a_complete_run_directory(trained):
-    root, _ = trained
-    run = root / "runs" / "lin"
+def test_fit_head_writes_a_complete_run_directory(tiny_store, tiny_run):
     for name in ("config.json", "history.csv", "metrics.json", "head.pt", "curves.png"):
-        assert (run / name).exists(), name
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["store_fingerprint"] == open_store(root / "store").fingerprint
+        assert (tiny_run / name).exists(), name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["store_fingerprint"] == open_store(tiny_store).fingerprint
 
 
-def test_predict_on_a_fresh_file_equals_the_head_on_the_stored_features(trained, tmp_path):
-    root, manifest = trained
-    store = open_store(root / "store")
-    vid = store.ids()[0]
-    fresh = tmp_path / "never_seen.mp4"
-    shutil.copy(store.meta(vid).path, fresh)
-    res = invoke("predict", root / "runs" / "lin", fresh, "--json", "--top", "4")
-    assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.stdout)
-    model, ckpt = load_run(root / "runs" / "lin")
-    expected = predict_features(model, ckpt, [store.features(vid)])[0]
-    got = {t["label"]: t["prob"] for t in row["top"]}
-    for label, p in zip(ckpt["labels"], expected):
-        assert got[label] == pytest.approx(float(p), abs=1e-3)
+def test_predict_on_a_fresh_file_equals_the_head_on_the_stored_features(tiny_store, tiny_run, tmp_path):
+    assert_predict_equals_the_head_on_stored_features(tiny_run, tiny_store, tmp_path)
 
 
-def test_predict_reports_a_broken_file_and_exits_2(trained, tmp_path):
-    root, _ = trained
+def test_predict_reports_a_broken_file_and_exits_2(tiny_run, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
-    res = invoke("predict", root / "runs" / "lin", tmp_path / "broken.mp4", "--json")
+    res = invoke("predict", tiny_run, tmp_path / "broken.mp4", "--json")
     assert res.exit_code == 2 and "error" in json.loads(res.stdout)[0]
 
 
-def test_evaluate_scores_a_named_split_of_another_store_and_refuses_other_settings(trained, tmp_path):
-    root, manifest = trained
-    rows = manifest.read_text().splitlines()
-    holdout = tmp_path / "holdout.csv"
-    holdout.write_text("path,label,split\n" + "\n".join(
-        f"{manifest.parent / r.split(',')[0]},{r.split(',')[1]},holdout" for r in rows[1:5]) + "\n")
-    assert invoke("extract", holdout, *EXTRACT, "--store", tmp_path / "h").exit_code == 0
-    res = invoke("evaluate", root / "runs" / "lin", "--store", tmp_path / "h", "--split", "holdout", "--json")
+def test_evaluate_scores_a_named_split_of_another_store_and_refuses_other_settings(tiny_store, tiny_run, tmp_path):
+    manifest = tiny_store.parent / "m.csv"
+    rows = [r.split(",") for r in manifest.read_text().splitlines()[1:5]]
+    holdout = write_manifest(tmp_path, [(manifest.parent / path, label, "holdout") for path, label, *_ in rows],
+                             ["path", "label", "split"], name="holdout.csv")
+    same = extract_flags(precision="fp32")  # tiny_store's settings
+    assert invoke("extract", holdout, *same, "--store", tmp_path / "h").exit_code == 0
+    res = invoke("evaluate", tiny_run, "--store", tmp_path / "h", "--split", "holdout", "--json")
     assert res.exit_code == 0, res.output
     assert "accuracy" in json.dumps(json.loads(res.stdout))
-    other = [a if a != "2" else "3" for a in EXTRACT]  # --every 3
-    assert invoke("extract", holdout, *other, "--store", tmp_path / "h3").exit_code == 0
-    res = invoke("evaluate", root / "runs" / "lin", "--store", tmp_path / "h3", "--split", "holdout")
+    assert invoke("extract", holdout, *extract_flags(every=3), "--store", tmp_path / "h3").exit_code == 0
+    res = invoke("evaluate", tiny_run, "--store", tmp_path / "h3", "--split", "holdout")
     assert res.exit_code == 1 and "every" in res.output and "Traceback" not in res.output
 
 
-def test_runs_table_lists_head_and_cluster_runs(trained):
-    root, _ = trained
-    res = invoke("cluster-eval", root / "store", "--plot", "pca", "--out", root / "runs" / "km")
+def test_runs_table_lists_head_and_cluster_runs(tiny_store, tiny_run, tmp_path):
+    shutil.copytree(tiny_run, tmp_path / "runs" / "lin")
+    res = invoke("cluster-eval", tiny_store, "--plot", "pca", "--out", tmp_path / "runs" / "km")
     assert res.exit_code == 0, res.output
-    rows = json.loads(invoke("runs", root / "runs", "--json").stdout)
+    rows = json.loads(invoke("runs", tmp_path / "runs", "--json").stdout)
     assert {r["name"] for r in rows} == {"lin", "km"}
-    assert "lin" in invoke("runs", root / "runs").stdout
+    assert "lin" in invoke("runs", tmp_path / "runs").stdout
 
 
-def test_head_cli_user_errors_are_one_line(trained, tmp_path):
-    root, _ = trained
+def test_head_cli_user_errors_are_one_line(tiny_store, tmp_path):
     res = invoke("fit-head", tmp_path / "nowhere", "--head", "lstm")
     assert res.exit_code == 1 and "no store at" in res.output and "Traceback" not in res.output
-    res = invoke("fit-head", root / "store", "--head", "cnn")
+    res = invoke("fit-head", tiny_store, "--head", "cnn")
     assert res.exit_code == 1 and "cnn" in res.output  # a bad flag value is a user error (typer alone: 2)
-    res = invoke("cluster-eval", root / "store", "--k-range", "five")
+    res = invoke("cluster-eval", tiny_store, "--k-range", "five")
     assert res.exit_code == 1 and "--k-range" in res.output
 
 
@@ -104,7 +65,7 @@ def multilabel_images(root):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    rows = ["path,label,split"]
+    rows = []
     for i in range(40):
         red, blue = i % 2, (i // 2) % 2
         img = np.zeros((32, 32, 3), np.uint8)
@@ -112,24 +73,42 @@ def multilabel_images(root):
         img = np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / f"p{i}.png")
         labels = "|".join(n for n, on in (("red", red), ("blue", blue), ("any", 1)) if on)
-        rows.append(f"p{i}.png,{labels},{'test' if i >= 28 else 'train'}")
-    (root / "m.csv").write_text("\n".join(rows) + "\n")
-    return root / "m.csv"
+        rows.append((f"p{i}.png", labels, "test" if i >= 28 else "train"))
+    return write_manifest(root, rows, ["path", "label", "split"])
 
 
-def test_multilabel_image_store_trains_like_videos(tmp_path):
-    """Posters-style data: one frame per item, several labels each, chosen automatically as multilabel."""
-    assert invoke("extract", multilabel_images(tmp_path), *EXTRACT, "--store", tmp_path / "s").exit_code == 0
-    res = invoke("fit-head", tmp_path / "s", "--head", "mlp", "--epochs", "30", "--out", tmp_path / "run")
+@pytest.fixture(scope="module")
+def multilabel_store(tmp_path_factory):
+    """Posters-style data: one frame per item, several labels each (--every 1: images have one frame)."""
+    root = tmp_path_factory.mktemp("multilabel")
+    assert invoke("extract", multilabel_images(root), *extract_flags(), "--store", root / "s").exit_code == 0
+    return root
+
+
+def test_multilabel_image_store_trains_like_videos(multilabel_store, tmp_path):
+    """Several labels per item are chosen automatically as multilabel."""
+    res = invoke("fit-head", multilabel_store / "s", "--head", "mlp", "--epochs", "30", "--out", tmp_path / "run")
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["task"] == "multilabel"
     assert metrics["test"]["mAP"] > 0.9 and "mAP@3" in metrics["test"]
 
 
-def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
-    from test_heads_train import blob_clips, write_store
+def test_fixed_threshold_run_and_predict_returns_the_labels_above_it(multilabel_store, tmp_path):
+    res = invoke("fit-head", multilabel_store / "s", "--head", "mlp", "--epochs", "30", "--threshold", "0.4",
+                 "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["threshold"] == 0.4 and m["threshold_source"] == "fixed (--threshold)" and "tuned_threshold" in m
+    assert m["test"]["micro_f1_fixed"] == m["test"]["micro_f1"] and "micro_f1_tuned" in m["test"]
+    res = invoke("predict", tmp_path / "run", multilabel_store / "p3.png", "--json", "--top", "3")
+    (row,) = json.loads(res.stdout)
+    above = sorted(t["label"] for t in row["top"] if t["prob"] >= 0.4)
+    assert sorted(row["labels"]) == above and row["threshold"] == 0.4
+    assert {"red", "blue", "any"} >= set(row["labels"]) and "any" in row["labels"]
 
+
+def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
     store = write_store(tmp_path / "s[/x]", blob_clips(per_class=6))
     runs_dir = tmp_path / "runs[b]"
     for args in (["fit-head", store, "--epochs", "2", "--out", runs_dir / "lin[/x]"],
@@ -143,11 +122,24 @@ def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
         assert "[/x]" in flat or "[b]" in flat or "[/b]" in flat, (args, res.stdout)
 
 
-def test_evaluate_val_after_refit_says_it_is_not_a_validation_score(trained):
-    root, _ = trained
-    res = invoke("evaluate", root / "runs" / "lin", "--split", "val", "--json")
+def test_a_knn_run_predicts_a_fresh_file_as_its_head_scores_the_stored_features(tiny_store, tmp_path):
+    assert invoke("fit-head", tiny_store, "--head", "knn", "--k", "3", "--out", tmp_path / "knn").exit_code == 0
+    store = open_store(tiny_store)
+    vid = store.ids()[0]
+    shutil.copy(store.meta(vid).path, tmp_path / "never_seen.mp4")
+    res = invoke("predict", tmp_path / "knn", tmp_path / "never_seen.mp4", "--json", "--top", "4")
+    assert res.exit_code == 0, res.output
+    model, ckpt = load_run(tmp_path / "knn")
+    expected = predict_features(model, ckpt, [store.features(vid)])[0]
+    got = {t["label"]: t["prob"] for t in json.loads(res.stdout)[0]["top"]}
+    for label, p in zip(ckpt["labels"], expected):
+        assert got[label] == pytest.approx(float(p), abs=1e-3)
+
+
+def test_evaluate_val_after_refit_says_it_is_not_a_validation_score(tiny_run):
+    res = invoke("evaluate", tiny_run, "--split", "val", "--json")
     assert res.exit_code == 0, res.output
     assert "refit on train + val" in json.loads(res.stdout)["seen_in_training"]
     assert "note: val:" in res.stderr
-    res = invoke("evaluate", root / "runs" / "lin", "--split", "test", "--json")
+    res = invoke("evaluate", tiny_run, "--split", "test", "--json")
     assert "seen_in_training" not in json.loads(res.stdout)

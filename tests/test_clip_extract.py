@@ -1,6 +1,5 @@
 """Clip stores end to end: rows equal torchvision's own model on weights.transforms() of the same decoded frames;
 row counts and spans; bad flag combinations; `cli.py extract` starts without stage-two imports."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,29 +8,19 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, child_env, extract_flags, invoke, write_clips
 from torchvision.models import video as vmodels
-from typer.testing import CliRunner
 
-import cli
-from data.synth import write_video
 from featstore import open_store
 from pipeline import ClipSampling, ExtractConfig, load_source
 from pipeline import run_extraction as extract
-
-ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 
 
 @pytest.fixture()
 def clip_dataset(tmp_path):
     """Lossless 64x48 clips of 20, 40 and 5 frames (the last shorter than a clip), two classes."""
-    rows = ["path,label,split"]
-    for i, n in enumerate((20, 40, 5)):
-        frames = np.random.default_rng(i).integers(0, 256, (n, 48, 64, 3), dtype=np.uint8)
-        write_video(tmp_path / f"c{i}.mkv", frames)
-        rows.append(f"c{i}.mkv,{'ab'[i % 2]},{'train' if i < 2 else 'test'}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path / "m.csv"
+    return write_clips(tmp_path, ["c0.mkv", "c1.mkv", "c2.mkv"], frames=[20, 40, 5], height=48, width=64,
+                       split=lambda i: "train" if i < 2 else "test")
 
 
 def reference_rows(path: Path, name: str, weights, starts: list[int], length: int) -> np.ndarray:
@@ -91,8 +80,7 @@ def test_clip_store_rows_follow_the_formula_and_pad_short_videos(clip_dataset, t
     (["--backbone", "s3d", "--size", "112"], "--size 112 is too small for s3d: use --size 224 or more"),
 ])
 def test_flags_of_the_wrong_kind_are_one_line_errors(clip_dataset, tmp_path, args, message):
-    res = runner.invoke(cli.app, ["extract", str(clip_dataset), "--weights", "none", "--store", str(tmp_path / "s"),
-                                  *args])
+    res = invoke("extract", clip_dataset, "--weights", "none", "--store", tmp_path / "s", *args)
     assert res.exit_code == 1, res.output
     assert message in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
 
@@ -112,10 +100,8 @@ cli.main()
 
 
 def test_cli_extract_imports_nothing_of_stage_two(clip_dataset, tmp_path):
-    args = ["extract", str(clip_dataset), "--backbone", "resnet18", "--weights", "none", "--size", "32",
-            "--workers", "0", "--limit", "1", "--store", str(tmp_path / "s")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", STARTUP_PROBE, *args], capture_output=True, text=True, env=env,
+    args = ["extract", str(clip_dataset), *extract_flags(), "--limit", "1", "--store", str(tmp_path / "s")]
+    p = subprocess.run([sys.executable, "-c", STARTUP_PROBE, *args], capture_output=True, text=True, env=child_env(),
                        cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "STAGE2 []" in p.stdout, p.stdout

@@ -1,23 +1,14 @@
 """Stage two on a clip store, through the CLI: every command works unchanged on rows that are clips."""
 import json
-import shutil
 
-import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import assert_predict_equals_the_head_on_stored_features, invoke
 
-import cli
 from data.synth import make_temporal_dataset
 from featstore import open_store
-from heads.run import load_run, predict_features
 
-runner = CliRunner()
 EXTRACT = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "4", "--clip-stride", "2", "--size", "32",
            "--workers", "0"]
-
-
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +36,7 @@ def test_heads_train_evaluate_and_predict_on_clip_rows(clip_store, tmp_path, hea
     metrics = json.loads(res.stdout)
     assert 0 <= metrics["accuracy"] <= 1
     assert ("clip_accuracy" in metrics) == (head == "linear")  # only pooling heads classify a clip alone
-    store = open_store(clip_store / "store")
-    vid = store.ids()[0]
-    fresh = tmp_path / "never_seen.mp4"
-    shutil.copy(store.meta(vid).path, fresh)
-    res = invoke("predict", run, fresh, "--json", "--top", "4")
-    assert res.exit_code == 0, res.output
-    model, ckpt = load_run(run)
-    expected = predict_features(model, ckpt, [store.features(vid)])[0]
-    got = {t["label"]: t["prob"] for t in json.loads(res.stdout)[0]["top"]}
-    np.testing.assert_allclose([got[label] for label in ckpt["labels"]], expected, atol=1e-3)
+    assert_predict_equals_the_head_on_stored_features(run, clip_store / "store", tmp_path)
 
 
 def test_cluster_eval_runs_on_clip_rows(clip_store, tmp_path):

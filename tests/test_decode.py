@@ -3,7 +3,9 @@ import av
 import numpy as np
 import pytest
 from conftest import FPS, N_FRAMES, VFR_TIMES, index_frames, read_indices
+from helpers import write_rotated
 
+from data.synth import write_video
 from pipeline.decode import DecodeError, Geometry, Sampling, decode_image, decode_video, sample_indices
 
 FULL = Geometry(size=32, resize=40, crop="none")
@@ -183,6 +185,20 @@ def test_odd_frame_sizes_decode(odd_clip):
     assert (v.width, v.height, v.n_frames) == (63, 47, 10)
     assert v.frames.shape == (4, 32, 32, 3)
     assert read_indices(v.frames).tolist() == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_a_display_matrix_is_applied_like_a_player_shows_the_clip(tmp_path, degrees):
+    frames = np.zeros((3, 32, 48, 3), np.uint8)  # landscape as stored; a red block marks the top-left corner
+    frames[:, :8, :12, 0] = 255
+    frames[:, 8:, :, 2] = np.arange(3)[:, None, None] * 60 + 40
+    rotated = write_rotated(tmp_path / "phone.mp4", frames, degrees)
+    upright = write_video(tmp_path / "upright.mkv", np.ascontiguousarray(np.rot90(frames, degrees // 90, axes=(1, 2))))
+    geometry = Geometry(size=24, resize=24, crop="square")
+    got, want = decode_video(rotated, Sampling(), geometry), decode_video(upright, Sampling(), geometry)
+    np.testing.assert_array_equal(got.frames, want.frames)
+    assert got.rotation == degrees % 360 and want.rotation == 0
+    assert (got.width, got.height) == (want.width, want.height) == ((32, 48) if degrees % 180 else (48, 32))
 
 
 # --- bad input --------------------------------------------------------------------------------------------------

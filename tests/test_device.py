@@ -41,5 +41,5 @@ def test_extract_and_finetune_take_one_precision_table_extract_adds_int8():
     ExtractConfig(precision="int8")
     with pytest.raises(FinetuneError, match="--precision 'int8'"):
         FinetuneConfig(precision="int8")
-    with pytest.raises(ExtractError, match="--precision must be one of auto, fp32, bf16, fp16, int8"):
+    with pytest.raises(ExtractError, match="--precision 'fp8' is not valid; choose one of: auto, fp32, bf16, fp16, int8"):
         ExtractConfig(precision="fp8")

@@ -4,15 +4,15 @@ import json
 
 import numpy as np
 import pytest
-from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
-from typer.testing import CliRunner
 
-import cli
 from heads.experiments import fit_folds, fit_seeds, parse_grid, summarize, sweep
 from heads.models import HeadError
 from heads.run import list_runs, load_run
 from heads.train import TrainConfig
+from helpers import SMALL, blob_clips, invoke, write_store
 from ui.render import differing_params
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {**SMALL, "epochs": 8, "patience": 8}
 
@@ -98,7 +98,7 @@ def test_runs_lists_the_hyperparameters_that_differ(store, tmp_path):
     fit_head(store, TrainConfig(head="linear", **FAST), tmp_path / "a")
     fit_head(store, TrainConfig(head="linear", **{**FAST, "lr": 1e-2}), tmp_path / "b")
     assert differing_params(list_runs(tmp_path)) == ["lr"]
-    res = CliRunner().invoke(cli.app, ["runs", str(tmp_path)])
+    res = invoke("runs", tmp_path)
     assert res.exit_code == 0 and "lr" in res.stdout and "0.01" in res.stdout
 
 
@@ -112,16 +112,15 @@ def test_bad_grid_names_the_valid_keys_or_the_value(spec, message):
 
 
 def test_sweep_cli_bad_grid_is_one_line_exit_1(store):
-    res = CliRunner().invoke(cli.app, ["sweep", str(store), "--grid", "depth=2,3"])
+    res = invoke("sweep", store, "--grid", "depth=2,3")
     assert res.exit_code == 1 and "unknown key 'depth'" in res.output and "Traceback" not in res.output
 
 
 def test_fit_head_seeds_cli_prints_mean_and_std(store, tmp_path):
-    res = CliRunner().invoke(cli.app, ["fit-head", str(store), "--seeds", "2", "--epochs", "4", "--hidden", "16",
-                                       "--out", str(tmp_path / "r")])
+    res = invoke("fit-head", store, "--seeds", "2", "--epochs", "4", "--hidden", "16", "--out", tmp_path / "r")
     assert res.exit_code == 0, res.output
     assert "±" in res.stdout and (tmp_path / "r" / "seed-1" / "head.pt").exists()
-    res = CliRunner().invoke(cli.app, ["runs", str(tmp_path)])
+    res = invoke("runs", tmp_path)
     assert "±" in res.stdout
 
 
@@ -130,12 +129,12 @@ def test_repeated_runs_refuse_a_folder_of_other_files_unless_forced(store, tmp_p
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    args = ["fit-head", str(store), "--head", "linear", "--epochs", "2", "--device", "cpu", "--out", str(out), *flags]
-    r = CliRunner().invoke(cli.app, args)
+    args = ["fit-head", store, "--head", "linear", "--epochs", "2", "--device", "cpu", "--out", out, *flags]
+    r = invoke(*args)
     assert r.exit_code == 1 and "notes.txt" in r.output and "--force" in r.output
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    r = CliRunner().invoke(cli.app, args + ["--force"])
+    r = invoke(*args, "--force")
     assert r.exit_code == 0, r.output
     assert not (out / "notes.txt").exists() and (out / "metrics.json").exists()  # --force replaces it whole
-    r = CliRunner().invoke(cli.app, args)  # a rerun into its own run folder needs no --force
+    r = invoke(*args)  # a rerun into its own run folder needs no --force
     assert r.exit_code == 0, r.output

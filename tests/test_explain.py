@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import extract_flags, invoke
 from matplotlib.image import imread
-from typer.testing import CliRunner
 
-import cli
 from data.synth import make_temporal_dataset
 from featstore import StoreConfig
 from heads.data import batches, cache_from_arrays
@@ -22,18 +21,10 @@ pytest.importorskip("pytorch_grad_cam")
 from explain.cam import compute_maps  # noqa: E402  (after the skip: needs grad-cam)
 from explain.model import decode_for, head_rows, load_run_model, to_pixels  # noqa: E402
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
 # 64 px: resnet18's layer4 is then 2x2, the smallest input that still has a spatial map. fp32 so that predict's
 # embedding (which uses the store's precision) is the composed model's arithmetic; float16 storage is kept, and
 # the composed model rounds through it too.
-EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "1", "--size", "64", "--crop", "none",
-           "--workers", "0", "--precision", "fp32"]
+EXTRACT = extract_flags(size=64, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +161,7 @@ def test_explain_bad_input_is_one_line(runs, tmp_path):
 @pytest.mark.slow
 def test_a_run_on_an_int8_store_is_refused_naming_the_float_backbone(tmp_path):
     manifest = make_temporal_dataset(tmp_path / "clips", n_per_class=4, frames=4, size=32, seed=3)
-    int8 = ["--backbone", "quantized_mobilenet_v2", "--weights", "none", "--every", "2", "--size", "32",
-            "--crop", "none", "--workers", "0"]
+    int8 = extract_flags(every=2, backbone="quantized_mobilenet_v2")
     assert invoke("extract", manifest, *int8, "--store", tmp_path / "s").exit_code == 0
     assert invoke("fit-head", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "run").exit_code == 0
     path = clip_paths(manifest)[0]

@@ -1,53 +1,34 @@
 """Stage one end to end: real tiny videos → extract → store; resume, kill -9, bad input, CLI errors."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import (assert_same_store, child_env, extract_flags, invoke, kill_9_when_shards, random_frames,
+                     tiny_config, write_clips, write_manifest, write_rotated)
 
-import cli
 from data.synth import write_video
 from featstore import open_store
 from pipeline.backbones import load_backbone
 from pipeline.decode import Sampling
-from pipeline.extract import ExtractConfig, extract
+from pipeline.extract import extract
 from pipeline.sources import load_source
-
-ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
-
-
-def clip(seed: int, n: int = 7, size: int = 32) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 @pytest.fixture()
 def dataset(tmp_path):
     """Six lossless clips of 3..8 frames in two classes, a manifest, and the frames that were written."""
-    written, rows = {}, ["path,label,group,split"]
-    for i in range(6):
-        frames = clip(i, n=3 + i)
-        label = "a" if i % 2 else "b"
-        write_video(tmp_path / f"v{i}.mkv", frames)
-        written[f"v{i}"] = frames
-        rows.append(f"v{i}.mkv,{label},g{i // 2},{'test' if i >= 4 else 'train'}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path / "m.csv", written
+    manifest = write_clips(tmp_path, [f"v{i}.mkv" for i in range(6)], frames=[3 + i for i in range(6)],
+                           group=lambda i: f"g{i // 2}", split=lambda i: "test" if i >= 4 else "train")
+    return manifest, {f"v{i}": random_frames(i, 3 + i) for i in range(6)}
 
 
-def cfg(**kw) -> ExtractConfig:
-    base = dict(backbone="resnet18", weights="none", sampling=Sampling(every=2), size=32, crop="none",
-                batch_size=4, workers=0, precision="fp32", dtype="float32")
-    return ExtractConfig(**{**base, **kw})
+def cfg(**kw):
+    return tiny_config(**{"sampling": Sampling(every=2), **kw})
 
 
 def test_stored_embeddings_equal_a_direct_model_call_on_the_same_frames(dataset, tmp_path):
@@ -83,13 +64,12 @@ def test_bad_inputs_are_recorded_as_failed_and_the_run_goes_on(dataset, tmp_path
     (tmp_path / "zero.mp4").write_bytes(b"")
     (tmp_path / "noise.mp4").write_bytes(os.urandom(5000))
     manifest.write_text(manifest.read_text() + "zero.mp4,a,g9,train\nnoise.mp4,b,g9,train\nmissing.mp4,a,g9,train\n")
-    res = runner.invoke(cli.app, ["extract", str(manifest), "--backbone", "resnet18", "--weights", "none",
-                                  "--every", "2", "--size", "32", "--workers", "0", "--store", str(tmp_path / "s")])
+    res = invoke("extract", manifest, *extract_flags(every=2), "--store", tmp_path / "s")
     assert res.exit_code == 2, res.output
     s = open_store(tmp_path / "s")
     assert len(s.ids()) == 6 and sorted(s.ids("failed")) == ["missing", "noise", "zero"]
     assert all(s.meta(v).error and "\n" not in s.meta(v).error for v in s.ids("failed"))
-    info = json.loads(runner.invoke(cli.app, ["info", str(tmp_path / "s"), "--json"]).stdout)
+    info = json.loads(invoke("info", tmp_path / "s", "--json").stdout)
     assert (info["videos"], info["ok"], info["failed"]) == (9, 6, 3)
     assert {i["id"] for i in info["items"] if i["status"] == "failed"} == {"missing", "noise", "zero"}
 
@@ -106,7 +86,7 @@ def test_resume_skips_done_items_and_retry_failed_redoes_only_failures(dataset, 
     manifest.write_text(manifest.read_text() + "late.mkv,a,g7,train\n")
     items = load_source(manifest)
     assert extract(items, tmp_path / "s", cfg()).failed
-    write_video(tmp_path / "late.mkv", clip(99))
+    write_video(tmp_path / "late.mkv", random_frames(99, 7))
     assert extract(items, tmp_path / "s", cfg()).done == 0
     r4 = extract(items, tmp_path / "s", cfg(retry_failed=True))
     assert r4.done == 1 and not r4.failed
@@ -127,32 +107,20 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_extract_then_resume_equals_an_uninterrupted_run(tmp_path):
-    rows = ["path,label"]
-    for i in range(16):
-        write_video(tmp_path / f"c{i:02d}.mkv", clip(i, n=6))
-        rows.append(f"c{i:02d}.mkv,{'ab'[i % 2]}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    manifest = write_clips(tmp_path, [f"c{i:02d}.mkv" for i in range(16)], frames=6)
     store = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path / "m.csv"), str(store)], env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(store.glob("p0-*.h5"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_when_shards(subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(manifest), str(store)], env=child_env()),
+                       store)
     partial = open_store(store).ids()
     assert 0 < len(partial) < 16, "the kill must land mid-run"
-    items = load_source(tmp_path / "m.csv")
+    items = load_source(manifest)
     run = dict(sampling=Sampling(every=1), batch_size=4, flush_videos=2)
     resumed = extract(items, store, cfg(**run))
     assert resumed.skipped == len(partial)
     extract(items, tmp_path / "clean", cfg(**run))
-    a, b = open_store(store), open_store(tmp_path / "clean")
-    assert sorted(a.ids()) == sorted(b.ids()) and len(a.ids()) == len(set(a.ids())) == 16
-    for vid in b.ids():
-        np.testing.assert_allclose(a.features(vid), b.features(vid), atol=1e-4)
-        np.testing.assert_array_equal(a.frame_index(vid), b.frame_index(vid))
+    assert_same_store(store, tmp_path / "clean", n=16)
 
 
 def test_shards_split_the_items_between_processes_and_together_cover_them(dataset, tmp_path):
@@ -169,21 +137,16 @@ def test_images_are_single_frame_items(tmp_path):
 
     for name in ("cat/a.png", "cat/b.jpg", "dog/c.webp"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(clip(len(name))[0]).save(tmp_path / name)
+        Image.fromarray(random_frames(len(name), 1)[0]).save(tmp_path / name)
     extract(load_source(tmp_path), tmp_path / "s", cfg())
     s = open_store(tmp_path / "s")
     assert len(s.ids()) == 3 and all(s.meta(v).length == 1 for v in s.ids())
     assert {s.meta(v).label for v in s.ids()} == {"cat", "dog"}
 
 
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
 def test_cli_extract_info_compact_roundtrip(dataset, tmp_path):
     manifest, _ = dataset
-    base = ["extract", manifest, "--backbone", "resnet18", "--weights", "none", "--every", "3", "--size", "32",
-            "--workers", "0", "--store", tmp_path / "s"]
+    base = ["extract", manifest, *extract_flags(every=3), "--store", tmp_path / "s"]
     assert invoke(*base).exit_code == 0
     again = invoke(*base)
     assert again.exit_code == 0 and "already in store" in again.stdout
@@ -208,29 +171,39 @@ def test_cli_user_errors_exit_1_with_one_line_and_no_traceback(dataset, tmp_path
 
 
 def test_cli_refuses_to_append_other_settings_naming_the_setting(dataset, tmp_path):
-    base = ["extract", dataset[0], "--backbone", "resnet18", "--weights", "none", "--size", "32", "--workers", "0",
-            "--store", tmp_path / "s", "--limit", "1"]
-    assert invoke(*base, "--every", "2").exit_code == 0
-    res = invoke(*base, "--every", "5")
+    base = ["extract", dataset[0], "--store", tmp_path / "s", "--limit", "1"]
+    assert invoke(*base, *extract_flags(every=2)).exit_code == 0
+    res = invoke(*base, *extract_flags(every=5))
     assert res.exit_code == 1 and "every: store has 2, this run has 5" in res.output
 
 
 def test_cli_missing_manifest_column_and_unwritable_store(tmp_path):
-    (tmp_path / "m.csv").write_text("file,label\nx.mp4,a\n")
+    write_manifest(tmp_path, [("x.mp4", "a")], ["file", "label"])
     res = invoke("extract", tmp_path / "m.csv", "--weights", "none", "--store", tmp_path / "s")
     assert res.exit_code == 1 and "path" in res.output and "Traceback" not in res.output
-    (tmp_path / "m.csv").write_text("path,label\nx.mp4,a\n")
+    write_manifest(tmp_path, [("x.mp4", "a")])
     (tmp_path / "afile").write_text("a file where the store's parent folder should be")
     res = invoke("extract", tmp_path / "m.csv", "--weights", "none", "--store", tmp_path / "afile" / "s")
     assert res.exit_code == 1 and "cannot create store directory" in res.output and "Traceback" not in res.output
+
+
+def test_extract_records_each_videos_rotation(tmp_path):
+    frames = random_frames(0, 4)
+    write_rotated(tmp_path / "phone.mp4", frames, -90)
+    write_video(tmp_path / "plain.mkv", frames)
+    extract(load_source(write_manifest(tmp_path, [("phone.mp4", "a"), ("plain.mkv", "b")])), tmp_path / "s",
+            tiny_config(dtype="float16"))
+    s = open_store(tmp_path / "s")
+    assert (s.meta("phone").rotation, s.meta("plain").rotation) == (270, 0)
+    assert s.config.autorotate is True
 
 
 def test_extract_summary_counts_a_failed_item_as_failed_not_written(tmp_path):
     (tmp_path / "clips" / "a").mkdir(parents=True)
     write_video(tmp_path / "clips" / "a" / "ok.mp4", np.zeros((6, 32, 32, 3), np.uint8))
     (tmp_path / "clips" / "a" / "broken.mp4").write_bytes(b"\x00" * 100)
-    res = runner.invoke(cli.app, ["extract", str(tmp_path / "clips"), "--backbone", "resnet18", "--weights", "none",
-                                  "--size", "32", "--crop", "none", "--workers", "0", "--store", str(tmp_path / "s")])
+    res = invoke("extract", tmp_path / "clips", "--backbone", "resnet18", "--weights", "none", "--size", "32",
+                 "--crop", "none", "--workers", "0", "--store", tmp_path / "s")
     assert res.exit_code == 2, res.output
     rows = dict(line.strip("│ ").split("│")[:2] for line in res.stdout.splitlines() if "│" in line)
     assert {k.strip(): v.strip() for k, v in rows.items()}.items() >= {"written": "1", "failed": "1"}.items()

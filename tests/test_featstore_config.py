@@ -4,8 +4,8 @@ import json
 
 import h5py
 import numpy as np
+from helpers import write_clips
 
-from data.synth import write_video
 from featstore import StoreConfig, StoreWriter, VideoRecord, compact, open_store
 from featstore.config import FINGERPRINT_KEYS
 from pipeline.decode import Sampling
@@ -69,9 +69,7 @@ def test_a_fingerprint_difference_names_the_setting_and_both_values():
 
 
 def test_the_geometry_a_store_records_is_the_one_extract_decoded_with(tmp_path):
-    write_video(tmp_path / "v0.mkv", np.random.default_rng(0).integers(0, 256, (4, 40, 48, 3), np.uint8))
-    (tmp_path / "m.csv").write_text("path,label\nv0.mkv,a\n")
-    items = load_source(tmp_path / "m.csv")
+    items = load_source(write_clips(tmp_path, ["v0.mkv"], height=40, width=48))
     cfg = ExtractConfig(backbone="resnet18", weights="none", sampling=Sampling(every=2), size=32,
                         resize_engine="swscale", batch_size=4, workers=0, precision="fp32")
     extract(items, tmp_path / "s", cfg)

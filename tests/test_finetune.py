@@ -2,6 +2,7 @@
 kill -9 / Ctrl-C and --resume, and the inputs it must refuse."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-import cli
 from conftest import N_FRAMES, read_indices
+from helpers import child_env, cli_command, extract_flags, invoke, write_manifest
+
 from data.synth import make_pattern_dataset, make_temporal_dataset
 from featstore import open_store
 from finetune import FinetuneConfig, finetune
@@ -23,25 +23,29 @@ from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_posi
 from finetune.model import trainable_backbone
 from heads.models import HeadError
 from pipeline.backbones import BackboneError, load_backbone
-from test_heads_train import one_thread  # noqa: F401 (autouse fixture: one torch thread)
 from pipeline.decode import Geometry, decode_chosen
 from pipeline.sources import load_source
 
-ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32", workers=0,
             batch_size=4)
 TINY_FLAGS = ["--backbone", "resnet18", "--weights", "none", "--size", "32", "--crop", "none", "--segments", "2",
               "--precision", "fp32", "--workers", "0", "--batch-size", "4"]
 
 
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
     return make_temporal_dataset(tmp_path_factory.mktemp("ft") / "clips", n_per_class=4, frames=6, size=32, seed=2)
+
+
+@pytest.fixture(scope="module")
+def head_run(clips, tmp_path_factory) -> Path:
+    """The clips extracted as finetune reads them (resnet18, 32 px, no crop) and a linear fit-head run on them
+    (refit, the default). Tests copy it before changing it."""
+    root = tmp_path_factory.mktemp("ft_head")
+    assert invoke("extract", clips, *extract_flags(every=2), "--store", root / "store").exit_code == 0
+    assert invoke("fit-head", root / "store", "--epochs", "3", "--out", root / "head").exit_code == 0
+    return root / "head"
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +103,18 @@ def test_backbone_pt_round_trips_through_extract_with_its_sha256_in_the_fingerpr
     assert json.loads((tuned / "backbone.json").read_text())["backbone"] == "resnet18"
     loaded = load_backbone("resnet18", str(tuned / "backbone.pt")).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
-    base = ["extract", clips, "--backbone", "resnet18", "--every", "2", "--size", "32", "--crop", "none",
-            "--workers", "0", "--precision", "fp32", "--dtype", "float32"]
-    assert invoke(*base, "--weights", tuned / "backbone.pt", "--store", tmp_path / "tuned").exit_code == 0
-    assert invoke(*base, "--weights", "none", "--store", tmp_path / "random").exit_code == 0
+
+    def flags(weights, backbone="resnet18"):
+        return extract_flags(every=2, weights=weights, precision="fp32", dtype="float32", backbone=backbone)
+
+    assert invoke("extract", clips, *flags(tuned / "backbone.pt"), "--store", tmp_path / "tuned").exit_code == 0
+    assert invoke("extract", clips, *flags("none"), "--store", tmp_path / "random").exit_code == 0
     sha = json.loads((tuned / "metrics.json").read_text())["backbone_sha256"]
     a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
     assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
     vid = a.ids()[0]
     assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
-    res = invoke(*base[:3], "resnet34", *base[4:], "--weights", tuned / "backbone.pt", "--store", tmp_path / "x")
+    res = invoke("extract", clips, *flags(tuned / "backbone.pt", "resnet34"), "--store", tmp_path / "x")
     assert res.exit_code == 1 and "holds resnet18 weights" in res.output and "--backbone resnet18" in res.output
 
 
@@ -129,12 +135,8 @@ def test_a_quantized_backbone_is_refused_naming_the_float_one(clips, tmp_path):
     assert res.exit_code == 1 and "mobilenet_v2" in res.output and "Traceback" not in res.output
 
 
-def test_init_head_of_other_features_is_refused_naming_the_difference(clips, tmp_path):
-    store = tmp_path / "store"
-    assert invoke("extract", clips, "--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32",
-                  "--crop", "none", "--workers", "0", "--store", store).exit_code == 0
-    assert invoke("fit-head", store, "--epochs", "2", "--out", tmp_path / "head").exit_code == 0
-    args = ["finetune", clips, *TINY_FLAGS, "--init-head", tmp_path / "head", "--out", tmp_path / "ft"]
+def test_init_head_of_other_features_is_refused_naming_the_difference(clips, head_run, tmp_path):
+    args = ["finetune", clips, *TINY_FLAGS, "--init-head", head_run, "--out", tmp_path / "ft"]
     other_backbone = invoke(*args, "--backbone", "resnet34")
     assert other_backbone.exit_code == 1, other_backbone.output
     assert "backbone: store has 'resnet18', this run has 'resnet34'" in other_backbone.output
@@ -144,15 +146,21 @@ def test_init_head_of_other_features_is_refused_naming_the_difference(clips, tmp
     same = invoke(*args, "--epochs", "1")
     assert same.exit_code == 0, same.output
     ran = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert ran["init_head"] and ran["n_test"] == json.loads((tmp_path / "head" / "metrics.json").read_text())["n_test"]
+    assert ran["init_head"] and ran["n_test"] == json.loads((head_run / "metrics.json").read_text())["n_test"]
+
+
+def test_init_head_of_a_knn_run_is_refused_as_having_no_weights(clips, tmp_path):
+    store = tmp_path / "store"
+    assert invoke("extract", clips, "--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32",
+                  "--crop", "none", "--workers", "0", "--store", store).exit_code == 0
+    assert invoke("fit-head", store, "--head", "knn", "--out", tmp_path / "knn").exit_code == 0
+    res = invoke("finetune", clips, *TINY_FLAGS, "--init-head", tmp_path / "knn", "--out", tmp_path / "ft")
+    assert res.exit_code == 1 and "--head knn run: it has no weights" in res.output, res.output
 
 
 def test_a_refit_head_run_starts_the_fit_from_its_early_head_and_a_refit_from_epoch_0_ends_on_its_final_head(
-        clips, tmp_path):
-    store, head = tmp_path / "store", tmp_path / "head"
-    assert invoke("extract", clips, "--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32",
-                  "--crop", "none", "--workers", "0", "--store", store).exit_code == 0
-    assert invoke("fit-head", store, "--epochs", "3", "--out", head).exit_code == 0  # refit: the default
+        clips, head_run, tmp_path):
+    head = shutil.copytree(head_run, tmp_path / "head")  # refit: the default
     ckpt = torch.load(head / "head.pt", weights_only=True)
     assert not all(torch.equal(ckpt["state_dict"][k], v) for k, v in ckpt["early_state_dict"].items())
     # an lr far below float32's resolution moves no weight: val cannot improve, the start (epoch 0) wins, and the
@@ -169,17 +177,18 @@ def test_a_refit_head_run_starts_the_fit_from_its_early_head_and_a_refit_from_ep
 
 
 def test_a_source_where_every_video_fails_exits_2_listing_them_and_writes_nothing(tmp_path):
-    rows = ["path,label,split"]
+    rows = []
     for name, split in (("a1", "train"), ("b1", "train"), ("a2", "val"), ("b2", "test")):
         (tmp_path / f"{name}.mp4").write_bytes(b"not a video" if name[1] == "1" else b"")
-        rows.append(f"{name}.mp4,{name[0]},{split}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    res = invoke("finetune", tmp_path / "m.csv", *TINY_FLAGS, "--out", tmp_path / "run")
+        rows.append((f"{name}.mp4", name[0], split))
+    manifest = write_manifest(tmp_path, rows, ["path", "label", "split"])
+    res = invoke("finetune", manifest, *TINY_FLAGS, "--out", tmp_path / "run")
     assert res.exit_code == 2, res.output
     assert "failed a1" in res.output and "failed b1" in res.output and "nothing was trained" in res.output
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_temporal_trains_without_labels_and_an_interrupted_run_resumes_to_the_same_result(clips, tmp_path):
     cfg = FinetuneConfig(**TINY, objective="temporal", epochs=2, pos_window=0.2)
     items = load_source(clips)
@@ -236,36 +245,51 @@ def _wait_for_epoch(checkpoint: Path, proc: subprocess.Popen, timeout: float = 1
     raise AssertionError(f"no {phase} checkpoint after {timeout} s (exit code {proc.poll()})")
 
 
+def killed_run_config(objective: str) -> FinetuneConfig:
+    """KILLED_RUN's config."""
+    return FinetuneConfig(**{**TINY, "workers": 1}, epochs=3, objective=objective, pos_window=0.2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(clips, tmp_path_factory):
+    """objective -> (metrics, run folder) of KILLED_RUN's config run without a kill; each run once per module."""
+    runs = {}
+
+    def run(objective: str) -> tuple[dict, Path]:
+        if objective not in runs:
+            out = tmp_path_factory.mktemp("whole") / objective
+            runs[objective] = finetune(load_source(clips), killed_run_config(objective), out), out
+        return runs[objective]
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective, phase", [("supervised", "fit"), ("supervised", "refit"), ("temporal", "fit")])
-def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, tmp_path, objective, phase):
+def test_kill_9_then_resume_equals_an_uninterrupted_run(clips, uninterrupted, tmp_path, objective, phase):
     run = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(clips), str(run), phase, objective], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(clips), str(run), phase, objective],
+                            env=child_env(OMP_NUM_THREADS="1"))
     _wait_for_epoch(run / "checkpoint.pt", proc, phase=phase)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     state = torch.load(run / "checkpoint.pt", weights_only=True)["state"]
     assert (state["epoch"], state["refit_epoch"]) == ((1, 0) if phase == "fit" else (3, 1))
     assert not (run / "backbone.pt").exists() and not list(run.glob("*.tmp"))
-    items = load_source(clips)
-    cfg = FinetuneConfig(**{**TINY, "workers": 1}, epochs=3, objective=objective, pos_window=0.2)
-    resumed = finetune(items, cfg, run, resume=True)
-    whole = finetune(items, cfg, tmp_path / "whole")
+    resumed = finetune(load_source(clips), killed_run_config(objective), run, resume=True)
+    whole, whole_dir = uninterrupted(objective)
     assert resumed["epochs_run"] == whole["epochs_run"] == 3
-    refits = [r for r in whole_history(tmp_path / "whole") if r[0] == "refit"]
+    refits = [r for r in whole_history(whole_dir) if r[0] == "refit"]
     assert len(refits) == whole["best_epoch"] >= 1 and resumed["test"] == whole["test"]
     assert {int(r[6]) for r in refits} == {whole["n_train"] + whole["n_val"]}, "the refit trains on train + val"
-    _assert_same_weights(run, tmp_path / "whole")
-    assert [r[:5] for r in whole_history(run)] == [r[:5] for r in whole_history(tmp_path / "whole")]
+    _assert_same_weights(run, whole_dir)
+    assert [r[:5] for r in whole_history(run)] == [r[:5] for r in whole_history(whole_dir)]
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_the_last_checkpoint(clips, tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "cli.py"), "finetune", str(clips), *TINY_FLAGS, "--epochs", "3", "--out", str(run)]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli_command("finetune", clips, *TINY_FLAGS, "--epochs", "3", "--out", run),
+                            env=child_env(OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
     _wait_for_epoch(run / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -279,7 +303,10 @@ def test_supervised_finetune_learns_what_frozen_random_features_cannot(tmp_path)
     # 1-pixel stripes, horizontal vs vertical, in an 8x8 patch placed anywhere on a smooth 48x48 background that
     # changes every frame: globally pooled random ResNet-18 features hardly see the orientation, a trained one does.
     items = load_source(make_pattern_dataset(tmp_path / "clips", n_per_class=32, frames=8, size=48, patch=8))
-    base = {**TINY, "size": 48, "batch_size": 8, "augment": False, "lr": 1e-3, "patience": 6}
+    # 8 eval segments on 8-frame clips see each frame once (25 would repeat them); the early-stopped model is scored
+    # without a refit: the claim is about what training the backbone can learn, and both take half the time
+    base = {**TINY, "size": 48, "batch_size": 8, "augment": False, "lr": 1e-3, "patience": 6, "eval_segments": 8,
+            "refit": False}
     # the control: the same run with every backbone stage frozen (layer4 is ResNet-18's last), a head-only lr
     frozen = finetune(items, FinetuneConfig(**{**base, "lr": 1e-2}, freeze_until="layer4", epochs=6),
                       tmp_path / "frozen")

@@ -4,50 +4,37 @@ extract fails an item whose features overflow the storage dtype (a random-init r
 above float16's 65504, as it does at full size), naming the fix; every reader of a store written before that check
 refuses its non-finite rows in one line naming the shard and the video, before any epoch; predict's embedding of new
 files fails them the same way. Real processes, real stores."""
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import extract_flags, run_cli, write_clips
 
-from data.synth import write_video
 from featstore import StoreWriter, VideoRecord, open_store, verify_store
 from featstore.finite import fail_non_finite
 from pipeline.extract import embed_files
 
-ROOT = Path(__file__).resolve().parents[1]
-OVERFLOWS = ["--backbone", "resnet152", "--weights", "none", "--size", "32", "--crop", "none", "--every", "4",
-             "--workers", "0"]
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+OVERFLOWS = extract_flags(every=4, backbone="resnet152")
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
     """Two lossless 32 px clips of 8 frames: returns the manifest."""
-    root = tmp_path_factory.mktemp("clips")
-    for i in range(2):
-        write_video(root / f"c{i}.mkv", np.random.default_rng(i).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
-    (root / "m.csv").write_text("path,label\nc0.mkv,a\nc1.mkv,b\n")
-    return root / "m.csv"
+    return write_clips(tmp_path_factory.mktemp("clips"), ["c0.mkv", "c1.mkv"], frames=8)
 
 
 @pytest.fixture(scope="module")
 def float32_store(clips, tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("f32") / "store"
-    done = cli("extract", clips, *OVERFLOWS, "--dtype", "float32", "--store", store)
+    done = run_cli("extract", clips, *OVERFLOWS, "--dtype", "float32", "--store", store)
     assert done.returncode == 0, done.stderr
     return store
 
 
 def test_extract_fails_items_whose_features_overflow_float16_and_the_named_fix_works(clips, float32_store, tmp_path):
     store = tmp_path / "store"
-    done = cli("extract", clips, *OVERFLOWS, "--store", store)
+    done = run_cli("extract", clips, *OVERFLOWS, "--store", store)
     assert done.returncode == 2, done.stderr  # some items failed
     failed = [line for line in done.stderr.splitlines() if line.startswith("failed")]
     assert len(failed) == 2 and all("overflow float16" in x and "--dtype float32" in x for x in failed), failed
@@ -97,7 +84,7 @@ def inf_store(tmp_path) -> Path:
     ["cluster-eval", "{store}", "--k", "2", "--plot", "none", "--out", "{tmp}/km"],
 ])
 def test_every_reader_refuses_non_finite_rows_before_training_naming_shard_and_video(inf_store, tmp_path, command):
-    done = cli(*[a.format(store=inf_store, tmp=tmp_path) for a in command])
+    done = run_cli(*[a.format(store=inf_store, tmp=tmp_path) for a in command])
     assert done.returncode == 1, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("error")]  # beside an idle progress bar
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr

@@ -3,14 +3,14 @@ import json
 
 import numpy as np
 import pytest
-from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
-from typer.testing import CliRunner
 
-import cli
 from heads.fusion import fuse_runs
 from heads.models import HeadError
 from heads.run import fit_head, list_runs
 from heads.train import TrainConfig
+from helpers import SMALL, blob_clips, invoke, write_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {**SMALL, "epochs": 10, "patience": 10}
 
@@ -44,8 +44,7 @@ def test_late_fusion_refuses_other_label_sets_and_bad_weights(two_runs, tmp_path
         fuse_runs([two_runs / "runs" / "lin", tmp_path / "two"], tmp_path / "f")
     with pytest.raises(HeadError, match="--weights"):
         fuse_runs([two_runs / "runs" / "lin", two_runs / "runs" / "mlp"], tmp_path / "f", weights=[1, 2, 3])
-    res = CliRunner().invoke(cli.app, ["fuse", str(two_runs / "runs" / "lin"), str(tmp_path / "two"),
-                                       "--out", str(tmp_path / "f")])
+    res = invoke("fuse", two_runs / "runs" / "lin", tmp_path / "two", "--out", tmp_path / "f")
     assert res.exit_code == 1 and "different label sets" in res.output and "Traceback" not in res.output
 
 
@@ -82,7 +81,7 @@ def test_concat_fusion_separates_what_neither_store_can_alone(tmp_path):
     assert max(alone) < 0.7 and fused["test"]["accuracy"] > 0.9
     assert fused["fusion"]["left_out"] == {str(a): 1, str(b): 0}
     assert fused["fusion"]["left_out_examples"][str(a)] == ["only_a"] and fused["backbone"] == "netA+netB"
-    res = CliRunner().invoke(cli.app, ["evaluate", str(tmp_path / "fused")])
+    res = invoke("evaluate", tmp_path / "fused")
     assert res.exit_code == 1 and "joined (--fuse)" in res.output
 
 
@@ -105,8 +104,7 @@ def test_sequence_heads_align_the_second_store_by_time(tmp_path):
 def test_fusion_without_common_ids_is_refused_in_one_line(tmp_path):
     a = write_store(tmp_path / "a", blob_clips(per_class=4))
     b = write_store(tmp_path / "b", [(f"other{i}", *rest) for i, (_, *rest) in enumerate(blob_clips(per_class=4))])
-    res = CliRunner().invoke(cli.app, ["fit-head", "--store", str(a), "--store", str(b), "--fuse", "concat",
-                                       "--out", str(tmp_path / "r")])
+    res = invoke("fit-head", "--store", a, "--store", b, "--fuse", "concat", "--out", tmp_path / "r")
     assert res.exit_code == 1 and "share no video id" in res.output and "Traceback" not in res.output
     with pytest.raises(HeadError, match="exactly two stores"):
         from heads.fusion import fused_cache

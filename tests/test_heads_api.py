@@ -3,11 +3,12 @@ evaluate's report kept inside the run whatever the split is called."""
 import json
 
 import pytest
-from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
+from helpers import SMALL, blob_clips, write_store
 
 import heads
 from heads.models import HeadError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = {**SMALL, "epochs": 2, "patience": 2, "device": "cpu"}
 
 

@@ -27,6 +27,18 @@ def test_multilabel_metrics_match_hand_computed_values():
     assert "mAP@5" not in m  # K above the number of labels is left out
 
 
+def test_map_at_k_under_both_normalisations_and_per_label_prf():
+    m = multilabel_metrics(Y, P, ["a", "b", "c"], threshold=0.5, tuned=0.65, fixed=0.5)
+    # AP@3 numerators 2, 1, 7/6 (see above); ÷ min(3, positives) = 2, 1, 2 vs ÷ 3
+    assert m["mAP@3_divmin"] == m["mAP@3"] == pytest.approx((1 + 1 + 7 / 12) / 3)
+    assert m["mAP@3_divK"] == pytest.approx(25 / 54)
+    assert m["per_label"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert (m["per_label"]["b"]["precision"], m["per_label"]["b"]["recall"]) == (1.0, 0.5)
+    assert m["micro_f1_fixed"] == m["micro_f1"]  # decision threshold = the fixed one here
+    # at 0.65: predictions [1,0,0] [0,1,0] [0,0,1] [0,0,0] -> TP 2, FP 1, FN 3
+    assert m["tuned_threshold"] == 0.65 and m["micro_f1_tuned"] == pytest.approx(4 / 8)
+
+
 def test_map_skips_labels_without_positives():
     y = np.array([[1, 0], [0, 0]])
     p = np.array([[0.9, 0.8], [0.2, 0.1]])

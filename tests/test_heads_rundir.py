@@ -4,11 +4,14 @@ import subprocess
 import sys
 
 import pytest
-from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
+from helpers import SMALL, blob_clips, invoke, write_store
 
 import heads
+from featstore.staging import HOST
 from heads.models import HeadError
+from heads.rundir import MANIFEST, check_run_dir, run_kind, safe_name, staged_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = {**SMALL, "epochs": 2, "patience": 2, "device": "cpu"}
 
 
@@ -68,12 +71,104 @@ def test_every_writer_refuses_what_is_not_its_own_and_replaces_it_whole_with_for
 def test_staging_folders_a_killed_run_left_are_removed_at_the_next_start(inputs, tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)
-    for kind in ("tmp", "old"):
-        (tmp_path / f".out.{kind}-{dead}").mkdir()
-        (tmp_path / f".out.{kind}-{dead}" / "head.pt").write_text("half written")
-    (tmp_path / f".other.tmp-{dead}").mkdir()  # another run's: not ours to clean
+    for base in ("out", "out.old"):  # a staging folder, and the old run moved aside to be replaced
+        (tmp_path / f".{base}.{HOST}.{dead}.tmp").mkdir()
+        (tmp_path / f".{base}.{HOST}.{dead}.tmp" / "head.pt").write_text("half written")
+    (tmp_path / f".other.{HOST}.{dead}.tmp").mkdir()  # another run's: not ours to clean
     WRITERS["cluster-eval"](inputs, tmp_path / "out", False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{dead}", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.{HOST}.{dead}.tmp", "out"]
+
+
+def staging_folders(parent):
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def write_run(folder, config, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    for name in names:
+        (folder / name).write_text("old")
+    (folder / MANIFEST).write_text(json.dumps({"files": ["config.json", *names]}))  # a run lists what it wrote
+    return folder
+
+
+def test_run_kind_is_read_off_config_json_and_knows_fit_head_runs_written_before_it_was_recorded(tmp_path):
+    kinds = {"km": {"command": "cluster-eval"}, "single": {"command": "fit-head"}, "sw": {"grid": {"lr": [1]}},
+             "rep": {"mode": "seeds"}, "late": {"fuse": "late"}, "old": {"train": {"head": "linear"}},
+             "list": ["not", "an", "object"], "cut": '{"command": "fit-', "other": {"command": "sweep"}}
+    assert {name: run_kind(write_run(tmp_path / name, config)) for name, config in kinds.items()} == {
+        "km": "cluster-eval", "single": "fit-head", "sw": "sweep", "rep": "fit-head --seeds", "late": "fuse",
+        "old": "fit-head", "list": None, "cut": None, "other": None}
+    assert run_kind(tmp_path / "absent") is None
+
+
+def test_check_run_dir_takes_an_absent_empty_or_same_kind_folder_and_names_force_for_anything_else(tmp_path):
+    check_run_dir(tmp_path / "absent", "fit-head")
+    (tmp_path / "empty").mkdir()
+    check_run_dir(tmp_path / "empty", "fit-head")
+    run = write_run(tmp_path / "run", {"command": "fit-head"}, "head.pt", "metrics.json")
+    check_run_dir(run, "fit-head")
+    with pytest.raises(HeadError, match=r"already holds a fit-head run \(.*head.pt.*\).*--force to replace it whole"):
+        check_run_dir(run, "cluster-eval")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(HeadError, match=r"already holds a fit-head run and other files \(notes.txt\).*--force"):
+        check_run_dir(run, "fit-head")
+    check_run_dir(run, "fit-head", force=True)
+    check_run_dir(write_run(tmp_path / "rep", {"mode": "seeds"}, "seed-0", "seed-1"), "fit-head --seeds")
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(HeadError, match="is a file"):
+        check_run_dir(tmp_path / "afile", "fit-head", force=True)
+
+
+def test_staged_run_replaces_the_old_run_whole_and_only_once_the_new_one_is_complete(tmp_path):
+    out = write_run(tmp_path / "run", {"command": "fit-head"}, "head.pt", "confusion.png")
+    with staged_run(out, "fit-head") as stage:
+        assert stage.parent == tmp_path and stage != out
+        (stage / "config.json").write_text('{"command": "fit-head", "new": true}')
+        (stage / "head.pt").write_text("new")
+        assert (out / "head.pt").read_text() == "old"  # nothing moves before the run has finished
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "head.pt", MANIFEST]  # no old confusion.png
+    assert (out / "head.pt").read_text() == "new" and not staging_folders(tmp_path)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with staged_run(out, "fit-head") as stage:
+            (stage / "head.pt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert (out / "head.pt").read_text() == "new" and not staging_folders(tmp_path)
+
+
+def test_safe_name_keeps_a_split_name_one_harmless_path_component():
+    assert [safe_name(s) for s in ("test", "a/b", "..\\x", ".hidden", "")] == ["test", "a_b", "_.._x", "_.hidden", "_"]
+
+
+# -- through the CLI -----------------------------------------------------------------------------------------------
+def test_fit_head_refuses_a_folder_with_other_files_until_force(tiny_store, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "config.json").write_text('{"mine": true}')
+    res = invoke("fit-head", tiny_store, "--epochs", "1", "--out", out)
+    assert res.exit_code == 1 and "--force" in res.output and "notes.txt" in res.output
+    assert json.loads((out / "config.json").read_text()) == {"mine": True}
+    res = invoke("fit-head", tiny_store, "--epochs", "1", "--out", out, "--force")
+    assert res.exit_code == 0, res.output
+    assert not (out / "notes.txt").exists() and (out / "head.pt").exists()  # --force replaces the folder whole
+    assert not staging_folders(tmp_path)
+
+
+def test_a_run_of_the_same_command_is_replaced_and_another_kind_is_refused(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("fit-head", tiny_store, "--epochs", "1", "--out", out).exit_code == 0
+    first = (out / "head.pt").read_bytes()
+    assert invoke("fit-head", tiny_store, "--epochs", "1", "--seed", "1", "--out", out).exit_code == 0
+    assert (out / "head.pt").read_bytes() != first
+    res = invoke("cluster-eval", tiny_store, "--plot", "none", "--out", out)
+    assert res.exit_code == 1 and "fit-head run" in res.output
+    km = tmp_path / "km"
+    assert invoke("cluster-eval", tiny_store, "--plot", "none", "--out", km).exit_code == 0
+    assert invoke("cluster-eval", tiny_store, "--plot", "none", "--out", km).exit_code == 0
+    res = invoke("fit-head", tiny_store, "--epochs", "1", "--out", km)
+    assert res.exit_code == 1 and "cluster-eval run" in res.output
+    assert not staging_folders(tmp_path)
 
 
 # -- reruns: a run folder knows its own files (run_files.json), follow-ups included (issue 24) ---------------------

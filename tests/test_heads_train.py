@@ -1,44 +1,19 @@
 """heads.data, heads.train, heads.run on tiny synthetic stores written with StoreWriter."""
+import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from featstore import StoreWriter, VideoRecord
 from heads.data import (Augment, batches, build_vocab, detect_task, encode_targets, eval_frames, load_cache,
                         make_splits, train_frames)
 from heads.models import HEADS, HeadError
 from heads.run import evaluate_run, fit_head, list_runs, load_run, predict_features
 from heads.train import TrainConfig, cpu_state
+from helpers import SMALL, D, blob_clips, write_store
 
-D = 8
-SMALL = dict(hidden=32, epochs=25, patience=25, batch_size=16, lr=3e-3)  # quick to train, still learns
-
-
-def write_store(path, clips, config=None):
-    """clips: list of (id, label, group, split, features (T, D))."""
-    config = config or {"backbone": "synthetic", "every": 1}
-    with StoreWriter(path, config=config, fingerprint_keys=sorted(config), dim=D) as w:
-        for vid, label, group, split, feats in clips:
-            t = len(feats)
-            w.add(VideoRecord(vid, label=label, group=group, split=split, features=feats.astype(np.float32),
-                              frame_index=np.arange(t), time_s=np.arange(t) / 25))
-    return path
-
-
-def blob_clips(n_classes=3, per_class=16, seed=0, split=True):
-    """Each class has its own mean feature vector: every head should beat chance."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 1, (n_classes, D))
-    clips = []
-    for c in range(n_classes):
-        for i in range(per_class):
-            t = int(rng.integers(3, 10))
-            feats = centers[c] + rng.normal(0, 0.8, (t, D))
-            s = ("test" if i % 4 == 0 else "train") if split else ""
-            clips.append((f"c{c}_{i}", f"class{c}", f"g{c}_{i // 2}", s, feats))
-    return clips
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def order_clips(n=96, seed=0):
@@ -52,15 +27,6 @@ def order_clips(n=96, seed=0):
         feats[:, 0] = np.linspace(-1, 1, t) * (1 if up else -1)
         clips.append((f"v{i}", "up" if up else "down", f"g{i // 4}", "test" if i % 8 >= 6 else "train", feats))
     return clips
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny heads gain nothing from a second thread, and on a busy CI machine its spin-waits cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -208,11 +174,43 @@ def test_same_seed_same_run(blob_store, tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def history(run):
+    return list(csv.DictReader(open(run / "history.csv")))
+
+
+def test_rmsprop_learns_and_train_accuracy_is_recorded(blob_store, tmp_path):
+    m = fit_head(blob_store, TrainConfig(head="linear", optimizer="rmsprop", **SMALL), tmp_path / "r")
+    assert m["test"]["accuracy"] > 0.6
+    rows = history(tmp_path / "r")
+    assert all(0 <= float(r["train_metric"]) <= 1 for r in rows)
+    assert float(rows[-1]["train_metric"]) > float(rows[0]["train_metric"]) or float(rows[0]["train_metric"]) == 1
+
+
+def test_scheduler_flags_set_the_decay(blob_store, tmp_path):
+    cfg = TrainConfig(head="linear", scheduler="exp", lr_gamma=0.5, refit=False, **{**SMALL, "epochs": 4,
+                                                                                     "patience": 4})
+    fit_head(blob_store, cfg, tmp_path / "exp")
+    lrs = [float(r["lr"]) for r in history(tmp_path / "exp")]
+    assert lrs == pytest.approx([3e-3 * 0.5 ** i for i in range(4)])
+    cfg = TrainConfig(head="linear", lr_factor=0.1, lr_patience=1, refit=False, **{**SMALL, "lr": 1e-6})
+    fit_head(blob_store, cfg, tmp_path / "plateau")  # lr 1e-6: the val loss barely moves, so the lr drops
+    ratios = {round(lr / 1e-6, 6) for lr in (float(r["lr"]) for r in history(tmp_path / "plateau"))}
+    assert ratios <= {1.0, 0.1, 0.01, 0.001, 0.0001, 1e-05, 1e-06} and len(ratios) > 1
+
+
 def test_bad_flags_are_named():
     with pytest.raises(HeadError, match="--optimizer 'adagrad'.*adamw, adam, sgd, rmsprop"):
         TrainConfig(optimizer="adagrad")
     with pytest.raises(HeadError, match="--val-frac 1.5"):
         TrainConfig(val_frac=1.5)
+
+
+@pytest.mark.parametrize("flags, message", [({"lr_factor": 1.5}, "--lr-factor 1.5"),
+                                            ({"lr_gamma": 0.0}, "--lr-gamma 0.0"),
+                                            ({"threshold": 1.2}, "--threshold 1.2")])
+def test_bad_knobs_are_named(flags, message):
+    with pytest.raises(HeadError, match=message):
+        TrainConfig(**flags)
 
 
 # -- runs: files, checkpoint, evaluate, predict, list ------------------------------------------------

@@ -4,34 +4,23 @@ Real files, real child processes with RLIMIT_FSIZE, real SIGKILL, bytes flipped 
 with a store that `verify --deep` passes after the rerun and that equals an uninterrupted run.
 """
 import json
-import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import assert_same_store, child_env, cli_command, extract_flags, invoke, kill_9_when_shards, write_clips
 
-import cli
-from data.synth import write_video
 from featstore import BadShard, ForeignShard, StoreError, StoreWriter, VideoRecord, open_store, verify_store
 
-ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 N_CLIPS = 10
-SETTINGS = ["--backbone", "resnet18", "--weights", "none", "--every", "1", "--size", "32", "--crop", "none",
-            "--workers", "0", "--precision", "fp32", "--dtype", "float32"]
-
-
-def invoke(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
+SETTINGS = extract_flags(precision="fp32", dtype="float32")
 
 
 def extract_args(manifest, store, *extra):
@@ -41,14 +30,8 @@ def extract_args(manifest, store, *extra):
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
     """Ten lossless 32 px clips of 5 frames, two labels: returns the manifest."""
-    root = tmp_path_factory.mktemp("clips")
-    rows = ["path,label,split"]
-    for i in range(N_CLIPS):
-        frames = np.random.default_rng(i).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-        write_video(root / f"c{i:02d}.mkv", frames)
-        rows.append(f"c{i:02d}.mkv,{'ab'[i % 2]},{'test' if i >= 8 else 'train'}")
-    (root / "m.csv").write_text("\n".join(rows) + "\n")
-    return root / "m.csv"
+    return write_clips(tmp_path_factory.mktemp("clips"), [f"c{i:02d}.mkv" for i in range(N_CLIPS)], frames=5,
+                       split=lambda i: "test" if i >= 8 else "train")
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +41,6 @@ def reference(clips, tmp_path_factory) -> Path:
     res = invoke(*extract_args(clips, store))
     assert res.exit_code == 0, res.output
     return store
-
-
-def assert_same_store(store: Path, reference: Path) -> None:
-    a, b = open_store(store), open_store(reference)
-    assert sorted(a.ids()) == sorted(b.ids()) and len(a.ids()) == N_CLIPS
-    for vid in b.ids():
-        np.testing.assert_allclose(a.features(vid), b.features(vid), atol=1e-4)
-        np.testing.assert_array_equal(a.frame_index(vid), b.frame_index(vid))
-        assert a.meta(vid).label == b.meta(vid).label
 
 
 def assert_verify_deep_passes(store: Path) -> None:
@@ -101,10 +75,9 @@ class FileSizeLimit:
 
 def cli_child(*args, file_limit: int | None = None) -> subprocess.CompletedProcess:
     """`python cli.py ARGS` in a child process, optionally under a file size limit."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}  # wide: rich must not wrap the one line
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *[str(a) for a in args]], env=env, text=True,
-                          capture_output=True, preexec_fn=FileSizeLimit(file_limit) if file_limit else None,
-                          timeout=300)
+    env = child_env(COLUMNS="400")  # wide: rich must not wrap the one line
+    return subprocess.run(cli_command(*args), env=env, text=True, capture_output=True, timeout=300,
+                          preexec_fn=FileSizeLimit(file_limit) if file_limit else None)
 
 
 # -- disk full -------------------------------------------------------------------------------------------------
@@ -126,7 +99,7 @@ def test_disk_full_in_extract_is_one_line_keeps_finished_shards_and_the_rerun_re
     resumed = invoke(*extract_args(clips, store))
     assert resumed.exit_code == 0 and "already in store" in resumed.output
     assert_verify_deep_passes(store)
-    assert_same_store(store, reference)
+    assert_same_store(store, reference, N_CLIPS)
 
 
 GROWING_WRITER = textwrap.dedent("""
@@ -148,7 +121,7 @@ GROWING_WRITER = textwrap.dedent("""
 def test_disk_full_mid_run_leaves_earlier_shards_and_no_temp_file_and_exits_cleanly(tmp_path):
     store = tmp_path / "s"
     run = subprocess.run([sys.executable, "-c", GROWING_WRITER, str(store)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=FileSizeLimit(600_000), timeout=120)
+                         env=child_env(), preexec_fn=FileSizeLimit(600_000), timeout=120)
     assert run.returncode == 0, run.stderr  # not 139: HDF5 never saw the failed write
     assert "disk full writing" in run.stdout and "p0-000001.h5" in run.stdout
     assert no_temp_files(store)
@@ -172,7 +145,7 @@ def small_filesystem(tmp_path):
 def test_a_really_full_disk_gives_the_same_one_line_as_the_size_limit(small_filesystem):
     store = small_filesystem / "s"
     run = subprocess.run([sys.executable, "-c", GROWING_WRITER, str(store)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                         env=child_env(), timeout=120)
     assert run.returncode == 0, run.stderr
     assert "disk full writing" in run.stdout and "p0-000001.h5" in run.stdout and "kB is free there" in run.stdout
     assert no_temp_files(store) and open_store(store).ids() == ["v0", "v1"]
@@ -188,7 +161,7 @@ def test_disk_full_in_compact_is_one_line_and_leaves_no_file(reference, tmp_path
     assert not out.exists() and no_temp_files(tmp_path)
     assert invoke("compact", reference, out).exit_code == 0
     assert_verify_deep_passes(out)
-    assert_same_store(out, reference)
+    assert_same_store(out, reference, N_CLIPS)
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------------------
@@ -208,28 +181,28 @@ KILLED = textwrap.dedent("""
 def test_kill_9_then_rerun_gives_a_store_that_verify_deep_passes_equal_to_an_uninterrupted_run(
         clips, reference, tmp_path):
     store = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(clips), str(store)],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(store.glob("p0-*.h5"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_when_shards(subprocess.Popen([sys.executable, "-c", KILLED, str(clips), str(store)], env=child_env()), store)
     assert 0 < len(open_store(store).ids()) < N_CLIPS, "the kill must land mid-run"
     assert_verify_deep_passes(store)
     assert invoke(*extract_args(clips, store)).exit_code == 0
     assert_verify_deep_passes(store)
-    assert_same_store(store, reference)
+    assert_same_store(store, reference, N_CLIPS)
 
 
 # -- damaged shards --------------------------------------------------------------------------------------------
-@pytest.fixture
-def three_shards(clips, tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def three_runs(clips, tmp_path_factory) -> Path:
     """The clips extracted in three runs: shards of 4, 4 and 2 videos."""
-    store = tmp_path / "s"
+    store = tmp_path_factory.mktemp("three") / "s"
     for extra in (["--limit", "4"], ["--limit", "4"], []):
         assert invoke(*extract_args(clips, store, *extra)).exit_code == 0
     return store
+
+
+@pytest.fixture
+def three_shards(three_runs, tmp_path) -> Path:
+    """A copy of three_runs for the test to damage."""
+    return shutil.copytree(three_runs, tmp_path / "s")
 
 
 def shards(store: Path) -> list[Path]:
@@ -269,7 +242,7 @@ def test_truncated_shard_is_named_by_every_command_then_quarantine_and_rerun_rep
     assert invoke(*extract_args(clips, store)).exit_code == 0
     assert json.loads(invoke("info", store, "--json").stdout)["videos"] == N_CLIPS
     assert_verify_deep_passes(store)
-    assert_same_store(store, reference)
+    assert_same_store(store, reference, N_CLIPS)
 
 
 def test_flipped_bytes_in_features_name_the_shard_and_deep_verify_finds_them(clips, reference, three_shards):
@@ -290,7 +263,7 @@ def test_flipped_bytes_in_features_name_the_shard_and_deep_verify_finds_them(cli
     assert list(report.bad) == [victim.name] and "checksum mismatch in features" in report.bad[victim.name]
     assert invoke(*extract_args(clips, store)).exit_code == 0
     assert_verify_deep_passes(store)
-    assert_same_store(store, reference)
+    assert_same_store(store, reference, N_CLIPS)
 
 
 def test_non_finite_features_fail_deep_verify_naming_the_video(tmp_path):
@@ -353,7 +326,7 @@ def test_a_shard_of_other_settings_is_refused_naming_it_and_the_setting(clips, r
     report = verify_store(three_shards, quarantine=True)
     assert list(report.bad) == ["p0-000009.h5"] and report.lost_videos == 0
     assert_verify_deep_passes(three_shards)
-    assert_same_store(three_shards, reference)
+    assert_same_store(three_shards, reference, N_CLIPS)
 
 
 def test_a_shard_copied_twice_is_a_duplicate_for_verify(three_shards):
@@ -435,8 +408,7 @@ def test_writers_of_different_partitions_cannot_run_at_once(tmp_path):
         with pytest.raises(StoreError, match="another partition"):
             StoreWriter(store, cfg, keys, dim=4, prefix="s0of3")
         probe = (f"from featstore import StoreWriter; StoreWriter({str(store)!r}, {cfg!r}, {keys!r}, dim=4)")
-        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=child_env())
         assert other.returncode != 0 and "another partition" in other.stderr
     # One after the other is fine: the later writer skips what the store already holds.
     StoreWriter(store, cfg, keys, dim=4).close()

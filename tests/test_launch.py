@@ -1,19 +1,13 @@
 """--shard auto: launcher environments → parts; simulated Slurm arrays and torchrun ranks writing one store."""
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import ROOT, assert_same_store, cli_command, extract_flags, invoke, write_clips, write_manifest
 
-import cli
-from data.synth import write_video
-from featstore import open_store
 from pipeline.launch import LaunchError, detect_launch
 
-ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
                "SLURM_ARRAY_TASK_STEP", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -65,54 +59,45 @@ def test_local_rank_picks_the_rank_gpu_and_ranks_share_the_node_cores():
 def test_cli_shard_auto_outside_a_launcher_says_what_it_looked_for(tmp_path, monkeypatch):
     for name in LAUNCH_VARS:
         monkeypatch.delenv(name, raising=False)
-    (tmp_path / "m.csv").write_text("path,label\nx.mp4,a\n")
-    res = CliRunner().invoke(cli.app, ["extract", str(tmp_path / "m.csv"), "--weights", "none", "--shard", "auto",
-                                       "--store", str(tmp_path / "s")])
+    res = invoke("extract", write_manifest(tmp_path, [("x.mp4", "a")]), "--weights", "none", "--shard", "auto",
+                 "--store", tmp_path / "s")
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "SLURM_ARRAY_TASK_ID" in res.output and "RANK with WORLD_SIZE" in res.output
 
 
-@pytest.fixture()
-def clips(tmp_path):
-    rows = ["path,label"]
-    for i in range(9):
-        frames = np.random.default_rng(i).integers(0, 256, (3 + i % 3, 32, 32, 3), dtype=np.uint8)
-        write_video(tmp_path / f"v{i}.mkv", frames)
-        rows.append(f"v{i}.mkv,{'ab'[i % 2]}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path / "m.csv"
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    return write_clips(tmp_path_factory.mktemp("launch"), [f"v{i}.mkv" for i in range(9)],
+                       frames=[3 + i % 3 for i in range(9)])
+
+
+@pytest.fixture(scope="module")
+def single(clips) -> Path:
+    """The clips extracted by one process, as the launched processes extract them."""
+    proc = run_cli(clips, clips.parent / "single", {})
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    return clips.parent / "single"
 
 
 def run_cli(manifest: Path, store: Path, extra_env: dict[str, str], *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(extra_env, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(ROOT / "cli.py"), "extract", str(manifest), "--backbone", "resnet18", "--weights",
-           "none", "--size", "32", "--every", "2", "--workers", "0", "--dtype", "float32", "--store", str(store), *args]
+    cmd = cli_command("extract", manifest, *extract_flags(every=2, dtype="float32"), "--store", store, *args)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    sa, sb = open_store(a), open_store(b)
-    assert sorted(sa.ids()) == sorted(sb.ids()) and len(sa.ids()) == len(sb.ids()) == 9
-    for vid in sb.ids():
-        np.testing.assert_allclose(sa.features(vid), sb.features(vid), atol=1e-5)
-        np.testing.assert_array_equal(sa.frame_index(vid), sb.frame_index(vid))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["slurm", "torchrun"])
-def test_three_launched_processes_write_one_store_equal_to_a_single_process(clips, tmp_path, launcher):
+def test_three_launched_processes_write_one_store_equal_to_a_single_process(clips, single, tmp_path, launcher):
     def env(i: int) -> dict[str, str]:
         if launcher == "slurm":
             return {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_COUNT": "3"}
         return {"RANK": str(i), "WORLD_SIZE": "3", "LOCAL_RANK": str(i), "LOCAL_WORLD_SIZE": "3"}
 
     procs = [run_cli(clips, tmp_path / "parts", env(i), "--shard", "auto") for i in range(3)]
-    single = run_cli(clips, tmp_path / "single", {})
-    for i, p in enumerate(procs + [single]):
+    for i, p in enumerate(procs):
         stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr
-        if i < 3:
-            assert f"part {i}/3" in stderr
+        assert p.returncode == 0 and f"part {i}/3" in stderr, stderr
     assert {f.name.split("-")[0] for f in (tmp_path / "parts").glob("*-0*.h5")} <= {"s0of3", "s1of3", "s2of3"}
-    assert_same_store(tmp_path / "parts", tmp_path / "single")
+    assert_same_store(tmp_path / "parts", single, n=9, atol=1e-5)

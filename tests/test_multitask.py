@@ -3,14 +3,14 @@ import json
 
 import numpy as np
 import pytest
-from test_heads_train import SMALL, blob_clips, one_thread, write_store  # noqa: F401 (autouse fixture)
-from typer.testing import CliRunner
 
-import cli
 from heads.models import HeadError
 from heads.multitask import evaluate_multi, fit_multi, predict_multi
 from heads.run import list_runs, load_run, predict_features
 from heads.train import TrainConfig
+from helpers import SMALL, blob_clips, invoke, write_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIG = {"backbone": "synthetic", "every": 1}
 
@@ -60,9 +60,8 @@ def test_stores_with_other_features_are_refused_listing_the_differences(two_stor
 
 def test_cli_fit_head_with_two_stores_and_evaluate_name_each_store(two_stores, tmp_path):
     _, a, b = two_stores
-    res = CliRunner().invoke(cli.app, ["fit-head", str(a), str(b), "--head", "lstm", "--epochs", "5", "--hidden",
-                                       "16", "--out", str(tmp_path / "r")])
+    res = invoke("fit-head", a, b, "--head", "lstm", "--epochs", "5", "--hidden", "16", "--out", tmp_path / "r")
     assert res.exit_code == 0, res.output
     assert "ucf test" in res.stdout and "hmdb test" in res.stdout and "mean test" in res.stdout
-    res = CliRunner().invoke(cli.app, ["evaluate", str(tmp_path / "r"), "--json"])
+    res = invoke("evaluate", tmp_path / "r", "--json")
     assert res.exit_code == 0 and set(json.loads(res.stdout)) == {"ucf", "hmdb"}

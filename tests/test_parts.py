@@ -2,9 +2,8 @@
 import json
 
 import numpy as np
-from typer.testing import CliRunner
+from helpers import invoke
 
-import cli
 from featstore import StoreWriter, VideoRecord, open_store
 from featstore.parts import parts_without_shards, store_parts
 
@@ -31,9 +30,9 @@ def test_parts_count_shards_and_items_and_name_the_parts_that_wrote_nothing(tmp_
         ("s0of3", 0, 3, 2, 3, 2, 1), ("s2of3", 2, 3, 1, 1, 1, 0)]
     assert parts_without_shards(parts) == {3: [1]}
 
-    res = CliRunner().invoke(cli.app, ["info", str(store)])
+    res = invoke("info", store)
     assert res.exit_code == 0 and "1 of 3 parts have written nothing: 1" in res.stdout
-    summary = json.loads(CliRunner().invoke(cli.app, ["info", str(store), "--json"]).stdout)
+    summary = json.loads(invoke("info", store, "--json").stdout)
     assert summary["parts_without_shards"] == {"3": [1]}
     assert {p["prefix"]: p["items"] for p in summary["parts"]} == {"s0of3": 3, "s2of3": 1}
 
@@ -46,11 +45,11 @@ def test_a_retried_item_counts_once_in_the_part_holding_its_current_record(tmp_p
     parts = {p.prefix: p for p in store_parts(open_store(store))}
     assert (parts["s0of2"].items, parts["s0of2"].ok, parts["s0of2"].failed) == (2, 2, 0)
     assert parts_without_shards(list(parts.values())) == {2: []}
-    res = CliRunner().invoke(cli.app, ["info", str(store)])
+    res = invoke("info", store)
     assert "all 2 parts have written shards" in res.stdout
 
 
 def test_an_unsharded_store_shows_no_parts_table(tmp_path):
     write_part(tmp_path / "s", "p0", ["a"])
-    res = CliRunner().invoke(cli.app, ["info", str(tmp_path / "s")])
+    res = invoke("info", tmp_path / "s")
     assert res.exit_code == 0 and "parts" not in res.stdout

@@ -1,6 +1,6 @@
 """extract --engine ray on a local Ray cluster: same store as one process; a killed worker costs nothing twice.
 
-One cluster for the whole module (Ray takes seconds to start); skipped cleanly without Ray.
+One cluster for the module's tests that need one (Ray takes seconds to start), all slow; skipped cleanly without Ray.
 """
 import os
 import signal
@@ -14,21 +14,24 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from data.synth import write_video
+from helpers import ROOT, assert_same_store, child_env, tiny_config, write_clips, write_manifest
+
 from featstore import open_store
 from pipeline.decode import Sampling
-from pipeline.extract import ExtractConfig, extract
+from pipeline.extract import extract
 from pipeline.sources import load_source
 
 ray = pytest.importorskip("ray")
 from pipeline.ray_engine import (RayEngineError, RayOptions, TaskPlan, extract_on_ray, plan_tasks, probe,  # noqa: E402
                                  runtime_env)
 
-pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+
+def on_cluster(test):
+    """A slow test that runs on the module's local Ray cluster."""
+    return pytest.mark.slow(pytest.mark.usefixtures("cluster")(test))
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
     yield
@@ -36,19 +39,11 @@ def cluster():
 
 
 def make_clips(folder: Path, n: int, frames: int, size: int = 32) -> Path:
-    rows = ["path,label"]
-    for i in range(n):
-        data = np.random.default_rng(i).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
-        write_video(folder / f"c{i:02d}.mkv", data)
-        rows.append(f"c{i:02d}.mkv,{'ab'[i % 2]}")
-    (folder / "m.csv").write_text("\n".join(rows) + "\n")
-    return folder / "m.csv"
+    return write_clips(folder, [f"c{i:02d}.mkv" for i in range(n)], frames=frames, height=size)
 
 
-def cfg(**kw) -> ExtractConfig:
-    base = dict(backbone="resnet18", weights="none", sampling=Sampling(every=2), size=32, crop="none",
-                batch_size=4, workers=0, precision="fp32", dtype="float32")
-    return ExtractConfig(**{**base, **kw})
+def cfg(**kw):
+    return tiny_config(**{"sampling": Sampling(every=2), **kw})
 
 
 def records_per_id(store: Path) -> dict[str, int]:
@@ -61,27 +56,21 @@ def records_per_id(store: Path) -> dict[str, int]:
     return counts
 
 
-def assert_same(a: Path, b: Path) -> None:
-    sa, sb = open_store(a), open_store(b)
-    assert sorted(sa.ids()) == sorted(sb.ids())
-    for vid in sb.ids():
-        np.testing.assert_allclose(sa.features(vid), sb.features(vid), atol=1e-5)
-        np.testing.assert_array_equal(sa.frame_index(vid), sb.frame_index(vid))
-
-
+@on_cluster
 def test_ray_tasks_write_the_same_store_as_one_process(tmp_path):
     items = load_source(make_clips(tmp_path, 8, 5))
     seen = []
     r = extract_on_ray(items, tmp_path / "ray", cfg(), RayOptions(tasks=3, poll_seconds=0.2), seen.append)
     assert (r.done, r.skipped, r.failed) == (8, 0, []) and r.frames == 8 * 3
     extract(items, tmp_path / "one", cfg())
-    assert_same(tmp_path / "ray", tmp_path / "one")
+    assert_same_store(tmp_path / "ray", tmp_path / "one", n=8, atol=1e-5)
     assert {p.name.split("-")[0] for p in (tmp_path / "ray").glob("*-0*.h5")} <= {"s0of3", "s1of3", "s2of3"}
     assert seen[-1]["done"] == seen[-1]["total"] == 8
     again = extract_on_ray(items, tmp_path / "ray", cfg(), RayOptions(tasks=3))
     assert (again.done, again.skipped) == (0, 8)  # a rerun resumes: nothing left, no task started
 
 
+@on_cluster
 def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
     # 4 items of 240 frames per part, one per shard: when a part reports its first item it still has three items
     # (seconds of work even on an idle machine) ahead, far more than the killer needs to react (~60 ms). A part
@@ -121,6 +110,7 @@ def test_a_killed_worker_is_retried_and_every_item_ends_up_once(tmp_path):
     assert all(np.array_equal(s.frame_index(it.id), np.arange(frames)) for it in items)
 
 
+@on_cluster
 def test_cli_joins_a_running_cluster_prints_the_usual_summary_and_exits_2_on_failures(tmp_path):
     manifest = make_clips(tmp_path, 4, 3)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
@@ -133,6 +123,7 @@ def test_cli_joins_a_running_cluster_prints_the_usual_summary_and_exits_2_on_fai
     assert sorted(open_store(tmp_path / "s").ids(status=None)) == ["broken", "c00", "c01", "c02", "c03"]
 
 
+@on_cluster
 def test_parts_default_to_the_cluster_and_impossible_requests_are_refused_at_once(tmp_path):
     assert plan_tasks(ray, RayOptions()) == TaskPlan(tasks=2, gpus=0.0, cpus=1.0)  # 2 CPUs, no GPU
     assert plan_tasks(ray, RayOptions(cpus_per_task=2)).tasks == 1
@@ -145,20 +136,21 @@ def test_parts_default_to_the_cluster_and_impossible_requests_are_refused_at_onc
 def cli_subprocess(tmp_path: Path, *ray_args: str, prelude: str = "pass", manifest: Path | None = None,
                    args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     if manifest is None:
-        manifest = tmp_path / "m.csv"
-        manifest.write_text("path,label\nx.mp4,a\n")
+        manifest = write_manifest(tmp_path, [("x.mp4", "a")])
     code = f"{prelude}; import sys, cli; sys.argv = ['cli.py', *sys.argv[1:]]; cli.app()"
     cmd = [sys.executable, "-c", code, "extract", str(manifest), "--weights", "none", "--store", str(tmp_path / "s"),
            *args, "--engine", "ray", *ray_args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+                          env=child_env(RAY_ADDRESS=""))
 
 
+@pytest.mark.slow
 def test_engine_ray_without_ray_installed_names_the_install_command(tmp_path):
     res = cli_subprocess(tmp_path, prelude="import sys; sys.modules['ray'] = None")  # import ray fails
     assert res.returncode == 1 and 'pip install "framecache[ray]"' in res.stderr and "Traceback" not in res.stderr
 
 
+@on_cluster
 def test_an_address_that_does_not_answer_is_a_timeout_with_a_message(tmp_path):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))

@@ -18,7 +18,8 @@ from pipeline.sources import load_source
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data" / "ucf101_subset20"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_qnnpack_state_dict.pth"
-pytestmark = pytest.mark.skipif(not (DATA.exists() and WEIGHTS.exists()), reason="../shared not present")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA.exists() and WEIGHTS.exists()), reason="../shared not present")]
 
 
 def reference_embeddings(path: str, every: int) -> np.ndarray:

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from conftest import index_frames
+from helpers import invoke, tiny_config, write_clips, write_rotated
+
 from data.synth import write_video
 from featstore import open_store
 from pipeline.decode import RESIZE_ENGINES, Geometry, Sampling, SamplingError, decode_video
 from pipeline.extract import ExtractConfig, ExtractError, config_from_store, extract
 from pipeline.sources import load_source
-from test_faults import write_rotated
 
 SMOOTH = index_frames(6, 48, 64)  # gradients: resampling differences stay small, geometry mistakes do not
 
@@ -49,17 +50,11 @@ def test_an_unknown_engine_names_the_flag():
 
 
 def _items(tmp_path):
-    rows = ["path,label"]
-    for i in range(3):
-        write_video(tmp_path / f"v{i}.mkv", index_frames(3, 40, 40))
-        rows.append(f"v{i}.mkv,{'ab'[i % 2]}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    return load_source(tmp_path / "m.csv")
+    return load_source(write_clips(tmp_path, ["v0.mkv", "v1.mkv", "v2.mkv"], frames=3, height=40))
 
 
 def _cfg(**kw):
-    return ExtractConfig(**{**dict(backbone="resnet18", weights="none", sampling=Sampling(every=1), size=32,
-                                   batch_size=4, workers=0, precision="fp32", limit=1), **kw})
+    return tiny_config(**{"crop": "center", "dtype": "float16", "limit": 1, **kw})
 
 
 def test_a_store_records_its_engine_and_resumes_with_it(tmp_path):
@@ -86,13 +81,8 @@ def test_the_exact_recipe_adds_no_key_so_older_stores_keep_their_fingerprint(tmp
 
 
 def test_info_names_the_engine_a_store_was_made_with(tmp_path):
-    from typer.testing import CliRunner
-
-    import cli
-
     items = _items(tmp_path)
     extract(items, tmp_path / "sws", _cfg(resize_engine="swscale"))
     extract(items, tmp_path / "exact", _cfg())  # auto on a new store: the default, the exact recipe
-    runner = CliRunner()
-    assert "resize engine=swscale" in runner.invoke(cli.app, ["info", str(tmp_path / "sws")]).stdout
-    assert "resize engine=exact" in runner.invoke(cli.app, ["info", str(tmp_path / "exact")]).stdout
+    assert "resize engine=swscale" in invoke("info", tmp_path / "sws").stdout
+    assert "resize engine=exact" in invoke("info", tmp_path / "exact").stdout

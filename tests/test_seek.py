@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import index_frames, read_indices, truncate
+from helpers import tiny_config, write_manifest
+
 from data.synth import write_video
 from pipeline.decode import FrameStream, Geometry, Sampling, SamplingError, decode_video
 from pipeline.decode.seek import read_index
@@ -137,16 +139,13 @@ def test_auto_decides_from_the_first_packets_where_keyframes_are_too_far_apart(i
 
 def test_extract_with_seeking_writes_the_store_sequential_decoding_writes(tmp_path, bframe_mp4, bframe_vfr_mkv):
     from featstore import open_store
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.extract import extract
     from pipeline.sources import load_source
 
-    (tmp_path / "m.csv").write_text(f"path,label\n{bframe_mp4},a\n{bframe_vfr_mkv},b\n")
-    items = load_source(tmp_path / "m.csv")
+    items = load_source(write_manifest(tmp_path, [(bframe_mp4, "a"), (bframe_vfr_mkv, "b")]))
     stores = {}
     for seek in ("never", "always"):
-        cfg = ExtractConfig(backbone="resnet18", weights="none", sampling=Sampling(every=12), size=32, crop="none",
-                            batch_size=4, workers=0, precision="fp32", dtype="float32", seek=seek)
-        extract(items, tmp_path / seek, cfg)
+        extract(items, tmp_path / seek, tiny_config(sampling=Sampling(every=12), seek=seek))
         stores[seek] = open_store(tmp_path / seek)
     never, always = stores["never"], stores["always"]
     assert never.fingerprint == always.fingerprint and never.ids() == always.ids()

@@ -6,8 +6,8 @@ import json
 import h5py
 import numpy as np
 import pytest
+from helpers import tiny_config, write_clips
 
-from data.synth import write_video
 from featstore import FORMAT_VERSION, ConfigMismatch, StoreError, StoreWriter, VideoRecord, compact, open_store
 from pipeline.decode import Sampling
 from pipeline.extract import ExtractConfig, extract
@@ -105,14 +105,8 @@ def test_a_new_store_is_format_2_and_keeps_clip_spans(tmp_path):
 
 
 def test_a_store_made_before_clip_settings_existed_resumes_with_the_same_fingerprint(tmp_path):
-    rows = ["path,label"]
-    for i in range(3):
-        write_video(tmp_path / f"v{i}.mkv", np.random.default_rng(i).integers(0, 256, (4, 32, 32, 3), np.uint8))
-        rows.append(f"v{i}.mkv,{'ab'[i % 2]}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    items = load_source(tmp_path / "m.csv")
-    cfg = ExtractConfig(backbone="resnet18", weights="none", sampling=Sampling(every=2), size=32, crop="none",
-                        batch_size=4, workers=0, precision="fp32", dtype="float32", limit=1)
+    items = load_source(write_clips(tmp_path, ["v0.mkv", "v1.mkv", "v2.mkv"]))
+    cfg = tiny_config(sampling=Sampling(every=2), limit=1)
     # Today's config of these settings, as the format-1 code recorded it (it had no clip keys at all).
     extract(items, tmp_path / "today", cfg)
     today = open_store(tmp_path / "today").config

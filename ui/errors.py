@@ -13,6 +13,7 @@ import threading
 from contextlib import contextmanager
 
 import typer
+from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
@@ -45,8 +46,6 @@ class ExitCodes(TyperGroup):
 
 
 def fail(message: str, code: int = USER_ERROR) -> None:
-    from rich.markup import escape
-
     # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -102,7 +101,14 @@ OS_ERROR_HINTS = {
     errno.ENOENT: "check the path",
     errno.ENOTDIR: "a part of that path is a file, not a folder",
     errno.EISDIR: "that path is a folder; a file was expected",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or lower --workers",
+    errno.ENFILE: "too many open files on this machine: lower --workers",
+    errno.ENOMEM: "out of memory: lower --batch-size or --workers",
 }
+# Resource exhaustion that torch and Python report as RuntimeError / MemoryError: (what its text says, the line).
+SHM_LINE = "shared memory is full: raise it (docker run --shm-size, or free /dev/shm) or use --workers 0"
+RESOURCE_MARKERS = (("shared memory", SHM_LINE), ("/torch_", SHM_LINE), ("out of memory", None),
+                    ("can't allocate memory", None), ("cannot allocate memory", None))
 
 
 def os_error_line(e: OSError) -> str:
@@ -114,10 +120,24 @@ def os_error_line(e: OSError) -> str:
     return line + (f" ({hint})" if hint else "")
 
 
+def resource_line(e: BaseException, memory: str) -> str | None:
+    """One line for a resource that ran out (memory, shared memory), naming the setting to change; None when `e`
+    is not about resources. `memory` says which settings lower the command's memory ("lower --batch-size")."""
+    text = " ".join(str(e).split())
+    if isinstance(e, MemoryError):
+        return f"out of memory: {memory}"
+    for marker, line in RESOURCE_MARKERS:
+        if marker in text.lower():
+            return line or f"out of memory ({text[:160]}): {memory}"
+    return None
+
+
 @contextmanager
-def user_errors(on_interrupt: str = "nothing was written"):
-    """Run a command's work: the library's user-facing errors and OS errors become one line on stderr and exit 1;
-    SIGINT/SIGTERM end it with 130/143 after `finally` blocks ran. Anything else is a bug and keeps its traceback."""
+def user_errors(on_interrupt: str = "nothing was written", memory: str = "lower --batch-size",
+                interrupted: str | None = None):
+    """Run a command's work: the library's user-facing errors, OS errors and exhausted resources become one line
+    on stderr and exit 1; SIGINT/SIGTERM end it with 130/143 after `finally` blocks ran (saying `interrupted`, or
+    "interrupted (on_interrupt)"). Anything else is a bug and keeps its traceback."""
     from featstore.errors import FramecacheError
 
     try:
@@ -127,9 +147,14 @@ def user_errors(on_interrupt: str = "nothing was written"):
         fail(str(e))
     except OSError as e:  # disk full, permissions, a file where a folder should be: the environment, not a bug
         fail(os_error_line(e))
+    except (MemoryError, RuntimeError) as e:  # torch's allocators and DataLoader report these as RuntimeError
+        line = resource_line(e, memory)
+        if line is None:
+            raise
+        fail(line)
     except Terminated:
-        err.print(f"terminated by SIGTERM ({on_interrupt})", highlight=False, soft_wrap=True)
+        err.print(escape(interrupted or f"terminated by SIGTERM ({on_interrupt})"), highlight=False, soft_wrap=True)
         raise typer.Exit(TERMINATED)
     except KeyboardInterrupt:
-        err.print(f"interrupted ({on_interrupt})", highlight=False, soft_wrap=True)
+        err.print(escape(interrupted or f"interrupted ({on_interrupt})"), highlight=False, soft_wrap=True)
         raise typer.Exit(INTERRUPTED)

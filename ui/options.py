@@ -60,12 +60,15 @@ def option_param(f: Field, hint: Any) -> inspect.Parameter:
     kind, optional = _optional_inner(hint)
     if meta.get("choices") is not None:
         kind = choices("".join(w.title() for w in f.name.split("_")), *meta["choices"])
-        default = None if default is None else kind(default)
+        # a choice setting whose "not set" is None reads "none" on the command line (--compression none)
+        default = kind(default) if default is not None else kind("none") if "none" in meta["choices"] else None
     low = meta["ge"] if meta.get("ge") is not None else meta.get("gt")
     high = meta["le"] if meta.get("le") is not None else meta.get("lt")
     decls = () if not meta.get("flag") else ((flag_of(f) + "/--no-" + flag_of(f)[2:],) if kind is bool
                                             else (flag_of(f),))
-    bounds = {"min": low, "max": high} if kind in (int, float) else {}
+    bounds = {}
+    if kind in (int, float):  # cast: a float option's range reads 0.0 in --help, as its default does
+        bounds = {"min": None if low is None else kind(low), "max": None if high is None else kind(high)}
     option = typer.Option(*decls, help=meta.get("help") or None, **bounds)
     annotation = Annotated[Optional[kind] if optional else kind, option]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -92,9 +95,17 @@ def config_options(cls: type, *, skip: tuple[str, ...] = (), param: str = "cfg")
                 fail(str(e))
             return fn(*args, **kwargs)
 
-        command.__signature__ = sig.replace(parameters=own + [option_param(f, hints[f.name]) for f in derived])
+        # --help lists the arguments, then the config's options, then the command's own (keyword-only from here)
+        arguments = [p for p in own if _is_argument(p)]
+        options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if not _is_argument(p)]
+        command.__signature__ = sig.replace(
+            parameters=arguments + [option_param(f, hints[f.name]) for f in derived] + options)
         return command
     return wrap
+
+
+def _is_argument(p: inspect.Parameter) -> bool:
+    return any(isinstance(m, typer.models.ArgumentInfo) for m in getattr(p.annotation, "__metadata__", ()))
 
 
 def with_settings(cfg: Any, **changes: Any) -> Any:
@@ -103,3 +114,14 @@ def with_settings(cfg: Any, **changes: Any) -> Any:
         return replace(cfg, **changes)
     except FramecacheError as e:
         fail(str(e))
+
+
+def parse_shard(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """--shard i/N as (i, N); None for no --shard and for "auto" (the launcher's part, pipeline.request.launched)."""
+    if value is None or value == "auto":
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"expected i/N such as 0/4, got {value!r}") from None
+    return i, n

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import av
 
 from featstore.errors import FramecacheError
+from pipeline.sources import special_file
 
 # What FFmpeg and the OS raise for unreadable input; anything else is a bug and should surface as one.
 _AV_ERRORS = (av.error.FFmpegError, OSError)
@@ -40,7 +41,9 @@ def _check_file(path: str) -> None:
         info = os.stat(path)
     except OSError as e:
         raise DecodeError(f"failed to open {path}: {_reason(e)}") from e
-    if info.st_size == 0 and stat.S_ISREG(info.st_mode):  # a named pipe has no size and is read like a file
+    if why := special_file(path):
+        raise DecodeError(f"failed to open {path}: {why}")
+    if info.st_size == 0 and stat.S_ISREG(info.st_mode):
         raise DecodeError(f"failed to open {path}: the file is empty (0 bytes)")
 
 
