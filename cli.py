@@ -216,7 +216,9 @@ def fit_head(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by fit-head.")],
     store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
-    split: Annotated[str, typer.Option(help="Split name in the store (train, val, test, holdout, ...).")] = "test",
+    split: Annotated[str, typer.Option(help="train, val, test: the run's own (its splits.json; another store: "
+                                       "its rule re-applied); all; or a name in the store's split column "
+                                       "(holdout, ...).")] = "test",
     as_json: Json = False,
     report: Annotated[bool, typer.Option(help="Also write per-class and mistakes CSVs + PNGs to "
                                          "RUN/report-<split>.")] = False,
@@ -449,6 +451,27 @@ def demo(
     out.print("The order-blind head (linear: mean of frames) cannot tell a clip from its reverse and sits near "
               "chance on each pair;\nthe sequence head (lstm) reads the order. k-means on pooled features is "
               f"order-blind too. Plots and metrics: {lit(d.runs)}/*/")
+
+
+@app.command()
+def backbones(
+    check: Annotated[Optional[Path], typer.Option(help="A weights file to check against the sha256 of the files "
+                                                  "the registry knows (offline).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="With --check: also load the file into this backbone.")]
+    = None,
+    as_json: Json = False,
+) -> None:
+    """The registry's backbones (dim, rows, weights files) or, with --check, whether a weights file is one of them."""
+    from pipeline.weights_check import backbone_rows, check_weights
+    from ui.render import print_backbones, print_weights_check
+
+    with user_errors():
+        if check is None:
+            return print_backbones(backbone_rows(), as_json)
+        result = check_weights(check, backbone)
+    print_weights_check(result, as_json)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from explain.model import RunModel, clip_probabilities, decode_for, head_rows, l
 from explain.render import Panel, render
 from heads.report import mistakes
 from heads.run import split_predictions
-from heads.rundir import write_json
+from heads.rundir import claim, write_json
 from pipeline.backbones import get_spec
 from pipeline.decode import DecodeError, Sampling, sample_indices
 
@@ -86,6 +86,7 @@ class Explainer:
         panel = Panel(self._title(path, probs, top, true, len(shown), len(video.frames)), video.frames[rows][shown],
                       video.frame_index[rows][shown], [_subset(m, shown) for m in maps],
                       [self._row_name(m.target, top, true) for m in maps])
+        claim(png)  # inside a run folder: the run's own from now on (a rerun replaces it, not refuses it)
         render(panel, png)
         return Explained(str(path), self.run.labels[top], float(probs[top]), str(png),
                          [self.run.labels[m.target] for m in maps], true)
@@ -145,5 +146,6 @@ def mistake_jobs(run_dir: str | Path, n: int, out_dir: Path, method: str, split:
 def write_index(results: list[Explained], out_dir: Path) -> Path:
     """index.json beside the PNGs: every video's outcome, failures included."""
     path = out_dir / "index.json"
+    claim(path)
     write_json(path, [asdict(r) for r in results])
     return path

@@ -18,6 +18,7 @@ import numpy as np
 from explain import ExplainError
 from featstore import StoreConfig, open_store
 from heads.plots import palette
+from heads.rundir import claim
 from pipeline.decode import DecodeError, Geometry, decode_image, decode_video
 from pipeline.extract import config_from_store, store_geometry
 from pipeline.sources import item_kind
@@ -109,6 +110,7 @@ def draw_thumbnails(run_dir: str | Path, max_points: int = 400, seed: int = 0,
     what = "middle sampled frame of each clip" if video_level else "sampled frames"
     title = (f"{method} of {len(points)} {'clips' if video_level else 'frames'}: {what} "
              f"({len(shown)} drawn" + (f", {len(skipped)} files skipped" if skipped else "") + ")")
+    claim(run_dir / "thumbnails.png")  # the run's own from now on: rerunning cluster-eval replaces it
     png = plot_thumbnails(run_dir / "thumbnails.png", points, shown, title)
     return ThumbnailMap(png, len(points), len(shown), skipped)
 

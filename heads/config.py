@@ -28,8 +28,9 @@ class TrainConfig:
     head: str = setting("linear", "Head architecture (knn: a neighbour vote, no training).",
                         choices=(*HEADS, *MEMORY_HEADS))
     task: str = setting("auto", "auto: multilabel when any item has several labels.", choices=TASKS)
-    split: str = setting("official", "official: the store's split column; group: no group on both sides; "
-                         "stratified.", choices=SPLITS)
+    split: str = setting("official", "official: the store's split column; stratified: by label, no group on "
+                         "both sides when the store has groups; group: the same, refused without groups.",
+                         choices=SPLITS)
     val_frac: float = setting(0.2, "Share of train for validation.", ge=0.01, le=0.9)  # rounded to 1/k
     test_frac: float = setting(0.2, "Test share (group/stratified).", ge=0.01, le=0.9)
     epochs: int = setting(100, "Upper bound; early stopping ends sooner.", ge=1)

@@ -114,8 +114,9 @@ def make_splits(cache: Cache, split: str, val_frac: float, test_frac: float, see
     """Clip indices for 'train', 'val' and 'test' (test may be empty), seeded, every class in train.
 
     official: the store's split column (train/val/test); without val clips, val is carved from train.
-    group: no group on two sides; stratified: by label. Carving is stratified by label, group-aware
-    when groups are known, and takes one fold of round(1/frac), so fractions are rounded to 1/k.
+    stratified and group carve alike: stratified by label, group-aware when groups are known (a clip without
+    a group is its own), one fold of round(1/frac), so fractions are rounded to 1/k; group refuses a store
+    without groups, stratified does not.
     `val_seed` (default: seed) carves val alone, so repeated runs can vary val and keep test.
     """
     if split not in SPLITS:

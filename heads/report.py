@@ -15,6 +15,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from heads.plots import plot_confusion
 from heads.run import SplitPredictions
+from heads.rundir import claim
 
 
 @dataclass
@@ -70,6 +71,7 @@ def mistakes(p: SplitPredictions, top: int | None = None) -> list[Mistake]:
 
 def write_report(p: SplitPredictions, out: Path, split: str, top: int = 50) -> list[Path]:
     """per_class.csv + per_class.png, mistakes.csv (the `top` most confident), confusion.png (multiclass)."""
+    claim(out)  # the run's own from now on: rerunning the run replaces it
     out.mkdir(parents=True, exist_ok=True)
     rows = per_class(p)
     written = [_write_csv(out / "per_class.csv", ["label", "precision", "recall", "f1", "support"],

@@ -268,6 +268,8 @@ def split_metrics(p: SplitPredictions, run_dir: str | Path, split: str) -> dict:
     out = score(p.task, p.targets, p.probs, p.labels, p.threshold)
     if p.clip_accuracy is not None:
         out["clip_accuracy"] = p.clip_accuracy
+    if p.seen:
+        out["seen_in_training"] = p.seen
     return {**out, "split": split, "store": p.store, "run": str(run_dir), "head": p.head,
             "task": p.task, "n_skipped": p.n_skipped, "unknown_labels": p.unknown_labels}
 
@@ -288,6 +290,7 @@ class SplitPredictions:
     n_skipped: int                # clips of the split left out: unlabelled or with labels the run does not know
     unknown_labels: list[str]
     clip_accuracy: float | None = None  # pooling heads, multiclass: every row (frame or clip) classified alone
+    seen: str | None = None       # why these clips are not held out from the head (its own train, or val + refit)
 
 
 def split_predictions(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test",
@@ -316,7 +319,20 @@ def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
     unknown = sorted({x for i in ids for x in index.labels[i]} - known)
     return SplitPredictions(sub.ids, [store.meta(v).path for v in sub.ids], sub.labels, y,
                             probabilities(logits, task), labels, task, ckpt["threshold"], cfg["head"],
-                            str(store.path), len(ids) - len(keep), unknown, clip_accuracy)
+                            str(store.path), len(ids) - len(keep), unknown, clip_accuracy,
+                            _seen(split, cfg, Path(store.path).resolve() == Path(config["store"])))
+
+
+def _seen(split: str, cfg: dict, own_store: bool) -> str | None:
+    """Why the run's own train or val clips are no held-out score of its final head (None: they are, or other)."""
+    if not own_store or split not in ("train", "val"):
+        return None
+    if split == "train":
+        return "the head was trained on these clips: not a held-out score"
+    if cfg.get("refit"):
+        return ("the head was refit on train + val, so it has seen these clips: not a validation score "
+                "(metrics.json's val is the early-stopped head's, which had not)")
+    return None
 
 
 def _row_accuracy(model: nn.Module, cache: Cache, targets: torch.Tensor) -> float:

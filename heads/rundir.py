@@ -1,8 +1,11 @@
 """Run directories: every stage-two writer goes through one guard, and a run is replaced whole, never merged.
 
 fit-head (one store, several, --fuse, --seeds, --folds), sweep, fuse and cluster-eval write into `--out DIR` only
-when DIR is absent, empty, or a run of the same kind holding only that kind's files; anything else is refused in one
-line naming --force, which replaces DIR whole. The run is written into a hidden staging folder beside DIR and moved
+when DIR is absent, empty, or a run of the same kind holding only its own files; anything else is refused in one
+line naming --force, which replaces DIR whole. A run knows its own files without a hand-kept list: it writes
+MANIFEST (the names of what it wrote) and every follow-up that writes into it (evaluate --report, explain,
+cluster-eval --thumbnails) adds its own through `claim`. A run written before manifests existed is refused
+like a foreign folder: --force replaces it once. The run is written into a hidden staging folder beside DIR and moved
 in at the end in place of the old DIR, so an interrupted or failed run leaves the old one as it was and no
 temporary files behind, and a finished one never sits beside another run's files (a `head.pt` from an earlier single
 run beside the metrics of a --seeds run). Staging folders of a killed run (kill -9) are removed at the next start.
@@ -14,24 +17,13 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterator
 
 from featstore.staging import clean_stale, temp_name
 from heads.models import HeadError
 
-# The files each kind of run writes into its run directory (fnmatch patterns for its member runs).
-RUN_FILES = {
-    "fit-head": {"config.json", "splits.json", "history.csv", "metrics.json", "head.pt", "curves.png",
-                 "confusion.png"},
-    "fit-head --seeds": {"config.json", "metrics.json", "seed-*"},
-    "fit-head --folds": {"config.json", "metrics.json", "fold-*"},
-    "sweep": {"config.json", "metrics.json", "sweep.csv", "heatmap.png", "best"},
-    "fuse": {"config.json", "metrics.json", "test_ids.json", "confusion.png"},
-    "cluster-eval": {"config.json", "metrics.json", "assignments.csv", "embedding.png", "embedding_2d.csv",
-                     "contingency.png", "sweep.png", "thumbnails.png"},
-}
+MANIFEST = "run_files.json"  # {"files": [top-level names the run and its follow-ups wrote]}
 
 
 def _run_config(path: Path) -> dict | None:
@@ -50,7 +42,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def run_kind(path: Path) -> str | None:
-    """The kind of run (a key of RUN_FILES) that the directory `path` holds, or None, read off its config.json."""
+    """The kind of run ("fit-head", "fit-head --seeds", "sweep", ...) that the directory `path` holds, or None, read off its config.json."""
     config = _run_config(path)
     if config is None:
         return None
@@ -72,13 +64,16 @@ def check_run_dir(out: Path, kind: str, force: bool = False) -> None:
     if not out.exists():
         return
     entries = sorted(p.name for p in out.iterdir())
-    foreign = [name for name in entries if not any(fnmatch(name, pattern) for pattern in RUN_FILES[kind])]
+    own = set(run_files(out)) | {MANIFEST}
+    foreign = [name for name in entries if name not in own]
     found = run_kind(out)
     if not entries or force or (found == kind and not foreign):
         return
     what = f"files that are not a {kind} run"
     if found:
         what = f"a {found} run" + (" and other files" if found == kind else "")
+        if found == kind and not (out / MANIFEST).exists():
+            what = f"a {found} run without {MANIFEST} (written before runs listed their files)"
     shown = ", ".join(foreign[:5] or entries[:5]) + (" ..." if len(foreign or entries) > 5 else "")
     raise HeadError(f"--out {out} already holds {what} ({shown}); choose a new or empty folder, "
                     f"or pass --force to replace it whole with the {kind} run")
@@ -96,9 +91,33 @@ def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path
     stage.mkdir(parents=True)
     try:
         yield stage
+        write_json(stage / MANIFEST, {"files": sorted(p.name for p in stage.iterdir())})
         _replace(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def run_files(run: Path) -> list[str]:
+    """The top-level names `run`'s manifest lists as written by the run or its follow-ups ([] without one)."""
+    try:
+        files = json.loads((run / MANIFEST).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in files if isinstance(name, str)]
+
+
+def claim(path: str | Path) -> None:
+    """Record `path`, about to be written by a follow-up, in the manifest of the run folder holding it (its
+    nearest ancestor with one), so that rerunning the run replaces it instead of refusing it as a user's file.
+    A path outside any run is left alone."""
+    path = Path(os.path.abspath(path))
+    for run in path.parents:
+        if (run / MANIFEST).is_file() and run_kind(run):
+            name = path.relative_to(run).parts[0]
+            files = run_files(run)
+            if name not in files:
+                write_json(run / MANIFEST, {"files": sorted(files + [name])})
+            return
 
 
 def _replace(stage: Path, out: Path) -> None:

@@ -8,6 +8,7 @@ from helpers import (assert_predict_equals_the_head_on_stored_features, blob_cli
                      write_manifest, write_store)
 
 from featstore import open_store
+from heads.run import load_run, predict_features
 
 
 def test_fit_head_writes_a_complete_run_directory(tiny_store, tiny_run):
@@ -125,3 +126,12 @@ def test_names_that_look_like_rich_markup_are_printed_literally(tmp_path):
 def test_a_knn_run_predicts_a_fresh_file_as_its_head_scores_the_stored_features(tiny_store, tmp_path):
     assert invoke("fit-head", tiny_store, "--head", "knn", "--k", "3", "--out", tmp_path / "knn").exit_code == 0
     assert_predict_equals_the_head_on_stored_features(tmp_path / "knn", tiny_store, tmp_path)
+
+
+def test_evaluate_val_after_refit_says_it_is_not_a_validation_score(tiny_run):
+    res = invoke("evaluate", tiny_run, "--split", "val", "--json")
+    assert res.exit_code == 0, res.output
+    assert "refit on train + val" in json.loads(res.stdout)["seen_in_training"]
+    assert "note: val:" in res.stderr
+    res = invoke("evaluate", tiny_run, "--split", "test", "--json")
+    assert "seen_in_training" not in json.loads(res.stdout)

@@ -196,3 +196,14 @@ def test_extract_records_each_videos_rotation(tmp_path):
     s = open_store(tmp_path / "s")
     assert (s.meta("phone").rotation, s.meta("plain").rotation) == (270, 0)
     assert s.config.autorotate is True
+
+
+def test_extract_summary_counts_a_failed_item_as_failed_not_written(tmp_path):
+    (tmp_path / "clips" / "a").mkdir(parents=True)
+    write_video(tmp_path / "clips" / "a" / "ok.mp4", np.zeros((6, 32, 32, 3), np.uint8))
+    (tmp_path / "clips" / "a" / "broken.mp4").write_bytes(b"\x00" * 100)
+    res = invoke("extract", tmp_path / "clips", "--backbone", "resnet18", "--weights", "none", "--size", "32",
+                 "--crop", "none", "--workers", "0", "--store", tmp_path / "s")
+    assert res.exit_code == 2, res.output
+    rows = dict(line.strip("│ ").split("│")[:2] for line in res.stdout.splitlines() if "│" in line)
+    assert {k.strip(): v.strip() for k, v in rows.items()}.items() >= {"written": "1", "failed": "1"}.items()

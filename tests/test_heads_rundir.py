@@ -9,7 +9,7 @@ from helpers import SMALL, blob_clips, invoke, write_store
 import heads
 from featstore.staging import HOST
 from heads.models import HeadError
-from heads.rundir import check_run_dir, run_kind, safe_name, staged_run
+from heads.rundir import MANIFEST, check_run_dir, run_kind, safe_name, staged_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = {**SMALL, "epochs": 2, "patience": 2, "device": "cpu"}
@@ -88,6 +88,7 @@ def write_run(folder, config, *names):
     (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
     for name in names:
         (folder / name).write_text("old")
+    (folder / MANIFEST).write_text(json.dumps({"files": ["config.json", *names]}))  # a run lists what it wrote
     return folder
 
 
@@ -107,7 +108,7 @@ def test_check_run_dir_takes_an_absent_empty_or_same_kind_folder_and_names_force
     check_run_dir(tmp_path / "empty", "fit-head")
     run = write_run(tmp_path / "run", {"command": "fit-head"}, "head.pt", "metrics.json")
     check_run_dir(run, "fit-head")
-    with pytest.raises(HeadError, match=r"already holds a fit-head run \(head.pt\).*--force to replace it whole"):
+    with pytest.raises(HeadError, match=r"already holds a fit-head run \(.*head.pt.*\).*--force to replace it whole"):
         check_run_dir(run, "cluster-eval")
     (run / "notes.txt").write_text("mine")
     with pytest.raises(HeadError, match=r"already holds a fit-head run and other files \(notes.txt\).*--force"):
@@ -126,7 +127,7 @@ def test_staged_run_replaces_the_old_run_whole_and_only_once_the_new_one_is_comp
         (stage / "config.json").write_text('{"command": "fit-head", "new": true}')
         (stage / "head.pt").write_text("new")
         assert (out / "head.pt").read_text() == "old"  # nothing moves before the run has finished
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "head.pt"]  # no confusion.png of the old run
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "head.pt", MANIFEST]  # no old confusion.png
     assert (out / "head.pt").read_text() == "new" and not staging_folders(tmp_path)
     with pytest.raises(RuntimeError, match="interrupted"):
         with staged_run(out, "fit-head") as stage:
@@ -168,3 +169,114 @@ def test_a_run_of_the_same_command_is_replaced_and_another_kind_is_refused(tiny_
     res = invoke("fit-head", tiny_store, "--epochs", "1", "--out", km)
     assert res.exit_code == 1 and "cluster-eval run" in res.output
     assert not staging_folders(tmp_path)
+
+
+# -- reruns: a run folder knows its own files (run_files.json), follow-ups included (issue 24) ---------------------
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    import cli
+
+    res = CliRunner().invoke(cli.app, [str(a) for a in args])
+    assert res.exit_code == 0, (args, res.output)
+    return res
+
+
+SMALL_EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "2", "--size", "32", "--crop", "none",
+                 "--workers", "0"]
+FOLLOW_UPS = {  # a documented follow-up that writes into (or reads) a fit-head run
+    "evaluate --report": lambda run, clip: ("evaluate", run, "--report"),
+    "evaluate --split val --report": lambda run, clip: ("evaluate", run, "--split", "val", "--report"),
+    "predict": lambda run, clip: ("predict", run, clip),
+    "explain": lambda run, clip: ("explain", run, clip, "--frames", "2", "--layer", "layer3"),
+}
+
+
+@pytest.fixture(scope="module")
+def clips_store(tmp_path_factory):
+    from data.synth import make_temporal_dataset
+
+    root = tmp_path_factory.mktemp("reruns")
+    manifest = make_temporal_dataset(root / "clips", n_per_class=8, frames=8, size=32, seed=1)
+    _cli("extract", manifest, *SMALL_EXTRACT, "--store", root / "store")
+    return root, manifest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("follow_up", list(FOLLOW_UPS))
+def test_fit_head_reruns_into_its_own_out_after_each_follow_up(clips_store, tmp_path, follow_up):
+    root, manifest = clips_store
+    if follow_up == "explain":
+        pytest.importorskip("pytorch_grad_cam")
+    run = tmp_path / "run"
+    fit = ("fit-head", root / "store", "--head", "linear", "--epochs", "2", "--out", run)
+    _cli(*fit)
+    clip = sorted((root / "clips").rglob("*.mp4"))[0]
+    _cli(*FOLLOW_UPS[follow_up](run, clip))
+    _cli(*FOLLOW_UPS[follow_up](run, clip))  # the follow-up twice too: it replaces its own files
+    _cli(*fit)
+    assert not [p for p in run.iterdir() if p.name.startswith(("report-", "explain"))]  # replaced whole
+
+
+@pytest.mark.slow
+def test_every_command_runs_twice_into_the_same_out(clips_store, tmp_path):
+    root, manifest = clips_store
+    store, other = root / "store", tmp_path / "other"
+    _cli("extract", manifest, *SMALL_EXTRACT, "--store", other)
+    twice = [
+        ("extract", manifest, *SMALL_EXTRACT, "--store", other),  # resumes: nothing left to do
+        ("compact", store, tmp_path / "one.h5"),  # a framecache file is replaced without --force
+        ("fit-head", store, "--epochs", "1", "--seeds", "2", "--out", tmp_path / "seeds"),
+        ("fit-head", store, "--epochs", "1", "--folds", "2", "--out", tmp_path / "folds"),
+        ("fit-head", store, other, "--epochs", "1", "--out", tmp_path / "multi"),
+        ("fit-head", "--store", store, "--store", other, "--fuse", "concat", "--epochs", "1", "--out",
+         tmp_path / "fused"),
+        ("sweep", store, "--grid", "lr=1e-3,3e-3", "--epochs", "1", "--out", tmp_path / "sweep"),
+        ("cluster-eval", store, "--k", "2", "--plot", "pca", "--thumbnails", "--out", tmp_path / "km"),
+    ]
+    for args in twice:
+        _cli(*args)
+        _cli(*args)
+    _cli("fit-head", store, "--epochs", "1", "--out", tmp_path / "a")
+    _cli("fit-head", store, "--head", "mlp", "--epochs", "1", "--out", tmp_path / "b")
+    for _ in range(2):
+        _cli("fuse", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "late")
+        _cli("evaluate", tmp_path / "seeds" / "seed-0", "--report")
+    assert (tmp_path / "km" / "thumbnails.png").exists()
+
+
+def test_a_users_file_beside_a_run_still_makes_the_rerun_refuse(inputs, tmp_path):
+    out = tmp_path / "out"
+    WRITERS["cluster-eval"](inputs, out, False)
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(HeadError, match=r"--force.*|notes\.txt"):
+        WRITERS["cluster-eval"](inputs, out, False)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_run_from_before_run_files_json_is_refused_naming_force(inputs, tmp_path):
+    out = tmp_path / "out"
+    WRITERS["cluster-eval"](inputs, out, False)
+    (out / "run_files.json").unlink()
+    with pytest.raises(HeadError, match="without run_files.json.*--force"):
+        WRITERS["cluster-eval"](inputs, out, False)
+    WRITERS["cluster-eval"](inputs, out, True)
+    assert (out / "run_files.json").exists()
+
+
+def test_claim_leaves_a_folder_that_is_not_a_run_alone(tmp_path):
+    from heads.rundir import claim
+
+    (tmp_path / "run_files.json").write_text('{"files": []}')  # someone else's file of that name, no run beside it
+    claim(tmp_path / "explain" / "a.png")
+    assert (tmp_path / "run_files.json").read_text() == '{"files": []}'
+
+
+@pytest.mark.slow
+def test_demo_runs_twice_in_a_row(tmp_path):
+    """`make demo` twice: the second run resumes the store and replaces its own runs (cluster-eval's included)."""
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "cli.py", "demo", "--root", str(tmp_path), "--clips-per-class", "4"],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "runs" / "kmeans" / "run_files.json").exists()

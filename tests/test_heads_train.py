@@ -279,3 +279,17 @@ def test_cpu_state_is_a_cpu_copy_that_training_cannot_change():
     with torch.no_grad():
         model.weight.add_(1.0)
     assert state["weight"].device.type == "cpu" and not torch.equal(state["weight"], model.weight)
+
+
+def test_stratified_split_keeps_groups_together_as_group_does_and_carves_clips_without_groups(tmp_path):
+    """What docs/heads.md says (issue 24): stratified is group-aware when the store has groups; group refuses none."""
+    cache = load_cache(write_store(tmp_path / "g", blob_clips(split=False)))
+    stratified, group = (make_splits(cache, name, 0.2, 0.2, 0) for name in ("stratified", "group"))
+    assert all(np.array_equal(stratified[k], group[k]) for k in ("train", "val", "test"))
+    sides = [{cache.groups[i] for i in stratified[k]} for k in ("train", "val", "test")]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    no_groups = [(vid, label, "", s, f) for vid, label, _, s, f in blob_clips(split=False)]
+    cache = load_cache(write_store(tmp_path / "n", no_groups))
+    assert len(make_splits(cache, "stratified", 0.2, 0.2, 0)["test"]) > 0
+    with pytest.raises(HeadError, match="--split group: the store has no group"):
+        make_splits(cache, "group", 0.2, 0.2, 0)

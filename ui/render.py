@@ -66,7 +66,8 @@ def print_launch(launch, cfg) -> None:
 
 def print_extract_summary(result) -> None:
     t = Table(title=f"extract → {lit(result.store)}", show_header=False)
-    for k, v in [("written", result.done), ("failed", len(result.failed)), ("already in store", result.skipped),
+    for k, v in [("written", result.done - len(result.failed)), ("failed", len(result.failed)),  # done: ok + failed
+                 ("already in store", result.skipped),
                  (result.unit, result.frames), (f"{result.unit}/s", f"{result.frames_per_s:.1f}"),
                  ("device / precision", f"{result.device} / {result.precision}"
                   f"{' compiled' if result.compiled else ''}"),
@@ -328,6 +329,8 @@ def print_evaluation(result, as_json: bool) -> None:
     if result.report:
         err.print(escape(f"report: {', '.join(str(p) for p in result.report)}"), highlight=False, soft_wrap=True)
     m = result.metrics
+    if m.get("seen_in_training"):
+        err.print(escape(f"note: {result.split}: {m['seen_in_training']}"), highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(m, default=float))
     elif result.kind == "multitask":
@@ -404,3 +407,33 @@ def run_cell(row: dict, col: str) -> str:
         digits = 1 if col == "seconds" else 3
         return f"{value:.{digits}f} ± {std:.{digits}f}" if isinstance(std, float) else f"{value:.{digits}f}"
     return str(value if value is not None else "")
+
+
+# -- backbones: the registry and a weights file checked against it --------------------------------------------------
+def print_backbones(rows: list, as_json: bool) -> None:
+    """backbones' listing (pipeline.weights_check.BackboneRow): one line per backbone, its known weights files."""
+    from dataclasses import asdict
+
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows]))
+        return
+    t = Table(title="backbones (--backbone NAME; --weights one of these, none, or a file)")
+    for col in ("backbone", "dim", "rows", "weights", "file", "sha256 starts"):
+        t.add_column(col, justify="right" if col == "dim" else "left")
+    for r in rows:
+        for i, f in enumerate(r.files or [None]):
+            first = (r.name, str(r.dim), r.rows) if i == 0 else ("", "", "")
+            t.add_row(*first, *((f.weights, f.file, f.sha256_prefix) if f else ("", "", "")))
+    out.print(t)
+
+
+def print_weights_check(check, as_json: bool) -> None:
+    """backbones --check's answer (pipeline.weights_check.WeightsCheck): the sha256 and the verdict."""
+    from dataclasses import asdict
+
+    if as_json:
+        print(json.dumps(asdict(check)))
+        return
+    out.print(escape(f"{check.path}\nsha256 {check.sha256}"), highlight=False, soft_wrap=True)
+    (out if check.ok else err).print(escape(("ok: " if check.ok else "error: ") + check.verdict),
+                                     highlight=False, soft_wrap=True)
