@@ -8,7 +8,6 @@ from helpers import (assert_predict_equals_the_head_on_stored_features, blob_cli
                      write_manifest, write_store)
 
 from featstore import open_store
-from heads.run import load_run, predict_features
 
 
 def test_fit_head_writes_a_complete_run_directory(tiny_store, tiny_run):
