@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backbones import BackboneError, _file_sha256, available_backbones, get_spec, weights_for
+from pipeline.backbones import BackboneError, file_sha256, available_backbones, get_spec, weights_for
 
 _HASH_IN_NAME = re.compile(r"[-_]([0-9a-f]{8,64})$")  # torchvision's file stems end in -<sha256 prefix>
 
@@ -73,7 +73,7 @@ def check_weights(path: str | Path, backbone: str | None = None) -> WeightsCheck
     path = Path(path).expanduser()
     if not path.is_file():
         raise BackboneError(f"--check {path}: no such file")
-    sha = _file_sha256(path)
+    sha = file_sha256(path)
     known = [f for name in available_backbones() for f in known_files(name)]
     matches = [f for f in known if f.sha256_prefix and sha.startswith(f.sha256_prefix)]
     named = [f for f in known if f.file == path.name]
