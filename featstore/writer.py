@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from featstore.atomic import temp_path
 from featstore.config import StoreConfig
 from featstore.errors import StoreError
 from featstore.format import (FORMAT_VERSION, HEADER, OWN_NAME_RE, SHARD_RE, VideoRecord, is_store_file, read_header,
@@ -78,7 +79,7 @@ class StoreWriter:
         except BaseException:
             self._lock.release()
             raise
-        for stale in self.path.glob(f".{prefix}-*.h5.tmp"):  # left by a killed writer of this prefix
+        for stale in self.path.glob(f".{prefix}-*.h5*.tmp"):  # left by a killed writer of this prefix
             stale.unlink()
         self._seq = 1 + max((int(m["seq"]) for p in self.path.iterdir()
                              if (m := SHARD_RE.match(p.name)) and m["prefix"] == prefix), default=-1)
@@ -86,7 +87,7 @@ class StoreWriter:
     def _create_or_check(self) -> None:
         header = self.path / HEADER
         if not header.exists():
-            tmp = self.path / f".{HEADER}.{os.getpid()}.tmp"
+            tmp = temp_path(header)
             with h5_temp(tmp, header, lambda: 64_000) as (f, _):
                 write_attrs(f, self.config, self.fp, self.dim, self.keys, self.format)
             try:
