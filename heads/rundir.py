@@ -13,12 +13,14 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterator
 
+from featstore.atomic import OutputRaced, pid_alive, write_text_atomic
 from heads.models import HeadError
 
 # The files each kind of run writes into its run directory (fnmatch patterns for its member runs).
@@ -44,9 +46,8 @@ def _run_config(path: Path) -> dict | None:
 
 
 def write_json(path: Path, obj) -> None:
-    """A run file as people read it: indented JSON, numpy scalars as floats."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    """A run file as people read it: indented JSON, numpy scalars as floats (complete or absent, see atomic)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def run_kind(path: Path) -> str | None:
@@ -90,12 +91,12 @@ def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path
     out = Path(os.path.abspath(out))
     check_run_dir(out, kind, force)
     _clear_stale(out)
-    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
+    before = _identity(out)
+    stage = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}-{os.getpid()}"  # pid last: _clear_stale reads it
     stage.mkdir(parents=True)
     try:
         yield stage
-        _replace(stage, out)
+        _replace(stage, out, before)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -105,25 +106,32 @@ def _clear_stale(out: Path) -> None:
     for kind in ("tmp", "old"):
         for path in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
             pid = path.name.rsplit("-", 1)[1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def _identity(path: Path) -> tuple[int, int] | None:
+    """What tells whether another process replaced `path` meanwhile: its inode and mtime (None when absent)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
-def _replace(stage: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
+def _replace(stage: Path, out: Path, before: tuple[int, int] | None) -> None:
+    """Move the finished run in, unless another run wrote `out` since this one started (then it lost the race)."""
+    raced = OutputRaced(f"another process wrote --out {out} while this run ran; this run's results were discarded "
+                        "and the other's kept: run one command per --out at a time, or give each its own --out")
+    if _identity(out) != before:
+        raise raced
+    old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}-{os.getpid()}"
+    if before is not None:
         os.replace(out, old)
-    os.replace(stage, out)
+    try:
+        os.rename(stage, out)  # fails when a run that finished meanwhile is there now (a non-empty folder)
+    except OSError:
+        raise raced from None
     shutil.rmtree(old, ignore_errors=True)
 
 
