@@ -36,8 +36,8 @@ from ui.errors import (FAILED_ITEMS, INTERRUPTED, TERMINATED, ExitCodes, Termina
                        user_errors)
 from ui.options import Device, Force, Json, OutDir, StoreWeights, choices, config_options, plain
 from ui.render import (epoch_progress, err, out, print_cluster, print_evaluation, print_fit, print_metrics,
-                       print_predictions, print_repeated, print_runs, print_thumbnails, progress_bar, stage_progress,
-                       sweep_progress, warn_skipped)
+                       print_predictions, print_repaired, print_repeated, print_runs, print_thumbnails, progress_bar,
+                       stage_progress, sweep_progress, warn_skipped)
 
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
@@ -321,6 +321,8 @@ def verify(
     = False,
     quarantine: Annotated[bool, typer.Option(help="Move bad shards to STORE/_quarantine/; the next extract redoes "
                                              "their videos.")] = False,
+    repair: Annotated[bool, typer.Option(help="Also rebuild a lost or damaged header from the shards and move bad "
+                                         "metadata updates to STORE/_quarantine/ (no re-embedding).")] = False,
 ) -> None:
     """Check a store: header and shards readable and consistent, settings equal, no video stored twice.
 
@@ -329,7 +331,7 @@ def verify(
 
     with user_errors(), progress_bar() as bar:
         task = bar.add_task("verify", total=None, rate="")
-        report = verify_store(store, deep=deep, quarantine=quarantine,
+        report = verify_store(store, deep=deep, quarantine=quarantine, repair=repair,
                               on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     print_verify(report)
     if not report.passed:
@@ -342,11 +344,12 @@ def print_verify(report) -> None:
                  ("ok", report.ok), ("frames", report.frames)]:
         t.add_row(k, str(v))
     out.print(t)
+    print_repaired(report)
     for name, problem in report.bad.items():
         err.print(f"[red]bad[/] {name}: {problem}", highlight=False, soft_wrap=True)
     if report.quarantined:
         videos = "videos" if report.lost_videos is None else f"{report.lost_videos} video(s)"
-        err.print(f"moved {len(report.quarantined)} shard(s) to {Path(report.store) / '_quarantine'}; rerun "
+        err.print(f"moved {len(report.quarantined)} file(s) to {Path(report.store) / '_quarantine'}; rerun "
                   f"extract to redo their {videos}", highlight=False, soft_wrap=True)
     elif report.bad:
         err.print(report.fix, highlight=False, soft_wrap=True)

@@ -11,8 +11,9 @@ from typing import Any, Iterable, Mapping
 from featstore.atomic import temp_path
 from featstore.config import StoreConfig
 from featstore.errors import StoreError
-from featstore.format import (FORMAT_VERSION, HEADER, OWN_NAME_RE, SHARD_RE, VideoRecord, is_store_file, read_header,
+from featstore.format import (FORMAT_VERSION, HEADER, OWN_NAME_RE, SHARD_RE, VideoRecord, is_store_file,
                               write_attrs, write_shard)
+from featstore.header import load_header
 from featstore.integrity import h5_temp
 from featstore.locks import WriterLock
 
@@ -30,6 +31,8 @@ def claim_store(path: Path, prefix: str, force: bool = False) -> WriterLock:
         if is_store_file(path):
             raise StoreError(f"{path} is a compacted store file; extract into a store directory instead")
         raise StoreError(f"{path} is a file, not a store directory: give --store a new directory or a store")
+    if path.is_dir() and not (path / HEADER).exists() and any(SHARD_RE.match(p.name) for p in path.iterdir()):
+        load_header(path)  # a store that lost its header: rebuilt from its shards, never re-embedded
     if path.is_dir() and not (path / HEADER).exists() and not force:
         other = sorted(p.name for p in path.iterdir() if not OWN_NAME_RE.match(p.name))
         if other:
@@ -86,7 +89,7 @@ class StoreWriter:
 
     def _create_or_check(self) -> None:
         header = self.path / HEADER
-        if not header.exists():
+        if not header.exists() and not any(SHARD_RE.match(p.name) for p in self.path.iterdir()):
             tmp = temp_path(header)
             with h5_temp(tmp, header, lambda: 64_000) as (f, _):
                 write_attrs(f, self.config, self.fp, self.dim, self.keys, self.format)
@@ -96,7 +99,7 @@ class StoreWriter:
                 pass
             finally:
                 tmp.unlink()
-        old = read_header(self.path)
+        old, _ = load_header(self.path)  # a lost or damaged header is rebuilt from the shards
         self.format = old.format
         self._adopt(old.config, old.fingerprint, old.keys)
 

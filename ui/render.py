@@ -178,6 +178,12 @@ def print_runs(rows: list[dict], runs_dir: Path) -> None:
     out.print(t)
 
 
+def print_repaired(report) -> None:
+    """What `verify --repair` rebuilt (the header, from the shards)."""
+    for done in report.repaired:
+        out.print(f"repaired {done}", highlight=False, soft_wrap=True, markup=False)
+
+
 def warn_skipped(path: Path, why: str) -> None:
     """runs: a run directory whose metrics.json cannot be read is left out, said on stderr."""
     err.print(f"[yellow]warning:[/] skipped {escape(str(path))}: {escape(why)}", highlight=False, soft_wrap=True)
