@@ -71,12 +71,11 @@ def load_header(path: Path, rebuild: bool = True) -> tuple[Header, str | None]:
     if problem is None:
         return header, None
     votes = shard_headers(path)
-    if not votes and not (path / HEADER).exists():
-        raise StoreError(f"{path} is not a framecache store (no {HEADER})")
-    if len(votes) != 1:
-        raise StoreError(f"store header {path / HEADER} {problem}, and its shards " +
-                         ("disagree on the settings" if votes else "hold no readable settings") +
-                         f": run `cli.py verify {path} --repair` to rebuild it from most of them")
+    if not votes:  # nothing to rebuild from: the header's own error (or, readable, the header as it is)
+        return read_header(path), None
+    if len(votes) > 1:
+        raise StoreError(f"store header {path / HEADER} {problem}, and its shards disagree on the settings: "
+                         f"run `cli.py verify {path} --repair` to rebuild it from most of them")
     header = _header(next(iter(votes)))
     if rebuild and os.access(path, os.W_OK):
         write_header(path, header)

@@ -65,7 +65,8 @@ def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False,
     if not path.exists():
         raise StoreError(f"no store at {path}")
     if (quarantine or repair) and path.is_file():
-        raise StoreError(f"{path} is a compacted file, which cannot be repaired in place: {REMAKE_COMPACTED}")
+        raise StoreError(f"{path} is a compacted file, which cannot be repaired in place: verify the store "
+                         "directory it came from and compact it again")
     files = shard_files(path)
     report = VerifyReport(str(path), deep, shards=len(files))
     if repair and (done := repair_header(path)):
