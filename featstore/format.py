@@ -189,17 +189,25 @@ def read_header(path: Path) -> Header:
     if not src.exists():
         raise StoreError(f"{path} is not a framecache store (no {HEADER})")
     what = "store file" if path.is_file() else "store header"
+    # A compacted file that is not what it should be can only be made again; a header is rebuilt by its caller.
+    fix = f"; if it was a compacted store, re-create it with `cli.py compact STORE {src}`" if path.is_file() else ""
     try:
         with h5py.File(src, "r") as f:
             return Header(StoreConfig.from_attrs(json.loads(f.attrs["config"])), str(f.attrs["fingerprint"]),
                           json.loads(f.attrs["fingerprint_keys"]), int(f.attrs["dim"]),
                           int(f.attrs.get("framecache_format", 1)))
     except OSError as e:
-        raise StoreError(f"{src} is not a readable framecache {what}: {describe_open_error(e)}") from None
+        raise StoreError(f"{src} is not a readable framecache {what}: {describe_open_error(e)}{fix}") from None
     except KeyError as e:
-        raise StoreError(f"{src} is not a framecache {what} (attribute {e} missing)") from None
+        raise StoreError(f"{src} is not a framecache {what} (attribute {e} missing){fix}") from None
     except ValueError as e:
-        raise StoreError(f"{src} is a damaged framecache {what} ({e})") from None
+        raise StoreError(f"{src} is a damaged framecache {what} ({e}){fix}") from None
+
+
+def no_store(path: Path) -> StoreError:
+    """The error for a store path where nothing is: what makes one there."""
+    make = f"`cli.py compact STORE {path}`" if path.suffix == ".h5" else f"`cli.py extract ... --store {path}`"
+    return StoreError(f"no store at {path}: run {make} first")
 
 
 def is_store_file(path: Path) -> bool:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.format import HEADER, OPTIONAL_COLUMNS, SPAN_COLUMNS, VIDEO_COLUMNS, ItemMeta, shard_files
+from featstore.format import HEADER, OPTIONAL_COLUMNS, SPAN_COLUMNS, VIDEO_COLUMNS, ItemMeta, no_store, shard_files
 from featstore.header import load_header, shard_headers
 from featstore.integrity import BadShard, ForeignShard, describe_open_error, describe_read_error, read_shard_index
 from featstore.meta import read_meta_updates
@@ -48,9 +48,7 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            make = (f"`cli.py compact STORE {self.path}`" if self.path.suffix == ".h5"
-                    else f"`cli.py extract ... --store {self.path}`")
-            raise StoreError(f"no store at {self.path}: run {make} first")
+            raise no_store(self.path)
         self._files = shard_files(self.path)
         self.header, _ = load_header(self.path)  # a lost or damaged header is rebuilt from the shards
         h = self.header

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import StoreError
-from featstore.format import HEADER, OPTIONAL_COLUMNS, VIDEO_COLUMNS, shard_files
+from featstore.format import HEADER, OPTIONAL_COLUMNS, VIDEO_COLUMNS, no_store, shard_files
 from featstore.header import QUARANTINE, free_name, load_header, repair_header, shard_headers
 from featstore.integrity import REMAKE_COMPACTED, BadShard, ForeignShard, read_shard_index
 from featstore.meta import BadOverlay, list_overlays, read_overlay
@@ -63,7 +63,7 @@ def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False,
     Raises StoreError when there is no store or its header is unreadable and cannot be rebuilt."""
     path = Path(path)
     if not path.exists():
-        raise StoreError(f"no store at {path}")
+        raise no_store(path)
     if (quarantine or repair) and path.is_file():
         raise StoreError(f"{path} is a compacted file, which cannot be repaired in place: verify the store "
                          "directory it came from and compact it again")
