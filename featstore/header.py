@@ -32,9 +32,20 @@ def header_problem(path: Path) -> tuple[Header | None, str | None]:
         header = read_header(path)
     except StoreError as e:
         return None, "cannot be read (" + str(e).split(": ", 1)[-1] + ")"
-    if header.config.fingerprint(header.keys) != header.fingerprint:
+    if header.config.fingerprint(header.keys) != header.fingerprint and not _as_first_shard(path):
         return None, "is damaged (its fingerprint does not match its own config)"
     return header, None
+
+
+def _as_first_shard(path: Path) -> bool:
+    """Does the header hold exactly what the oldest shard holds? (A store made by a version that computed its
+    fingerprint otherwise: not damage, and one open tells.)"""
+    files = shard_files(path)
+    try:
+        with h5py.File(path / HEADER, "r") as h, h5py.File(files[0], "r") as f:
+            return _attrs(h) == _attrs(f)
+    except (IndexError, OSError, KeyError, ValueError):
+        return False
 
 
 def shard_headers(path: Path) -> Counter:
