@@ -96,14 +96,21 @@ def load_header(path: Path, rebuild: bool = True) -> tuple[Header, str | None]:
 def write_header(path: Path, header: Header) -> None:
     """Write `header` as the store's `_store.h5`, moving a damaged one aside to `_quarantine/`."""
     target = path / HEADER
+    if target.exists():
+        (path / QUARANTINE).mkdir(exist_ok=True)
+        os.replace(target, free_name(path / QUARANTINE / HEADER))
+    link_header(path, header)
+
+
+def link_header(path: Path, header: Header) -> None:
+    """Create the store's `_store.h5` holding `header`, unless another process created it first (then theirs
+    stays: os.link is atomic and never replaces)."""
+    target = path / HEADER
     tmp = temp_path(target)
     with h5_temp(tmp, target, lambda: 64_000) as (f, _):
         write_attrs(f, header.config, header.fingerprint, header.dim, header.keys, header.format)
     try:
-        if target.exists():
-            (path / QUARANTINE).mkdir(exist_ok=True)
-            os.replace(target, free_name(path / QUARANTINE / HEADER))
-        os.link(tmp, target)  # fails if another process rebuilt it first: then theirs (the same) stays
+        os.link(tmp, target)
     except FileExistsError:
         pass
     finally:

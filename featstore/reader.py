@@ -64,7 +64,8 @@ class Store:
                 bad.append(e)
         if bad:
             raise _refuse(self.path, bad, len(self._files))
-        for vid, changes in read_meta_updates(self.path, self.fingerprint).items():  # extract --update-meta: newer labels/splits
+        # extract --update-meta: newer labels/splits (a damaged update is refused by name)
+        for vid, changes in read_meta_updates(self.path, self.fingerprint).items():
             if vid in self._entries:
                 self._entries[vid].meta.update(changes)
         self._handles: OrderedDict[int, h5py.File] = OrderedDict()

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from featstore.atomic import temp_path
 from featstore.config import StoreConfig
 from featstore.errors import StoreError
 from featstore.format import (FORMAT_VERSION, HEADER, OWN_NAME_RE, SHARD_RE, VideoRecord, is_store_file,
-                              write_attrs, write_shard)
-from featstore.header import load_header
-from featstore.integrity import h5_temp
+                              write_shard)
+from featstore.header import link_header, load_header
+from featstore.integrity import Header
 from featstore.locks import WriterLock
 
 
@@ -90,15 +89,7 @@ class StoreWriter:
     def _create_or_check(self) -> None:
         header = self.path / HEADER
         if not header.exists() and not any(SHARD_RE.match(p.name) for p in self.path.iterdir()):
-            tmp = temp_path(header)
-            with h5_temp(tmp, header, lambda: 64_000) as (f, _):
-                write_attrs(f, self.config, self.fp, self.dim, self.keys, self.format)
-            try:
-                os.link(tmp, header)  # atomic and fails if another writer created it first
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
+            link_header(self.path, Header(self.config, self.fp, self.keys, self.dim, self.format))
         old, _ = load_header(self.path)  # a lost or damaged header is rebuilt from the shards
         self.format = old.format
         self._adopt(old.config, old.fingerprint, old.keys)
