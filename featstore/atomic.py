@@ -85,6 +85,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temp path to write `path`'s content into; on success it becomes `path` (see `publish`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = temp_path(path)
     try:
         yield tmp

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import h5py
 
-from featstore.atomic import temp_path
+from featstore.atomic import remove_stale_temps, temp_path
 from featstore.config import StoreConfig
 from featstore.errors import StoreError
 from featstore.format import HEADER, read_header, shard_files, write_attrs
@@ -106,6 +106,7 @@ def link_header(path: Path, header: Header) -> None:
     """Create the store's `_store.h5` holding `header`, unless another process created it first (then theirs
     stays: os.link is atomic and never replaces)."""
     target = path / HEADER
+    remove_stale_temps(target)
     tmp = temp_path(target)
     with h5_temp(tmp, target, lambda: 64_000) as (f, _):
         write_attrs(f, header.config, header.fingerprint, header.dim, header.keys, header.format)

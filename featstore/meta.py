@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featstore.atomic import temp_path
+from featstore.atomic import remove_stale_temps, temp_path
 from featstore.errors import StoreError
 from featstore.format import read_header
 from featstore.integrity import DIGEST_ATTR, column_digests, describe_open_error, describe_read_error
@@ -62,6 +62,7 @@ def write_meta_update(store_path: str | Path, changes: list[MetaChange]) -> Path
     for col in META_COLUMNS:  # `<col>_set` False: this update leaves that column of that item alone
         columns[col] = [c.after.get(col, "") for c in changes]
         columns[f"{col}_set"] = [col in c.after for c in changes]
+    remove_stale_temps(store_path / "_meta.h5")  # left by a killed update
     tmp = temp_path(store_path / "_meta.h5")
     try:
         with h5py.File(tmp, "w") as f:

@@ -82,3 +82,17 @@ def test_a_run_written_to_the_same_out_while_this_one_ran_makes_this_one_lose(tm
                 (other / "config.json").write_text('{"command": "fit-head", "other": 1}')
     assert '"other": 1' in (out / "config.json").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_temps_of_a_killed_writer_are_removed_at_the_next_write_of_the_same_output(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs: the writer that left these was kill -9'ed
+    store = make_store(tmp_path / "s", 4, 0)
+    out = tmp_path / "c.h5"
+    stale = [tmp_path / f".c.h5.{dead.pid}-0000beef.tmp", tmp_path / f".index.json.{dead.pid}-0000beef.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    res = start_compact(store, out)
+    assert res.wait(timeout=300) == 0, res.stderr.read()
+    write_text_atomic(tmp_path / "index.json", "[]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "index.json", "s"]
