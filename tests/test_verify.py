@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featstore import StoreWriter, VideoRecord, compact, open_store
+from featstore import StoreError, StoreWriter, VideoRecord, compact, open_store, verify_store
 from featstore.meta import MetaChange, write_meta_update
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,14 +94,11 @@ def undetectable(kind: str, how: str) -> bool:
     return how == "deleted" and kind in (SHARD, OVERLAY)
 
 
-@pytest.mark.slow
-def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_the_original_features(stores,
-                                                                                                      tmp_path):
-    original, original_file = snapshot(stores["ours"]), snapshot(stores["compacted"])  # the file: float16 copy
-    cells, where = [], {}
+def damaged_copies(stores: dict[str, Path], tmp_path: Path) -> dict[tuple[str, str], Path]:
+    """One damaged copy of the store (or compacted file) per (file kind, damage kind): the store path of each."""
+    where = {}
     for kind in (SHARD, HEADER, OVERLAY, COMPACTED):
         for how in DAMAGES:
-            cell = (kind, how)
             store = tmp_path / f"{kind}-{how}"
             if kind == COMPACTED:
                 store = store.with_suffix(".h5")
@@ -111,8 +108,60 @@ def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_th
                 shutil.copytree(stores["ours"], store)
                 target = store / kind
             damage(target, kind, how, stores)
-            cells.append(cell)
-            where[cell] = store
+            where[kind, how] = store
+    return where
+
+
+def assert_repaired(where: dict, stores: dict[str, Path], original: dict, original_file: dict) -> None:
+    """After the fix: the features of every video still there equal the original's; only a bad shard's are gone."""
+    for (kind, how), store in where.items():
+        if kind == COMPACTED:
+            compact(stores["ours"], store, force=True)  # the fix the messages name
+        got, want = snapshot(store), original_file if kind == COMPACTED else original
+        lost = {f"v{i}" for i in range(4)} if kind == SHARD else set()  # the first shard's videos: extract redoes them
+        assert set(got) == set(want) - lost, (kind, how)
+        for vid, (features, label) in got.items():
+            np.testing.assert_array_equal(features, want[vid][0])
+            if kind != OVERLAY:  # a moved-aside update's labels come back with `extract --update-meta`
+                assert label == want[vid][1], (kind, how, vid)
+
+
+def read_everything(store: Path) -> None:
+    with open_store(store) as s:
+        s.load_all(s.ids())
+
+
+def test_every_damaged_file_is_named_with_its_fix_by_the_library_and_repair_restores_it(stores, tmp_path):
+    """The same matrix in one process (fast): verify_store, a reader, verify_store(repair=True)."""
+    original, original_file = snapshot(stores["ours"]), snapshot(stores["compacted"])
+    where = damaged_copies(stores, tmp_path)
+    for (kind, how), store in where.items():
+        try:
+            report = verify_store(store, deep=True)
+            said = "" if report.passed else " ".join(report.bad) + " " + report.fix
+        except StoreError as e:  # a compacted file that is not one any more: nothing to verify in it
+            said = str(e)
+        if undetectable(kind, how):
+            assert said == "", (kind, how, said)
+        else:
+            assert kind in said and expected_fix(kind) in said, (kind, how, said)
+        if undetectable(kind, how) or (kind == HEADER and how != "foreign"):
+            read_everything(store)  # the shards rebuild the header
+        else:
+            with pytest.raises(StoreError) as e:
+                read_everything(store)
+            assert kind in str(e.value) and expected_fix(kind) in str(e.value), (kind, how, str(e.value))
+        if kind != COMPACTED:
+            verify_store(store, deep=True, repair=True)
+    assert_repaired(where, stores, original, original_file)
+
+
+@pytest.mark.slow
+def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_the_original_features(stores,
+                                                                                                      tmp_path):
+    original, original_file = snapshot(stores["ours"]), snapshot(stores["compacted"])  # the file: float16 copy
+    where = damaged_copies(stores, tmp_path)
+    cells = list(where)
 
     verified = run_all({c: ("verify", where[c], "--deep") for c in cells})
     for (kind, how), (rc, output) in verified.items():
@@ -136,14 +185,4 @@ def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_th
         assert "Traceback" not in output, output
         if kind == HEADER:
             assert rc == 0 and "store ok" in output, (kind, how, output)
-    for (kind, how) in cells:
-        store = where[kind, how]
-        if kind == COMPACTED:
-            compact(stores["ours"], store, force=True)  # the fix the messages name
-        got, want = snapshot(store), original_file if kind == COMPACTED else original
-        lost = {f"v{i}" for i in range(4)} if kind == SHARD else set()  # the first shard's videos: extract redoes them
-        assert set(got) == set(want) - lost, (kind, how)
-        for vid, (features, label) in got.items():
-            np.testing.assert_array_equal(features, want[vid][0])
-            if kind != OVERLAY:  # a moved-aside update's labels come back with `extract --update-meta`
-                assert label == want[vid][1], (kind, how, vid)
+    assert_repaired(where, stores, original, original_file)
