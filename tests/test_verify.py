@@ -186,3 +186,28 @@ def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_th
         if kind == HEADER:
             assert rc == 0 and "store ok" in output, (kind, how, output)
     assert_repaired(where, stores, original, original_file)
+
+
+def test_extract_into_a_store_that_lost_its_header_rebuilds_it_and_embeds_nothing_again(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+    from data.synth import write_video
+
+    rows = ["path,label"]
+    for i in range(3):
+        write_video(tmp_path / f"c{i}.mkv", np.random.default_rng(i).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+        rows.append(f"c{i}.mkv,{'ab'[i % 2]}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "store"
+    args = ["extract", str(tmp_path / "m.csv"), "--backbone", "resnet18", "--weights", "none", "--size", "32",
+            "--crop", "none", "--workers", "0", "--precision", "fp32", "--store", str(store)]
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    before, shards = snapshot(store), sorted(p.name for p in store.glob("p0-*.h5"))
+    (store / HEADER).unlink()
+    res = CliRunner().invoke(cli.app, args)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in store.glob("p0-*.h5")) == shards  # nothing embedded twice
+    assert (store / HEADER).exists() and verify_store(store, deep=True).passed
+    got = snapshot(store)
+    assert got.keys() == before.keys() and all(np.array_equal(got[v][0], before[v][0]) for v in got)
