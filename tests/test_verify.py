@@ -90,6 +90,11 @@ def expected_fix(kind: str) -> str:
     return {SHARD: "--quarantine", HEADER: "--repair", OVERLAY: "--repair", COMPACTED: "cli.py compact"}[kind]
 
 
+def named(kind: str, store: Path) -> str:
+    """The name a message gives the damaged file (within its path, for a reader's one line)."""
+    return store.name if kind == COMPACTED else kind
+
+
 def undetectable(kind: str, how: str) -> bool:
     return how == "deleted" and kind in (SHARD, OVERLAY)
 
@@ -101,7 +106,7 @@ def damaged_copies(stores: dict[str, Path], tmp_path: Path) -> dict[tuple[str, s
         for how in DAMAGES:
             store = tmp_path / f"{kind}-{how}"
             if kind == COMPACTED:
-                store = store.with_suffix(".h5")
+                store = tmp_path / f"{how}-{COMPACTED}"
                 shutil.copyfile(stores["compacted"], store)
                 target = store
             else:
@@ -144,13 +149,14 @@ def test_every_damaged_file_is_named_with_its_fix_by_the_library_and_repair_rest
         if undetectable(kind, how):
             assert said == "", (kind, how, said)
         else:
-            assert kind in said and expected_fix(kind) in said, (kind, how, said)
+            assert named(kind, store) in said and expected_fix(kind) in said, (kind, how, said)
         if undetectable(kind, how) or (kind == HEADER and how != "foreign"):
             read_everything(store)  # the shards rebuild the header
         else:
             with pytest.raises(StoreError) as e:
                 read_everything(store)
-            assert kind in str(e.value) and expected_fix(kind) in str(e.value), (kind, how, str(e.value))
+            said = str(e.value)
+            assert named(kind, store) in said and expected_fix(kind) in said, (kind, how, said)
         if kind != COMPACTED:
             verify_store(store, deep=True, repair=True)
     assert_repaired(where, stores, original, original_file)
@@ -169,7 +175,7 @@ def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_th
             assert rc == 0 and "store ok" in output, (kind, how, output)
             continue
         flat = " ".join(output.split())
-        assert rc == 1 and kind in flat and expected_fix(kind) in flat, (kind, how, output)
+        assert rc == 1 and named(kind, where[kind, how]) in flat and expected_fix(kind) in flat, (kind, how, output)
         assert "Traceback" not in output
 
     read = run_all({c: ("compact", where[c], tmp_path / f"read-{c[0]}-{c[1]}.h5") for c in cells})
@@ -178,7 +184,8 @@ def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_th
             assert rc == 0, (kind, how, output)
             continue
         lines = [line for line in output.splitlines() if line.strip()]
-        assert rc == 1 and len(lines) == 1 and kind in lines[0] and expected_fix(kind) in lines[0], (kind, how, output)
+        assert rc == 1 and len(lines) == 1 and named(kind, where[kind, how]) in lines[0], (kind, how, output)
+        assert expected_fix(kind) in lines[0], (kind, how, output)
 
     repaired = run_all({c: ("verify", where[c], "--deep", "--repair") for c in cells if c[0] != COMPACTED})
     for (kind, how), (rc, output) in repaired.items():
