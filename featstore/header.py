@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -48,13 +47,15 @@ def _as_first_shard(path: Path) -> bool:
         return False
 
 
-def shard_headers(path: Path) -> Counter:
-    """How many readable shards carry each set of header attributes (a Header per distinct set)."""
-    found: Counter = Counter()
+def shard_headers(path: Path) -> dict[tuple, list[str]]:
+    """The settings readable shards carry, (fingerprint, keys, dim, format) -> the config of each such shard, oldest
+    first. Grouped by fingerprint, not by config: runs that differ only in settings the fingerprint leaves out
+    (and so were allowed into one store) agree."""
+    found: dict[tuple, list[str]] = {}
     for file in shard_files(path):
         try:
             with h5py.File(file, "r") as f:
-                found[_attrs(f)] += 1
+                found.setdefault(_attrs(f)[1:], []).append(str(f.attrs["config"]))
         except (OSError, KeyError, ValueError):
             continue  # a damaged shard has no say; verify names it
     return found
@@ -65,9 +66,9 @@ def _attrs(f: h5py.File) -> tuple:
             int(f.attrs["dim"]), int(f.attrs.get("framecache_format", 1)))
 
 
-def _header(attrs: tuple) -> Header:
-    config, fp, keys, dim, fmt = attrs
-    return Header(StoreConfig.from_attrs(json.loads(config)), fp, json.loads(keys), dim, fmt)
+def _header(key: tuple, configs: list[str]) -> Header:
+    fp, keys, dim, fmt = key
+    return Header(StoreConfig.from_attrs(json.loads(configs[0])), fp, json.loads(keys), dim, fmt)
 
 
 def load_header(path: Path, rebuild: bool = True) -> tuple[Header, str | None]:
@@ -87,7 +88,7 @@ def load_header(path: Path, rebuild: bool = True) -> tuple[Header, str | None]:
     if len(votes) > 1:
         raise StoreError(f"store header {path / HEADER} {problem}, and its shards disagree on the settings: "
                          f"run `cli.py verify {path} --repair` to rebuild it from most of them")
-    header = _header(next(iter(votes)))
+    header = _header(*next(iter(votes.items())))
     if rebuild and os.access(path, os.W_OK):
         write_header(path, header)
     return header, problem
@@ -124,12 +125,13 @@ def repair_header(path: Path) -> str | None:
     votes = shard_headers(path)
     if not votes:
         return None
-    attrs, _ = votes.most_common(1)[0]
-    if problem is None and header.fingerprint in {a[1] for a in votes}:
+    key = max(votes, key=lambda k: len(votes[k]))  # the settings of most shards
+    if problem is None and header.fingerprint in {k[0] for k in votes}:
         return None  # the header is some shards' own: shards that differ are foreign, verify names them
-    write_header(path, _header(attrs))
+    write_header(path, _header(key, votes[key]))
     why = problem or "matched none of its shards"
-    return f"{HEADER} {why}: rebuilt from the settings of {votes[attrs]} of {sum(votes.values())} shard(s)"
+    return (f"{HEADER} {why}: rebuilt from the settings of {len(votes[key])} of "
+            f"{sum(len(v) for v in votes.values())} shard(s)")
 
 
 def free_name(dest: Path) -> Path:
