@@ -133,6 +133,8 @@ def verify(
     = False,
     quarantine: Annotated[bool, typer.Option(help="Move bad shards to STORE/_quarantine/; the next extract redoes "
                                              "their videos.")] = False,
+    repair: Annotated[bool, typer.Option(help="Also rebuild a lost or damaged header from the shards and move bad "
+                                         "metadata updates to STORE/_quarantine/ (no re-embedding).")] = False,
 ) -> None:
     """Check a store: header and shards readable and consistent, settings equal, no video stored twice.
 
@@ -141,7 +143,7 @@ def verify(
 
     with user_errors(), progress_bar() as bar:
         task = bar.add_task("verify", total=None, rate="")
-        report = verify_store(store, deep=deep, quarantine=quarantine,
+        report = verify_store(store, deep=deep, quarantine=quarantine, repair=repair,
                               on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     print_verify(report)
     if not report.passed:

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 from pipeline import (Embedder, ExtractConfig, decode_video, geometry_for, load_backbone,  # noqa: E402
                       load_source, sampling_for)
 
@@ -127,7 +128,7 @@ def merge(out: Path, rows: list[dict], meta: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     merged = sorted(kept + rows, key=lambda r: (r["backbone"], VARIANTS.index(r["variant"]), r["batch"]))
     meta["weights"] = {**old.get("meta", {}).get("weights", {}), **meta["weights"]}  # over every run merged
-    out.write_text(json.dumps({**old, "meta": meta, "rows": merged}, indent=1) + "\n")
+    write_text_atomic(out, json.dumps({**old, "meta": meta, "rows": merged}, indent=1) + "\n")
 
 
 def best_of(rows: list[dict], tolerance: float = 0.02) -> dict:
@@ -178,7 +179,7 @@ def main() -> None:
             noise = calibration_noise(backbone, calib, evaluation, args.batches[0])
             old = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
             old.setdefault("calibration_noise", {})[name] = noise
-            args.out.write_text(json.dumps(old, indent=1) + "\n")
+            write_text_atomic(args.out, json.dumps(old, indent=1) + "\n")
             continue
         reference = embed_all(Embedder(backbone, torch.device("cpu"), "fp32"), evaluation, 16)
         for variant in args.variants:

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 from dataclasses import replace
 from pathlib import Path
 
@@ -368,7 +369,7 @@ def main() -> None:
         print(json.dumps(run), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text()) if args.out.exists() and args.parts != list(DEFAULT_PARTS) else None
-    args.out.write_text(json.dumps(merged(old, results), indent=2))
+    write_text_atomic(args.out, json.dumps(merged(old, results), indent=2))
     print(f"wrote {args.out}")
 
 

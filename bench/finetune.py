@@ -32,6 +32,7 @@ from finetune.data import clip_loader, epoch_order, item_index  # noqa: E402
 from finetune.run import loaders, prepare, setup  # noqa: E402
 from finetune.train import FinetuneConfig, Trainer  # noqa: E402
 from pipeline import load_source  # noqa: E402
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "ucf101_subset20" / "manifest.csv"
@@ -93,7 +94,7 @@ def main() -> None:
         "train_over_cpu_ceiling": round(rate["train"] * (1 / rate["compute"] + 1 / rate["decode"]), 3),
     }
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -31,6 +31,7 @@ from featstore import StoreWriter, VideoRecord, open_store  # noqa: E402
 from heads.data import batches, build_vocab, encode_targets, load_cache, make_splits  # noqa: E402
 from heads.run import fit_head  # noqa: E402
 from heads.train import TrainConfig, make_optimizer, prepare_head, train_one_epoch  # noqa: E402
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 CLIPS, FRAMES, DIM, CLASSES = 9537, 25, 2048, 101
 RESULTS = Path(__file__).parent / "results" / "heads.json"
@@ -136,7 +137,7 @@ def main() -> None:
     # Without a measured lstm fit: the most it can take, every epoch of the default budget plus the refit.
     out["lstm_fit_upper_bound_seconds"] = out["epoch_seconds"]["lstm_proj256"] * 2 * lstm.epochs
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    write_text_atomic(RESULTS, json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 from pipeline import (RESIZE_ENGINES, Done, Embedder, ExtractConfig, Rows, decode_loader, decode_video,  # noqa: E402
                       geometry_for, load_backbone, load_source, sampling_for)
 
@@ -200,7 +201,7 @@ def main() -> None:
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     old = {k: v for k, v in old.items() if k in (*PARTS, "torch_threads")}  # older layouts' keys are dropped
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**old, **results}, indent=2))
+    write_text_atomic(args.out, json.dumps({**old, **results}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -31,6 +31,7 @@ from featstore import StoreWriter, VideoRecord, open_store  # noqa: E402
 from featstore.parts import store_parts  # noqa: E402
 from featstore.format import VIDEO_COLUMNS, shard_files  # noqa: E402
 from featstore.verify import verify_store  # noqa: E402
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_qnnpack_state_dict.pth"
@@ -165,7 +166,7 @@ def main() -> None:
                 results["done"] = done_check(manifest, work / "local")
                 print(json.dumps(results["done"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_text_atomic(args.out, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 from pipeline import (Done, ExtractConfig, FrameStream, Geometry, Rows, Sampling, decode_loader,  # noqa: E402
                       geometry_for, load_backbone, load_source, sampling_for)
 
@@ -153,7 +154,7 @@ def main() -> None:
             float(np.median(rates["auto"]) / np.median(rates["never"])), 3)}
         print(json.dumps(results["real_clips_every10_D"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_text_atomic(args.out, json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 
 

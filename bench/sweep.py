@@ -33,6 +33,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from heads.data import load_cache  # noqa: E402
 from heads.experiments import sweep  # noqa: E402
 from heads.train import TrainConfig  # noqa: E402
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 RESULTS = Path(__file__).parent / "results" / "sweep.json"
 GRID = {"lr": [1e-3, 3e-3, 1e-2], "weight_decay": [0.0, 0.1, 1.0, 3.0]}
@@ -106,7 +107,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
     }
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(RESULTS, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from featstore import open_store  # noqa: E402
 from pipeline import get_spec, load_backbone  # noqa: E402
+from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 
 def main() -> None:
@@ -55,7 +56,7 @@ def main() -> None:
               "length_mismatches": bad_length}
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_text_atomic(args.out, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

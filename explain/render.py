@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from explain.cam import Maps
+from featstore.atomic import atomic_output
 
 IMAGE_WEIGHT = 0.55  # share of the frame in the overlay: enough of the scene stays visible under the map
 
@@ -43,6 +44,6 @@ def render(panel: Panel, path: Path) -> Path:
             ax.set_yticks([])
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.suptitle(panel.title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:  # a PNG of this run or the one before, never half of one
+        fig.savefig(tmp, dpi=100, format="png")
     return path

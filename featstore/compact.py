@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.format import VideoRecord, write_shard
+from featstore.atomic import OutputLock, remove_stale_temps
+from featstore.format import OPTIONAL_COLUMNS, VIDEO_COLUMNS, VideoRecord, write_shard
+from featstore.integrity import read_shard_index
 from featstore.ownership import check_out_file, is_compaction_of
 from featstore.reader import open_store
 
@@ -36,6 +38,11 @@ def compact(src: str | Path, out: str | Path, compression: str | None = "gzip", 
         out.parent.mkdir(parents=True, exist_ok=True)
         frames = sum(store.meta(v).length for v in store.ids(status=None))
         hint = frames * (store.dim * np.dtype(dtype).itemsize + 16) + 512 * len(store) + 64_000  # uncompressed
-        write_shard(out, records(), store.config, store.fingerprint, store.fingerprint_keys, store.dim, dtype,
-                    compression, size_hint=hint, fmt=store.format)
+        # One compact per OUT at a time: a second is refused rather than both writing and one reporting a file
+        # the other replaced. The result is read back before "wrote" is claimed.
+        with OutputLock(out, "compact"):
+            remove_stale_temps(out)
+            write_shard(out, records(), store.config, store.fingerprint, store.fingerprint_keys, store.dim, dtype,
+                        compression, size_hint=hint, fmt=store.format)
+            read_shard_index(out, store.header, VIDEO_COLUMNS, compacted=True, optional=OPTIONAL_COLUMNS)
     return out

@@ -6,7 +6,7 @@ Layout on disk (see docs/store.md):
 
     STORE/                      a directory
       _store.h5                 header: config + fingerprint (attrs), written once, atomically
-      <prefix>-<seq>.h5         immutable shards: written under a temp name, fsynced, renamed
+      <prefix>-<seq>.h5         immutable shards: written under a temp name, fsynced, renamed (featstore.atomic)
       .<prefix>.lock            POSIX lock (lockf) held by the one writer of that prefix
 
 A store is the set of its complete shards; a temp file left by a killed writer is ignored and
@@ -16,7 +16,6 @@ same datasets and attributes as one shard and is accepted everywhere a store is.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Iterable
 import h5py
 import numpy as np
 
+from featstore.atomic import publish, temp_path
 from featstore.config import StoreConfig
 from featstore.errors import StoreError
 from featstore.integrity import DIGEST_ATTR, Header, column_digests, describe_open_error, h5_temp
@@ -107,14 +107,6 @@ class ItemMeta:
         return [x for x in self.label.split("|") if x]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_attrs(f: h5py.File, config: StoreConfig, fp: str, dim: int, keys: list[str], fmt: int) -> None:
     """The attributes every file of a store carries: its format, config, fingerprint and the keys it covers, dim."""
     f.attrs["framecache_format"] = fmt
@@ -149,7 +141,7 @@ def write_shard(path: Path, records: Iterable[VideoRecord], config: StoreConfig,
     Records are consumed one at a time (frame datasets grow as they come), so a generator keeps memory at one
     item whatever the shard's size: that is how `compact` copies a large store. A full disk raises `DiskFull`
     naming `path` and about how much space it needs (`size_hint` when given, else what the records need)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     comp = {} if compression is None else {"compression": compression, "shuffle": True}
     columns: dict[str, list] = {name: [] for name in VIDEO_COLUMNS}
     row_bytes = dim * np.dtype(dtype).itemsize + 16 + (16 if fmt >= 2 else 0)  # features, frame/time (and ends)
@@ -179,8 +171,7 @@ def write_shard(path: Path, records: Iterable[VideoRecord], config: StoreConfig,
             f.create_dataset(name, data=np.array(columns[name], dtype=object if dt == "str" else dt),
                              dtype=STR if dt == "str" else dt)
         f.attrs[DIGEST_ATTR] = column_digests(columns, VIDEO_COLUMNS)  # fletcher32 cannot see vlen strings
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    publish(tmp, path)
 
 
 def shard_files(path: Path) -> list[Path]:
@@ -198,17 +189,25 @@ def read_header(path: Path) -> Header:
     if not src.exists():
         raise StoreError(f"{path} is not a framecache store (no {HEADER})")
     what = "store file" if path.is_file() else "store header"
+    # A compacted file that is not what it should be can only be made again; a header is rebuilt by its caller.
+    fix = f"; if it was a compacted store, re-create it with `cli.py compact STORE {src}`" if path.is_file() else ""
     try:
         with h5py.File(src, "r") as f:
             return Header(StoreConfig.from_attrs(json.loads(f.attrs["config"])), str(f.attrs["fingerprint"]),
                           json.loads(f.attrs["fingerprint_keys"]), int(f.attrs["dim"]),
                           int(f.attrs.get("framecache_format", 1)))
     except OSError as e:
-        raise StoreError(f"{src} is not a readable framecache {what}: {describe_open_error(e)}") from None
+        raise StoreError(f"{src} is not a readable framecache {what}: {describe_open_error(e)}{fix}") from None
     except KeyError as e:
-        raise StoreError(f"{src} is not a framecache {what} (attribute {e} missing)") from None
+        raise StoreError(f"{src} is not a framecache {what} (attribute {e} missing){fix}") from None
     except ValueError as e:
-        raise StoreError(f"{src} is a damaged framecache {what} ({e})") from None
+        raise StoreError(f"{src} is a damaged framecache {what} ({e}){fix}") from None
+
+
+def no_store(path: Path) -> StoreError:
+    """The error for a store path where nothing is: what makes one there."""
+    make = f"`cli.py compact STORE {path}`" if path.suffix == ".h5" else f"`cli.py extract ... --store {path}`"
+    return StoreError(f"no store at {path}: run {make} first")
 
 
 def is_store_file(path: Path) -> bool:

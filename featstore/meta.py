@@ -1,8 +1,9 @@
 """Metadata updates: new labels, groups or splits for items already in a store, without re-embedding.
 
-Shards are immutable, so an update is a small file of its own, `STORE/_meta.<seq>.h5` (id + the changed columns),
-written under a temp name and linked into place atomically. `Store` applies the updates in sequence order after
-reading the shards, so every reader (and `compact`) sees the newest values; the shards keep what extract wrote.
+Shards are immutable, so an update is a small file of its own, `STORE/_meta.<seq>.h5` (id + the changed columns, a
+checksum of them and the store's fingerprint), written under a temp name and linked into place atomically. `Store`
+applies the updates in sequence order after reading the shards, so every reader (and `compact`) sees the newest
+values; the shards keep what extract wrote. A damaged update is refused by name (`BadOverlay`), never half-applied.
 """
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featstore.staging import clean_stale, temp_name
+from featstore.atomic import remove_stale_temps, temp_path
+from featstore.errors import StoreError
+from featstore.format import read_header
+from featstore.integrity import DIGEST_ATTR, column_digests, describe_open_error, describe_read_error
 
 META_COLUMNS = ("label", "group", "split")  # what a manifest may change for an item already embedded
 META_RE = re.compile(r"^_meta\.(?P<seq>\d{6})\.h5$")
 _STR = h5py.string_dtype("utf-8")
+# An update file's datasets: the id, and per column its new value and whether this update sets it.
+_DTYPES: dict[str, object] = {"video_id": "str", **{k: v for col in META_COLUMNS
+                                                    for k, v in ((col, "str"), (f"{col}_set", np.bool_))}}
 
 
 @dataclass
@@ -51,15 +58,20 @@ def write_meta_update(store_path: str | Path, changes: list[MetaChange]) -> Path
     if not changes:
         return None
     store_path = Path(store_path)
-    clean_stale(store_path, "_meta")  # left by updates that were killed
-    tmp = store_path / temp_name("_meta")
+    columns = {"video_id": [c.video_id for c in changes]}
+    for col in META_COLUMNS:  # `<col>_set` False: this update leaves that column of that item alone
+        columns[col] = [c.after.get(col, "") for c in changes]
+        columns[f"{col}_set"] = [col in c.after for c in changes]
+    remove_stale_temps(store_path / "_meta.h5")  # left by a killed update
+    tmp = temp_path(store_path / "_meta.h5")
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("video_id", data=np.array([c.video_id for c in changes], dtype=object), dtype=_STR)
-            for col in META_COLUMNS:  # `<col>_set` False: this update leaves that column of that item alone
-                values = np.array([c.after.get(col, "") for c in changes], dtype=object)
-                f.create_dataset(col, data=values, dtype=_STR)
-                f.create_dataset(f"{col}_set", data=np.array([col in c.after for c in changes], dtype=bool))
+            for name, values in columns.items():
+                dtype = _DTYPES[name]
+                f.create_dataset(name, data=np.array(values, dtype=object if dtype == "str" else dtype),
+                                 dtype=_STR if dtype == "str" else dtype)
+            f.attrs[DIGEST_ATTR] = column_digests(columns, _DTYPES)  # found again by verify and every reader
+            f.attrs["fingerprint"] = read_header(store_path).fingerprint  # whose update it is
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         while True:  # the next free sequence number; link fails if a concurrent update took it
@@ -73,18 +85,58 @@ def write_meta_update(store_path: str | Path, changes: list[MetaChange]) -> Path
         tmp.unlink(missing_ok=True)
 
 
-def read_meta_updates(store_path: str | Path) -> dict[str, dict]:
+class BadOverlay(StoreError):
+    """A metadata update file (`_meta.*.h5`) that cannot be trusted: damaged, truncated or another store's."""
+
+    def __init__(self, file: Path, problem: str):
+        self.file, self.problem = Path(file), problem
+        store = self.file.parent
+        super().__init__(f"metadata update {self.file}: {problem}; run `cli.py verify {store} --repair` to move it "
+                         f"aside, then rerun `cli.py extract MANIFEST --store {store} --update-meta` to record the "
+                         "manifest's labels, groups and splits again")
+
+    def __reduce__(self):
+        return type(self), (self.file, self.problem)
+
+
+def list_overlays(store_path: Path) -> list[Path]:
+    """The metadata update files of a store directory, in the order they apply."""
+    return sorted(p for p in store_path.iterdir() if META_RE.match(p.name)) if store_path.is_dir() else []
+
+
+def read_overlay(file: Path, fingerprint: str) -> dict[str, list]:
+    """The columns of one update file, after checking it opens, is whole and is the store's; else BadOverlay."""
+    try:
+        f = h5py.File(file, "r")
+    except OSError as e:
+        raise BadOverlay(file, describe_open_error(e)) from None
+    with f:
+        fp = f.attrs.get("fingerprint")  # updates written before it existed have none
+        if fp is not None and str(fp) != fingerprint:
+            raise BadOverlay(file, "belongs to another store (its fingerprint is not this store's)")
+        columns = {}
+        for name in _DTYPES:
+            try:
+                columns[name] = [v.decode() if isinstance(v, bytes) else v for v in f[name][()]]
+            except KeyError:
+                raise BadOverlay(file, f"has no {name} dataset (not a framecache metadata update)") from None
+            except OSError as e:
+                raise BadOverlay(file, describe_read_error(name, e)) from None
+        recorded = f.attrs.get(DIGEST_ATTR)  # updates written before checksums existed have none
+    if len({len(v) for v in columns.values()}) > 1:
+        raise BadOverlay(file, "has columns of different lengths")
+    if recorded is not None and str(recorded) != column_digests(columns, _DTYPES):
+        raise BadOverlay(file, "checksum mismatch (its bytes changed after it was written)")
+    return columns
+
+
+def read_meta_updates(store_path: str | Path, fingerprint: str) -> dict[str, dict]:
     """id -> {column: newest value} over every update of a store directory (a compacted file has them built in)."""
-    path = Path(store_path)
-    if not path.is_dir():
-        return {}
     merged: dict[str, dict] = {}
-    for file in sorted(p for p in path.iterdir() if META_RE.match(p.name)):
-        with h5py.File(file, "r") as f:
-            ids = [v.decode() if isinstance(v, bytes) else v for v in f["video_id"][()]]
-            for col in META_COLUMNS:
-                values, has = f[col][()], f[f"{col}_set"][()]
-                for vid, value, on in zip(ids, values, has):
-                    if on:
-                        merged.setdefault(vid, {})[col] = value.decode() if isinstance(value, bytes) else value
+    for file in list_overlays(Path(store_path)):
+        columns = read_overlay(file, fingerprint)
+        for col in META_COLUMNS:
+            for vid, value, on in zip(columns["video_id"], columns[col], columns[f"{col}_set"]):
+                if on:
+                    merged.setdefault(vid, {})[col] = value
     return merged

@@ -11,14 +11,18 @@ import h5py
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.format import OPTIONAL_COLUMNS, SPAN_COLUMNS, VIDEO_COLUMNS, ItemMeta, read_header, shard_files
-from featstore.integrity import BadShard, describe_open_error, describe_read_error, read_shard_index
+from featstore.format import HEADER, OPTIONAL_COLUMNS, SPAN_COLUMNS, VIDEO_COLUMNS, ItemMeta, no_store, shard_files
+from featstore.header import load_header, shard_headers
+from featstore.integrity import BadShard, ForeignShard, describe_open_error, describe_read_error, read_shard_index
 from featstore.meta import read_meta_updates
 
 MAX_OPEN_SHARDS = 64  # HDF5 handles a reader keeps open at once (file descriptors are limited)
 
 
-def _refuse(path: Path, bad: list[BadShard]) -> StoreError:
+def _refuse(path: Path, bad: list[BadShard], shards: int) -> StoreError:
+    if len(bad) == shards > 1 and all(isinstance(b, ForeignShard) for b in bad) and len(shard_headers(path)) == 1:
+        return StoreError(f"store header {path / HEADER} matches none of its {shards} shards, which agree with each "
+                          f"other (was it replaced?): run `cli.py verify {path} --repair` to rebuild it from them")
     if len(bad) == 1:
         return bad[0]
     listed = "; ".join(f"{b.shard.name}: {b.problem}" for b in bad[:3]) + ("; ..." if len(bad) > 3 else "")
@@ -44,9 +48,9 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise StoreError(f"no store at {self.path}: run `cli.py extract ... --store {self.path}` first")
+            raise no_store(self.path)
         self._files = shard_files(self.path)
-        self.header = read_header(self.path)
+        self.header, _ = load_header(self.path)  # a lost or damaged header is rebuilt from the shards
         h = self.header
         self.config, self.fingerprint, self.fingerprint_keys, self.dim = h.config, h.fingerprint, h.keys, h.dim
         self.format = h.format
@@ -59,8 +63,9 @@ class Store:
             except BadShard as e:  # every bad shard is named, not just the first
                 bad.append(e)
         if bad:
-            raise _refuse(self.path, bad)
-        for vid, changes in read_meta_updates(self.path).items():  # extract --update-meta: newer labels/splits
+            raise _refuse(self.path, bad, len(self._files))
+        # extract --update-meta: newer labels/splits (a damaged update is refused by name)
+        for vid, changes in read_meta_updates(self.path, self.fingerprint).items():
             if vid in self._entries:
                 self._entries[vid].meta.update(changes)
         self._handles: OrderedDict[int, h5py.File] = OrderedDict()

@@ -1,4 +1,6 @@
-"""`verify`: is every shard of a store readable, consistent, of the store's settings, and not a duplicate?
+"""`verify`: is every file of a store (header, shards, metadata updates) readable, consistent, of the store's
+settings, and not a duplicate? `repair` rebuilds a lost or damaged header from the shards and moves every bad file
+aside (as `quarantine` does for shards): what is left is a store every reader opens.
 
 Each shard is opened once (`read_shard_index`, the same checks every reader makes on open); `deep` also reads
 every block of its frame datasets in that same open. Cross-shard checks are one pass with a dict, so a store of
@@ -12,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import StoreError
-from featstore.format import OPTIONAL_COLUMNS, VIDEO_COLUMNS, read_header, shard_files
-from featstore.integrity import REMAKE_COMPACTED, BadShard, read_shard_index
-
-QUARANTINE = "_quarantine"
+from featstore.format import HEADER, OPTIONAL_COLUMNS, VIDEO_COLUMNS, no_store, shard_files
+from featstore.header import QUARANTINE, free_name, load_header, repair_header, shard_headers
+from featstore.integrity import REMAKE_COMPACTED, BadShard, ForeignShard, read_shard_index
+from featstore.meta import BadOverlay, list_overlays, read_overlay
 
 
 @dataclass
@@ -26,8 +28,9 @@ class VerifyReport:
     videos: int = 0                  # distinct ids in good shards
     ok: int = 0
     frames: int = 0                  # rows of ok videos in good shards
-    bad: dict[str, str] = field(default_factory=dict)  # shard file name -> what is wrong
-    quarantined: list[str] = field(default_factory=list)  # paths the bad shards were moved to
+    bad: dict[str, str] = field(default_factory=dict)  # file name (shard, header, update) -> what is wrong
+    quarantined: list[str] = field(default_factory=list)  # paths the bad files were moved to
+    repaired: list[str] = field(default_factory=list)  # what --repair rebuilt (the header)
     lost_videos: int | None = 0      # videos only the bad shards held (the next extract redoes them); None: unknown,
                                      # a bad shard's ids were unreadable
 
@@ -37,45 +40,68 @@ class VerifyReport:
 
     @property
     def fix(self) -> str:
-        """What to do about the bad shards: a compacted file is made again, a store's shards are moved aside."""
+        """What to do about the bad files: a compacted file is made again, a store's shards are moved aside, its
+        header rebuilt and its damaged metadata updates moved aside by --repair."""
         if Path(self.store).is_file():
             return REMAKE_COMPACTED
         deep = " --deep" if self.deep else ""  # without it, a shard bad only in its frame blocks looks good
+        if any(_is_store_metadata(name) for name in self.bad):
+            return (f"run `cli.py verify {self.store}{deep} --repair` to rebuild the header from the shards and move "
+                    "the bad files aside, then rerun extract (with --update-meta for moved metadata updates)")
         return f"run `cli.py verify {self.store}{deep} --quarantine` to move them aside, then rerun extract"
 
 
-def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False,
-                 on_progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    """Check every shard of the store at `path`; with `quarantine`, move the bad ones aside.
+def _is_store_metadata(name: str) -> bool:
+    return name == HEADER or name.startswith("_meta.")
 
-    Raises StoreError when there is no store or its header is unreadable (nothing to compare shards with)."""
+
+def verify_store(path: str | Path, deep: bool = False, quarantine: bool = False, repair: bool = False,
+                 on_progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Check every file of the store at `path`; with `quarantine`, move the bad shards aside; with `repair`, also
+    rebuild a lost or damaged header from the shards and move bad metadata updates aside.
+
+    Raises StoreError when there is no store or its header is unreadable and cannot be rebuilt."""
     path = Path(path)
     if not path.exists():
-        raise StoreError(f"no store at {path}")
-    if quarantine and path.is_file():
+        raise no_store(path)
+    if (quarantine or repair) and path.is_file():
         raise StoreError(f"{path} is a compacted file, which cannot be repaired in place: verify the store "
                          "directory it came from and compact it again")
-    header = read_header(path)
     files = shard_files(path)
     report = VerifyReport(str(path), deep, shards=len(files))
+    if repair and (done := repair_header(path)):
+        report.repaired.append(done)
+    header, problem = load_header(path, rebuild=False)
+    if problem is not None:
+        report.bad[HEADER] = f"{problem}; its {len(files)} shard(s) agree on the settings to rebuild it from"
     ok_in: dict[str, str] = {}          # id -> shard whose ok record it is
     status: dict[str, str] = {}         # id -> best status among good shards
     bad_ids: set[str] | None = set()    # ids held by bad shards; None once one shard's ids are unreadable
+    foreign = 0                         # shards of other settings than the header
     for n, file in enumerate(files):
         try:
             columns = read_shard_index(file, header, VIDEO_COLUMNS, deep=deep, compacted=path.is_file(),
                                        optional=OPTIONAL_COLUMNS)
         except BadShard as e:
             report.bad[file.name] = e.problem
+            foreign += isinstance(e, ForeignShard)
             ids = _ids_if_readable(file)
             bad_ids = None if ids is None or bad_ids is None else bad_ids | ids
         else:
             _account(file.name, columns, ok_in, status, report)
         if on_progress is not None:
             on_progress(n + 1, len(files))
+    if foreign == len(files) > 1 and len(shard_headers(path)) == 1:  # the header is the odd one out, not them
+        report.bad = {HEADER: f"matches none of its {len(files)} shards, which agree with each other (was it "
+                              "replaced?)"}
+    for file in list_overlays(path) if HEADER not in report.bad else []:  # checked against the store's fingerprint
+        try:
+            read_overlay(file, header.fingerprint)
+        except BadOverlay as e:
+            report.bad[file.name] = e.problem
     report.videos, report.ok = len(status), len(ok_in)
     report.lost_videos = None if bad_ids is None else len(bad_ids - set(status))
-    if quarantine and report.bad:
+    if (quarantine or repair) and report.bad:
         report.quarantined = _quarantine(path, sorted(report.bad))
     return report
 
@@ -116,11 +142,9 @@ def _quarantine(store: Path, names: list[str]) -> list[str]:
     target.mkdir(exist_ok=True)
     moved = []
     for name in names:
-        dest = target / name
-        k = 1
-        while dest.exists():  # a shard quarantined before under the same name is kept too
-            dest = target / f"{name}.{k}"
-            k += 1
+        if not (store / name).exists():  # a missing header: rebuilt, not moved
+            continue
+        dest = free_name(target / name)  # a file quarantined before under the same name is kept too
         (store / name).rename(dest)
         moved.append(str(dest))
     return moved

@@ -10,11 +10,12 @@ from typing import Any, Iterable, Mapping
 
 from featstore.config import StoreConfig
 from featstore.errors import StoreError
-from featstore.format import (FORMAT_VERSION, HEADER, OWN_NAME_RE, SHARD_RE, VideoRecord, is_store_file, read_header,
-                              write_attrs, write_shard)
-from featstore.integrity import h5_temp
+from featstore.format import (FORMAT_VERSION, HEADER, OWN_NAME_RE, SHARD_RE, VideoRecord, is_store_file,
+                              write_shard)
+from featstore.header import link_header, load_header
+from featstore.integrity import Header
 from featstore.locks import WriterLock
-from featstore.staging import clean_stale, temp_name
+from featstore.staging import clean_stale
 
 
 class ConfigMismatch(StoreError):
@@ -30,6 +31,8 @@ def claim_store(path: Path, prefix: str, force: bool = False) -> WriterLock:
         if is_store_file(path):
             raise StoreError(f"{path} is a compacted store file; extract into a store directory instead")
         raise StoreError(f"{path} is a file, not a store directory: give --store a new directory or a store")
+    if path.is_dir() and not (path / HEADER).exists() and any(SHARD_RE.match(p.name) for p in path.iterdir()):
+        load_header(path)  # a store that lost its header: rebuilt from its shards, never re-embedded
     if path.is_dir() and not (path / HEADER).exists() and not force:
         other = sorted(p.name for p in path.iterdir() if not OWN_NAME_RE.match(p.name))
         if other:
@@ -79,7 +82,7 @@ class StoreWriter:
         except BaseException:
             self._lock.release()
             raise
-        for stale in self.path.glob(f".{prefix}-*.h5.tmp"):  # left by a killed writer of this prefix
+        for stale in self.path.glob(f".{prefix}-*.h5*.tmp"):  # left by a killed writer of this prefix
             stale.unlink()
         clean_stale(self.path, HEADER)  # left by a writer killed while it created the store
         self._seq = 1 + max((int(m["seq"]) for p in self.path.iterdir()
@@ -87,17 +90,9 @@ class StoreWriter:
 
     def _create_or_check(self) -> None:
         header = self.path / HEADER
-        if not header.exists():
-            tmp = self.path / temp_name(HEADER)
-            with h5_temp(tmp, header, lambda: 64_000) as (f, _):
-                write_attrs(f, self.config, self.fp, self.dim, self.keys, self.format)
-            try:
-                os.link(tmp, header)  # atomic and fails if another writer created it first
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-        old = read_header(self.path)
+        if not header.exists() and not any(SHARD_RE.match(p.name) for p in self.path.iterdir()):
+            link_header(self.path, Header(self.config, self.fp, self.keys, self.dim, self.format))
+        old, _ = load_header(self.path)  # a lost or damaged header is rebuilt from the shards
         self.format = old.format
         self._adopt(old.config, old.fingerprint, old.keys)
 

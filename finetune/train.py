@@ -8,7 +8,6 @@ seeded by (seed, epoch), so resuming from epoch e replays epochs e+1... exactly 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from featstore.atomic import atomic_output
 from finetune.config import FinetuneConfig, FinetuneError
 from finetune.data import Batch, ClipFrames, clip_loader, epoch_order, steps_per_epoch
 from finetune.model import VideoNet, param_groups
@@ -277,15 +277,5 @@ def evaluate(net: VideoNet, objective: Supervised | Temporal, dataset: ClipFrame
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary name, fsync, rename: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)  # the first checkpoint creates the run directory
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
+    with atomic_output(path) as tmp:  # creates the run directory at the first checkpoint
+        torch.save(obj, tmp)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from featstore.atomic import OutputRaced, write_text_atomic
 from featstore.staging import clean_stale, temp_name
 from heads.models import HeadError
 
@@ -36,9 +37,8 @@ def _run_config(path: Path) -> dict | None:
 
 
 def write_json(path: Path, obj) -> None:
-    """A run file as people read it: indented JSON, numpy scalars as floats."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    """A run file as people read it: indented JSON, numpy scalars as floats (complete or absent, see atomic)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def run_kind(path: Path) -> str | None:
@@ -86,13 +86,13 @@ def staged_run(out: str | Path, kind: str, force: bool = False) -> Iterator[Path
     check_run_dir(out, kind, force)
     for base in (out.name, f"{out.name}.old"):  # what killed runs staged, or moved aside to replace
         clean_stale(out.parent, base)
-    stage = out.parent / temp_name(out.name)
-    shutil.rmtree(stage, ignore_errors=True)
+    before = _identity(out)
+    stage = out.parent / temp_name(out.name, unique=True)
     stage.mkdir(parents=True)
     try:
         yield stage
         write_json(stage / MANIFEST, {"files": sorted(p.name for p in stage.iterdir())})
-        _replace(stage, out)
+        _replace(stage, out, before)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -120,11 +120,28 @@ def claim(path: str | Path) -> None:
             return
 
 
-def _replace(stage: Path, out: Path) -> None:
-    old = out.parent / temp_name(f"{out.name}.old")
-    if out.exists():
+def _identity(path: Path) -> tuple[int, int] | None:
+    """What tells whether another process replaced `path` meanwhile: its inode and mtime (None when absent)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _replace(stage: Path, out: Path, before: tuple[int, int] | None) -> None:
+    """Move the finished run in, unless another run wrote `out` since this one started (then it lost the race)."""
+    raced = OutputRaced(f"another process wrote --out {out} while this run ran; this run's results were discarded "
+                        "and the other's kept: run one command per --out at a time, or give each its own --out")
+    if _identity(out) != before:
+        raise raced
+    old = out.parent / temp_name(f"{out.name}.old", unique=True)
+    if before is not None:
         os.replace(out, old)
-    os.replace(stage, out)
+    try:
+        os.rename(stage, out)  # fails when a run that finished meanwhile is there now (a non-empty folder)
+    except OSError:
+        raise raced from None
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -158,11 +158,12 @@ def print_verify(report) -> None:
                  ("ok", report.ok), ("frames", report.frames)]:
         t.add_row(k, str(v))
     out.print(t)
+    print_repaired(report)
     for name, problem in report.bad.items():
         err.print(f"[red]bad[/] {lit(name)}: {lit(problem)}", highlight=False, soft_wrap=True)
     if report.quarantined:
         videos = "videos" if report.lost_videos is None else f"{report.lost_videos} video(s)"
-        err.print(f"moved {len(report.quarantined)} shard(s) to {lit(Path(report.store) / '_quarantine')}; rerun "
+        err.print(f"moved {len(report.quarantined)} file(s) to {lit(Path(report.store) / '_quarantine')}; rerun "
                   f"extract to redo their {videos}", highlight=False, soft_wrap=True)
     elif report.bad:
         err.print(lit(report.fix), highlight=False, soft_wrap=True)
@@ -387,6 +388,12 @@ def print_runs(rows: list[dict], runs_dir: Path) -> None:
         cells = [escape(run_cell(r, c)) for c in cols]
         t.add_row(*cells[:3], *params, *cells[3:])
     out.print(t)
+
+
+def print_repaired(report) -> None:
+    """What `verify --repair` rebuilt (the header, from the shards)."""
+    for done in report.repaired:
+        out.print(f"repaired {done}", highlight=False, soft_wrap=True, markup=False)
 
 
 def warn_skipped(path: Path, why: str) -> None:
