@@ -12,6 +12,7 @@ import pytest
 
 from featstore import StoreWriter, VideoRecord, open_store
 from featstore.atomic import OutputRaced, check_ours, temp_path, write_text_atomic
+from featstore.staging import HOST
 from heads.rundir import staged_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_two_compacts_to_one_out_started_together_give_one_true_wrote_and_one_re
 
 def test_temp_names_are_unique_per_process_and_call(tmp_path):
     names = {temp_path(tmp_path / "x.h5") for _ in range(100)}
-    assert len(names) == 100 and all(f".x.h5.{os.getpid()}-" in n.name for n in names)
+    assert len(names) == 100 and all(f".x.h5.{HOST}.{os.getpid()}-" in n.name for n in names)
 
 
 def test_a_file_replaced_after_publish_is_a_lost_race_not_a_wrote(tmp_path):
@@ -89,7 +90,7 @@ def test_temps_of_a_killed_writer_are_removed_at_the_next_write_of_the_same_outp
     dead.wait()  # a pid that no longer runs: the writer that left these was kill -9'ed
     store = make_store(tmp_path / "s", 4, 0)
     out = tmp_path / "c.h5"
-    stale = [tmp_path / f".c.h5.{dead.pid}-0000beef.tmp", tmp_path / f".index.json.{dead.pid}-0000beef.tmp"]
+    stale = [tmp_path / f".c.h5.{HOST}.{dead.pid}-0000beef.tmp", tmp_path / f".index.json.{HOST}.{dead.pid}-0000beef.tmp"]
     for path in stale:
         path.write_bytes(b"half a file")
     res = start_compact(store, out)

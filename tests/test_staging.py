@@ -23,6 +23,7 @@ def start_extract(tmp_path):
 
 
 def start_update_meta(tmp_path):
+    start_extract(tmp_path)  # an update is recorded against a store's header
     write_meta_update(tmp_path / "s", [MetaChange("a", {"label": "x"}, {"label": "y"})])
 
 
@@ -32,7 +33,7 @@ def start_fit_head(tmp_path):
 
 
 # the command: (where it stages, what it stages, its start)
-COMMANDS = {"extract": ("s", HEADER, start_extract), "extract --update-meta": ("s", "_meta", start_update_meta),
+COMMANDS = {"extract": ("s", HEADER, start_extract), "extract --update-meta": ("s", "_meta.h5", start_update_meta),
             "fit-head": (".", "run", start_fit_head)}
 
 
