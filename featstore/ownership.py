@@ -34,7 +34,8 @@ def store_part(path: Path) -> str | None:
     return None
 
 
-def _refuse_store_part(path: Path, flag: str) -> None:
+def refuse_store_part(path: Path, flag: str) -> None:
+    """Refuse a target that is a store, or a file of one: never written over, whatever --force says."""
     part = store_part(path)
     if part is not None:
         where = "" if part == "the store directory" else f" {path.parent}"
@@ -52,7 +53,7 @@ def check_out_folder(out: str | Path, kind: str, owned: Callable[[Path], bool], 
     earlier output), or `force`. Returns whether `out` is to be replaced whole (`force` over other files): the
     writer calls `clear_folder` once its inputs are checked, just before it writes."""
     out = Path(out)
-    _refuse_store_part(out, flag)
+    refuse_store_part(out, flag)
     if out.exists() and not out.is_dir():
         raise OwnershipError(f"{flag} {out} is a file, not a folder: choose another path (--force replaces no file "
                              "with a folder)")
@@ -79,7 +80,7 @@ def check_out_file(out: str | Path, kind: str, owned: Callable[[Path], bool], fo
     if out.is_dir() and not (out / HEADER).is_file():
         raise OwnershipError(f"{out} is a directory; {kind} writes one file: give a file path such as "
                              f"{out / 'store.h5'} (--force replaces no folder)")
-    _refuse_store_part(out, flag)
+    refuse_store_part(out, flag)
     if not out.exists() or force or owned(out):
         return
     what = "another store's file" if is_store_file(out) else "not a framecache store file"

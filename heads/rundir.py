@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from featstore.atomic import OutputRaced, write_text_atomic
+from featstore.ownership import refuse_store_part
 from featstore.staging import clean_stale, temp_name
 from heads.models import HeadError
 
@@ -59,6 +60,7 @@ def run_kind(path: Path) -> str | None:
 
 def check_run_dir(out: Path, kind: str, force: bool = False) -> None:
     """Raise HeadError unless a `kind` run may replace `out` (see the module docstring)."""
+    refuse_store_part(out, "--out")  # the one rule every writer shares (featstore.ownership)
     if out.exists() and not out.is_dir():
         raise HeadError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
     if not out.exists():

@@ -280,3 +280,11 @@ def test_demo_runs_twice_in_a_row(tmp_path):
                              capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "runs" / "kmeans" / "run_files.json").exists()
+
+
+def test_a_store_or_a_file_of_one_is_never_a_run_folder_even_with_force(tiny_store):
+    before = sorted(p.name for p in tiny_store.iterdir())
+    for target in (tiny_store, tiny_store / "runs"):
+        res = invoke("fit-head", tiny_store, "--epochs", "1", "--out", target, "--force")
+        assert res.exit_code == 1 and "never written over" in res.stderr, res.output
+    assert sorted(p.name for p in tiny_store.iterdir()) == before

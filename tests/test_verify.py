@@ -166,7 +166,10 @@ def test_every_damaged_file_is_named_with_its_fix_by_the_library_and_repair_rest
 def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_the_original_features(stores,
                                                                                                       tmp_path):
     original, original_file = snapshot(stores["ours"]), snapshot(stores["compacted"])  # the file: float16 copy
-    where = damaged_copies(stores, tmp_path)
+    # Real processes on every kind of file, cut short, and on the header lost or from another store (the three ways
+    # a header differs); the in-process matrix above covers all 16 cells through the same code.
+    where = {c: p for c, p in damaged_copies(stores, tmp_path).items()
+             if c[1] == "truncated" or (c[0] == HEADER and c[1] in ("deleted", "foreign"))}
     cells = list(where)
 
     verified = run_all({c: ("verify", where[c], "--deep") for c in cells})
