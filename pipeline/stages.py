@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -445,7 +446,11 @@ class DecodeWorkers:
         _ended(busy)
         shutdown = getattr(self._it, "_shutdown_workers", None)  # what the iterator's __del__ would do, now
         if shutdown is not None:
-            shutdown()
+            # bounded: a worker that died inside a queue operation leaves that queue's lock held for good, and
+            # torch's shutdown would wait on it forever
+            done = threading.Thread(target=shutdown, daemon=True)
+            done.start()
+            done.join(GRACE_S)
         self._it = None
         _ended(self._children)
 

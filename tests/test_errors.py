@@ -48,3 +48,21 @@ def test_a_runtime_error_that_is_no_resource_keeps_its_traceback():
     with pytest.raises(RuntimeError, match="a bug"):
         with user_errors():
             raise RuntimeError("a bug")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # what Python prints, and ignores
+def test_a_stop_signal_swallowed_in_a_finalizer_is_raised_again_at_the_next_progress_update():
+    import signal
+
+    from ui.errors import StopSignals
+    from ui.render import progress_bar
+
+    class SignalledWhileCollected:
+        def __del__(self):  # the handler's KeyboardInterrupt is raised here, where Python only prints it
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        with StopSignals(), progress_bar() as bar:
+            task = bar.add_task("fit", total=2, rate="")
+            SignalledWhileCollected()
+            bar.update(task, completed=1)  # the next epoch's update: the interruption is not lost

@@ -17,6 +17,7 @@ from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
+from ui import render
 from ui.render import err
 
 USER_ERROR, FAILED_ITEMS, INTERRUPTED, TERMINATED = 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -60,7 +61,8 @@ class StopSignals:
     save finished work; a second signal while that runs is ignored, so it cannot abandon the save halfway.
 
     A signal that lands inside a C extension can have its exception swallowed there (PyAV replaces it with its own
-    error), so progress callbacks call `check()`, which raises it again."""
+    error), and one that lands in a weakref callback or a finalizer is only printed as "Exception ignored"; so every
+    progress update (ui.render.progress_bar) and extract's callback call `check()`, which raises it again."""
 
     def __init__(self) -> None:
         self.raised: int | None = None  # the signal that interrupted, once one did
@@ -70,6 +72,7 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self.handle)
+        render.signal_check = self.check
         return self
 
     def handle(self, signum: int, frame) -> None:
@@ -84,6 +87,7 @@ class StopSignals:
             raise Terminated() if self.raised == signal.SIGTERM else KeyboardInterrupt()
 
     def __exit__(self, *exc) -> None:
+        render.signal_check = render._no_signal
         for sig, handler in self.previous.items():
             # Once interrupted, the command only winds down (DataLoader workers are joined as their iterator is
             # collected, after this block): a further signal then must not raise inside that cleanup.

@@ -19,10 +19,26 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _no_signal() -> None:
+    pass
+
+
+signal_check = _no_signal  # while a command runs, ui.errors.StopSignals points this at its check()
+
+
+class CheckedProgress(Progress):
+    """A progress bar whose every update first raises a stop signal that was swallowed where it landed (inside a
+    weakref callback or a finalizer, Python only prints "Exception ignored" and the work would go on)."""
+
+    def update(self, *args, **kwargs) -> None:
+        signal_check()
+        super().update(*args, **kwargs)
+
+
 def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=err, transient=False)
+    return CheckedProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                           TimeRemainingColumn(), console=err, transient=False)
 
 
 # -- extract, info, compact, verify, explain, finetune, demo -----------------------------------------------------
