@@ -32,7 +32,8 @@ def remove_stale_temps(path: Path) -> None:
     clean_stale(path.parent, path.name)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's content, or a folder's entries (a rename), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -46,7 +47,7 @@ def publish(tmp: Path, path: Path) -> os.stat_result:
     Raises OutputRaced when that file is not `tmp` (another process replaced it between the two steps)."""
     ours = os.stat(tmp).st_ino
     os.replace(tmp, path)
-    fsync_dir(path.parent)  # the rename itself survives a power cut
+    fsync_path(path.parent)  # the rename itself survives a power cut
     return check_ours(path, ours)
 
 
@@ -71,11 +72,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = temp_path(path)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featstore.atomic import remove_stale_temps, temp_path
+from featstore.atomic import fsync_path, remove_stale_temps, temp_path
 from featstore.errors import StoreError
 from featstore.format import read_header
 from featstore.integrity import DIGEST_ATTR, column_digests, describe_open_error, describe_read_error
@@ -72,8 +72,7 @@ def write_meta_update(store_path: str | Path, changes: list[MetaChange]) -> Path
                                  dtype=_STR if dtype == "str" else dtype)
             f.attrs[DIGEST_ATTR] = column_digests(columns, _DTYPES)  # found again by verify and every reader
             f.attrs["fingerprint"] = read_header(store_path).fingerprint  # whose update it is
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_path(tmp)
         while True:  # the next free sequence number; link fails if a concurrent update took it
             seq = 1 + max((int(m["seq"]) for p in store_path.iterdir() if (m := META_RE.match(p.name))), default=0)
             try:
