@@ -23,7 +23,7 @@ from heads.models import HeadError
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
-FLOAT32_LIMIT = 512 * 2**20  # caches smaller than this (as float32) stay float32; larger ones go float16
+FLOAT32_LIMIT = 512 * 2**20  # caches of float16 stores smaller than this (as float32) stay float32; larger ones float16
 
 
 @dataclass
@@ -58,7 +58,9 @@ def load_cache(store: Store | str | Path, ids: list[str] | None = None, features
     lengths = torch.tensor([m.length for m in metas], dtype=torch.int64)
     if not features:
         return Cache(torch.zeros(0, store.dim), torch.cumsum(lengths, 0) - lengths, lengths, **columns)
-    dtype = np.float32 if int(lengths.sum()) * store.dim * 4 <= FLOAT32_LIMIT else np.float16
+    # a float32 store stays float32: its values may lie beyond float16's range (the reason to store float32)
+    small = int(lengths.sum()) * store.dim * 4 <= FLOAT32_LIMIT
+    dtype = np.float32 if small or store.config.dtype == "float32" else np.float16
     loaded = finite_rows(store, store.load_all(columns["ids"], dtype=dtype))
     return Cache(torch.from_numpy(loaded.features), torch.from_numpy(loaded.offsets),
                  torch.from_numpy(loaded.lengths), **columns)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import extract_flags, run_cli, write_clips
 
 from featstore import StoreWriter, VideoRecord, open_store, verify_store
@@ -97,3 +98,14 @@ def test_verify_deep_then_quarantine_as_the_reader_says_removes_the_non_finite_s
     report = verify_store(inf_store, deep=True, quarantine=True)
     assert list(report.bad) == ["p0-000001.h5"] and "video v09" in report.bad["p0-000001.h5"]
     assert verify_store(inf_store, deep=True).passed
+
+
+def test_a_large_float32_store_beyond_float16s_range_trains_on_its_own_values(tmp_path, monkeypatch):
+    import heads.data
+
+    config = {"backbone": "synthetic", "dtype": "float32"}
+    with StoreWriter(tmp_path / "s", config=config, fingerprint_keys=sorted(config), dim=2, dtype="float32") as w:
+        w.add(VideoRecord("v", features=np.array([[1e5, -2e5]]), frame_index=np.arange(1), time_s=np.zeros(1)))
+    monkeypatch.setattr(heads.data, "FLOAT32_LIMIT", 0)  # as if the cache were past the in-memory float32 limit
+    cache = heads.data.load_cache(tmp_path / "s")
+    assert cache.features.dtype == torch.float32 and cache.features.tolist() == [[1e5, -2e5]]
