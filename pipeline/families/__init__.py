@@ -8,10 +8,17 @@ Each family module answers, for the model name after the prefix:
     weights_for(name, model, weights) -> BackboneWeights      'none' (seeded random init), a file, or the library's
                                                               default weights (found or fetched; one line without)
     build(chosen, model) -> Backbone                          the frozen model whose forward gives the row
+
+and, optionally, for transformers whose blocks output tokens (explain's Grad-CAM needs them on the image grid):
+    cam_tokens(net) -> TokenGrid | None                       the built model's prefix tokens (class, register,
+                                                              distillation) and patch grid; None for a CNN
+A family without `cam_tokens` explains convolutional maps only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from pipeline.backbones import ClipSpec
 
@@ -24,3 +31,24 @@ class FamilySpec:
     cam_layer: str = ""         # default Grad-CAM target: the last block with a spatial map
     clip: ClipSpec | None = None  # None: an image model; else the clips it takes
     cpu_only: bool = False      # families have no int8-only kernels
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """Where a vision transformer's (B, N, D) tokens lie on the image: `prefix` leading tokens that are no patch
+    (class, register, distillation tokens), then one token per patch, row by row, on a `rows` x `cols` grid."""
+    prefix: int
+    rows: int
+    cols: int
+
+    def to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens -> (B, D, rows, cols), the prefix dropped (a block's output without a prefix, as the
+        patch embedding's, is taken whole); anything else is returned as it is (a CNN's maps)."""
+        if tokens.ndim != 3:
+            return tokens
+        patches = self.rows * self.cols
+        if tokens.shape[1] not in (patches, patches + self.prefix):
+            raise ValueError(f"{tokens.shape[1]} tokens do not lie on a {self.rows}x{self.cols} grid after "
+                             f"{self.prefix} prefix tokens")
+        grid = tokens[:, tokens.shape[1] - patches:]  # (B, rows*cols, D)
+        return grid.reshape(len(grid), self.rows, self.cols, -1).permute(0, 3, 1, 2)  # (B, D, rows, cols)

@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, Preprocess,
                                 file_sha256, is_weights_file, seeded)
-from pipeline.families import FamilySpec
+from pipeline.families import FamilySpec, TokenGrid
 
 # timm interpolation names the decode stage resizes with (as the PIL filter of the same name)
 _RESAMPLE = {"bilinear": "pil", "bicubic": "pil-bicubic", "nearest": "pil-nearest", "lanczos": "pil-lanczos",
@@ -54,7 +54,25 @@ def spec(model: str) -> FamilySpec:
     side = _data_config(model)["input_size"][-1]
     dim = int(net(torch.empty(1, 3, side, side, device="meta")).shape[-1])
     info = getattr(net, "feature_info", None) or [{}]
-    return FamilySpec(dim=dim, input_size=side, cam_layer=info[-1].get("module", ""))
+    return FamilySpec(dim=dim, input_size=side, cam_layer=_cam_layer(net, info[-1].get("module", "")))
+
+
+def _cam_layer(net: nn.Module, last: str) -> str:
+    """The last feature stage; for a transformer whose row is its class token, the last block's first norm instead:
+    the last block's patch tokens reach the row through nothing (its class token alone is read), so their gradient
+    is zero, while its norm1 output feeds the attention the class token reads (pytorch-grad-cam's ViT recipe)."""
+    block = dict(net.named_modules()).get(last)
+    if getattr(net, "global_pool", None) == "token" and hasattr(block, "norm1"):
+        return f"{last}.norm1"
+    return last
+
+
+def cam_tokens(net: nn.Module) -> TokenGrid | None:
+    """A timm vision transformer's prefix tokens and patch grid (None for a CNN): explain's token -> map reshape."""
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if grid is None or not hasattr(net, "num_prefix_tokens"):
+        return None
+    return TokenGrid(int(net.num_prefix_tokens), int(grid[0]), int(grid[1]))
 
 
 def preprocess(model: str) -> Preprocess:
