@@ -219,13 +219,8 @@ def _state_dict_from_file(path: Path, name: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "not loadable"
         raise BackboneError(f"cannot load weights file {path}: {str(e).splitlines()[0]}") from None
-    # A finetune backbone.pt: say which backbone it belongs to, not which keys miss. Its name is in the sidecar
-    # backbone.json (or, in files from before the sidecar, in the file itself beside "state_dict" and "config").
-    made_for = obj.get("backbone") if isinstance(obj, dict) else None
-    made_for = made_for if isinstance(made_for, str) else _sidecar_backbone(path)
-    if isinstance(made_for, str) and made_for != name:
-        raise BackboneError(f"{path} holds {made_for} weights (written by finetune), not {name}: "
-                            f"pass --backbone {made_for}")
+    # files from before the sidecar name their backbone in the file itself, beside "state_dict" and "config"
+    check_made_for(path, name, obj.get("backbone") if isinstance(obj, dict) else None)
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -238,6 +233,15 @@ def _state_dict_from_file(path: Path, name: str) -> dict:
     if meta is not None:
         out._metadata = type(meta)((k.removeprefix("module."), v) for k, v in meta.items())
     return out
+
+
+def check_made_for(path: Path, name: str, made_for: object = None) -> None:
+    """A finetune backbone.pt says which backbone it belongs to, not which keys miss: refuse it for another `name`,
+    naming its own (`made_for`, or the one in the sidecar backbone.json beside it)."""
+    made_for = made_for if isinstance(made_for, str) else _sidecar_backbone(path)
+    if isinstance(made_for, str) and made_for != name:
+        raise BackboneError(f"{path} holds {made_for} weights (written by finetune), not {name}: "
+                            f"pass --backbone {made_for}")
 
 
 def _sidecar_backbone(path: Path) -> str | None:

@@ -19,7 +19,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, Preprocess,
-                                file_sha256, is_weights_file, seeded)
+                                check_made_for, file_sha256, is_weights_file, seeded)
 from pipeline.families import FamilySpec, TokenGrid
 
 # timm interpolation names the decode stage resizes with (as the PIL filter of the same name)
@@ -111,6 +111,7 @@ def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
         path, kind = Path(weights).expanduser(), "file:"
         if not path.is_file():
             raise BackboneError(f"weights file {path} does not exist")
+        check_made_for(path, name)
     else:
         raise BackboneError(f"--weights {weights} does not apply to {name}: use DEFAULT (timm's pretrained weights "
                             f"for the name's tag, e.g. {name.split('.')[0]}.TAG), none, or a checkpoint file")

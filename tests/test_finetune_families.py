@@ -1,0 +1,61 @@
+"""finetune of a timm image model: its own preprocessing, a backbone.pt that is timm's plain state_dict, and the
+file back through `extract --backbone timm:NAME --weights backbone.pt` (and refused for another backbone)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import extract_flags, invoke
+
+from data.synth import make_temporal_dataset
+from featstore import open_store
+from finetune import FinetuneConfig, finetune
+from finetune.run import setup
+from pipeline.backbones import BackboneError, load_backbone, preprocess_for
+from pipeline.sources import load_source
+
+timm = pytest.importorskip("timm")
+pytestmark = pytest.mark.usefixtures("one_thread")
+NAME = "timm:test_convnext"  # 0.2 M parameters; any input side (ViTs take their one size only)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft_timm")
+    clips = make_temporal_dataset(root / "clips", n_per_class=4, frames=4, size=32, seed=2)
+    cfg = FinetuneConfig(backbone=NAME, weights="none", size=32, crop="none", segments=2, precision="fp32",
+                         workers=0, batch_size=4, epochs=1, refit=False)
+    with torch.random.fork_rng(devices=[]):
+        finetune(load_source(clips), cfg, root / "run")
+    return root / "run", clips
+
+
+def test_finetune_of_a_timm_model_uses_timms_own_recipe():
+    got = setup(FinetuneConfig(backbone=NAME, weights="none", size=32, crop="none", device="cpu"))
+    pre = preprocess_for(NAME)
+    cfg = timm.data.resolve_model_data_config(timm.create_model("test_convnext", num_classes=0))
+    assert pre.mean == tuple(cfg["mean"]) and got.geometry.resample == pre.resample == "pil-bicubic"
+    assert got.geometry.size == 32 and got.geometry.resize == int(32 / cfg["crop_pct"])  # timm's crop_pct rule
+
+
+def test_timm_backbone_pt_is_timms_state_dict_and_round_trips_through_extract(tuned, tmp_path):
+    run, clips = tuned
+    saved = torch.load(run / "backbone.pt", weights_only=True)
+    timm.create_model("test_convnext", num_classes=0).load_state_dict(saved)  # strict: timm's own keys, no head
+    assert json.loads((run / "backbone.json").read_text())["backbone"] == NAME
+    loaded = load_backbone(NAME, str(run / "backbone.pt")).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+    def flags(weights, backbone=NAME):
+        return extract_flags(every=2, weights=weights, precision="fp32", dtype="float32", backbone=backbone)
+
+    assert invoke("extract", clips, *flags(run / "backbone.pt"), "--store", tmp_path / "tuned").exit_code == 0
+    assert invoke("extract", clips, *flags("none"), "--store", tmp_path / "random").exit_code == 0
+    sha = json.loads((run / "metrics.json").read_text())["backbone_sha256"]
+    a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
+    assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
+    vid = a.ids()[0]
+    assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
+    for other in ("timm:test_convnext2", "resnet18"):  # another timm model, a torchvision one
+        with pytest.raises(BackboneError, match=f"holds {NAME} weights.*--backbone {NAME}"):
+            load_backbone(other, str(run / "backbone.pt"))
