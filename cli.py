@@ -25,6 +25,7 @@ from featstore.config import POOLS
 from finetune.config import FinetuneConfig
 from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig
 from heads.models import HEADS
+from pipeline.catalog import CatalogQuery
 from pipeline.extract import COMPRESSIONS, ExtractConfig
 from pipeline.request import EngineFlags, SamplingFlags
 from ui.errors import FAILED_ITEMS, ExitCodes, fail, os_error_line, user_errors  # noqa: F401 (os_error_line: tests)
@@ -456,20 +457,24 @@ def demo(
 
 
 @app.command()
+@config_options(CatalogQuery, param="query")
 def backbones(
+    query: CatalogQuery,
     check: Annotated[Optional[Path], typer.Option(help="A weights file to check against the sha256 of the files "
                                                   "the registry knows (offline).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="With --check: also load the file into this backbone.")]
     = None,
     as_json: Json = False,
 ) -> None:
-    """The registry's backbones (dim, rows, weights files) or, with --check, whether a weights file is one of them."""
-    from pipeline.weights_check import backbone_rows, check_weights
+    """Every family's backbones (dim, rows, weights local, files) or, with --check, whether a weights file is one of
+    torchvision's."""
+    from pipeline.catalog import catalog
+    from pipeline.weights_check import check_weights
     from ui.render import print_backbones, print_weights_check
 
     with user_errors():
         if check is None:
-            return print_backbones(backbone_rows(), as_json)
+            return print_backbones(catalog(query), as_json)
         result = check_weights(check, backbone)
     print_weights_check(result, as_json)
     if not result.ok:

@@ -434,20 +434,25 @@ def run_cell(row: dict, col: str) -> str:
 
 # -- backbones: the registry and a weights file checked against it --------------------------------------------------
 def print_backbones(rows: list, as_json: bool) -> None:
-    """backbones' listing (pipeline.weights_check.BackboneRow): one line per backbone, its known weights files."""
+    """backbones' listing (pipeline.weights_check.BackboneRow): one line per backbone, its known weights files;
+    the families' notes (install hint, names left out) below."""
     from dataclasses import asdict
 
     if as_json:
         print(json.dumps([asdict(r) for r in rows]))
         return
-    t = Table(title="backbones (--backbone NAME; --weights one of these, none, or a file)")
-    for col in ("backbone", "dim", "rows", "weights", "file", "sha256 starts"):
-        t.add_column(col, justify="right" if col == "dim" else "left")
-    for r in rows:
+    t = Table(title="backbones (--backbone NAME; --weights one of these, DEFAULT, none, or a file)")
+    for col in ("backbone", "dim", "rows", "local", "weights", "file", "sha256 starts"):
+        t.add_column(col, justify="right" if col == "dim" else "left", overflow="fold")  # names whole, to paste
+    local = {True: "yes", False: "no", None: ""}
+    for r in (r for r in rows if r.dim is not None):
         for i, f in enumerate(r.files or [None]):
-            first = (r.name, str(r.dim), r.rows) if i == 0 else ("", "", "")
+            first = (r.name, str(r.dim), r.rows, local[r.local]) if i == 0 else ("", "", "", "")
             t.add_row(*first, *((f.weights, f.file, f.sha256_prefix) if f else ("", "", "")))
     out.print(t)
+    for r in rows:  # a family not installed, names left out: one line each
+        if r.note:
+            (out if r.dim is None else err).print(escape(f"{r.name} {r.note}"), highlight=False, soft_wrap=True)
 
 
 def print_weights_check(check, as_json: bool) -> None:

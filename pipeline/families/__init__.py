@@ -13,6 +13,11 @@ and, optionally, for transformers whose blocks output tokens (explain's Grad-CAM
     cam_tokens(net) -> TokenGrid | None                       the built model's prefix tokens (class, register,
                                                               distillation) and patch grid; None for a CNN
 A family without `cam_tokens` explains convolutional maps only.
+and for `cli.py backbones` (pipeline/catalog.py):
+    names(pattern) -> list[str]                               a curated few (pattern None), or the library's names
+                                                              matching the fnmatch pattern
+    weights_local(model) -> bool | None                       its default weights are on this machine (no network
+                                                              asked); None where it has none to download
 """
 from __future__ import annotations
 

@@ -26,6 +26,9 @@ from pipeline.families import FamilySpec, TokenGrid
 _RESAMPLE = {"bilinear": "pil", "bicubic": "pil-bicubic", "nearest": "pil-nearest", "lanczos": "pil-lanczos",
              "box": "pil-box", "hamming": "pil-hamming"}
 HUB_FILE = "model.safetensors"  # the file timm's Hugging Face repositories hold the weights in
+# What `cli.py backbones` lists without --filter: the usual CNN and ViT feature extractors, self-supervised included
+CURATED = ("convnext_tiny", "convnext_small", "efficientnet_b0", "resnet50", "vit_small_patch16_224",
+           "vit_base_patch16_224", "vit_small_patch14_dinov2", "vit_base_patch14_dinov2")
 
 
 @lru_cache(maxsize=None)
@@ -118,6 +121,24 @@ def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
     sha = file_sha256(path)
     return BackboneWeights(name, shape, weights, f"{kind}sha256:{sha[:16]}", None, pre, str(path.resolve()), sha,
                            made)
+
+
+def names(pattern: str | None) -> list[str]:
+    """CURATED, or timm's names matching `pattern` (fnmatch): architectures, or pretrained tags (`name.tag`) where
+    the pattern has a dot."""
+    if pattern is None:
+        return list(CURATED)
+    return timm.list_models(pattern, pretrained="." in pattern)
+
+
+def weights_local(model: str) -> bool | None:
+    """Whether the name's pretrained weights are in the Hugging Face cache (None: timm has none for it)."""
+    hub_id = skeleton(model).pretrained_cfg.get("hf_hub_id")
+    if not hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, HUB_FILE), str)
 
 
 def _hub_file(name: str, model: str) -> Path:
