@@ -131,6 +131,21 @@ def assert_same_store(store: Path, reference: Path, n: int, atol: float = 1e-4) 
         assert a.meta(vid).label == b.meta(vid).label
 
 
+def assert_backbone_pt_extracts_its_own_store(run: Path, clips: Path, backbone: str, tmp_path: Path) -> None:
+    """`extract --backbone BACKBONE --weights RUN/backbone.pt` (a finetune run's) makes a store whose weights id is the
+    file's sha256 (as metrics.json records it) and whose rows differ from random init's."""
+    def flags(weights):
+        return extract_flags(every=2, weights=weights, precision="fp32", dtype="float32", backbone=backbone)
+
+    assert invoke("extract", clips, *flags(run / "backbone.pt"), "--store", tmp_path / "tuned").exit_code == 0
+    assert invoke("extract", clips, *flags("none"), "--store", tmp_path / "random").exit_code == 0
+    sha = json.loads((run / "metrics.json").read_text())["backbone_sha256"]
+    a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
+    assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
+    vid = a.ids()[0]
+    assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
+
+
 def assert_predict_equals_the_head_on_stored_features(run: Path, store_path: Path, tmp_path: Path) -> None:
     """`cli.py predict RUN` on a copy of the store's first file gives what the run's head gives on its stored rows."""
     from heads.run import load_run, predict_features  # stage two: only the tests that train import it

@@ -2,13 +2,11 @@
 file back through `extract --backbone timm:NAME --weights backbone.pt` (and refused for another backbone)."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from helpers import extract_flags, invoke
+from helpers import assert_backbone_pt_extracts_its_own_store
 
 from data.synth import make_temporal_dataset
-from featstore import open_store
 from finetune import FinetuneConfig, finetune
 from finetune.run import setup
 from pipeline.backbones import BackboneError, load_backbone, preprocess_for
@@ -45,17 +43,7 @@ def test_timm_backbone_pt_is_timms_state_dict_and_round_trips_through_extract(tu
     assert json.loads((run / "backbone.json").read_text())["backbone"] == NAME
     loaded = load_backbone(NAME, str(run / "backbone.pt")).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
-
-    def flags(weights, backbone=NAME):
-        return extract_flags(every=2, weights=weights, precision="fp32", dtype="float32", backbone=backbone)
-
-    assert invoke("extract", clips, *flags(run / "backbone.pt"), "--store", tmp_path / "tuned").exit_code == 0
-    assert invoke("extract", clips, *flags("none"), "--store", tmp_path / "random").exit_code == 0
-    sha = json.loads((run / "metrics.json").read_text())["backbone_sha256"]
-    a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
-    assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
-    vid = a.ids()[0]
-    assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
+    assert_backbone_pt_extracts_its_own_store(run, clips, NAME, tmp_path)
     for other in ("timm:test_convnext2", "resnet18"):  # another timm model, a torchvision one
         with pytest.raises(BackboneError, match=f"holds {NAME} weights.*--backbone {NAME}"):
             load_backbone(other, str(run / "backbone.pt"))
