@@ -369,7 +369,8 @@ def explain_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory written by fit-head (on a frame store).")],
     videos: Annotated[Optional[list[Path]], typer.Argument(help="Video or image files.")] = None,
     frames: Annotated[int, typer.Option(min=1, help="Frames shown per video, uniformly spaced.")] = 8,
-    layer: Annotated[Optional[str], typer.Option(help="Backbone module to map (default: the registry's).")]
+    layer: Annotated[Optional[str], typer.Option(help="Backbone module to map (default: the store's --layer, "
+                                                 "else the registry's).")]
     = None,
     method: Annotated[Method, typer.Option(help="Class activation map method.")] = Method.gradcam,
     class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: predicted).")]

@@ -24,7 +24,7 @@ from pipeline.decode import DecodeError, Sampling, sample_indices
 @dataclass
 class ExplainConfig:
     frames: int = 8               # frames shown per video (uniformly spaced among those the head reads)
-    layer: str | None = None      # target module; None: the registry's cam_layer of the store's backbone
+    layer: str | None = None      # target module; None: a --layer store's layer, else the registry's cam_layer
     method: str = "gradcam"       # a key of explain.METHODS
     target: str | None = None     # class to explain; None: the predicted one (and the true one for mistakes)
     device: str = "auto"

@@ -33,7 +33,7 @@ class FamilySpec:
     """The registry's spec of a family's model: its row and what it takes, read from the library, not typed here."""
     dim: int                    # row size (the pooled pre-logits vector)
     input_size: int             # the side of its own input (its recipe's crop)
-    cam_layer: str = ""         # default Grad-CAM target: the last block with a spatial map
+    cam_layer: str = ""         # default Grad-CAM target: the last block with a spatial map (or tokens on a grid)
     clip: ClipSpec | None = None  # None: an image model; else the clips it takes
     cpu_only: bool = False      # families have no int8-only kernels
 
