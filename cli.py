@@ -34,9 +34,10 @@ from ui.render import (epoch_progress, extract_progress, finetune_progress, fine
                        item_progress, lit, out, print_cluster, print_compacted, print_evaluation, print_explained,
                        print_extract_summary, print_failures, print_finetuned, print_fit, print_info, print_launch,
                        print_meta_update, print_metrics, print_pooled, print_predictions, print_repeated, print_runs,
-                       print_temporal, print_thumbnails, print_verify, progress_bar, stage_progress, sweep_progress,
-                       warn_skipped)
+                       print_temporal, print_thumbnails, print_verify, progress_bar, show_library_notes, stage_progress,
+                       sweep_progress, warn_skipped)
 
+show_library_notes()
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
 
