@@ -3,7 +3,6 @@ OpenCLIP's encode_image on its own preprocess of the same decoded frames; the we
 a zero-shot run predicts what the same random-init CLIP's image/text cosines decide, and evaluate, predict, runs and
 fuse take it; hub weights offline fail in one line. A tiny CLIP config keeps it fast on two cores."""
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -107,6 +106,10 @@ def test_a_changed_checkpoint_file_or_recipe_changes_the_fingerprint_and_files_l
     torch.save(state, folder / "bad.pt")
     with pytest.raises(BackboneError, match=f"bad.pt does not fit open_clip:{TINY}"):
         build_backbone(weights_for(f"open_clip:{TINY}", str(folder / "bad.pt")))
+    with pytest.raises(BackboneError, match="--size 64 does not fit these weights: they take exactly --size 32"):
+        resolve(ExtractConfig(backbone=f"open_clip:{TINY}", weights="none", size=64), None, [])
+    with pytest.raises(BackboneError, match=f"{TINY} has no pretrained tag 'nope'; its tags: \\(none"):
+        weights_for(f"open_clip:{TINY}/nope", "none")
 
 
 def direct_zero_shot(open_clip, clips: dict[str, np.ndarray], classes: list[str]) -> dict[str, str]:
@@ -189,6 +192,7 @@ def test_zero_shot_on_a_store_without_a_text_tower_fails_in_one_line_naming_why(
     assert res.exit_code == 1 and "--labels a,b,c or --from-store" in res.output
 
 
+@pytest.mark.slow  # a real cli.py process
 def test_a_hub_tag_offline_exits_1_in_one_line_naming_the_file_and_where_to_put_it(videos):
     pytest.importorskip("open_clip")
     folder, _ = videos

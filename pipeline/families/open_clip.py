@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
+from contextlib import contextmanager
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -22,9 +24,8 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.transform import merge_preprocess_dict
 from torch import nn
 
-from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, Preprocess,
-                                file_sha256, is_weights_file, seeded)
-from pipeline.families import FamilySpec
+from pipeline.backbones import Backbone, BackboneError, BackboneWeights, Preprocess, seeded
+from pipeline.families import FamilySpec, chosen_weights
 
 # OpenCLIP interpolation names the decode stage resizes with (as the PIL filter of the same name; OpenCLIP's eval
 # transform maps 'random' to bicubic)
@@ -65,11 +66,30 @@ def _create_kwargs(model: str) -> dict:
             "force_preprocess_cfg": merge_preprocess_dict({}, cfg)}  # the tag's keys only: the size is the tower's
 
 
+@contextmanager
+def _quiet():
+    """OpenCLIP logs its notices on the root logger ("No pretrained weights loaded ... initialized randomly" for
+    every skeleton, and for the seeded init that --weights none asks for): kept out of the output while it builds."""
+    def hush(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(hush)
+    try:
+        yield
+    finally:
+        root.removeFilter(hush)
+
+
 @lru_cache(maxsize=None)
 def skeleton(model: str) -> nn.Module:
     """The image tower on the meta device (no memory, no init), its preprocess config set as create_model sets it."""
-    with torch.device("meta"):
-        return open_clip.create_model(_names(model)[0], device="meta", **_create_kwargs(model)).visual
+    try:
+        with torch.device("meta"), _quiet():
+            return open_clip.create_model(_names(model)[0], device="meta", **_create_kwargs(model)).visual
+    except (RuntimeError, ValueError, OSError) as e:  # a config OpenCLIP cannot build here (a hub text config offline)
+        raise BackboneError(f"--backbone open_clip:{model}: OpenCLIP {open_clip.__version__} cannot build it: "
+                            f"{str(e).splitlines()[0][:160]}") from None
 
 
 @lru_cache(maxsize=None)
@@ -120,23 +140,12 @@ def recipe(model: str) -> dict:
 
 def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
     """'none' (seeded random init), a checkpoint file (OpenCLIP's own loading), or DEFAULT: the name's tag's weights
-    from the Hugging Face or OpenCLIP cache (fetched where there is network). A file is hashed here, once."""
-    pre, shape, made = preprocess(model), spec(model), recipe(model)
-    if weights.lower() == "none":
-        return BackboneWeights(name, shape, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", None, pre, recipe=made)
-    if weights.upper() == "DEFAULT":
-        arch, tag = _names(model)
-        path, kind = _pretrained_file(name, model), f"hub:{arch}/{tag}:"
-    elif is_weights_file(weights) or weights.endswith(".safetensors"):
-        path, kind = Path(weights).expanduser(), "file:"
-        if not path.is_file():
-            raise BackboneError(f"weights file {path} does not exist")
-    else:
-        raise BackboneError(f"--weights {weights} does not apply to {name}: use DEFAULT (the weights of the name's "
-                            f"pretrained tag, open_clip:ARCH/TAG), none, or an OpenCLIP checkpoint file")
-    sha = file_sha256(path)
-    return BackboneWeights(name, shape, weights, f"{kind}sha256:{sha[:16]}", None, pre, str(path.resolve()), sha,
-                           made)
+    from the Hugging Face or OpenCLIP cache (fetched where there is network)."""
+    arch, tag = _names(model)
+    return chosen_weights(name, weights, spec(model), preprocess(model), recipe(model),
+                          lambda: (_pretrained_file(name, model), f"hub:{arch}/{tag}:"),
+                          "use DEFAULT (the weights of the name's pretrained tag, open_clip:ARCH/TAG), none, or an "
+                          "OpenCLIP checkpoint file")
 
 
 def _pretrained_file(name: str, model: str) -> Path:
@@ -191,14 +200,16 @@ def load_clip(chosen: BackboneWeights, model: str) -> nn.Module:
     create_model, loading a checkpoint strictly (a file of another architecture is refused, never loaded in part)."""
     arch = _names(model)[0]
     build = partial(open_clip.create_model, arch, **_create_kwargs(model))
-    if chosen.file is None:
-        net = seeded(build)
-    else:
-        try:
-            net = build(pretrained=chosen.file)
-        except Exception as e:  # noqa: BLE001 — torch, safetensors and strict loading raise many types
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            raise BackboneError(f"{chosen.file} does not fit {chosen.name}: {' '.join(lines[:2])[:200]}") from None
+    with _quiet():
+        if chosen.file is None:
+            net = seeded(build)
+        else:
+            try:
+                net = build(pretrained=chosen.file)
+            except Exception as e:  # noqa: BLE001 — torch, safetensors and strict loading raise many types
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+                raise BackboneError(f"{chosen.file} does not fit {chosen.name}: "
+                                    f"{' '.join(lines[:2])[:200]}") from None
     return net.eval().requires_grad_(False)
 
 
