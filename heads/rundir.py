@@ -47,7 +47,7 @@ def run_kind(path: Path) -> str | None:
     config = _run_config(path)
     if config is None:
         return None
-    if config.get("command") in ("fit-head", "cluster-eval"):
+    if config.get("command") in ("fit-head", "cluster-eval", "zero-shot"):
         return config["command"]
     if "grid" in config:
         return "sweep"

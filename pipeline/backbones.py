@@ -114,6 +114,7 @@ REGISTRY: dict[str, BackboneSpec] = {
 # Families of prefixed names: prefix -> (its module, the library it needs, the pip extra that installs that library).
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "timm": ("pipeline.families.timm", "timm", "timm"),
+    "open_clip": ("pipeline.families.open_clip", "open_clip", "clip"),
 }
 
 

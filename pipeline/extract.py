@@ -523,16 +523,23 @@ def store_weights(config: StoreConfig) -> str:
                         "pass --weights PATH to a copy of it (its sha256 is checked)")
 
 
-def store_backbone(config: StoreConfig, device: str = "auto",
-                   weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
-    """(ExtractConfig, frozen backbone) that made the store with `config`: its weights found where extract recorded
-    them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
+def store_chosen(config: StoreConfig, device: str = "auto",
+                 weights: str | None = None) -> tuple[ExtractConfig, BackboneWeights]:
+    """(ExtractConfig, weights as chosen, not built) that made the store with `config`: its weights found where
+    extract recorded them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
     cfg = config_from_store(config, device, weights=weights)
     chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
     recorded = config.weights_sha256
     if chosen.id != config.weights or (recorded and chosen.sha256 != recorded):
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "
                             f"({chosen.sha256 or chosen.id} vs {recorded or config.weights})")
+    return cfg, chosen
+
+
+def store_backbone(config: StoreConfig, device: str = "auto",
+                   weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
+    """(ExtractConfig, frozen backbone) that made the store with `config` (its weights checked by store_chosen)."""
+    cfg, chosen = store_chosen(config, device, weights)
     return cfg, build_backbone(chosen)
 
 

@@ -12,8 +12,11 @@ Each family module answers, for the model name after the prefix:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-from pipeline.backbones import ClipSpec
+from pipeline.backbones import (SEED_FOR_RANDOM_INIT, BackboneError, BackboneWeights, ClipSpec, Preprocess,
+                                file_sha256, is_weights_file)
 
 
 @dataclass(frozen=True)
@@ -24,3 +27,24 @@ class FamilySpec:
     cam_layer: str = ""         # default Grad-CAM target: the last block with a spatial map
     clip: ClipSpec | None = None  # None: an image model; else the clips it takes
     cpu_only: bool = False      # families have no int8-only kernels
+
+
+def chosen_weights(name: str, weights: str, spec: FamilySpec, preprocess: Preprocess, recipe: dict,
+                   default: Callable[[], tuple[Path, str]], refusal: str) -> BackboneWeights:
+    """A family's `--weights`: 'none' (seeded random init), a weights file, or DEFAULT (`default()` finds the
+    library's own: the file and its id's prefix, e.g. 'hub:ID:'); anything else is refused, saying `refusal`.
+    A file is hashed here, once: its sha256 is the weights' identity."""
+    if weights.lower() == "none":
+        return BackboneWeights(name, spec, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", None, preprocess,
+                               recipe=recipe)
+    if weights.upper() == "DEFAULT":
+        path, kind = default()
+    elif is_weights_file(weights) or weights.endswith(".safetensors"):
+        path, kind = Path(weights).expanduser(), "file:"
+        if not path.is_file():
+            raise BackboneError(f"weights file {path} does not exist")
+    else:
+        raise BackboneError(f"--weights {weights} does not apply to {name}: {refusal}")
+    sha = file_sha256(path)
+    return BackboneWeights(name, spec, weights, f"{kind}sha256:{sha[:16]}", None, preprocess, str(path.resolve()),
+                           sha, recipe)

@@ -18,9 +18,8 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import nn
 
-from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, Preprocess,
-                                file_sha256, is_weights_file, seeded)
-from pipeline.families import FamilySpec
+from pipeline.backbones import Backbone, BackboneError, BackboneWeights, Preprocess, seeded
+from pipeline.families import FamilySpec, chosen_weights
 
 # timm interpolation names the decode stage resizes with (as the PIL filter of the same name)
 _RESAMPLE = {"bilinear": "pil", "bicubic": "pil-bicubic", "nearest": "pil-nearest", "lanczos": "pil-lanczos",
@@ -83,22 +82,11 @@ def recipe(model: str) -> dict:
 
 def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
     """'none' (seeded random init), a checkpoint file, or DEFAULT: the name's own pretrained weights from the Hugging
-    Face cache (fetched where there is network). A file is hashed here, once."""
-    pre, shape, made = preprocess(model), spec(model), recipe(model)
-    if weights.lower() == "none":
-        return BackboneWeights(name, shape, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", None, pre, recipe=made)
-    if weights.upper() == "DEFAULT":
-        path, kind = _hub_file(name, model), "hub:" + skeleton(model).pretrained_cfg["hf_hub_id"] + ":"
-    elif is_weights_file(weights) or weights.endswith(".safetensors"):
-        path, kind = Path(weights).expanduser(), "file:"
-        if not path.is_file():
-            raise BackboneError(f"weights file {path} does not exist")
-    else:
-        raise BackboneError(f"--weights {weights} does not apply to {name}: use DEFAULT (timm's pretrained weights "
-                            f"for the name's tag, e.g. {name.split('.')[0]}.TAG), none, or a checkpoint file")
-    sha = file_sha256(path)
-    return BackboneWeights(name, shape, weights, f"{kind}sha256:{sha[:16]}", None, pre, str(path.resolve()), sha,
-                           made)
+    Face cache (fetched where there is network)."""
+    return chosen_weights(name, weights, spec(model), preprocess(model), recipe(model),
+                          lambda: (_hub_file(name, model), f"hub:{skeleton(model).pretrained_cfg['hf_hub_id']}:"),
+                          f"use DEFAULT (timm's pretrained weights for the name's tag, e.g. {name.split('.')[0]}.TAG), "
+                          "none, or a checkpoint file")
 
 
 def _hub_file(name: str, model: str) -> Path:
