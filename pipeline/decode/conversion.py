@@ -34,6 +34,7 @@ class Geometry:
     resample: str = "pil"  # 'pil': PIL bilinear (image presets), 'pil-bicubic' etc. (a family's recipe) | 'tensor':
     #                        torch bilinear, no antialias (video preset)
     engine: str = "exact"  # who resizes: 'exact' (the `resample` recipe above) or one of RESIZE_ENGINES' others
+    crop_floor: bool = False  # center crop offset floor((side - size) / 2) (transformers' processors), else round()
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -65,11 +66,16 @@ def _resized_size(width: int, height: int, geometry: Geometry) -> tuple[int, int
     return int(short * width / height), short
 
 
+def _offset(extra: int, floor: bool) -> int:
+    """Where a center crop starts: torchvision's CenterCrop rounds half the extra pixels, transformers floors it."""
+    return extra // 2 if floor else int(round(extra / 2.0))
+
+
 def _center_crop(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:  # (H, W, 3) -> (size, size, 3), a view
     if geometry.crop == "none":
         return rgb
     height, width, size = rgb.shape[0], rgb.shape[1], geometry.size
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    top, left = _offset(height - size, geometry.crop_floor), _offset(width - size, geometry.crop_floor)
     return rgb[top:top + size, left:left + size]
 
 

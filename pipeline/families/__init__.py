@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.backbones import ClipSpec
+from pipeline.backbones import TOKEN_POOLS, ClipSpec
 
 
 @dataclass(frozen=True)
@@ -24,3 +24,12 @@ class FamilySpec:
     cam_layer: str = ""         # default Grad-CAM target: the last block with a spatial map
     clip: ClipSpec | None = None  # None: an image model; else the clips it takes
     cpu_only: bool = False      # families have no int8-only kernels
+    token_pools: tuple[str, ...] = ()  # the --pool choices: cls and/or mean where the output has tokens
+
+
+def token_pools(prefix_tokens: int | None) -> tuple[str, ...]:
+    """The --pool choices of a model whose output has `prefix_tokens` (CLS, registers) before its patch tokens: none
+    without tokens (None), the mean only without a CLS token."""
+    if prefix_tokens is None:
+        return ()
+    return TOKEN_POOLS if prefix_tokens > 0 else ("mean",)
