@@ -146,7 +146,11 @@ def _tokens(model: str) -> tuple[int, int | None]:
     """(the row size of the model's own output, the number of prefix tokens: CLS, registers, distillation), traced
     on the meta device; None where the output has no tokens."""
     config, side = _config(model), _side(model)
-    out = _trace(model, side)
+    try:
+        out = _trace(model, side)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise BackboneError(f"hf:{model} ({config.model_type}) does not embed framecache's frames or clips "
+                            f"({str(e).splitlines()[0][:120]}): not supported") from None
     hidden, pooled = out.last_hidden_state, getattr(out, "pooler_output", None)
     dim = int(pooled.flatten(1).shape[-1]) if pooled is not None else int(hidden.shape[-1] if hidden.ndim == 3
                                                                           else hidden.shape[1])
