@@ -150,7 +150,8 @@ class Preprocess:
     """What the weights expect: a `crop` x `crop` RGB image cut from a frame resized to `resize` (the shorter
     side, or an exact (height, width) as the VideoResNet preset's (128, 171)). `resample` is how: 'pil' (PIL
     bilinear, as the image presets on PIL images), 'pil-bicubic' (and the other PIL filters a family's recipe
-    names) or 'tensor' (torch bilinear without antialias, as the VideoClassification preset on frame tensors)."""
+    names), 'tensor' (torch bilinear without antialias, as the VideoClassification preset on frame tensors) or
+    'tensor-antialias' (with it, as transformers' torchvision-backend processors)."""
     crop: int
     resize: int | tuple[int, int]
     mean: tuple[float, float, float]

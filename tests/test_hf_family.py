@@ -52,6 +52,10 @@ def tiny(tmp_path_factory):
         "videomae": save_tiny(root / "videomae", transformers.VideoMAEConfig(
             **TINY, image_size=30, patch_size=6, num_frames=4, tubelet_size=2),
             transformers.VideoMAEImageProcessor(**crop)),
+        "vjepa2": save_tiny(root / "vjepa2", transformers.VJEPA2Config(
+            **TINY, crop_size=30, patch_size=6, frames_per_clip=4, tubelet_size=2, pred_hidden_size=32,
+            pred_num_attention_heads=2, pred_num_hidden_layers=1, num_pooler_layers=1),
+            transformers.VJEPA2VideoProcessor(crop_size=30)),
     }
 
 
@@ -63,7 +67,7 @@ def videos(tmp_path):
 
 def config(directory: Path, weights: str = "DEFAULT", **settings) -> ExtractConfig:
     name = f"hf:{directory}"
-    video = "videomae" in directory.name
+    video = directory.name in ("videomae", "vjepa2")
     sampling = ClipSampling(clip_len=4) if video else Sampling(every=1)
     return ExtractConfig(backbone=name, weights=weights, sampling=sampling, batch_size=4, workers=0,
                          precision="fp32", dtype="float32", **settings)
@@ -102,13 +106,25 @@ def test_hf_image_rows_equal_the_models_pooled_output_on_its_processors_pixels(t
     np.testing.assert_allclose(again.features, store.features("v1"), rtol=1e-4, atol=1e-5)
 
 
-def test_hf_video_rows_are_clips_equal_to_videomae_on_its_processors_clip(tiny, videos, tmp_path):
+def library_clip_rows(directory: Path, frames: np.ndarray) -> np.ndarray:
+    """transformers alone: a video model's processor on one clip, the model's tokens averaged (V-JEPA 2: its
+    encoder's, the predictor skipped)."""
+    model = transformers.AutoModel.from_pretrained(directory).eval()
+    if directory.name == "vjepa2":  # a video processor (torchvision backend: the only one video processors have)
+        pixels = transformers.AutoVideoProcessor.from_pretrained(directory)([frames], return_tensors="pt")
+        with torch.inference_mode():
+            return model(pixels["pixel_values_videos"], skip_predictor=True).last_hidden_state.mean(1).numpy()
+    return library_outputs(directory, frames, video=True).last_hidden_state.mean(1).numpy()
+
+
+@pytest.mark.parametrize("model", ["videomae", "vjepa2"])
+def test_hf_video_rows_are_clips_equal_to_the_model_on_its_processors_clip(tiny, videos, tmp_path, model):
     manifest, written = videos
-    result = extract(load_source(manifest), tmp_path / "s", config(tiny["videomae"]))
+    result = extract(load_source(manifest), tmp_path / "s", config(tiny[model]))
     assert result.done == 2 and result.unit == "clips"
     store = open_store(tmp_path / "s")
     for vid, frames in written.items():
-        want = library_outputs(tiny["videomae"], frames, video=True).last_hidden_state.mean(1).numpy()
+        want = library_clip_rows(tiny[model], frames)
         got = store.features(vid)
         assert got.shape == want.shape == (1, 32)
         assert cosines(got, want).min() >= 0.9999, cosines(got, want)

@@ -2,17 +2,18 @@
 
 Image models (ViT, DINOv2, SigLIP's or CLIP's vision tower, ...) give one row a frame: the model's own pooled output
 (`pooler_output`: ViT's dense+tanh over CLS, DINOv2's normed CLS, SigLIP's attention-pooling head), or the mean of
-its tokens where it has no pooler. Video models (VideoMAE: a `num_frames` config) give one row a clip: the mean of
-their tokens (VideoMAE's classifier pools so; its `fc_norm` belongs to the classifier, not to the backbone), with the
-clip's length and side read from the config. `--pool cls|mean` takes the CLS token or the mean of the patch tokens
-instead (`last_hidden_state`, after the model's final norm; register and distillation tokens left out).
+its tokens where it has no pooler. Video models (a `num_frames` or `frames_per_clip` config: VideoMAE, V-JEPA 2's
+encoder) give one row a clip: the mean of their tokens (VideoMAE's classifier pools so; its `fc_norm` belongs to the
+classifier), with the clip's length and side read from the config. `--pool cls|mean` takes the CLS token or the mean
+of the patch tokens instead (`last_hidden_state`; register and distillation tokens left out).
 
-Preprocessing is the model's image processor, as transformers' PIL backend runs it (`backend="pil"`: the reference
-the torchvision backend approximates): its size, center crop (floor offsets, as transformers cuts), PIL resample
-filter, 1/255 rescale, mean and std. The decode stage does the same PIL resize and crop, so the pixels are the
-processor's. The store records transformers' version, the model's config and the processor's config, and
-fingerprints them. Everything is read from one local directory: a save_pretrained directory, or a hub repository's
-snapshot in the Hugging Face cache (fetched where there is network). Imported only for an `hf:` name.
+Preprocessing is the model's image processor as transformers' PIL backend runs it (`backend="pil"`: the reference
+its torchvision backend approximates), else its video processor (torchvision only): size, center crop (floor offsets,
+as transformers cuts), resample filter, 1/255 rescale, mean and std. The decode stage makes the same resize (the PIL
+filter, or transforms.v2's antialiased bilinear on uint8 tensors) and crop, so the pixels are the processor's. The
+store records transformers' version, the model's config and the processor's config, and fingerprints them.
+Everything is read from one local directory: a save_pretrained directory, or a hub repository's snapshot in the
+Hugging Face cache (fetched where there is network). Imported only for an `hf:` name.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, PretrainedConfig
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoVideoProcessor, PretrainedConfig
 
 from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, ClipSpec,
                                 Preprocess, file_sha256, seeded)
@@ -34,6 +35,8 @@ from pipeline.families import FamilySpec, token_pools
 
 # PIL's resample codes, as processors record them, and the decode stage's filter of the same name
 _RESAMPLE = {0: "pil-nearest", 1: "pil-lanczos", 2: "pil", 3: "pil-bicubic", 4: "pil-box", 5: "pil-hamming"}
+# torchvision-backend processors (video processors have no other) resize uint8 tensors, antialiased: bilinear only
+_TENSOR_RESAMPLE = {2: "tensor-antialias"}
 # The files a hub snapshot needs: configs, processor configs and the weights (no other frameworks' copies)
 HUB_FILES = ["*.json", "*.safetensors", "pytorch_model*.bin"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # save_pretrained's single file (shards: an index.json)
@@ -98,20 +101,25 @@ def _config(model: str) -> PretrainedConfig:
 
 @lru_cache(maxsize=None)
 def _processor(model: str):
-    """The model's image processor, PIL backend (the one whose resize and crop the decode stage reproduces)."""
+    """The model's image processor, PIL backend (the one whose resize and crop the decode stage reproduces), else its
+    video processor (V-JEPA 2's: torchvision only, whose antialiased tensor resize the decode stage also makes)."""
     directory = source_dir(model)
     with _quiet():
         try:
             return AutoImageProcessor.from_pretrained(directory, backend="pil", local_files_only=True)
-        except (ValueError, OSError) as e:
-            raise BackboneError(f"--backbone hf:{model} has no image processor transformers reads "
-                                f"({str(e).splitlines()[0][:120]}): save_pretrained the model's processor beside it"
-                                ) from None
+        except (ValueError, OSError) as image_error:
+            try:
+                return AutoVideoProcessor.from_pretrained(directory, local_files_only=True)
+            except (ValueError, OSError):
+                raise BackboneError(f"--backbone hf:{model} has no image or video processor transformers reads "
+                                    f"({str(image_error).splitlines()[0][:120]}): save_pretrained the model's "
+                                    "processor beside it") from None
 
 
 def _frames(config: PretrainedConfig) -> int | None:
-    """Frames per clip of a video model's config (None: an image model)."""
-    return getattr(config, "num_frames", None)
+    """Frames per clip of a video model's config (VideoMAE's num_frames, V-JEPA 2's frames_per_clip; None: an image
+    model)."""
+    return getattr(config, "num_frames", None) or getattr(config, "frames_per_clip", None)
 
 
 @lru_cache(maxsize=None)
@@ -128,14 +136,16 @@ def _side(model: str) -> int:
 
 def _options(model: str) -> dict:
     """The forward's keyword arguments besides the pixels: position embeddings interpolated to the input's side where
-    the model offers that (ViT, SigLIP; DINOv2 always interpolates; at the config's side it changes nothing)."""
-    scaled = "interpolate_pos_encoding" in inspect.signature(skeleton(model).forward).parameters
-    return {"interpolate_pos_encoding": True} if scaled else {}
+    the model offers that (ViT, SigLIP; DINOv2 always interpolates; at the config's side it changes nothing), and
+    V-JEPA 2's predictor skipped (the row is its encoder's)."""
+    takes = inspect.signature(skeleton(model).forward).parameters
+    return {k: True for k in ("interpolate_pos_encoding", "skip_predictor") if k in takes}
 
 
-def _trace(model: str, side: int):
-    """The model's output for one input of `side` pixels, on the meta device (no compute)."""
-    frames = _frames(_config(model))
+def _trace(model: str, side: int, frames: int | None = None):
+    """The model's output for one input of `side` pixels (and `frames` frames, the config's by default, for a video
+    model), on the meta device (no compute)."""
+    frames = frames or _frames(_config(model))
     shape = (1, 3, side, side) if frames is None else (1, frames, 3, side, side)
     net = skeleton(model)
     return net(**{net.main_input_name: torch.empty(shape, device="meta")}, **_options(model))
@@ -163,13 +173,21 @@ def _tokens(model: str) -> tuple[int, int | None]:
 
 
 @lru_cache(maxsize=None)
-def _fixed_side(model: str, side: int) -> bool:
-    """Whether the model takes only `side` (its position embeddings built for it, not interpolated)."""
+def _fixed(model: str, side: int) -> bool:
+    """Whether the model takes only its own `side` (and clip length): position embeddings built for them, not
+    interpolated (ViT without interpolation, VideoMAE's sinusoid table), traced one patch (and tubelet) larger."""
+    config = _config(model)
+    frames = _frames(config)
     try:
-        _trace(model, side + 2 * (getattr(_config(model), "patch_size", 8) or 8))
+        _trace(model, side + 2 * _patch(config), frames and frames + getattr(config, "tubelet_size", 1))
     except (RuntimeError, ValueError):
         return True
     return False
+
+
+def _patch(config: PretrainedConfig) -> int:
+    patch = getattr(config, "patch_size", None)
+    return patch if isinstance(patch, int) else 8
 
 
 @lru_cache(maxsize=None)
@@ -179,33 +197,44 @@ def spec(model: str) -> FamilySpec:
     config, side = _config(model), _side(model)
     dim, prefix = _tokens(model)
     frames = _frames(config)
-    clip = None if frames is None else ClipSpec(frames, int(getattr(config, "image_size", side)), True, frames)
+    if frames is None:
+        clip = None
+    elif _fixed(model, side):  # exactly the config's clip
+        clip = ClipSpec(frames, side, True, frames)
+    else:  # any clip of whole tubelets and patches; the config's length by default
+        clip = ClipSpec(getattr(config, "tubelet_size", 1), _patch(config), False, frames)
     return FamilySpec(dim=dim, input_size=side, clip=clip, token_pools=token_pools(prefix))
 
 
 def preprocess(model: str) -> Preprocess:
-    """The image processor's recipe as a Preprocess (refused, in one line, where framecache cannot reproduce it)."""
+    """The processor's recipe as a Preprocess (refused, in one line, where framecache cannot reproduce it)."""
     p = _processor(model)
-    size, crop = dict(getattr(p, "size", None) or {}), getattr(p, "crop_size", None) if getattr(p, "do_center_crop", False) else None
-    crop = dict(crop or {})
-    if crop and crop.get("height") != crop.get("width") or "height" in size and size["height"] != size["width"]:
+    cfg = p.to_dict()  # sizes as plain dicts, whichever backend
+    side, resize = _sizes(model, cfg)
+    rescale = cfg["rescale_factor"] if cfg.get("do_rescale") else 1.0
+    resample = _RESAMPLE.get(cfg.get("resample")) if p.backend == "pil" else _TENSOR_RESAMPLE.get(cfg.get("resample"))
+    if resample is None or abs(rescale - 1 / 255) > 1e-12 or cfg.get("do_pad") or cfg.get("crop_pct") is not None:
+        raise BackboneError(f"hf:{model}'s processor ({p.backend} resample {cfg.get('resample')}, rescale {rescale}, "
+                            "padding or crop_pct) is not one framecache reproduces (PIL filters, or bilinear tensors; "
+                            "1/255; no padding): choose another model")
+    mean, std = (tuple(cfg["image_mean"]), tuple(cfg["image_std"])) if cfg.get("do_normalize") \
+        else ((0.0,) * 3, (1.0,) * 3)
+    return Preprocess(side, resize, mean, std, resample, fixed=_fixed(model, side), crop_floor=True)
+
+
+def _sizes(model: str, cfg: dict) -> tuple[int, int | tuple[int, int]]:
+    """(the model's input side, the resize before the crop) of a processor config: a shortest edge then a square
+    center crop, or a square (then cropped or not)."""
+    size, crop = cfg.get("size") or {}, (cfg.get("crop_size") or {}) if cfg.get("do_center_crop") else {}
+    if crop.get("height") != crop.get("width") or size.get("height") != size.get("width"):
         raise BackboneError(f"hf:{model} takes a non-square input ({crop or size}); framecache embeds square inputs "
                             "(--size): choose another model")
     if set(size) == {"shortest_edge"} and crop:
-        resize, side = int(size["shortest_edge"]), int(crop["height"])
-    elif set(size) == {"height", "width"}:
-        resize, side = (int(size["height"]),) * 2, int(crop.get("height", size["height"]))
-    else:
-        raise BackboneError(f"hf:{model}'s processor resizes to {size} without a square crop: framecache "
-                            "reproduces a resize to a shortest edge then a center crop, or to a square")
-    rescale = p.rescale_factor if p.do_rescale else 1.0
-    if p.resample not in _RESAMPLE or abs(rescale - 1 / 255) > 1e-12 or getattr(p, "do_pad", False) \
-            or getattr(p, "crop_pct", None) is not None:
-        raise BackboneError(f"hf:{model}'s processor (resample {p.resample}, rescale {rescale}, padding or crop_pct) "
-                            "is not one framecache reproduces (PIL filters, 1/255, no padding): choose another model")
-    mean, std = (tuple(p.image_mean), tuple(p.image_std)) if p.do_normalize else ((0.0,) * 3, (1.0,) * 3)
-    return Preprocess(side, resize, mean, std, _RESAMPLE[p.resample], fixed=_fixed_side(model, side),
-                      crop_floor=True)
+        return int(crop["height"]), int(size["shortest_edge"])
+    if set(size) == {"height", "width"}:
+        return int(crop.get("height", size["height"])), (int(size["height"]),) * 2
+    raise BackboneError(f"hf:{model}'s processor resizes to {size} without a square crop: framecache reproduces a "
+                        "resize to a shortest edge then a center crop, or to a square")
 
 
 def recipe(model: str) -> dict:
@@ -278,6 +307,8 @@ def build(chosen: BackboneWeights, model: str) -> Backbone:
         net = seeded(lambda: AutoModel.from_config(config))
     else:
         net = _from_dir(chosen, model, config)
+    if "skip_predictor" in _options(model):  # V-JEPA 2's pretraining predictor: never run, so not kept either
+        net.predictor = nn.Identity()
     net.eval().requires_grad_(False)
     meta = {"library": f"transformers {transformers.__version__}"}
     if chosen.sha256 is not None:
