@@ -71,8 +71,8 @@ class StoreConfig:
     batch_size: int | None = None
     versions: dict | None = None
     layer: str | None = None            # --layer: rows are this block's pooled output (fingerprinted where set)
-    token_pool: str | None = None       # --pool cls|mean: a token model's CLS token or patch tokens' mean (fingerprinted
-    #                                     where set; `pool` is a pooled store's key)
+    token_pool: str | None = None       # --pool cls|mean: a token model's CLS token or its patch tokens' mean
+    #                                     (fingerprinted where set; `pool` is a pooled store's key)
     recipe: dict | None = None          # a family backbone's library, version, model and data config: fingerprinted
     #                                     (torchvision stores have no key: their weights enum names all of it)
     format: int | None = None           # the store's row layout (featstore.FORMAT_VERSION); set by the writer

@@ -220,3 +220,22 @@ def test_a_hub_name_offline_exits_1_in_one_line_naming_what_to_fetch(videos, tmp
     assert len(lines) == 1 and "`hf download MCG-NJU/videomae-base`" in lines[0], p.stderr
     assert "models--MCG-NJU--videomae-base into " + str(tmp_path / "hf-home" / "hub") in lines[0]
     assert "--backbone hf:/path/to/dir" in lines[0] and not (tmp_path / "s").exists()
+
+
+def test_a_hub_name_is_read_from_the_hugging_face_cache_without_network(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--org--tiny-vit" / "snapshots" / "abc123"
+    shutil.copytree(tiny["vit"], snapshot)  # as `hf download org/tiny-vit` leaves it
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    chosen = weights_for("hf:org/tiny-vit", "DEFAULT")
+    assert chosen.id.startswith("hub:org/tiny-vit:sha256:") and chosen.file == str(snapshot)
+    assert chosen.sha256 == weights_for(f"hf:{tiny['vit']}", "DEFAULT").sha256
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        want = transformers.AutoModel.from_pretrained(tiny["vit"]).eval()(x).pooler_output
+        assert torch.allclose(build_backbone(chosen).model(x), want, atol=1e-6)

@@ -126,8 +126,13 @@ def _frames(config: PretrainedConfig) -> int | None:
 def skeleton(model: str) -> nn.Module:
     """The architecture on the meta device (no memory, no init): its config, blocks and shapes without building
     it."""
+    config = _config(model)
     with torch.device("meta"), _quiet():
-        return AutoModel.from_config(_config(model))
+        try:
+            return AutoModel.from_config(config)
+        except ValueError as e:  # "Unrecognized configuration class ... for this kind of AutoModel"
+            raise BackboneError(f"hf:{model} ({config.model_type}) has no AutoModel in transformers "
+                                f"{transformers.__version__}: not supported ({str(e).splitlines()[0][:80]})") from None
 
 
 def _side(model: str) -> int:
@@ -155,7 +160,7 @@ def _trace(model: str, side: int, frames: int | None = None):
 def _tokens(model: str) -> tuple[int, int | None]:
     """(the row size of the model's own output, the number of prefix tokens: CLS, registers, distillation), traced
     on the meta device; None where the output has no tokens."""
-    config, side = _config(model), _side(model)
+    config, side, _ = _config(model), _side(model), skeleton(model)  # (an unsupported model refused first)
     try:
         out = _trace(model, side)
     except (RuntimeError, ValueError, TypeError) as e:
@@ -176,8 +181,7 @@ def _tokens(model: str) -> tuple[int, int | None]:
 def _fixed(model: str, side: int) -> bool:
     """Whether the model takes only its own `side` (and clip length): position embeddings built for them, not
     interpolated (ViT without interpolation, VideoMAE's sinusoid table), traced one patch (and tubelet) larger."""
-    config = _config(model)
-    frames = _frames(config)
+    config, frames, _ = _config(model), _frames(_config(model)), skeleton(model)  # (refused first, as _tokens)
     try:
         _trace(model, side + 2 * _patch(config), frames and frames + getattr(config, "tubelet_size", 1))
     except (RuntimeError, ValueError):
