@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.backbones import (SEED_FOR_RANDOM_INIT, BackboneError, BackboneWeights, ClipSpec, Preprocess,
-                                file_sha256, is_weights_file)
+from pipeline.backbones import (SEED_FOR_RANDOM_INIT, TOKEN_POOLS, BackboneError, BackboneWeights, ClipSpec,
+                                Preprocess, file_sha256, is_weights_file)
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class FamilySpec:
     cam_layer: str = ""         # default Grad-CAM target: the last block with a spatial map
     clip: ClipSpec | None = None  # None: an image model; else the clips it takes
     cpu_only: bool = False      # families have no int8-only kernels
+    token_pools: tuple[str, ...] = ()  # the --pool choices: cls and/or mean where the output has tokens
 
 
 def chosen_weights(name: str, weights: str, spec: FamilySpec, preprocess: Preprocess, recipe: dict,
@@ -48,3 +49,11 @@ def chosen_weights(name: str, weights: str, spec: FamilySpec, preprocess: Prepro
     sha = file_sha256(path)
     return BackboneWeights(name, spec, weights, f"{kind}sha256:{sha[:16]}", None, preprocess, str(path.resolve()),
                            sha, recipe)
+
+
+def token_pools(prefix_tokens: int | None) -> tuple[str, ...]:
+    """The --pool choices of a model whose output has `prefix_tokens` (CLS, registers) before its patch tokens: none
+    without tokens (None), the mean only without a CLS token."""
+    if prefix_tokens is None:
+        return ()
+    return TOKEN_POOLS if prefix_tokens > 0 else ("mean",)

@@ -19,11 +19,12 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from pipeline.backbones import Backbone, BackboneError, BackboneWeights, Preprocess, seeded
-from pipeline.families import FamilySpec, chosen_weights
+from pipeline.families import FamilySpec, chosen_weights, token_pools
 
 # timm interpolation names the decode stage resizes with (as the PIL filter of the same name)
 _RESAMPLE = {"bilinear": "pil", "bicubic": "pil-bicubic", "nearest": "pil-nearest", "lanczos": "pil-lanczos",
              "box": "pil-box", "hamming": "pil-hamming"}
+_GLOBAL_POOL = {"cls": "token", "mean": "avg"}  # --pool as timm's ViT global_pool names it
 HUB_FILE = "model.safetensors"  # the file timm's Hugging Face repositories hold the weights in
 
 
@@ -53,7 +54,8 @@ def spec(model: str) -> FamilySpec:
     side = _data_config(model)["input_size"][-1]
     dim = int(net(torch.empty(1, 3, side, side, device="meta")).shape[-1])
     info = getattr(net, "feature_info", None) or [{}]
-    return FamilySpec(dim=dim, input_size=side, cam_layer=info[-1].get("module", ""))
+    prefix = getattr(net, "num_prefix_tokens", None)  # ViTs (and their kin): --pool picks timm's global_pool
+    return FamilySpec(dim=dim, input_size=side, cam_layer=info[-1].get("module", ""), token_pools=token_pools(prefix))
 
 
 def preprocess(model: str) -> Preprocess:
@@ -114,6 +116,8 @@ def build(chosen: BackboneWeights, model: str) -> Backbone:
     """The model with the chosen weights, classifier removed (num_classes=0), frozen, in eval mode."""
     net = seeded(partial(timm.create_model, model, pretrained=False, num_classes=0)) if chosen.file is None \
         else _from_file(chosen, model)
+    if chosen.token_pool is not None:  # timm's own pooling of the normed tokens: CLS, or the patch tokens' mean
+        net.reset_classifier(0, global_pool=_GLOBAL_POOL[chosen.token_pool])
     net.eval().requires_grad_(False)
     meta = {"library": f"timm {timm.__version__}"}
     if chosen.sha256 is not None:
