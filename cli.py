@@ -23,7 +23,7 @@ import typer
 # torch, as every command but info/runs/compact does anyway).
 from featstore.config import POOLS
 from finetune.config import FinetuneConfig
-from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig
+from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig, ZeroShotConfig
 from heads.models import HEADS
 from pipeline.catalog import CatalogQuery
 from pipeline.extract import COMPRESSIONS, ExtractConfig
@@ -35,9 +35,10 @@ from ui.render import (epoch_progress, extract_progress, finetune_progress, fine
                        item_progress, lit, out, print_cluster, print_compacted, print_evaluation, print_explained,
                        print_extract_summary, print_failures, print_finetuned, print_fit, print_info, print_launch,
                        print_meta_update, print_metrics, print_pooled, print_predictions, print_repeated, print_runs,
-                       print_temporal, print_thumbnails, print_verify, progress_bar, stage_progress, sweep_progress,
-                       warn_skipped)
+                       print_temporal, print_thumbnails, print_verify, progress_bar, show_library_notes, stage_progress,
+                       sweep_progress, warn_skipped)
 
+show_library_notes()
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
 
@@ -213,6 +214,27 @@ def fit_head(
         result = fit(stores, cfg, run_dir, fuse=plain(fuse), seeds=seeds, folds=folds, force=force,
                      on_epoch=epoch_progress(bar, cfg.head, cfg.epochs))
     print_fit(result)
+
+
+@app.command("zero-shot")
+@config_options(ZeroShotConfig)
+def zero_shot(
+    store: Annotated[Path, typer.Argument(help="Store made with a CLIP image tower (--backbone open_clip:ARCH).")],
+    out_dir: OutDir = None,
+    weights: StoreWeights = None,
+    force: Force = False,
+    *,
+    cfg: ZeroShotConfig,
+) -> None:
+    """A classifier from the store's own CLIP text tower, one prompt per class, no training; writes a run that
+    evaluate, predict, runs and fuse take (--out, default runs/<store>-zeroshot)."""
+    from heads.zeroshot import zero_shot as make_zero_shot
+
+    run_dir = out_dir or Path("runs") / f"{store.stem}-zeroshot"
+    with user_errors("no run was written; an earlier run in --out is unchanged"):
+        metrics = make_zero_shot(store, cfg, run_dir, None if weights is None else str(weights), force=force)
+    print_metrics({"test": metrics["test"]}, f"zero-shot on {metrics['backbone']}, {len(metrics['labels'])} "
+                  f"classes, {metrics['n_scored']} clips scored ({metrics['split']}) → {run_dir}")
 
 
 @app.command()

@@ -57,6 +57,9 @@ def _family_rows(prefix: str, pattern: str | None) -> list:
         return [BackboneRow(f"{prefix}:", None, "", [], prefix, None,
                             f"{library} is not installed: pip install -e \".[{extra}]\"")]
     module, _ = family_of(f"{prefix}:")
+    if not hasattr(module, "names"):  # the listing hooks are optional (pipeline/families/__init__.py)
+        return [BackboneRow(f"{prefix}:", None, "", [], prefix, None,
+                            f"lists no names here: pass --backbone {prefix}:NAME with any name {library} knows")]
     names = module.names(pattern)
     rows = []
     for model in names[:DESCRIBED]:
@@ -65,8 +68,8 @@ def _family_rows(prefix: str, pattern: str | None) -> list:
         except BackboneError as e:  # a name the library lists but framecache cannot use: say why, list the rest
             rows.append(BackboneRow(f"{prefix}:{model}", None, "", [], prefix, None, str(e)))
             continue
-        rows.append(BackboneRow(f"{prefix}:{model}", spec.dim, rows_kind(spec), [], prefix,
-                                module.weights_local(model)))
+        local = getattr(module, "weights_local", lambda _: None)(model)
+        rows.append(BackboneRow(f"{prefix}:{model}", spec.dim, rows_kind(spec), [], prefix, local))
     if len(names) > DESCRIBED:
         rows.append(BackboneRow(f"{prefix}:", None, "", [], prefix, None,
                                 f"and {len(names) - DESCRIBED} more names: narrow --filter"))

@@ -108,6 +108,20 @@ def write_split_clips(folder: Path, names: Sequence[str]) -> Path:
     return write_clips(folder, names, group=lambda i: f"g{i}", split=lambda i: "test" if i % 4 == 3 else "train")
 
 
+def write_smooth_clips(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Two lossless 96x128 clips of 4 smooth frames, v0 (a) and v1 (b): a resize or crop that differs between two
+    recipes shows in them. Returns the manifest, folder/m.csv, and the frames written by id."""
+    rows, written = [], {}
+    yy, xx = np.mgrid[0:96, 0:128]
+    for i in range(2):
+        frames = np.stack([np.stack([(xx * (2 + i + t)) % 256, (yy * 3 + 40 * t) % 256, (xx + yy + 17 * i) % 256],
+                                    axis=-1) for t in range(4)]).astype(np.uint8)  # (4, 96, 128, 3)
+        write_video(folder / f"v{i}.mkv", frames)
+        written[f"v{i}"] = frames
+        rows.append([f"v{i}.mkv", "ab"[i]])
+    return write_manifest(folder, rows), written
+
+
 def write_rotated(path: Path, frames: np.ndarray, degrees: int) -> Path:
     """A lossless clip whose stream carries a display matrix (what phones write) rotating it `degrees` CCW."""
     with av.open(str(path), "w") as container:

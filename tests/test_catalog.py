@@ -27,7 +27,11 @@ def test_backbones_lists_torchvision_and_timms_curated_names_with_dim_and_rows()
     assert by_name["resnet50"]["dim"] == 2048 and by_name["timm:convnext_tiny"]["dim"] == 768
     assert by_name["timm:vit_small_patch14_dinov2"]["rows"] == "image"
     assert isinstance(by_name["timm:convnext_tiny"]["local"], bool)
-    assert "--filter" in rows[-1]["note"] and rows[-1]["dim"] is None  # the curated few say how to search
+    timm_note = [r for r in rows if r["family"] == "timm"][-1]
+    assert "--filter" in timm_note["note"] and timm_note["dim"] is None  # the curated few say how to search
+    for family in FAMILIES:  # every family has its rows, or one line saying why it has none
+        mine = [r for r in rows if r["family"] == family]
+        assert mine and (any(r["dim"] for r in mine) or len(mine) == 1 and mine[0]["note"]), (family, mine)
 
 
 def test_a_filter_lists_the_librarys_matching_names_and_counts_what_it_leaves_out(monkeypatch):

@@ -7,6 +7,7 @@ rich's `escape`): rich would read "[b]" in a label as a tag and drop it, and rai
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +18,21 @@ from rich.table import Table
 
 out = Console()
 err = Console(stderr=True)
+
+
+class NoteHandler(logging.Handler):
+    """What the library says on the `framecache` logger (a header rebuilt from its shards): one line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]note:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
+def show_library_notes() -> None:
+    """Route the library's notes to stderr (once per process; the library itself never prints)."""
+    log = logging.getLogger("framecache")
+    if not any(isinstance(h, NoteHandler) for h in log.handlers):
+        log.addHandler(NoteHandler(logging.WARNING))
+        log.propagate = False
 
 
 def _no_signal() -> None:
