@@ -100,7 +100,8 @@ def int8_pays_back(backbone: str, units: int) -> bool:
     return units * (1 / max(m.eager, m.compiled) - 1 / m.int8) > m.int8_s
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """This CPU's flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -110,6 +111,16 @@ def _cpu_flags() -> set[str]:
 
 
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # the instructions oneDNN's int8 convolutions are fast with
+CPU_KINDS = ("amx", "avx512_bf16", "plain")  # matrix unit (AMX tiles), bf16 dot products in AVX-512, or neither
+
+
+def cpu_kind(flags: set[str] | None = None) -> str:
+    """Which of CPU_KINDS this CPU is (`flags`: its /proc/cpuinfo flags, read when None): what the measured tables
+    (CPU_SPEED, pipeline.decoder_choice.DECODE_SPEED) are kept per, since oneDNN picks other kernels on each."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags and "amx_tile" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "plain"
 
 
 def _compiler() -> str:
@@ -139,7 +150,7 @@ def check_int8(device: torch.device, name: str, quantized: bool, video: bool, fl
         raise AccelError(f"{name} is already an int8 model: drop --precision int8")
     if video:
         raise AccelError(f"--precision int8 is measured for image backbones only, not {name}: use --precision auto")
-    flags = _cpu_flags() if flags is None else flags
+    flags = cpu_flags() if flags is None else flags
     if flags and not flags & set(INT8_FLAGS):
         raise AccelError(f"this CPU has no int8 dot-product instructions ({', '.join(INT8_FLAGS)}), so int8 would be "
                          "slower than bf16/fp32: use --precision auto")

@@ -31,7 +31,9 @@ from featstore.writer import claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import (REGISTRY, Backbone, BackboneError, BackboneSpec, BackboneWeights, Preprocess,
                                 available_backbones, build_backbone, get_spec, preprocess_for, weights_for)
-from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.decode import (CROPS, DECODERS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling,
+                             set_decoder_threads)
+from pipeline.decoder_choice import decoder_for
 from pipeline.device import EXTRACT_PRECISIONS, resolve_device
 from pipeline.embed import Embedder
 from pipeline.speed import Speed, speed_for
@@ -60,6 +62,9 @@ class ExtractConfig:
     resize_engine: str = setting("auto", "Who resizes frames: exact (the weights' own recipe), swscale (in the "
                                  "decoder), swscale-yuv (fastest, least exact); auto: a resumed store's own, else "
                                  "the default (docs/extract.md).", choices=("auto", *RESIZE_ENGINES))
+    decoder: str = setting("auto", "Who decodes: pyav, torchcodec (CPU), torchcodec-cuda (NVDEC); auto: a resumed "
+                           "store's own, else torchcodec where installed and measured faster here, else pyav "
+                           "(docs/decoders.md).", choices=("auto", *DECODERS))
     seek: str = setting("auto", "Frame sampling: seek to keyframes instead of decoding every frame (auto: where "
                         "that saves half the decoding; same frames either way).", choices=SEEK_MODES)
     # units per forward pass, across videos; None: the device's (batch_size_for)
@@ -155,6 +160,7 @@ class ExtractResult:
     batch_size: int = 0           # units per forward pass this run used
     setup_s: float = 0.0          # one-time compile / int8 calibration seconds, inside `seconds`
     meta_changed: list[MetaChange] = field(default_factory=list)  # items whose manifest label/group/split differ
+    notes: list[str] = field(default_factory=list)  # one-line notes for the user (--decoder auto's fallback)
 
     @property
     def frames_per_s(self) -> float:
@@ -171,6 +177,7 @@ class Resolved:
     device: torch.device
     speed: Speed                      # precision, compiled or not, batch size
     store: StoreConfig                # what the store records
+    note: str | None = None           # why --decoder auto fell back to pyav, where it did (one line, shown)
 
 
 def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> Resolved:
@@ -179,10 +186,11 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     accel's tables (and the run's size, read from a few headers where a choice needs it)."""
     chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
     engine = resize_engine_for(cfg.resize_engine, chosen.is_video, store)
-    geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine)
     device = resolve_device(cfg.device, chosen.name, chosen.cpu_only)
+    decoder = decoder_for(cfg.decoder, engine, device, store)
+    geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine, decoder.name)
     speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling)
-    return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed))
+    return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed), decoder.note)
 
 
 def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry, device: torch.device,
@@ -202,6 +210,7 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         clips=s.clips if clip else None, size=geometry.size, crop=geometry.crop,
         # None is the exact recipe, as in the stores made before engines existed (their fingerprint stays the same)
         resize_engine=None if geometry.engine == "exact" else geometry.engine,
+        decoder=None if geometry.decoder == "pyav" else geometry.decoder,  # None: PyAV, as every older store
         resize=list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         mean=list(pre.mean), std=list(pre.std), dtype=cfg.dtype, dim=chosen.dim, subset=cfg.subset, autorotate=True,
         device=str(device), precision=speed.precision,
@@ -226,12 +235,13 @@ def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = No
     return asked
 
 
-def geometry_of(preprocess: Preprocess, size: int | None, crop: str, engine: str) -> Geometry:
+def geometry_of(preprocess: Preprocess, size: int | None, crop: str, engine: str, decoder: str = "pyav") -> Geometry:
     """How frames become model input: the weights' preprocessing, at `size` when set (the resize scaled in the same
     ratio), cut by `crop`, resized by `engine`. Extract, finetune and the bench scripts make theirs here; a store's
     is read back by store_geometry."""
     pre = preprocess if size is None else preprocess.scaled(size)
-    return Geometry(size=pre.crop, resize=pre.resize, crop=crop, resample=pre.resample, engine=engine)
+    return Geometry(size=pre.crop, resize=pre.resize, crop=crop, resample=pre.resample, engine=engine,
+                    decoder=decoder)
 
 
 def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
@@ -239,7 +249,9 @@ def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geomet
     building the model), as a new store would get it."""
     preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
     is_video = backbone.is_video if backbone is not None else isinstance(cfg.sampling, ClipSampling)
-    return geometry_of(preprocess, cfg.size, cfg.crop, resize_engine_for(cfg.resize_engine, is_video))
+    engine = resize_engine_for(cfg.resize_engine, is_video)
+    decoder = decoder_for(cfg.decoder, engine, resolve_device(cfg.device))
+    return geometry_of(preprocess, cfg.size, cfg.crop, engine, decoder.name)
 
 
 def store_geometry(config: StoreConfig) -> Geometry:
@@ -247,7 +259,7 @@ def store_geometry(config: StoreConfig) -> Geometry:
     by the architecture's recipe (PIL for image presets, torch for video ones: the same for all its weights)."""
     g = config.geometry()
     return Geometry(size=g.size, resize=g.resize, crop=g.crop, resample=preprocess_for(config.backbone).resample,
-                    engine=g.engine)
+                    engine=g.engine, decoder=config.decoder or "pyav")
 
 
 class _Writer(threading.Thread):
@@ -359,7 +371,8 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
                          lock=lock, flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
     result = ExtractResult(str(store_path), skipped=skipped, device=str(run.device), precision=run.speed.precision,
                            unit="clips" if run.backbone.is_video else "frames", meta_changed=meta_changed,
-                           compiled=run.speed.compiled, batch_size=run.speed.batch_size)
+                           compiled=run.speed.compiled, batch_size=run.speed.batch_size,
+                           notes=[run.note] if run.note else [])
     _embed_into(writer, backbone, run, items, todo, units, cfg, result, on_progress)
     return result
 
@@ -507,7 +520,7 @@ def config_from_store(config: StoreConfig, device: str = "auto", workers: int | 
         sampling = Sampling(every=c.every, frames=c.frames, fps=c.fps, max_frames=c.max_frames)
     return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
                          crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype,
-                         layer=c.layer)
+                         decoder=c.decoder or "pyav", layer=c.layer)
 
 
 def store_weights(config: StoreConfig) -> str:
