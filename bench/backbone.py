@@ -12,7 +12,8 @@ say less about real features. Inductor's cache goes to a fresh directory per run
 Results merge into --out keyed by backbone/variant/batch, so a table is built over several short runs:
 
     flock /tmp/framecache-bench.lock python bench/backbone.py --backbones resnet18 --variants eager compiled
-    python bench/backbone.py --table      # the CPU_SPEED lines for pipeline/accel.py, from --out
+    python bench/backbone.py --table      # the CPU_TABLES lines for pipeline/accel.py, from --out
+    python bench/backbone.py --out bench/results/backbone_amx.json ...   # one file per CPU kind (cpu_kind)
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
-from pipeline import (Embedder, ExtractConfig, decode_video, geometry_for, load_backbone,  # noqa: E402
-                      load_source, sampling_for)
+from pipeline import (Embedder, ExtractConfig, cpu_flags, cpu_kind, cpu_model, decode_video, geometry_for,  # noqa: E402
+                      load_backbone, load_source, sampling_for)
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = {"mobilenet_v2": str(SHARED / "weights" / "mobilenet_v2_float_dequantized.pth")}
@@ -189,6 +190,8 @@ def main() -> None:
     if not rows:
         return
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": os.cpu_count(),
+            "cpu_model": cpu_model(), "cpu_kind": cpu_kind(),  # the table is kept per kind (pipeline/accel.py)
+            "flags": sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512", "avx_vnni", "avx2"))),
             "weights": {n: WEIGHTS.get(n, "none (random init, seed 0)") for n in args.backbones},
             "calibration_frames": args.calib, "eval_frames": args.eval, "size": "weights' own (224)"}
     merge(args.out, rows, meta)

@@ -21,16 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featstore.atomic import write_text_atomic  # noqa: E402
-from pipeline import (FrameStream, Geometry, Sampling, cpu_flags, cpu_kind, decoder_unavailable,  # noqa: E402
-                      load_source, set_decoder_threads)
+from pipeline import (FrameStream, Geometry, Sampling, cpu_flags, cpu_kind, cpu_model,  # noqa: E402
+                      decoder_unavailable, load_source, set_decoder_threads)
 
 
 def machine() -> dict:
     """The CPU model and the flags the tables are kept per (pipeline.accel.cpu_kind)."""
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), "unknown")
     flags = sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512", "avx_vnni", "avx2")))
-    return {"cpu_model": model, "cpu_kind": cpu_kind(), "flags": flags}
+    return {"cpu_model": cpu_model(), "cpu_kind": cpu_kind(), "flags": flags}
 
 
 def pyav_raw(path: str) -> int:

@@ -13,7 +13,7 @@ from featstore.lazy import lazy_exports
 
 _EXPORTS = {
     "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "Measured", "compile_model", "compile_pays_back",
-                       "cpu_flags", "cpu_kind", "default_batch", "quantize_int8"),
+                       "cpu_flags", "cpu_kind", "cpu_model", "default_batch", "quantize_int8"),
     "pipeline.backbones": ("FAMILIES", "REGISTRY", "Backbone", "BackboneError", "BackboneWeights", "Preprocess",
                            "available_backbones", "build_backbone", "family_of", "get_spec", "layers_of",
                            "load_backbone", "preprocess_for", "weights_for"),

@@ -110,6 +110,15 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+def cpu_model() -> str:
+    """This CPU's model name as /proc/cpuinfo gives it ("unknown" where it cannot be read)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+
+
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # the instructions oneDNN's int8 convolutions are fast with
 CPU_KINDS = ("amx", "avx512_bf16", "plain")  # matrix unit (AMX tiles), bf16 dot products in AVX-512, or neither
 
