@@ -2,6 +2,7 @@
 indices, timestamps, counts and rotation on CFR, VFR, B-frame and damaged clips, and pixels within the difference of
 two colour converters. Skipped where torchcodec or FFmpeg's shared libraries are missing (the reason is shown)."""
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from featstore import open_store
 from pipeline.decode import ClipSampling, ClipStream, Geometry, Sampling, SamplingError, decode_video
 from pipeline.decode.torchcodec_frames import decoder_unavailable
 from pipeline.decoder_choice import DecoderError
-from pipeline.extract import config_from_store, extract
+from pipeline.extract import ExtractConfig, config_from_store, extract
 from pipeline.sources import load_source
 
 if why := decoder_unavailable("torchcodec"):
@@ -109,3 +110,25 @@ def test_pyav_adds_no_key_so_older_stores_keep_their_fingerprint(tmp_path):
         extract(items, tmp_path / "pyav", tiny_config(decoder="torchcodec"))
     extract(items, tmp_path / "tc", tiny_config(decoder="torchcodec", limit=1))
     assert open_store(tmp_path / "tc").fingerprint != open_store(tmp_path / "pyav").fingerprint
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REAL_CLIPS = SHARED / "data" / "ucf101_subset20" / "manifest.csv"
+REAL_WEIGHTS = SHARED / "weights" / "mobilenet_v2_float_dequantized.pth"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_CLIPS.exists() and REAL_WEIGHTS.exists()), reason="../shared not present")
+def test_features_of_real_clips_with_real_weights_agree_across_decoders(tmp_path):
+    items = load_source(REAL_CLIPS)[::24]  # 6 clips over as many classes
+    stores = {}
+    for decoder in ("pyav", "torchcodec"):
+        cfg = ExtractConfig(backbone="mobilenet_v2", weights=str(REAL_WEIGHTS), sampling=Sampling(every=10),
+                            precision="fp32", dtype="float32", workers=0, decoder=decoder)
+        extract(items, tmp_path / decoder, cfg)
+        stores[decoder] = open_store(tmp_path / decoder)
+    for item in items:
+        a, b = (np.asarray(stores[d].features(item.id), dtype=np.float64) for d in ("pyav", "torchcodec"))
+        assert stores["pyav"].frame_index(item.id).tolist() == stores["torchcodec"].frame_index(item.id).tolist()
+        cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cosine.min() >= 0.999, (item.id, cosine.min())
