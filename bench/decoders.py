@@ -37,7 +37,7 @@ def pyav_raw(path: str) -> int:
     with av.open(path) as c:
         stream = c.streams.video[0]
         stream.codec_context.thread_count = 1
-        return sum(1 for i, f in enumerate(c.decode(stream)) if i % 10 == 0 and f.to_ndarray(format="rgb24") is not None)
+        return sum(f.to_ndarray(format="rgb24") is not None for i, f in enumerate(c.decode(stream)) if i % 10 == 0)
 
 
 def torchcodec_raw(path: str) -> int:

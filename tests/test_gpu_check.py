@@ -31,6 +31,7 @@ def test_gpu_check_plan_measures_every_backbone_and_decoder_with_8_workers_first
 
     runs = plan([4, 8, 15])
     first = runs[:len(BACKBONES) * (1 + 2 * len(DECODERS))]
-    assert {(b, d) for part, b, d, w in first if part == "E" and w == 8} == {(b, d) for b in BACKBONES for d in DECODERS}
+    eight = {(b, d) for part, b, d, w in first if part == "E" and w == 8}
+    assert eight == {(b, d) for b in BACKBONES for d in DECODERS}
     assert {w for part, *_, w in runs if part == "E"} == {4, 8, 15}
     assert len(runs) == len(set(runs))
