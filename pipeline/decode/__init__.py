@@ -25,5 +25,5 @@ from pipeline.decode.torchcodec_frames import DECODERS
 
 __all__ = ["CROPS", "DECODERS", "RESIZE_ENGINES", "SEEK_MODES", "WINDOW", "Clip", "ClipSampling", "ClipStream",
            "DecodeError", "DecodedVideo", "FrameStream", "FrameWindow", "Geometry", "Sampling", "SamplingError",
-           "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video", "quarter_turns", "sample_indices",
-           "set_decoder_threads", "uniform_starts"]
+           "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video", "quarter_turns",
+           "sample_indices", "set_decoder_threads", "uniform_starts"]
