@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -73,6 +74,10 @@ class ExtractConfig:
     workers: int | None = setting(None, "Decode processes (default: auto).", ge=0)  # auto: 1 on CPU, up to 8 on GPU
     # CPU cores this process may use; None = its affinity (launchers split nodes)
     cores: int | None = setting(None, cli=False)
+    # The split of the cores between the model and the decode workers (bench/split.py measures it): the model's torch
+    # threads (None: torch's default, one per core) and the niceness decode workers take (0: the model's own)
+    model_threads: int | None = setting(None, cli=False, ge=1)
+    decode_nice: int = setting(0, cli=False, ge=0, le=19)
     device: str = setting("auto", "auto, cpu, cuda, cuda:i.")
     precision: str = setting("auto", "auto: bf16 where supported, else fp16 (GPU) / fp32; int8: CPU, calibrated on "
                              "the source.", choices=EXTRACT_PRECISIONS)  # autocast dtype, or int8 (CPU, PT2E)
@@ -384,16 +389,29 @@ def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: l
     thread.start()
     start = time.perf_counter()
     try:
-        embed = Embedder(backbone, run.device, run.speed.precision, run.speed.compiled, run.speed.batch_size)
-        if embed.needs_calibration and todo:
-            embed.calibrate(calibration_units(items, cfg, run.geometry, run.device))
-        _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
+        with _model_threads(cfg.model_threads):
+            embed = Embedder(backbone, run.device, run.speed.precision, run.speed.compiled, run.speed.batch_size)
+            if embed.needs_calibration and todo:
+                embed.calibrate(calibration_units(items, cfg, run.geometry, run.device))
+            _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         try:
             units.close()  # within seconds, whatever the decode workers are doing
         finally:
             thread.finish()  # on Ctrl-C too: every finished video is saved
+
+
+@contextmanager
+def _model_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the run (None: left as they are), then given back."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _auto_workers(device: torch.device, cores: int | None = None) -> int:
@@ -404,11 +422,11 @@ def _auto_workers(device: torch.device, cores: int | None = None) -> int:
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DecodeWorkers:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
     workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
+    init = partial(_init_decode_worker, nice=cfg.decode_nice) if workers else None
     return DecodeWorkers(DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
                                     num_workers=workers, prefetch_factor=2 if workers else None,
                                     pin_memory=device.type == "cuda", persistent_workers=False,
-                                    worker_init_fn=_init_decode_worker if workers else None,
-                                    timeout=POLL_S if workers else 0))
+                                    worker_init_fn=init, timeout=POLL_S if workers else 0))
 
 
 def _run(todo: list[Item], units: DecodeWorkers, batch_size: int, embed: Embedder,
@@ -471,10 +489,13 @@ def calibrated(steps: Iterator[Batch | Done], embed: Embedder) -> Iterator[Batch
     yield from steps
 
 
-def _init_decode_worker(_: int) -> None:
-    # A decode worker runs no model: one decoder thread and one torch thread each, the rest for inference.
+def _init_decode_worker(_: int, nice: int = 0) -> None:
+    # A decode worker runs no model: one decoder thread and one torch thread each, the rest for inference; `nice`
+    # lets the model's threads keep their cores while the worker fills the gaps (ExtractConfig.decode_nice).
     set_decoder_threads(1)
     torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)
     # Stopping is the main process's job: it saves the finished videos, then shuts the workers down. Ctrl-C reaches
     # the whole process group, so a worker ignores it (no traceback of its own); SIGTERM (DataLoader's own shutdown,
     # or Slurm/systemd signalling every process) ends a worker quietly, with a status the main process does not
