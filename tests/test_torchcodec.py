@@ -132,3 +132,16 @@ def test_features_of_real_clips_with_real_weights_agree_across_decoders(tmp_path
         assert stores["pyav"].frame_index(item.id).tolist() == stores["torchcodec"].frame_index(item.id).tolist()
         cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cosine.min() >= 0.999, (item.id, cosine.min())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(decoder_unavailable("torchcodec-cuda") is not None, reason="no CUDA device for NVDEC")
+def test_nvdec_samples_the_frames_pyav_samples(tmp_path):
+    path = write_video(tmp_path / "yuv.mkv", index_frames(30, 48, 64), fps=25, codec="libx264")  # 4:2:0: NVDEC's
+    sampling = Sampling(every=7)
+    want = decode_video(path, sampling, PYAV)
+    got = decode_video(path, sampling, replace(PYAV, decoder="torchcodec-cuda"))
+    assert got.frame_index.tolist() == want.frame_index.tolist()
+    np.testing.assert_array_equal(got.time_s, want.time_s)
+    assert read_indices(got.frames).tolist() == read_indices(want.frames).tolist()
+    assert np.abs(got.frames.astype(int) - want.frames.astype(int)).mean() < 3  # another YUV->RGB conversion
