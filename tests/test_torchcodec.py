@@ -145,3 +145,17 @@ def test_nvdec_samples_the_frames_pyav_samples(tmp_path):
     np.testing.assert_array_equal(got.time_s, want.time_s)
     assert read_indices(got.frames).tolist() == read_indices(want.frames).tolist()
     assert np.abs(got.frames.astype(int) - want.frames.astype(int)).mean() < 3  # another YUV->RGB conversion
+
+
+def test_auto_picks_torchcodec_only_where_measured_faster_and_the_engine_allows(monkeypatch):
+    import torch
+
+    from pipeline.accel import cpu_kind
+    from pipeline.decoder_choice import DECODE_SPEED, DecodeMeasured, decoder_for
+
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(DECODE_SPEED, cpu_kind(), DecodeMeasured(pyav=100.0, torchcodec=200.0))
+    assert decoder_for("auto", "exact", cpu).name == "torchcodec"
+    assert decoder_for("auto", "swscale", cpu).name == "pyav"  # the swscale engines resize inside PyAV
+    monkeypatch.setitem(DECODE_SPEED, cpu_kind(), DecodeMeasured(pyav=100.0, torchcodec=105.0))
+    assert decoder_for("auto", "exact", cpu).name == "pyav"  # within the noise
