@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-fast demo install bench clean docs
+.PHONY: test test-fast demo install ffmpeg-libs bench clean docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -11,10 +11,19 @@ $(BIN)/python:
 # The stamp re-installs when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,ray,explain,int8]"
+	$(BIN)/pip install -q -e ".[dev,ray,explain,int8,torchcodec]"
 	touch $@
 
-install: $(VENV)/.installed
+# torchcodec (--decoder torchcodec) loads FFmpeg's shared libraries, which pip cannot bring: Debian's, where this
+# runs as root with apt-get; elsewhere one line says so, and torchcodec's tests skip with the reason.
+ffmpeg-libs:
+	@if { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libavcodec\.so\.'; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null) || \
+	  echo "note: apt-get could not install ffmpeg: --decoder torchcodec stays off (its tests skip)"; \
+	else echo "note: FFmpeg's shared libraries are missing (not root with apt-get): --decoder torchcodec stays off; sudo apt-get install ffmpeg brings them"; fi
+
+install: $(VENV)/.installed ffmpeg-libs
 
 test: install
 	$(BIN)/python -m pytest -q

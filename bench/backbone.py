@@ -14,9 +14,10 @@ say less about real features. Inductor's cache goes to a fresh directory per run
 Results merge into --out keyed by backbone/variant/batch, so a table is built over several short runs:
 
     flock /tmp/framecache-bench.lock python bench/backbone.py --backbones resnet18 --variants eager compiled
-    python bench/backbone.py --table      # the CPU_SPEED lines for pipeline/accel.py, from --out
+    python bench/backbone.py --table      # the CPU_TABLES lines for pipeline/accel.py, from --out
+    python bench/backbone.py --out bench/results/backbone_amx.json ...   # one file per CPU kind (cpu_kind)
 
-The meta records the CPU model, its lscpu flags and the load average before and after: on a shared machine
+The meta records the CPU model, its kind, its lscpu flags and the load average before and after: on a shared machine
 absolute images/s are noisy, and what carries over is the ratio between backbones measured in one run.
 """
 from __future__ import annotations
@@ -38,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
-from pipeline import (Embedder, ExtractConfig, decode_video, geometry_for, load_backbone,  # noqa: E402
-                      load_source, sampling_for)
+from pipeline import (Embedder, ExtractConfig, cpu_flags, cpu_kind, cpu_model, decode_video, geometry_for,  # noqa: E402
+                      load_backbone, load_source, sampling_for)
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = {"mobilenet_v2": str(SHARED / "weights" / "mobilenet_v2_float_dequantized.pth")}
@@ -127,18 +128,6 @@ def calibration_noise(backbone, calib: torch.Tensor, evaluation: torch.Tensor, b
     return row
 
 
-def cpu_info() -> dict:
-    """The CPU model and its flags as lscpu reports them (beside every figure: bf16/int8 speed depends on them)."""
-    import subprocess
-
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {"cpu_model": fields.get("Model name", "").strip(), "lscpu_flags": fields.get("Flags", "").strip()}
-
-
 def merge(out: Path, rows: list[dict], meta: dict) -> None:
     old = json.loads(out.read_text()) if out.exists() else {"rows": []}
     keys = {(r["backbone"], r["variant"], r["batch"]) for r in rows}
@@ -212,8 +201,9 @@ def main() -> None:
                 torch._dynamo.reset()  # each compiled variant starts from nothing, as a new process would
     if not rows:
         return
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": os.cpu_count(), **cpu_info(),
-            "loadavg_before_after": [load_before, os.getloadavg()],
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": os.cpu_count(),
+            "cpu_model": cpu_model(), "cpu_kind": cpu_kind(),  # the table is kept per kind (pipeline/accel.py)
+            "lscpu_flags": sorted(cpu_flags()), "loadavg_before_after": [load_before, os.getloadavg()],
             "weights": {n: WEIGHTS.get(n, "none (random init, seed 0)") for n in args.backbones},
             "calibration_frames": args.calib, "eval_frames": args.eval, "size": "weights' own (224)"}
     merge(args.out, rows, meta)

@@ -19,7 +19,7 @@ FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames
                     "size", "resize", "crop", "mean", "std", "dtype")
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
 OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine", "recipe", "layer",
-                 "token_pool")
+                 "token_pool", "decoder")
 # Fingerprinted by format-1 stores, but a property of the file layout, not of the features in it.
 LAYOUT_KEYS = frozenset({"format"})
 # How `cli.py pool` reduces a video's rows to one, and the keys a pooled store records (and fingerprints) beside its
@@ -58,6 +58,7 @@ class StoreConfig:
     crop: str | None = None
     resize: int | list[int] | None = None
     resize_engine: str | None = None    # None: the exact recipe (stores made before engines existed have no key)
+    decoder: str | None = None          # None: PyAV (stores made before --decoder existed have no key)
     mean: list[float] | None = None
     std: list[float] | None = None
     dtype: str | None = None            # storage dtype of features

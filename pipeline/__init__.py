@@ -12,14 +12,16 @@ from __future__ import annotations
 from featstore.lazy import lazy_exports
 
 _EXPORTS = {
-    "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "Measured", "compile_model", "compile_pays_back",
-                       "default_batch", "quantize_int8"),
+    "pipeline.accel": ("AccelError", "COMPILE_MODES", "CPU_SPEED", "CPU_TABLES", "Measured", "compile_model",
+                       "compile_pays_back", "cpu_flags", "cpu_kind", "cpu_model", "default_batch", "quantize_int8"),
     "pipeline.backbones": ("FAMILIES", "REGISTRY", "Backbone", "BackboneError", "BackboneWeights", "Preprocess",
                            "available_backbones", "build_backbone", "family_of", "get_spec", "layers_of",
                            "load_backbone", "preprocess_for", "weights_for"),
-    "pipeline.decode": ("RESIZE_ENGINES", "Clip", "ClipSampling", "ClipStream", "DecodedVideo", "DecodeError",
-                        "FrameStream", "FrameWindow", "Geometry", "Sampling", "VideoInfo", "clip_count", "decode_image",
-                        "decode_video", "SEEK_MODES"),
+    "pipeline.decode": ("DECODERS", "RESIZE_ENGINES", "Clip", "ClipSampling", "ClipStream", "DecodedVideo",
+                        "DecodeError", "FrameStream", "FrameWindow", "Geometry", "Sampling", "VideoInfo", "clip_count",
+                        "decode_image", "decode_video", "SEEK_MODES", "set_decoder_threads"),
+    "pipeline.decode.torchcodec_frames": ("decoder_unavailable",),
+    "pipeline.decoder_choice": ("DECODE_SPEED", "DecoderError", "decoder_for"),
     "pipeline.device": ("EXTRACT_PRECISIONS", "PRECISIONS", "DeviceError", "resolve_device", "resolve_precision"),
     "pipeline.embed": ("Embedder",),
     "pipeline.extract": ("ExtractConfig", "ExtractResult", "Resolved", "config_from_store", "decode_loader",

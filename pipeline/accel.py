@@ -31,10 +31,42 @@ class AccelError(FramecacheError, ValueError):
     """A --precision int8 / --compile request this machine or backbone cannot honour; the message says what to do."""
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def cpu_model() -> str:
+    """This CPU's model name as /proc/cpuinfo gives it ("unknown" where it cannot be read)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+
+
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # the instructions oneDNN's int8 convolutions are fast with
+CPU_KINDS = ("amx", "avx512_bf16", "plain")  # matrix unit (AMX tiles), bf16 dot products in AVX-512, or neither
+
+
+def cpu_kind(flags: set[str] | None = None) -> str:
+    """Which of CPU_KINDS this CPU is (`flags`: its /proc/cpuinfo flags, read when None): what the measured tables
+    (CPU_SPEED, pipeline.decoder_choice.DECODE_SPEED) are kept per, since oneDNN picks other kernels on each."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags and "amx_tile" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "plain"
+
+
 @dataclass(frozen=True)
 class Measured:
-    """bench/backbone.py on the reference CPU (2 Zen4 cores, AVX512-VNNI/BF16, torch 2.14, 224 px): the best batch
-    and its images/s for each variant, the one-time cost of compiling, and the cosine to fp32 on real frames."""
+    """bench/backbone.py on one kind of CPU (2 cores, torch 2.14, 224 px): the best batch and its images/s for each
+    variant, the one-time cost of compiling, and the cosine to fp32 on real frames."""
     batch: int            # best eager bf16 batch
     eager: float          # images/s, eager bf16 channels_last at `batch`
     compiled: float       # images/s, torch.compile bf16 at `compiled_batch`
@@ -48,19 +80,26 @@ class Measured:
     trusted: bool         # cosines measured with real (ImageNet) weights; the random-init ones say less
 
 
-# From bench/results/backbone.json (`python bench/backbone.py --table` prints these lines). Costs are the coldest
-# seen (an empty inductor cache); later runs on the same machine reuse the cache and pay less.
-CPU_SPEED: dict[str, Measured] = {
-    "mobilenet_v2": Measured(batch=8, eager=170.8, compiled=278.3, compiled_batch=8, compile_s=26.38,
-                             compile_cosine=0.99912, int8=393.9, int8_batch=16, int8_s=38.18, int8_cosine=0.99339,
-                             trusted=True),
-    "resnet18": Measured(batch=16, eager=81.7, compiled=100.4, compiled_batch=32, compile_s=21.55,
-                         compile_cosine=0.99999, int8=179.6, int8_batch=8, int8_s=33.01, int8_cosine=0.99986,
-                         trusted=False),
-    "resnet50": Measured(batch=8, eager=33.9, compiled=43.2, compiled_batch=16, compile_s=23.8,
-                         compile_cosine=0.99999, int8=75.9, int8_batch=8, int8_s=75.06, int8_cosine=0.99979,
-                         trusted=False),
+# Per CPU kind (cpu_kind: oneDNN runs other kernels with AMX tiles than with AVX512-BF16), each from its own
+# bench/results/backbone*.json (`python bench/backbone.py --out FILE --table` prints the lines). Costs are the
+# coldest seen (an empty inductor cache); later runs on the same machine reuse the cache and pay less.
+CPU_TABLES: dict[str, dict[str, Measured]] = {
+    # bench/results/backbone.json: 2 Zen4 cores (AVX512-BF16/VNNI, no AMX)
+    "avx512_bf16": {
+        "mobilenet_v2": Measured(batch=8, eager=170.8, compiled=278.3, compiled_batch=8, compile_s=26.38,
+                                 compile_cosine=0.99912, int8=393.9, int8_batch=16, int8_s=38.18, int8_cosine=0.99339,
+                                 trusted=True),
+        "resnet18": Measured(batch=16, eager=81.7, compiled=100.4, compiled_batch=32, compile_s=21.55,
+                             compile_cosine=0.99999, int8=179.6, int8_batch=8, int8_s=33.01, int8_cosine=0.99986,
+                             trusted=False),
+        "resnet50": Measured(batch=8, eager=33.9, compiled=43.2, compiled_batch=16, compile_s=23.8,
+                             compile_cosine=0.99999, int8=75.9, int8_batch=8, int8_s=75.06, int8_cosine=0.99979,
+                             trusted=False),
+    },
 }
+# The table `auto` reads on this machine: its kind's, else the AVX512-BF16 one (the only one measured before kinds
+# were told apart) until bench/backbone.py has measured this kind.
+CPU_SPEED: dict[str, Measured] = CPU_TABLES.get(cpu_kind(), CPU_TABLES["avx512_bf16"])
 
 # Family backbones, measured eager bf16 only, beside resnet50 in the same run (bench/results/
 # backbone_families.json). That run's machine was shared (load 17-25 on 2 cores): every model, resnet50 included,
@@ -115,18 +154,6 @@ def int8_pays_back(backbone: str, units: int) -> bool:
     return units * (1 / max(m.eager, m.compiled) - 1 / m.int8) > m.int8_s
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
-
-
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # the instructions oneDNN's int8 convolutions are fast with
-
-
 def _compiler() -> str:
     return os.environ.get("CXX", "g++")
 
@@ -154,7 +181,7 @@ def check_int8(device: torch.device, name: str, quantized: bool, video: bool, fl
         raise AccelError(f"{name} is already an int8 model: drop --precision int8")
     if video:
         raise AccelError(f"--precision int8 is measured for image backbones only, not {name}: use --precision auto")
-    flags = _cpu_flags() if flags is None else flags
+    flags = cpu_flags() if flags is None else flags
     if flags and not flags & set(INT8_FLAGS):
         raise AccelError(f"this CPU has no int8 dot-product instructions ({', '.join(INT8_FLAGS)}), so int8 would be "
                          "slower than bf16/fp32: use --precision auto")

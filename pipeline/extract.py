@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,7 +32,9 @@ from featstore.writer import claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
 from pipeline.backbones import (REGISTRY, TOKEN_POOLS, Backbone, BackboneError, BackboneSpec, BackboneWeights,
                                 Preprocess, available_backbones, build_backbone, get_spec, preprocess_for, weights_for)
-from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling, set_decoder_threads
+from pipeline.decode import (CROPS, DECODERS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling,
+                             set_decoder_threads)
+from pipeline.decoder_choice import decoder_for
 from pipeline.device import EXTRACT_PRECISIONS, resolve_device
 from pipeline.embed import Embedder
 from pipeline.speed import Speed, speed_for
@@ -60,6 +63,9 @@ class ExtractConfig:
     resize_engine: str = setting("auto", "Who resizes frames: exact (the weights' own recipe), swscale (in the "
                                  "decoder), swscale-yuv (fastest, least exact); auto: a resumed store's own, else "
                                  "the default (docs/extract.md).", choices=("auto", *RESIZE_ENGINES))
+    decoder: str = setting("auto", "Who decodes: pyav, torchcodec (CPU), torchcodec-cuda (NVDEC); auto: a resumed "
+                           "store's own, else torchcodec where installed and measured faster here, else pyav "
+                           "(docs/decoders.md).", choices=("auto", *DECODERS))
     seek: str = setting("auto", "Frame sampling: seek to keyframes instead of decoding every frame (auto: where "
                         "that saves half the decoding; same frames either way).", choices=SEEK_MODES)
     # units per forward pass, across videos; None: the device's (batch_size_for)
@@ -68,6 +74,10 @@ class ExtractConfig:
     workers: int | None = setting(None, "Decode processes (default: auto).", ge=0)  # auto: 1 on CPU, up to 8 on GPU
     # CPU cores this process may use; None = its affinity (launchers split nodes)
     cores: int | None = setting(None, cli=False)
+    # The split of the cores between the model and the decode workers (bench/split.py measures it): the model's torch
+    # threads (None: torch's default, one per core) and the niceness decode workers take (0: the model's own)
+    model_threads: int | None = setting(None, cli=False, ge=1)
+    decode_nice: int = setting(0, cli=False, ge=0, le=19)
     device: str = setting("auto", "auto, cpu, cuda, cuda:i.")
     precision: str = setting("auto", "auto: bf16 where supported, else fp16 (GPU) / fp32; int8: CPU, calibrated on "
                              "the source.", choices=EXTRACT_PRECISIONS)  # autocast dtype, or int8 (CPU, PT2E)
@@ -159,6 +169,7 @@ class ExtractResult:
     batch_size: int = 0           # units per forward pass this run used
     setup_s: float = 0.0          # one-time compile / int8 calibration seconds, inside `seconds`
     meta_changed: list[MetaChange] = field(default_factory=list)  # items whose manifest label/group/split differ
+    notes: list[str] = field(default_factory=list)  # one-line notes for the user (--decoder auto's fallback)
 
     @property
     def frames_per_s(self) -> float:
@@ -175,6 +186,7 @@ class Resolved:
     device: torch.device
     speed: Speed                      # precision, compiled or not, batch size
     store: StoreConfig                # what the store records
+    note: str | None = None           # why --decoder auto fell back to pyav, where it did (one line, shown)
 
 
 def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> Resolved:
@@ -183,10 +195,11 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     accel's tables (and the run's size, read from a few headers where a choice needs it)."""
     chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer, cfg.token_pool)
     engine = resize_engine_for(cfg.resize_engine, chosen.is_video, store)
-    geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine)
     device = resolve_device(cfg.device, chosen.name, chosen.cpu_only)
+    decoder = decoder_for(cfg.decoder, engine, device, store)
+    geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine, decoder.name)
     speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling)
-    return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed))
+    return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed), decoder.note)
 
 
 def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry, device: torch.device,
@@ -206,6 +219,7 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         clips=s.clips if clip else None, size=geometry.size, crop=geometry.crop,
         # None is the exact recipe, as in the stores made before engines existed (their fingerprint stays the same)
         resize_engine=None if geometry.engine == "exact" else geometry.engine,
+        decoder=None if geometry.decoder == "pyav" else geometry.decoder,  # None: PyAV, as every older store
         resize=list(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize,  # as JSON reads it
         mean=list(pre.mean), std=list(pre.std), dtype=cfg.dtype, dim=chosen.dim, subset=cfg.subset, autorotate=True,
         device=str(device), precision=speed.precision,
@@ -231,13 +245,13 @@ def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = No
     return asked
 
 
-def geometry_of(preprocess: Preprocess, size: int | None, crop: str, engine: str) -> Geometry:
+def geometry_of(preprocess: Preprocess, size: int | None, crop: str, engine: str, decoder: str = "pyav") -> Geometry:
     """How frames become model input: the weights' preprocessing, at `size` when set (the resize scaled in the same
     ratio), cut by `crop`, resized by `engine`. Extract, finetune and the bench scripts make theirs here; a store's
     is read back by store_geometry."""
     pre = preprocess if size is None else preprocess.scaled(size)
     return Geometry(size=pre.crop, resize=pre.resize, crop=crop, resample=pre.resample, engine=engine,
-                    crop_floor=pre.crop_floor)
+                    crop_floor=pre.crop_floor, decoder=decoder)
 
 
 def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
@@ -245,7 +259,9 @@ def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geomet
     building the model), as a new store would get it."""
     preprocess = backbone.preprocess if backbone is not None else preprocess_for(cfg.backbone, cfg.weights)
     is_video = backbone.is_video if backbone is not None else isinstance(cfg.sampling, ClipSampling)
-    return geometry_of(preprocess, cfg.size, cfg.crop, resize_engine_for(cfg.resize_engine, is_video))
+    engine = resize_engine_for(cfg.resize_engine, is_video)
+    decoder = decoder_for(cfg.decoder, engine, resolve_device(cfg.device))
+    return geometry_of(preprocess, cfg.size, cfg.crop, engine, decoder.name)
 
 
 def store_geometry(config: StoreConfig) -> Geometry:
@@ -253,7 +269,7 @@ def store_geometry(config: StoreConfig) -> Geometry:
     by the architecture's recipe (PIL for image presets, torch for video ones: the same for all its weights)."""
     g, pre = config.geometry(), preprocess_for(config.backbone)
     return Geometry(size=g.size, resize=g.resize, crop=g.crop, resample=pre.resample, engine=g.engine,
-                    crop_floor=pre.crop_floor)
+                    crop_floor=pre.crop_floor, decoder=config.decoder or "pyav")
 
 
 class _Writer(threading.Thread):
@@ -365,7 +381,8 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
                          lock=lock, flush_videos=cfg.flush_videos, dtype=cfg.dtype, compression=cfg.compression)
     result = ExtractResult(str(store_path), skipped=skipped, device=str(run.device), precision=run.speed.precision,
                            unit="clips" if run.backbone.is_video else "frames", meta_changed=meta_changed,
-                           compiled=run.speed.compiled, batch_size=run.speed.batch_size)
+                           compiled=run.speed.compiled, batch_size=run.speed.batch_size,
+                           notes=[run.note] if run.note else [])
     _embed_into(writer, backbone, run, items, todo, units, cfg, result, on_progress)
     return result
 
@@ -377,16 +394,29 @@ def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: l
     thread.start()
     start = time.perf_counter()
     try:
-        embed = Embedder(backbone, run.device, run.speed.precision, run.speed.compiled, run.speed.batch_size)
-        if embed.needs_calibration and todo:
-            embed.calibrate(calibration_units(items, cfg, run.geometry, run.device))
-        _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
+        with _model_threads(cfg.model_threads):
+            embed = Embedder(backbone, run.device, run.speed.precision, run.speed.compiled, run.speed.batch_size)
+            if embed.needs_calibration and todo:
+                embed.calibrate(calibration_units(items, cfg, run.geometry, run.device))
+            _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
     finally:
         result.seconds = time.perf_counter() - start
         try:
             units.close()  # within seconds, whatever the decode workers are doing
         finally:
             thread.finish()  # on Ctrl-C too: every finished video is saved
+
+
+@contextmanager
+def _model_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the run (None: left as they are), then given back."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _auto_workers(device: torch.device, cores: int | None = None) -> int:
@@ -397,11 +427,11 @@ def _auto_workers(device: torch.device, cores: int | None = None) -> int:
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DecodeWorkers:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
     workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
+    init = partial(_init_decode_worker, nice=cfg.decode_nice) if workers else None
     return DecodeWorkers(DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
                                     num_workers=workers, prefetch_factor=2 if workers else None,
                                     pin_memory=device.type == "cuda", persistent_workers=False,
-                                    worker_init_fn=_init_decode_worker if workers else None,
-                                    timeout=POLL_S if workers else 0))
+                                    worker_init_fn=init, timeout=POLL_S if workers else 0))
 
 
 def _run(todo: list[Item], units: DecodeWorkers, batch_size: int, embed: Embedder,
@@ -464,10 +494,13 @@ def calibrated(steps: Iterator[Batch | Done], embed: Embedder) -> Iterator[Batch
     yield from steps
 
 
-def _init_decode_worker(_: int) -> None:
-    # A decode worker runs no model: one decoder thread and one torch thread each, the rest for inference.
+def _init_decode_worker(_: int, nice: int = 0) -> None:
+    # A decode worker runs no model: one decoder thread and one torch thread each, the rest for inference; `nice`
+    # lets the model's threads keep their cores while the worker fills the gaps (ExtractConfig.decode_nice).
     set_decoder_threads(1)
     torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)
     # Stopping is the main process's job: it saves the finished videos, then shuts the workers down. Ctrl-C reaches
     # the whole process group, so a worker ignores it (no traceback of its own); SIGTERM (DataLoader's own shutdown,
     # or Slurm/systemd signalling every process) ends a worker quietly, with a status the main process does not
@@ -513,7 +546,7 @@ def config_from_store(config: StoreConfig, device: str = "auto", workers: int | 
         sampling = Sampling(every=c.every, frames=c.frames, fps=c.fps, max_frames=c.max_frames)
     return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
                          crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype,
-                         layer=c.layer, token_pool=c.token_pool)
+                         decoder=c.decoder or "pyav", layer=c.layer, token_pool=c.token_pool)
 
 
 def store_weights(config: StoreConfig) -> str:

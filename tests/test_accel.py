@@ -13,7 +13,7 @@ from torch import nn
 from data.synth import write_video
 from featstore import ConfigMismatch, StoreConfig, open_store
 from pipeline.accel import (CPU_SPEED, FRAME_BATCH, QUANTIZATION, AccelError, Measured, check_int8,
-                            compile_pays_back, default_batch, int8_is_auto)
+                            compile_pays_back, cpu_kind, default_batch, int8_is_auto)
 from pipeline.backbones import Backbone, Preprocess, load_backbone
 from pipeline.decode import Sampling
 from pipeline.embed import Embedder
@@ -173,3 +173,10 @@ def test_extract_int8_is_close_to_fp32_resumes_with_the_same_calibration_and_is_
     np.testing.assert_allclose(c.load_all().features, b.load_all().features, atol=1e-4)
     with pytest.raises(ConfigMismatch, match="quantization"):  # a float run into an int8 store
         extract(items, tmp_path / "int8", tiny_config(**base, precision="fp32", retry_failed=True))
+
+
+@pytest.mark.parametrize("flags, kind", [({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "amx"),
+                                         ({"avx512f", "avx512_bf16", "avx512_vnni"}, "avx512_bf16"),
+                                         ({"avx2", "fma"}, "plain"), (set(), "plain")])
+def test_cpu_kind_tells_the_matrix_unit_from_avx512_bf16_and_neither(flags, kind):
+    assert cpu_kind(flags) == kind

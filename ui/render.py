@@ -107,6 +107,8 @@ def print_extract_summary(result) -> None:
         t.add_row(k, lit(v))
     out.print(t)
     print_failures(result.failed, info_more(result.store))
+    for note in getattr(result, "notes", ()):  # (a Ray run's merged result has none)
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     if getattr(result, "meta_changed", None):  # (a Ray run's merged result has none)
         shown = "; ".join(c.describe() for c in result.meta_changed[:3])
         err.print(f"[yellow]warning:[/] {len(result.meta_changed)} item(s) already in the store have another "

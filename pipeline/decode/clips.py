@@ -12,9 +12,11 @@ import numpy as np
 
 from pipeline.decode.container import (_AV_ERRORS, DecodeError, _check_file, _count_packets, _FrameReader, _no_frames,
                                        _nominal_rate, _opened)
-from pipeline.decode.conversion import Geometry, _Converter, quarter_turns
+from pipeline.decode.conversion import Geometry, _Converter, _scale, quarter_turns
 from pipeline.decode.frames import VideoInfo, _duration, _frame_time, _measured_fps
 from pipeline.decode.sampling import ClipSampling, _FpsPicker
+from pipeline.decode.seek import _NotExact
+from pipeline.decode.torchcodec_frames import TorchcodecVideo, indexed_video
 
 
 @dataclass
@@ -113,6 +115,14 @@ class ClipStream:
 
     def __iter__(self) -> Iterator[Clip]:
         _check_file(self.path)
+        if self.geometry.decoder != "pyav":
+            video, rate = indexed_video(self.path, self.geometry.decoder)
+            if video is not None:
+                yield from self._torchcodec(video, rate)
+                return
+        yield from self._pyav()
+
+    def _pyav(self) -> Iterator[Clip]:
         if self.sampling.clips is None:
             yield from self._pass(None)
             return
@@ -150,6 +160,48 @@ class ClipStream:
             yield tail
         self._kept = kept
         self.info = VideoInfo(_measured_fps(n, t_first, t_last, rate), n, size[0], size[1], 90 * turns)
+
+
+    def _torchcodec(self, video: TorchcodecVideo, rate: float) -> Iterator[Clip]:
+        """The clips of an indexed video, their frames decoded by torchcodec (only those some clip holds). Where
+        torchcodec disagrees with the index before the first clip, the PyAV pass takes over; after it, the video
+        fails naming --decoder pyav (a clip stream cannot take back what it gave)."""
+        s, index = self.sampling, video.index
+        pick = _FpsPicker(s.fps) if s.fps is not None else None
+        kept = [i for i, t in enumerate(index.times) if pick is None or pick(i, t)]
+        starts = uniform_starts(len(kept), s) if s.clips is not None else None
+        wanted = _in_clips(len(kept), s, starts)
+        images = video.frames(np.asarray(kept, dtype=np.int64)[wanted])
+        cutter, given = _ClipCutter(s.clip_len, s.stride, starts), 0
+        try:
+            for j, i in enumerate(kept):
+                image = _scale(next(images)[1], self.geometry) if wanted[j] else None
+                clip = cutter.push(j, _Kept(image, i, index.times[i], index.times[i] + index.duration_s(i, rate)))
+                if clip is not None:
+                    given += 1
+                    yield clip
+        except _NotExact:
+            if given:
+                raise DecodeError(f"failed to decode {self.path}: torchcodec and the packets number its frames "
+                                  "differently; use --decoder pyav") from None
+            yield from self._pyav()
+            return
+        tail = cutter.finish()
+        if tail is not None:
+            yield tail
+        self._kept = len(kept)
+        self.info = VideoInfo(_measured_fps(len(index), index.times[0], index.times[-1], rate), len(index),
+                              video.width, video.height, video.rotation)
+
+
+def _in_clips(n_kept: int, sampling: ClipSampling, starts: list[int] | None) -> np.ndarray:
+    """(n_kept,) bool: which kept frames some clip to be cut holds (a short video: all, in its padded clip)."""
+    if starts is None:
+        starts = range(0, n_kept - sampling.clip_len + 1, sampling.stride) if n_kept >= sampling.clip_len else [0]
+    wanted = np.zeros(n_kept, dtype=bool)
+    for start in starts:
+        wanted[start:start + sampling.clip_len] = True
+    return wanted
 
 
 def _count_kept(path: str, fps: float | None) -> int:

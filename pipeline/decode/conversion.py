@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline.decode.container import DecodeError
 from pipeline.decode.sampling import SamplingError, _check_positive_int, _normalize
+from pipeline.decode.torchcodec_frames import DECODERS
 
 CROPS = ("center", "square", "none")  # the --crop choices (cli.py reads them here)
 # PIL resampling filters: 'pil' is bilinear (torchvision's image presets); the others are named by a family's recipe
@@ -37,12 +38,19 @@ class Geometry:
     #                        torch bilinear, no antialias (video preset) | 'tensor-antialias' (transformers' tensors)
     engine: str = "exact"  # who resizes: 'exact' (the `resample` recipe above) or one of RESIZE_ENGINES' others
     crop_floor: bool = False  # center crop offset floor((side - size) / 2) (transformers' processors), else round()
+    decoder: str = "pyav"  # who decodes and converts to RGB: one of DECODERS (pipeline/decode/torchcodec_frames.py)
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise SamplingError(f"--crop must be one of {', '.join(CROPS)}; got {self.crop!r}")
         if self.engine not in RESIZE_ENGINES:
             raise SamplingError(f"--resize-engine must be one of {', '.join(RESIZE_ENGINES)}; got {self.engine!r}")
+        if self.decoder not in DECODERS:
+            raise SamplingError(f"--decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
+        if self.decoder != "pyav" and self.engine not in ("exact", "torch"):
+            raise SamplingError(f"--decoder {self.decoder} converts frames to RGB itself, so --resize-engine "
+                                f"{self.engine} (which resizes inside PyAV) does not apply: use --resize-engine exact "
+                                "or torch, or --decoder pyav")
         if self.resample not in _RESAMPLES:
             raise SamplingError(f"resample must be one of {', '.join(_RESAMPLES)}; got {self.resample!r}")
         _check_positive_int("--size", self.size)

@@ -18,6 +18,7 @@ from pipeline.decode.container import (_AV_ERRORS, DecodeError, _check_file, _co
 from pipeline.decode.conversion import Geometry, _Converter, _scale, image_rgb, quarter_turns
 from pipeline.decode.sampling import Sampling, SamplingError, _FpsPicker, sample_indices
 from pipeline.decode.seek import SEEK_MODES, SEEK_WORTH, StreamIndex, _NotExact, _Seeker, read_index
+from pipeline.decode.torchcodec_frames import TorchcodecVideo, indexed_video
 
 WINDOW = 64  # sampled frames per window: what decoding holds of one video at most (beside the DataLoader prefetch)
 
@@ -139,6 +140,9 @@ class FrameStream:
 
     def __iter__(self) -> Iterator[FrameWindow]:
         _check_file(self.path)
+        if self.geometry.decoder != "pyav":
+            yield from self._torchcodec()
+            return
         plan = None
         if self.seek != "never":
             with _opened(self.path) as opened:
@@ -212,6 +216,13 @@ class FrameStream:
         index = read_index(stream, packets)
         if index is None:
             return None
+        targets = self._targets(index)
+        if self.seek == "auto" and index.planned_decodes(targets) > SEEK_WORTH * len(index):
+            return None
+        return index, targets
+
+    def _targets(self, index: StreamIndex) -> np.ndarray:
+        """The frames the sampling keeps among those `index` lists."""
         s = self.sampling
         if s.fps is not None:
             pick = _FpsPicker(s.fps)
@@ -220,10 +231,35 @@ class FrameStream:
             targets = np.arange(0, len(index), s.every, dtype=np.int64)
         else:
             targets = sample_indices(len(index), s)
-        targets = targets[:s.max_frames]
-        if self.seek == "auto" and index.planned_decodes(targets) > SEEK_WORTH * len(index):
-            return None
-        return index, targets
+        return targets[:s.max_frames]
+
+    def _torchcodec(self) -> Iterator[FrameWindow]:
+        """The sampled frames decoded by torchcodec at the index's frame numbers; PyAV's sequential pass where the
+        packets cannot number the frames (read_index), and for the rest of the video where torchcodec disagrees."""
+        video, rate = indexed_video(self.path, self.geometry.decoder)
+        if video is not None:
+            try:
+                yield from self._indexed(video, self._targets(video.index), rate)
+                return
+            except _NotExact:
+                pass  # the frames already given are skipped by the sequential pass
+        if self.sampling.frames is None:
+            yield from self._sequential(None)
+        else:
+            yield from self.picked(_count_packets(self.path), lambda n: sample_indices(n, self.sampling))
+
+    def _indexed(self, video: TorchcodecVideo, targets: np.ndarray, rate: float) -> Iterator[FrameWindow]:
+        index, kept = video.index, _Collected()
+        for i, rgb in video.frames(targets):
+            self.decoded += 1
+            kept.add(_scale(rgb, self.geometry), i, index.times[i], index.times[i] + index.duration_s(i, rate))
+            if len(kept) >= self.window:
+                yield self._give(kept)
+        seen = targets[-1] + 1 if len(targets) == self.sampling.max_frames else len(index)
+        self.info = VideoInfo(_measured_fps(seen, index.times[0], index.times[seen - 1], rate), len(index),
+                              video.width, video.height, video.rotation)
+        if len(kept):
+            yield self._give(kept)
 
     def _interval(self, stream: av.video.stream.VideoStream) -> int | None:
         """Frames between sampled frames, as the headers suggest (None where they do not say)."""

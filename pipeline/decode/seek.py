@@ -37,6 +37,15 @@ class StreamIndex:
     decode_pos: np.ndarray  # (n,) int64: frame i's packet position in decode order
     key_pos: np.ndarray     # decode positions of the keyframes, ascending
     key_pts: np.ndarray     # their pts
+    durations: np.ndarray   # (n,) int64: frame i's packet duration in time_base units (0: the packet has none)
+    time_base: Fraction
+
+    def duration_s(self, frame: int, rate: float) -> float:
+        """How long frame `frame` is shown, seconds, as decoding says it (frames.py _duration): its packet's
+        duration, else 1 / nominal rate."""
+        if self.durations[frame] > 0:
+            return float(int(self.durations[frame]) * self.time_base)
+        return 1.0 / rate if rate else 0.0
 
     def __len__(self) -> int:
         return len(self.pts)
@@ -72,7 +81,7 @@ class StreamIndex:
 def read_index(stream: av.video.stream.VideoStream, packets: Iterable[av.Packet]) -> StreamIndex | None:
     """The index of `stream` from its `packets` (a demux of it, from the start), or None where packets may not
     number frames as decoding does (see the module doc)."""
-    pts, keys = [], []
+    pts, keys, durations = [], [], []
     try:
         for packet in packets:
             if packet.size == 0:
@@ -81,6 +90,7 @@ def read_index(stream: av.video.stream.VideoStream, packets: Iterable[av.Packet]
                 return None
             pts.append(packet.pts)
             keys.append(packet.is_keyframe)
+            durations.append(packet.duration or 0)
     except (av.error.FFmpegError, OSError):
         return None  # a truncated or damaged file: sequential decoding has the last word
     if not pts or not keys[0] or len(set(pts)) != len(pts) or stream.time_base is None:
@@ -90,7 +100,8 @@ def read_index(stream: av.video.stream.VideoStream, packets: Iterable[av.Packet]
     key_pos = np.flatnonzero(keys).astype(np.int64)
     base = Fraction(stream.time_base)
     return StreamIndex(pts=by_decode[order], times=[float(int(p) * base) for p in by_decode[order]],
-                       decode_pos=order.astype(np.int64), key_pos=key_pos, key_pts=by_decode[key_pos])
+                       decode_pos=order.astype(np.int64), key_pos=key_pos, key_pts=by_decode[key_pos],
+                       durations=np.asarray(durations, dtype=np.int64)[order], time_base=base)
 
 
 class _NotExact(Exception):
