@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoVideoPro
 
 from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, ClipSpec,
                                 Preprocess, file_sha256, seeded)
-from pipeline.families import FamilySpec, token_pools
+from pipeline.families import FamilySpec, TokenGrid, token_pools
 
 # PIL's resample codes, as processors record them, and the decode stage's filter of the same name
 _RESAMPLE = {0: "pil-nearest", 1: "pil-lanczos", 2: "pil", 3: "pil-bicubic", 4: "pil-box", 5: "pil-hamming"}
@@ -207,7 +207,32 @@ def spec(model: str) -> FamilySpec:
         clip = ClipSpec(frames, side, True, frames)
     else:  # any clip of whole tubelets and patches; the config's length by default
         clip = ClipSpec(getattr(config, "tubelet_size", 1), _patch(config), False, frames)
-    return FamilySpec(dim=dim, input_size=side, clip=clip, token_pools=token_pools(prefix))
+    cam = _cam_layer(skeleton(model)) if frames is None and prefix is not None else ""
+    return FamilySpec(dim=dim, input_size=side, clip=clip, token_pools=token_pools(prefix), cam_layer=cam)
+
+
+def _cam_layer(net: nn.Module) -> str:
+    """The Grad-CAM default of an image transformer: its last encoder layer's first norm (ViT's `layers.N.layernorm_before` in transformers 5,
+    DINOv2's norm1, SigLIP's and CLIP's layer_norm1). The last layer's patch tokens reach a CLS row (ViT's pooler,
+    DINOv2's CLS) through nothing, so their gradient is zero, while that norm's output feeds the attention the CLS
+    token reads (as timm's default, pipeline/families/timm.py). Named inside Rows (`net.`); '' where none is found."""
+    layers = [(name, m) for name, m in net.named_modules()
+              if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(m)]
+    if not layers:
+        return ""
+    name, blocks = layers[-1]
+    last = len(blocks) - 1
+    norm = next((n for n, m in blocks[last].named_children() if isinstance(m, nn.LayerNorm)), None)
+    return f"net.{name}.{last}" + (f".{norm}" if norm else "")
+
+
+def cam_tokens(net: nn.Module) -> TokenGrid | None:
+    """An image transformer's prefix tokens (CLS, registers, distillation) and its square patch grid, read off the
+    token count (the positions are interpolated to the input's side); None for a video model or one without
+    tokens."""
+    if not isinstance(net, Rows) or net.video or net.prefix is None:
+        return None
+    return TokenGrid(net.prefix)
 
 
 def preprocess(model: str) -> Preprocess:

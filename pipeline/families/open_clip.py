@@ -25,7 +25,7 @@ from open_clip.transform import merge_preprocess_dict
 from torch import nn
 
 from pipeline.backbones import Backbone, BackboneError, BackboneWeights, Preprocess, seeded
-from pipeline.families import FamilySpec, chosen_weights
+from pipeline.families import FamilySpec, TokenGrid, chosen_weights
 
 # OpenCLIP interpolation names the decode stage resizes with (as the PIL filter of the same name; OpenCLIP's eval
 # transform maps 'random' to bicubic)
@@ -98,11 +98,24 @@ def spec(model: str) -> FamilySpec:
     net = skeleton(model)
     side = preprocess(model).crop
     dim = int(net(torch.empty(1, 3, side, side, device="meta")).shape[-1])
-    if hasattr(net, "transformer"):  # a ViT: its last residual block (tokens)
-        cam = f"transformer.resblocks.{len(net.transformer.resblocks) - 1}"
-    else:  # ModifiedResNet's last stage; timm towers name none
-        cam = "layer4" if hasattr(net, "layer4") else ""
-    return FamilySpec(dim=dim, input_size=side, cam_layer=cam)
+    return FamilySpec(dim=dim, input_size=side, cam_layer=_cam_layer(net))
+
+
+def _cam_layer(net: nn.Module) -> str:
+    """A ViT's last residual block; its first norm (`ln_1`) where the row is the class token alone: the last block's
+    patch tokens reach that row through nothing, so their gradient is zero, while ln_1's output feeds the attention
+    the class token reads (as timm's default, pipeline/families/timm.py). ModifiedResNet: its last stage."""
+    if not hasattr(net, "transformer"):
+        return "layer4" if hasattr(net, "layer4") else ""  # timm towers name none
+    last = f"transformer.resblocks.{len(net.transformer.resblocks) - 1}"
+    return f"{last}.ln_1" if net.pool_type == "tok" and net.attn_pool is None else last
+
+
+def cam_tokens(net: nn.Module) -> TokenGrid | None:
+    """A ViT tower's one class token and patch grid (None for a ResNet tower, or blocks run sequence-first)."""
+    if not hasattr(net, "transformer") or not net.transformer.batch_first:
+        return None
+    return TokenGrid(1, int(net.grid_size[0]), int(net.grid_size[1]))
 
 
 def _preprocess_cfg(model: str) -> dict:
