@@ -18,6 +18,8 @@ and, optionally, for `cli.py backbones` (pipeline/catalog.py; without `names` th
                                                               matching the fnmatch pattern
     weights_local(model) -> bool | None                       its default weights are on this machine (no network
                                                               asked); None where it has none to download
+    undescribed(model) -> str | None                          why the name cannot be described here without the
+                                                              network (a hub config not cached), or None
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ Hugging Face cache (fetched where there is network). Imported only for an `hf:` 
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import inspect
 import json
@@ -42,6 +43,10 @@ HUB_FILES = ["*.json", "*.safetensors", "pytorch_model*.bin"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # save_pretrained's single file (shards: an index.json)
 # Config keys that say where and by which version a config was written, not what the model is
 _VOLATILE = {"_name_or_path", "transformers_version"}
+# What `cli.py backbones` lists without --filter: the usual image and video feature extractors on the hub
+CURATED = ("facebook/dinov2-small", "facebook/dinov2-base", "facebook/dinov2-with-registers-small",
+           "google/vit-base-patch16-224-in21k", "google/siglip-base-patch16-224", "openai/clip-vit-base-patch32",
+           "MCG-NJU/videomae-base", "facebook/vjepa2-vitl-fpc64-256")
 
 
 @contextmanager
@@ -85,6 +90,46 @@ def source_dir(model: str) -> Path:
             f"cannot get hf:{model} offline ({type(e).__name__}): on a connected machine run `hf download {model}` "
             f"and copy its cache folder models--{model.replace('/', '--')} into {constants.HF_HUB_CACHE}, or "
             "save_pretrained the model and its processor to a directory and pass --backbone hf:/path/to/dir") from None
+
+
+def names(pattern: str | None) -> list[str]:
+    """CURATED, or the names matching `pattern` (fnmatch) among CURATED and the model repositories in the Hugging
+    Face cache (the hub's own search needs the network; the listing never asks it)."""
+    if pattern is None:
+        return list(CURATED)
+    return fnmatch.filter(sorted({*CURATED, *_cached_repos()}), pattern)
+
+
+def _cached_repos() -> list[str]:
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        return [repo.repo_id for repo in scan_cache_dir().repos if repo.repo_type == "model"]
+    except Exception:  # noqa: BLE001 — no cache directory yet, or one being written: nothing cached to list
+        return []
+
+
+def _in_cache(model: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model, filename), str)
+
+
+def weights_local(model: str) -> bool | None:
+    """Whether the repository's config and weights are in the Hugging Face cache (None: a local directory, which has
+    nothing to download)."""
+    if _is_local(model):
+        return None
+    return _in_cache(model, "config.json") and any(_in_cache(model, f) or _in_cache(model, f"{f}.index.json")
+                                                   for f in WEIGHT_FILES)
+
+
+def undescribed(model: str) -> str | None:
+    """Why `cli.py backbones` cannot describe the name here without the network (its config is read from the cached
+    snapshot), or None."""
+    if _is_local(model) or _in_cache(model, "config.json"):
+        return None
+    return f"not in the Hugging Face cache: `hf download {model}` on a connected machine to describe and use it"
 
 
 @lru_cache(maxsize=None)
