@@ -257,8 +257,8 @@ def spec(model: str) -> FamilySpec:
 
 
 def _cam_layer(net: nn.Module) -> str:
-    """The Grad-CAM default of an image transformer: its last encoder layer's first norm (ViT's `layers.N.layernorm_before` in transformers 5,
-    DINOv2's norm1, SigLIP's and CLIP's layer_norm1). The last layer's patch tokens reach a CLS row (ViT's pooler,
+    """The Grad-CAM default of an image transformer: its last encoder layer's first norm (ViT's
+    `layers.N.layernorm_before` in transformers 5, DINOv2's norm1, SigLIP's and CLIP's layer_norm1). The last layer's patch tokens reach a CLS row (ViT's pooler,
     DINOv2's CLS) through nothing, so their gradient is zero, while that norm's output feeds the attention the CLS
     token reads (as timm's default, pipeline/families/timm.py). Named inside Rows (`net.`); '' where none is found."""
     layers = [(name, m) for name, m in net.named_modules()
