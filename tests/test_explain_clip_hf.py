@@ -94,3 +94,25 @@ def test_a_square_token_grid_is_read_off_the_token_count_after_the_prefix():
     assert torch.equal(TokenGrid(2).to_map(tokens[:, 2:]), maps)  # a patch embedding's output: no prefix
     with pytest.raises(ValueError, match="square grid"):
         TokenGrid(2).to_map(tokens[:, :7])
+
+
+@pytest.mark.slow  # imports transformers, builds two tiny models
+def test_hf_image_transformers_name_a_cam_layer_with_a_spatial_map_after_the_reshape(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from pipeline.backbones import get_spec, load_backbone
+
+    squash = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+    made = {"siglip": (transformers.SiglipConfig(vision_config=dict(**HF_TINY, image_size=32, patch_size=8),
+                                                 text_config=dict(**HF_TINY, vocab_size=99)), squash, 0),
+            "clip": (transformers.CLIPVisionConfig(**HF_TINY, image_size=32, patch_size=8),
+                     transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), 1)}
+    for name, (config, processor, prefix) in made.items():
+        backbone = f"hf:{save_tiny_hf(tmp_path / name, config, processor)}"
+        net, layer = load_backbone(backbone, "none").model, get_spec(backbone).cam_layer
+        seen = []
+        hook = net.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(o))
+        with torch.no_grad():
+            net(torch.rand(1, 3, 32, 32))
+        hook.remove()
+        assert token_grid(net, backbone) == TokenGrid(prefix) and layer.endswith("layer_norm1"), (name, layer)
+        assert token_grid(net, backbone).to_map(seen[0]).shape == (1, 32, 4, 4), (name, seen[0].shape)
