@@ -79,5 +79,5 @@ def _family_rows(prefix: str, pattern: str | None) -> list:
                                 f"and {len(names) - DESCRIBED} more names: narrow --filter"))
     elif pattern is None:
         rows.append(BackboneRow(f"{prefix}:", None, "", [], prefix, None,
-                                f"a curated few: --family {prefix} --filter PATTERN searches {library}'s names"))
+                                f"a curated few: --family {prefix} --filter PATTERN searches more names"))
     return rows

@@ -129,7 +129,7 @@ def undescribed(model: str) -> str | None:
     snapshot), or None."""
     if _is_local(model) or _in_cache(model, "config.json"):
         return None
-    return f"not in the Hugging Face cache: `hf download {model}` on a connected machine to describe and use it"
+    return f"not in the Hugging Face cache: `hf download {model}` (on a connected machine) to describe it"
 
 
 @lru_cache(maxsize=None)
@@ -258,9 +258,10 @@ def spec(model: str) -> FamilySpec:
 
 def _cam_layer(net: nn.Module) -> str:
     """The Grad-CAM default of an image transformer: its last encoder layer's first norm (ViT's
-    `layers.N.layernorm_before` in transformers 5, DINOv2's norm1, SigLIP's and CLIP's layer_norm1). The last layer's patch tokens reach a CLS row (ViT's pooler,
-    DINOv2's CLS) through nothing, so their gradient is zero, while that norm's output feeds the attention the CLS
-    token reads (as timm's default, pipeline/families/timm.py). Named inside Rows (`net.`); '' where none is found."""
+    `layers.N.layernorm_before` in transformers 5, DINOv2's norm1, SigLIP's and CLIP's layer_norm1). The last layer's
+    patch tokens reach a CLS row (ViT's pooler, DINOv2's CLS) through nothing, so their gradient is zero, while that
+    norm's output feeds the attention the CLS token reads (as timm's default, pipeline/families/timm.py). Named inside
+    Rows (`net.`); '' where none is found."""
     layers = [(name, m) for name, m in net.named_modules()
               if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(m)]
     if not layers:
