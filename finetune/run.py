@@ -27,7 +27,7 @@ from finetune.objectives import Supervised, Temporal
 from finetune.rundir import check_finetune_out
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
-from heads.models import MEMORY_HEADS, POOLING_HEADS, HeadConfig, build_head, count_params
+from heads.models import MADE_HEADS, MEMORY_HEADS, POOLING_HEADS, HeadConfig, build_head, count_params
 from heads.plots import plot_curves
 from heads.run import load_early_head, load_run, write_history
 from heads.rundir import write_json
@@ -152,9 +152,21 @@ def _targets(index: Cache, vocab: list[str] | None) -> tuple[list[str], torch.Te
     return labels, encode_targets(index.labels, labels, "multiclass")
 
 
+def _check_trainable(run: str, kind: str) -> None:
+    """Refuse, before comparing features, a head finetune cannot train: one fit without gradient steps (knn) or
+    made from elsewhere (a zero-shot run's text-tower prompts): neither has weights to fine-tune."""
+    if kind in MEMORY_HEADS:
+        raise FinetuneError(f"--init-head {run} is a --head {kind} run: it has no weights to fine-tune; give a run "
+                            "of a trained head (linear, mlp, ...)")
+    if kind in MADE_HEADS:
+        raise FinetuneError(f"--init-head {run} is a {kind} run (prompts from a text tower): it has no weights to "
+                            "fine-tune; fit-head a linear head on its store and pass that run")
+
+
 def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneConfig) -> Prepared:
     """The head of a fit-head run, refused when its store's features are not the ones this run computes."""
     head, ckpt = load_run(cfg.init_head)
+    _check_trainable(cfg.init_head, ckpt["head_config"]["kind"])
     ours = StoreConfig(backbone=backbone.name, weights=backbone.weights_id, size=geometry.size,
                        resize=geometry.resize, crop=geometry.crop, mean=list(backbone.preprocess.mean),
                        std=list(backbone.preprocess.std))
@@ -166,9 +178,6 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
     if ckpt["task"] != "multiclass":
         raise FinetuneError(f"--init-head {cfg.init_head} is a {ckpt['task']} head; finetune trains multiclass heads")
     hc = ckpt["head_config"]
-    if hc["kind"] in MEMORY_HEADS:
-        raise FinetuneError(f"--init-head {cfg.init_head} is a --head {hc['kind']} run: it has no weights to "
-                            "fine-tune; give a run of a trained head (linear, mlp, ...)")
     if hc["kind"] == "transformer" and hc["max_len"] < cfg.segments:
         raise FinetuneError(f"--init-head {cfg.init_head} reads at most {hc['max_len']} frames: "
                             f"use --segments {hc['max_len']} or fewer")

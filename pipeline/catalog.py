@@ -62,7 +62,11 @@ def _family_rows(prefix: str, pattern: str | None) -> list:
                             f"lists no names here: pass --backbone {prefix}:NAME with any name {library} knows")]
     names = module.names(pattern)
     rows = []
+    undescribed = getattr(module, "undescribed", lambda _: None)
     for model in names[:DESCRIBED]:
+        if (why := undescribed(model)) is not None:  # describing it would need the network: say so instead
+            rows.append(BackboneRow(f"{prefix}:{model}", None, "", [], prefix, False, why))
+            continue
         try:
             spec = get_spec(f"{prefix}:{model}")
         except BackboneError as e:  # a name the library lists but framecache cannot use: say why, list the rest
@@ -75,5 +79,5 @@ def _family_rows(prefix: str, pattern: str | None) -> list:
                                 f"and {len(names) - DESCRIBED} more names: narrow --filter"))
     elif pattern is None:
         rows.append(BackboneRow(f"{prefix}:", None, "", [], prefix, None,
-                                f"a curated few: --family {prefix} --filter PATTERN searches {library}'s names"))
+                                f"a curated few: --family {prefix} --filter PATTERN searches more names"))
     return rows

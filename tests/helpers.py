@@ -204,3 +204,56 @@ def blob_clips(n_classes: int = 3, per_class: int = 16, seed: int = 0, split: bo
             s = ("test" if i % 4 == 0 else "train") if split else ""
             clips.append((f"c{c}_{i}", f"class{c}", f"g{c}_{i // 2}", s, feats))
     return clips
+
+
+# A 2-layer OpenCLIP ViT and text tower at 32 px (8 px patches: a 4x4 grid after one class token), registered with
+# open_clip.add_model_config by register_tiny_clip
+TINY_CLIP = "fc-tiny-clip"
+TINY_CLIP_CONFIG = {"embed_dim": 16,
+                    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+                    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+HF_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)  # a tiny encoder
+
+
+def register_tiny_clip(folder: Path):
+    """open_clip (skipped where absent) with TINY_CLIP registered from a config file written to `folder`."""
+    oc = pytest.importorskip("open_clip")
+    path = folder / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    oc.add_model_config(path)
+    return oc
+
+
+def save_tiny_hf(path: Path, config, processor, seed: int = 0) -> Path:
+    """A randomly initialised transformers model of `config` and its processor, saved as save_pretrained writes
+    them (the offline path of `--backbone hf:DIR`)."""
+    import torch
+    import transformers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformers.AutoModel.from_config(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def hand_gradcam(model, pixels, layer, grid, target: int) -> np.ndarray:
+    """Grad-CAM written out for a transformer's `layer`: its tokens without the `grid.prefix` ones, laid on the
+    grid.rows x grid.cols patch grid, the class-`target` logit's gradient averaged per channel; one scale per video."""
+    import torch
+
+    seen = {}
+
+    def keep(module, inputs, output):
+        seen["a"] = output.detach().requires_grad_(True)
+        return seen["a"]
+
+    hook = layer.register_forward_hook(keep, prepend=True)
+    try:
+        (grad,) = torch.autograd.grad(model(pixels)[0, target], seen["a"])
+    finally:
+        hook.remove()
+    acts, grads = (t[:, grid.prefix:].reshape(len(t), grid.rows, grid.cols, -1) for t in (seen["a"].detach(), grad))
+    cam = torch.relu((grads.mean((1, 2), keepdim=True) * acts).sum(-1))[:, None]  # (T, 1, rows, cols)
+    up = torch.nn.functional.interpolate(cam, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return (up / up.max()).numpy() if up.max() > 0 else up.numpy()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import extract_flags, invoke
+from helpers import extract_flags, hand_gradcam, invoke
 
 from data.synth import make_temporal_dataset
 from pipeline.backbones import get_spec, load_backbone
@@ -61,25 +61,6 @@ def test_timm_families_name_a_cam_layer_with_a_spatial_map_after_the_reshape():
     assert token_grid(net, "timm:deit_tiny_distilled_patch16_224") == TokenGrid(2, 14, 14)  # class + distillation
 
 
-def hand_gradcam(run, pixels: torch.Tensor, layer: torch.nn.Module, grid: TokenGrid, target: int) -> np.ndarray:
-    """Grad-CAM written out: the layer's tokens without the class token, on the 10x10 grid, one scale per video."""
-    seen = {}
-
-    def keep(module, inputs, output):
-        seen["a"] = output.detach().requires_grad_(True)
-        return seen["a"]
-
-    hook = layer.register_forward_hook(keep, prepend=True)
-    try:
-        (grad,) = torch.autograd.grad(run.model(pixels)[0, target], seen["a"])
-    finally:
-        hook.remove()
-    acts, grads = (t[:, grid.prefix:].reshape(len(t), grid.rows, grid.cols, -1) for t in (seen["a"].detach(), grad))
-    cam = torch.relu((grads.mean((1, 2), keepdim=True) * acts).sum(-1))[:, None]  # (T, 1, 10, 10)
-    up = torch.nn.functional.interpolate(cam, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return (up / up.max()).numpy() if up.max() > 0 else up.numpy()
-
-
 @pytest.mark.parametrize("run_name,layer", [("vit", "blocks.5.norm1"), ("layer", "blocks.2")])
 def test_vit_maps_equal_a_hand_written_gradcam_on_the_patch_grid(vit_runs, run_name, layer):
     root, paths = vit_runs
@@ -90,7 +71,7 @@ def test_vit_maps_equal_a_hand_written_gradcam_on_the_patch_grid(vit_runs, run_n
     with_evidence = 0
     _, all_maps = compute_maps(run.model, pixels, layer, VIT, "gradcam", list(range(len(run.labels))))
     for target, maps in enumerate(all_maps):
-        expected = hand_gradcam(run, pixels, net.get_submodule(layer), grid, target)
+        expected = hand_gradcam(run.model, pixels, net.get_submodule(layer), grid, target)
         np.testing.assert_allclose(maps.cams, expected, atol=1e-5)
         with_evidence += bool(expected.max() > 0)
     assert with_evidence >= 1  # the gradient reached the patch tokens

@@ -14,26 +14,20 @@ import torch
 from PIL import Image
 
 from featstore import open_store
-from helpers import ROOT, child_env, invoke, random_frames, tiny_config, write_manifest, write_video
+from helpers import (ROOT, TINY_CLIP, TINY_CLIP_CONFIG, child_env, invoke, random_frames, register_tiny_clip,
+                     tiny_config, write_manifest, write_video)
 from pipeline.backbones import BackboneError, build_backbone, weights_for
 from pipeline.decode import Sampling
 from pipeline.extract import ExtractConfig, extract, resolve
 from pipeline.sources import load_source
 
-TINY = "fc-tiny-clip"  # registered with open_clip.add_model_config: a 2-layer ViT and text tower at 32 px
-TINY_CONFIG = {"embed_dim": 16,
-               "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-               "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+TINY = TINY_CLIP  # a 2-layer ViT and text tower at 32 px (helpers.py)
 CLASSES = ["walking", "running", "jumping", "swimming", "climbing", "dancing"]
 
 
 @pytest.fixture(scope="module")
 def open_clip(tmp_path_factory):
-    oc = pytest.importorskip("open_clip")
-    path = tmp_path_factory.mktemp("configs") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CONFIG))
-    oc.add_model_config(path)
-    return oc
+    return register_tiny_clip(tmp_path_factory.mktemp("configs"))
 
 
 def seeded_clip(open_clip, seed: int = 0):
@@ -78,12 +72,12 @@ def test_open_clip_rows_equal_encode_image_on_its_own_preprocess_of_the_same_fra
     model, preprocess = seeded_clip(open_clip)
     for vid, frames in written.items():
         got, want = store.features(vid), image_rows(model, preprocess, frames).numpy()
-        assert got.shape == want.shape == (3, TINY_CONFIG["embed_dim"])
+        assert got.shape == want.shape == (3, TINY_CLIP_CONFIG["embed_dim"])
         assert cosines(got, want).min() >= 0.9999, cosines(got, want)
         assert not np.allclose(np.linalg.norm(got, axis=1), 1.0)  # the rows are kept unnormalised
     recipe = store.config.recipe
     assert recipe["library"] == "open_clip" and recipe["version"] == open_clip.__version__
-    assert recipe["model_cfg"] == TINY_CONFIG and recipe["preprocess_cfg"]["interpolation"] == "bicubic"
+    assert recipe["model_cfg"] == TINY_CLIP_CONFIG and recipe["preprocess_cfg"]["interpolation"] == "bicubic"
     assert "recipe" in store.config.fingerprint_keys() and "not normalised" in recipe["row"]
 
 

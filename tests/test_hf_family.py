@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from featstore import open_store
-from helpers import write_smooth_clips
+from helpers import HF_TINY, save_tiny_hf, write_smooth_clips
 from pipeline.backbones import BackboneError, build_backbone, weights_for
 from pipeline.decode import ClipSampling, Sampling
 from pipeline.extract import ExtractConfig, embed_files, extract, resolve
@@ -21,16 +21,6 @@ from pipeline.sources import load_source
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-
-
-def save_tiny(path: Path, config, processor, seed: int = 0) -> Path:
-    """A randomly initialised model of `config` and its processor, saved as save_pretrained writes them."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformers.AutoModel.from_config(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +32,18 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     crop = dict(size={"shortest_edge": 40}, crop_size={"height": 30, "width": 30})
     return {
-        "vit": save_tiny(root / "vit", transformers.ViTConfig(**TINY, image_size=32, patch_size=8),
+        "vit": save_tiny_hf(root / "vit", transformers.ViTConfig(**HF_TINY, image_size=32, patch_size=8),
                          transformers.ViTImageProcessor(size={"height": 32, "width": 32})),
-        "siglip": save_tiny(root / "siglip", transformers.SiglipConfig(
-            vision_config=dict(**TINY, image_size=32, patch_size=8), text_config=dict(**TINY, vocab_size=99)),
+        "siglip": save_tiny_hf(root / "siglip", transformers.SiglipConfig(
+            vision_config=dict(**HF_TINY, image_size=32, patch_size=8), text_config=dict(**HF_TINY, vocab_size=99)),
             transformers.SiglipImageProcessor(size={"height": 32, "width": 32})),
-        "dinov2": save_tiny(root / "dinov2", transformers.Dinov2Config(**TINY, image_size=30, patch_size=6),
+        "dinov2": save_tiny_hf(root / "dinov2", transformers.Dinov2Config(**HF_TINY, image_size=30, patch_size=6),
                             transformers.BitImageProcessor(**crop)),
-        "videomae": save_tiny(root / "videomae", transformers.VideoMAEConfig(
-            **TINY, image_size=30, patch_size=6, num_frames=4, tubelet_size=2),
+        "videomae": save_tiny_hf(root / "videomae", transformers.VideoMAEConfig(
+            **HF_TINY, image_size=30, patch_size=6, num_frames=4, tubelet_size=2),
             transformers.VideoMAEImageProcessor(**crop)),
-        "vjepa2": save_tiny(root / "vjepa2", transformers.VJEPA2Config(
-            **TINY, crop_size=30, patch_size=6, frames_per_clip=4, tubelet_size=2, pred_hidden_size=32,
+        "vjepa2": save_tiny_hf(root / "vjepa2", transformers.VJEPA2Config(
+            **HF_TINY, crop_size=30, patch_size=6, frames_per_clip=4, tubelet_size=2, pred_hidden_size=32,
             pred_num_attention_heads=2, pred_num_hidden_layers=1, num_pooler_layers=1),
             transformers.VJEPA2VideoProcessor(crop_size=30)),
     }
@@ -141,12 +131,12 @@ def test_a_videomae_clip_of_another_length_or_size_is_refused_naming_the_one_it_
 def test_other_weights_or_another_processor_config_change_the_fingerprint(tiny, tmp_path):
     first = resolve(config(tiny["vit"]), None, []).store
     keys = first.fingerprint_keys()
-    reseeded = save_tiny(tmp_path / "vit2", transformers.ViTConfig(**TINY, image_size=32, patch_size=8),
+    reseeded = save_tiny_hf(tmp_path / "vit2", transformers.ViTConfig(**HF_TINY, image_size=32, patch_size=8),
                          transformers.ViTImageProcessor(size={"height": 32, "width": 32}), seed=1)
     other = resolve(config(tiny["vit"], weights=str(reseeded)), None, []).store
     assert other.weights.startswith("dir:sha256:") and other.weights != first.weights
     assert other.fingerprint(keys) != first.fingerprint(keys)
-    remeaned = save_tiny(tmp_path / "vit3", transformers.ViTConfig(**TINY, image_size=32, patch_size=8),
+    remeaned = save_tiny_hf(tmp_path / "vit3", transformers.ViTConfig(**HF_TINY, image_size=32, patch_size=8),
                          transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4] * 3))
     moved = resolve(config(remeaned), None, []).store
     assert moved.weights == first.weights  # the same weights...
@@ -201,7 +191,7 @@ def test_pool_on_a_model_without_tokens_or_without_a_cls_token_fails_in_one_line
 
 
 def test_a_directory_lacking_the_pooler_is_refused_unless_pool_says_the_row_needs_none(tiny, tmp_path):
-    vit = transformers.ViTModel(transformers.ViTConfig(**TINY, image_size=32, patch_size=8), add_pooling_layer=False)
+    vit = transformers.ViTModel(transformers.ViTConfig(**HF_TINY, image_size=32, patch_size=8), add_pooling_layer=False)
     vit.save_pretrained(tmp_path / "bare")  # as a ViTForImageClassification checkpoint: no pooler weights
     with pytest.raises(BackboneError, match="does not fit .*lacks .* weights \\(pooler.dense.*--pool cls\\|mean"):
         build_backbone(weights_for(f"hf:{tiny['vit']}", str(tmp_path / "bare")))

@@ -145,6 +145,9 @@ def store_table(store, summary: dict) -> Table:
         t.add_row(k, lit(summary[k]))
     cfg = summary["config"]
     t.add_row("weights", lit(cfg.get("weights")))
+    for key in ("layer", "token_pool"):  # what a row is, where it is not the backbone's own row (--layer, --pool)
+        if cfg.get(key) is not None:
+            t.add_row(key, lit(cfg[key]))
     t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames", "clip_len",
                                                               "clip_stride", "clips")
                                     if cfg.get(k) is not None))

@@ -18,9 +18,12 @@ and, optionally, for `cli.py backbones` (pipeline/catalog.py; without `names` th
                                                               matching the fnmatch pattern
     weights_local(model) -> bool | None                       its default weights are on this machine (no network
                                                               asked); None where it has none to download
+    undescribed(model) -> str | None                          why the name cannot be described here without the
+                                                              network (a hub config not cached), or None
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -45,22 +48,34 @@ class FamilySpec:
 @dataclass(frozen=True)
 class TokenGrid:
     """Where a vision transformer's (B, N, D) tokens lie on the image: `prefix` leading tokens that are no patch
-    (class, register, distillation tokens), then one token per patch, row by row, on a `rows` x `cols` grid."""
+    (class, register, distillation tokens), then one token per patch, row by row, on a `rows` x `cols` grid.
+    rows = cols = 0: a square grid read off the token count (a model whose position embeddings are interpolated to
+    the input's side, so the grid follows --size)."""
     prefix: int
-    rows: int
-    cols: int
+    rows: int = 0
+    cols: int = 0
 
     def to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, D) tokens -> (B, D, rows, cols), the prefix dropped (a block's output without a prefix, as the
         patch embedding's, is taken whole); anything else is returned as it is (a CNN's maps)."""
         if tokens.ndim != 3:
             return tokens
+        if not self.rows:
+            return self._square(tokens.shape[1]).to_map(tokens)
         patches = self.rows * self.cols
         if tokens.shape[1] not in (patches, patches + self.prefix):
             raise ValueError(f"{tokens.shape[1]} tokens do not lie on a {self.rows}x{self.cols} grid after "
                              f"{self.prefix} prefix tokens")
         grid = tokens[:, tokens.shape[1] - patches:]  # (B, rows*cols, D)
         return grid.reshape(len(grid), self.rows, self.cols, -1).permute(0, 3, 1, 2)  # (B, D, rows, cols)
+
+    def _square(self, tokens: int) -> TokenGrid:
+        """The square grid of `tokens` tokens: after the prefix, else whole (a patch embedding's output)."""
+        for patches in (tokens - self.prefix, tokens):
+            side = math.isqrt(max(patches, 0))
+            if side > 0 and side * side == patches:
+                return TokenGrid(self.prefix, side, side)
+        raise ValueError(f"{tokens} tokens do not lie on a square grid after {self.prefix} prefix tokens")
 
 
 def chosen_weights(name: str, weights: str, spec: FamilySpec, preprocess: Preprocess, recipe: dict,

@@ -17,6 +17,7 @@ Hugging Face cache (fetched where there is network). Imported only for an `hf:` 
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import inspect
 import json
@@ -31,7 +32,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoVideoPro
 
 from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, ClipSpec,
                                 Preprocess, file_sha256, seeded)
-from pipeline.families import FamilySpec, token_pools
+from pipeline.families import FamilySpec, TokenGrid, token_pools
 
 # PIL's resample codes, as processors record them, and the decode stage's filter of the same name
 _RESAMPLE = {0: "pil-nearest", 1: "pil-lanczos", 2: "pil", 3: "pil-bicubic", 4: "pil-box", 5: "pil-hamming"}
@@ -42,6 +43,10 @@ HUB_FILES = ["*.json", "*.safetensors", "pytorch_model*.bin"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # save_pretrained's single file (shards: an index.json)
 # Config keys that say where and by which version a config was written, not what the model is
 _VOLATILE = {"_name_or_path", "transformers_version"}
+# What `cli.py backbones` lists without --filter: the usual image and video feature extractors on the hub
+CURATED = ("facebook/dinov2-small", "facebook/dinov2-base", "facebook/dinov2-with-registers-small",
+           "google/vit-base-patch16-224-in21k", "google/siglip-base-patch16-224", "openai/clip-vit-base-patch32",
+           "MCG-NJU/videomae-base", "facebook/vjepa2-vitl-fpc64-256")
 
 
 @contextmanager
@@ -85,6 +90,46 @@ def source_dir(model: str) -> Path:
             f"cannot get hf:{model} offline ({type(e).__name__}): on a connected machine run `hf download {model}` "
             f"and copy its cache folder models--{model.replace('/', '--')} into {constants.HF_HUB_CACHE}, or "
             "save_pretrained the model and its processor to a directory and pass --backbone hf:/path/to/dir") from None
+
+
+def names(pattern: str | None) -> list[str]:
+    """CURATED, or the names matching `pattern` (fnmatch) among CURATED and the model repositories in the Hugging
+    Face cache (the hub's own search needs the network; the listing never asks it)."""
+    if pattern is None:
+        return list(CURATED)
+    return fnmatch.filter(sorted({*CURATED, *_cached_repos()}), pattern)
+
+
+def _cached_repos() -> list[str]:
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        return [repo.repo_id for repo in scan_cache_dir().repos if repo.repo_type == "model"]
+    except Exception:  # noqa: BLE001 — no cache directory yet, or one being written: nothing cached to list
+        return []
+
+
+def _in_cache(model: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model, filename), str)
+
+
+def weights_local(model: str) -> bool | None:
+    """Whether the repository's config and weights are in the Hugging Face cache (None: a local directory, which has
+    nothing to download)."""
+    if _is_local(model):
+        return None
+    return _in_cache(model, "config.json") and any(_in_cache(model, f) or _in_cache(model, f"{f}.index.json")
+                                                   for f in WEIGHT_FILES)
+
+
+def undescribed(model: str) -> str | None:
+    """Why `cli.py backbones` cannot describe the name here without the network (its config is read from the cached
+    snapshot), or None."""
+    if _is_local(model) or _in_cache(model, "config.json"):
+        return None
+    return f"not in the Hugging Face cache: `hf download {model}` (on a connected machine) to describe it"
 
 
 @lru_cache(maxsize=None)
@@ -207,7 +252,33 @@ def spec(model: str) -> FamilySpec:
         clip = ClipSpec(frames, side, True, frames)
     else:  # any clip of whole tubelets and patches; the config's length by default
         clip = ClipSpec(getattr(config, "tubelet_size", 1), _patch(config), False, frames)
-    return FamilySpec(dim=dim, input_size=side, clip=clip, token_pools=token_pools(prefix))
+    cam = _cam_layer(skeleton(model)) if frames is None and prefix is not None else ""
+    return FamilySpec(dim=dim, input_size=side, clip=clip, token_pools=token_pools(prefix), cam_layer=cam)
+
+
+def _cam_layer(net: nn.Module) -> str:
+    """The Grad-CAM default of an image transformer: its last encoder layer's first norm (ViT's
+    `layers.N.layernorm_before` in transformers 5, DINOv2's norm1, SigLIP's and CLIP's layer_norm1). The last layer's
+    patch tokens reach a CLS row (ViT's pooler, DINOv2's CLS) through nothing, so their gradient is zero, while that
+    norm's output feeds the attention the CLS token reads (as timm's default, pipeline/families/timm.py). Named inside
+    Rows (`net.`); '' where none is found."""
+    layers = [(name, m) for name, m in net.named_modules()
+              if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(m)]
+    if not layers:
+        return ""
+    name, blocks = layers[-1]
+    last = len(blocks) - 1
+    norm = next((n for n, m in blocks[last].named_children() if isinstance(m, nn.LayerNorm)), None)
+    return f"net.{name}.{last}" + (f".{norm}" if norm else "")
+
+
+def cam_tokens(net: nn.Module) -> TokenGrid | None:
+    """An image transformer's prefix tokens (CLS, registers, distillation) and its square patch grid, read off the
+    token count (the positions are interpolated to the input's side); None for a video model or one without
+    tokens."""
+    if not isinstance(net, Rows) or net.video or net.prefix is None:
+        return None
+    return TokenGrid(net.prefix)
 
 
 def preprocess(model: str) -> Preprocess:

@@ -11,6 +11,7 @@ records OpenCLIP's version, the model config and that preprocess config, and fin
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from open_clip.transform import merge_preprocess_dict
 from torch import nn
 
 from pipeline.backbones import Backbone, BackboneError, BackboneWeights, Preprocess, seeded
-from pipeline.families import FamilySpec, chosen_weights
+from pipeline.families import FamilySpec, TokenGrid, chosen_weights
 
 # OpenCLIP interpolation names the decode stage resizes with (as the PIL filter of the same name; OpenCLIP's eval
 # transform maps 'random' to bicubic)
@@ -33,6 +34,9 @@ _RESAMPLE = {"bicubic": "pil-bicubic", "bilinear": "pil", "random": "pil-bicubic
 _RESIZE = ("shortest", "squash")  # eval resize modes framecache reproduces ('longest' pads: it does not)
 ROW = "encode_image(normalize=False): pooled, projected, not normalised"
 CLIP_CACHE = "~/.cache/clip"  # where OpenCLIP keeps weights it downloads from a URL (download_pretrained_from_url)
+# What `cli.py backbones` lists without --filter: OpenAI's CLIPs and LAION's OpenCLIPs of the same towers
+CURATED = ("ViT-B-32/openai", "ViT-B-16/openai", "ViT-L-14/openai", "ViT-B-32/laion2b_s34b_b79k",
+           "ViT-B-16/laion2b_s34b_b88k", "ViT-L-14/laion2b_s32b_b82k", "RN50/openai")
 
 
 @lru_cache(maxsize=None)
@@ -98,11 +102,24 @@ def spec(model: str) -> FamilySpec:
     net = skeleton(model)
     side = preprocess(model).crop
     dim = int(net(torch.empty(1, 3, side, side, device="meta")).shape[-1])
-    if hasattr(net, "transformer"):  # a ViT: its last residual block (tokens)
-        cam = f"transformer.resblocks.{len(net.transformer.resblocks) - 1}"
-    else:  # ModifiedResNet's last stage; timm towers name none
-        cam = "layer4" if hasattr(net, "layer4") else ""
-    return FamilySpec(dim=dim, input_size=side, cam_layer=cam)
+    return FamilySpec(dim=dim, input_size=side, cam_layer=_cam_layer(net))
+
+
+def _cam_layer(net: nn.Module) -> str:
+    """A ViT's last residual block; its first norm (`ln_1`) where the row is the class token alone: the last block's
+    patch tokens reach that row through nothing, so their gradient is zero, while ln_1's output feeds the attention
+    the class token reads (as timm's default, pipeline/families/timm.py). ModifiedResNet: its last stage."""
+    if not hasattr(net, "transformer"):
+        return "layer4" if hasattr(net, "layer4") else ""  # timm towers name none
+    last = f"transformer.resblocks.{len(net.transformer.resblocks) - 1}"
+    return f"{last}.ln_1" if net.pool_type == "tok" and net.attn_pool is None else last
+
+
+def cam_tokens(net: nn.Module) -> TokenGrid | None:
+    """A ViT tower's one class token and patch grid (None for a ResNet tower, or blocks run sequence-first)."""
+    if not hasattr(net, "transformer") or not net.transformer.batch_first:
+        return None
+    return TokenGrid(1, int(net.grid_size[0]), int(net.grid_size[1]))
 
 
 def _preprocess_cfg(model: str) -> dict:
@@ -156,19 +173,29 @@ def _pretrained_file(name: str, model: str) -> Path:
     if not cfg:
         raise BackboneError(f"OpenCLIP {open_clip.__version__} has no pretrained weights for {arch}: pass --weights "
                             "PATH to an OpenCLIP checkpoint file, or --weights none")
-    repo, filename = os.path.split(cfg.get("hf_hub", ""))  # 'org/repo/' or 'org/repo/file', as OpenCLIP reads it
-    filename = filename or (HF_WEIGHTS_NAME if repo else "")
-    if repo:
-        cached = _hub_cached(repo, filename)
-        if cached is not None:
-            return cached
-    elif (Path(CLIP_CACHE).expanduser() / Path(cfg["url"]).name).is_file():
-        return Path(CLIP_CACHE).expanduser() / Path(cfg["url"]).name
+    cached = _cached_file(cfg)
+    if cached is not None:
+        return cached
     try:
         return Path(open_clip.download_pretrained(cfg))
     except Exception as e:  # noqa: BLE001 — hub, URL and checksum errors come in many types; all mean "not here"
-        raise BackboneError(f"cannot get {name} weights offline ({type(e).__name__}): " + _fetch_hint(repo, filename,
-                                                                                                        cfg)) from None
+        raise BackboneError(f"cannot get {name} weights offline ({type(e).__name__}): " + _fetch_hint(cfg)) from None
+
+
+def _hub_file(cfg: dict) -> tuple[str, str]:
+    """(Hugging Face repository, file) of a pretrained config ('' where it has none: a URL-only tag)."""
+    repo, filename = os.path.split(cfg.get("hf_hub", ""))  # 'org/repo/' or 'org/repo/file', as OpenCLIP reads it
+    return repo, filename or (HF_WEIGHTS_NAME if repo else "")
+
+
+def _cached_file(cfg: dict) -> Path | None:
+    """The tag's checkpoint where a cache holds it (the Hugging Face cache, or CLIP_CACHE for a URL-only tag), else
+    None; never asks the network."""
+    repo, filename = _hub_file(cfg)
+    if repo:
+        return _hub_cached(repo, filename)
+    path = Path(CLIP_CACHE).expanduser() / Path(cfg["url"]).name
+    return path if path.is_file() else None
 
 
 def _hub_cached(repo: str, filename: str) -> Path | None:
@@ -184,7 +211,8 @@ def _hub_cached(repo: str, filename: str) -> Path | None:
     return None
 
 
-def _fetch_hint(repo: str, filename: str, cfg: dict) -> str:
+def _fetch_hint(cfg: dict) -> str:
+    repo, filename = _hub_file(cfg)
     if repo:
         from huggingface_hub import constants
 
@@ -193,6 +221,20 @@ def _fetch_hint(repo: str, filename: str, cfg: dict) -> str:
                 f"(`hf download {repo} {filename}`)")
     return (f"download {cfg['url']} on a connected machine and pass --weights /path/to/{Path(cfg['url']).name}, "
             f"or put the file in {CLIP_CACHE}/")
+
+
+def names(pattern: str | None) -> list[str]:
+    """CURATED, or OpenCLIP's pretrained names (`ARCH/TAG`, open_clip.list_pretrained()) matching `pattern`
+    (fnmatch)."""
+    if pattern is None:
+        return list(CURATED)
+    return fnmatch.filter([f"{arch}/{tag}" for arch, tag in open_clip.list_pretrained()], pattern)
+
+
+def weights_local(model: str) -> bool | None:
+    """Whether the name's tag's checkpoint is in a cache here (None: OpenCLIP has no weights for it)."""
+    cfg = _tag_cfg(model)
+    return _cached_file(cfg) is not None if cfg else None
 
 
 def load_clip(chosen: BackboneWeights, model: str) -> nn.Module:
