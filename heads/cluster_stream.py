@@ -3,7 +3,8 @@
 Video level: each clip's frames are pooled as they stream by, so the points (one per clip) are exactly the in-memory
 path's and KMeans runs on them unchanged. Frame level, where the points are the rows themselves:
 
-    sample  a seeded sample of at most SAMPLE_POINTS frames (and at most SAMPLE_SHARE of the budget) is kept
+    sample  a seeded sample of SAMPLE_POINTS frames is kept (fewer where that exceeds SAMPLE_SHARE of the budget,
+            but at least SAMPLE_MIN)
     init    KMeans(k, n_init) on the sample: the restarts run where the points fit
     fit     MiniBatchKMeans from those centres, `partial_fit` over every fitted frame, STREAM_PASSES passes
     score   one more pass: every scored frame's cluster (4 bytes a frame), the inertia, the label metrics
@@ -26,7 +27,8 @@ from heads.data import load_cache
 from heads.stream import StreamedCache
 
 SAMPLE_POINTS = 20_000  # frames kept in memory for the k-means restarts, silhouette, nearest clips and scatter
-SAMPLE_SHARE = 0.25     # of the budget, the most the sample may take
+SAMPLE_SHARE = 0.25     # of the budget, what the sample may take, but never fewer frames than:
+SAMPLE_MIN = 1_000      # (8 MB at 2048-d) too few and the restarts start MiniBatchKMeans in a poor local optimum
 
 
 def rows_bytes(store: Store, ids: list[str]) -> int:
@@ -90,5 +92,6 @@ def frame_stream(store: Store, ids: list[str], budget: int) -> FrameStream:
 
 
 def sample_size(n: int, dim: int, budget: int) -> int:
-    """How many frames the in-memory sample holds: SAMPLE_POINTS, fewer where the budget is small."""
-    return min(n, SAMPLE_POINTS, max(2, int(budget * SAMPLE_SHARE) // (dim * 4)))
+    """How many frames the in-memory sample holds: SAMPLE_POINTS, fewer (down to SAMPLE_MIN) where the budget is
+    small."""
+    return min(n, SAMPLE_POINTS, max(SAMPLE_MIN, int(budget * SAMPLE_SHARE) // (dim * 4)))
