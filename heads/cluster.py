@@ -17,6 +17,10 @@ Decisions:
   mean and sample std (ddof=1, as fit-head --seeds; N=1 gives 0) over seeds. Sizes, nearest clips, plots and
   assignments come from the first seed, so `seed` alone reproduces them.
 - Frame-level sets of more than MINIBATCH_ABOVE points use MiniBatchKMeans; video level always uses KMeans.
+- Rows past --memory-budget stream from the shards (heads.cluster_stream): video-level points are pooled as they go
+  by (the same points, the same KMeans); frame-level ones are fit by `ClusterModel.fit_stream` (restarts on a
+  sample, then MiniBatchKMeans.partial_fit over every frame), and metrics.json's config says
+  "data_source": "stream".
 - `fit_split` fits PCA and centroids on that split's items and scores `split` (default: every other item).
 - The 2-D scatter is t-SNE up to TSNE_MAX_POINTS points, PCA beyond (t-SNE is quadratic); both seeded.
   `plot="none"` skips only that scatter; the contingency heat map and sweep plot are cheap and always written.
