@@ -59,7 +59,7 @@ def remember(cache: Source, targets: torch.Tensor, idx: np.ndarray, task: str, n
     """A kNN head holding the clips `idx`: features as every head sees them at eval (up to max_frames uniformly
     spaced frames per clip), their masked mean made unit-norm."""
     head = build_head(cfg.head_config(cache.dim, n_classes)).to(device)
-    feats = torch.cat([head.embed(x, n) for x, n, _ in batches(cache, None, idx, 1024, cfg.max_frames, device)])
+    feats = torch.cat([head.embed(x, n) for x, n, _ in batches(cache, None, idx, 256, cfg.max_frames, device)])
     chosen = targets[torch.as_tensor(np.asarray(idx), dtype=torch.int64)]
     onehot = nn.functional.one_hot(chosen, n_classes) if task == "multiclass" else chosen
     head.remember(feats, onehot, cfg.k, cfg.temperature, task == "multilabel")

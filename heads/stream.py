@@ -67,8 +67,10 @@ class StreamedCache:
         held, limit = 0, self._rows_per(BUFFER_SHARE)
         reader = self._read_ahead(blocks)
         for block_idx, rows, first in reader:
-            # copies: a view would keep its whole block alive until the block's last clip is drawn
-            buffer += [(int(c), rows[f:f + int(self.lengths[c])].clone()) for c, f in zip(block_idx, first)]
+            # training draws at random: a view would keep its whole block alive until the block's last clip is
+            # drawn, so the buffer holds copies; in order, a block is done with soon and views cost nothing
+            clips = [rows[f:f + int(self.lengths[c])] for c, f in zip(block_idx, first)]
+            buffer += [(int(c), clip if rng is None else clip.clone()) for c, clip in zip(block_idx, clips)]
             held += len(rows)
             while len(buffer) >= batch_size and (rng is None or held >= limit):
                 held -= yield from self._draw(buffer, batch_size, rng)
