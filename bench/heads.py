@@ -1,7 +1,7 @@
 """How fast heads train on a UCF101-sized cache, compared with extracting that cache. Run by hand:
 
     python bench/heads.py [--store /tmp/framecache_bench/heads_store] [--lstm-fit]
-    python bench/heads.py --streaming [--budget 128MB]     (only the streaming part, see `streaming`)
+    python bench/heads.py --streaming [--budget 256MB]     (only the streaming part, see `streaming`)
 
 Writes a synthetic store the size of UCF101 split 1 at every 10th frame (9,537 clips x 25 frames x
 2048-d float16, ~1 GB; kept and reused), then measures: store load time (`load_all`, and the
@@ -43,7 +43,7 @@ from heads.train import TrainConfig, make_optimizer, prepare_head, train_one_epo
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 CLIPS, FRAMES, DIM, CLASSES = 9537, 25, 2048, 101
-STREAM_CLIPS = 4000  # 4000 x 25 x 2048 float16: 0.38 GiB as loaded, 3x a 128 MB budget
+STREAM_CLIPS = 8000  # 8000 x 25 x 2048 float16: 0.76 GiB as loaded, 3.1x a 256 MB budget
 RESULTS = Path(__file__).parent / "results" / "heads.json"
 PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("/tmp/framecache_bench/heads_store"))
     parser.add_argument("--lstm-fit", action="store_true", help="also time a full lstm fit-head (minutes)")
     parser.add_argument("--streaming", action="store_true", help="only the streaming figures (key 'streaming')")
-    parser.add_argument("--budget", default="128MB", help="--memory-budget of the streaming figures")
+    parser.add_argument("--budget", default="256MB", help="--memory-budget of the streaming figures")
     parser.add_argument("--stream-store", type=Path, default=Path("/tmp/framecache_bench/stream_store"))
     args = parser.parse_args()
     if args.streaming:

@@ -336,9 +336,9 @@ def feature_stats(cache: Source, idx: np.ndarray) -> tuple[torch.Tensor, torch.T
     ss = torch.zeros(cache.dim, dtype=torch.float64)
     count = 0
     for block in cache.row_blocks(torch.as_tensor(np.asarray(idx), dtype=torch.int64)):
-        f = block.to("cpu", torch.float64)
+        f = block.to("cpu", torch.float64, copy=True)
         s += f.sum(0)
-        ss += (f * f).sum(0)
+        ss += f.mul_(f).sum(0)  # squared in place: one float64 copy of the block at a time, not two
         count += len(f)
     mean = s / count
     std = (ss / count - mean**2).clamp_min(0).sqrt()
