@@ -1,7 +1,7 @@
 """How fast heads train on a UCF101-sized cache, compared with extracting that cache. Run by hand:
 
     python bench/heads.py [--store /tmp/framecache_bench/heads_store] [--lstm-fit]
-    python bench/heads.py --streaming [--budget 256MB]     (only the streaming part, see `streaming`)
+    python bench/heads.py --streaming [--budget 128MB]     (only the streaming part, see `streaming`)
 
 Writes a synthetic store the size of UCF101 split 1 at every 10th frame (9,537 clips x 25 frames x
 2048-d float16, ~1 GB; kept and reused), then measures: store load time (`load_all`, and the
@@ -43,7 +43,7 @@ from heads.train import TrainConfig, make_optimizer, prepare_head, train_one_epo
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 CLIPS, FRAMES, DIM, CLASSES = 9537, 25, 2048, 101
-STREAM_CLIPS = 8000  # 8000 x 25 x 2048 float16: 0.76 GiB as loaded, 3.1x a 256 MB budget
+STREAM_CLIPS = 2000  # 2000 x 25 x 2048: 0.38 GiB as loaded (float32, as stage two holds a store this size), 3.1x 128MB
 RESULTS = Path(__file__).parent / "results" / "heads.json"
 PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
@@ -171,13 +171,13 @@ def epoch_rows_per_second(store: Path, budget: int | None, train_model: bool) ->
 def streaming(store: Path, budget_text: str) -> dict:
     """The streaming figures (see the module docstring)."""
     budget = budget_bytes(budget_text)
-    out: dict = {"clips": STREAM_CLIPS, "frames_per_clip": FRAMES, "dim": DIM, "dtype": "float16",
+    out: dict = {"clips": STREAM_CLIPS, "frames_per_clip": FRAMES, "dim": DIM, "dtype_on_disk": "float16",
                  "budget": budget_text, **machine()}
     out["write_seconds"] = write_store(store, STREAM_CLIPS)
-    out["store_gb_as_loaded"] = STREAM_CLIPS * FRAMES * DIM * 2 / 2**30
-    out["store_to_budget"] = STREAM_CLIPS * FRAMES * DIM * 2 / budget
+    loaded = STREAM_CLIPS * FRAMES * DIM * 4  # float32: under heads.data.FLOAT32_LIMIT as float32
+    out["store_gb_as_loaded"], out["store_to_budget"] = loaded / 2**30, loaded / budget
     runs = Path("/tmp/framecache_bench/runs")
-    fit = ["fit-head", str(store), "--head", "linear", "--epochs", "2", "--patience", "2", "--device", "cpu"]
+    fit = ["fit-head", str(store), "--head", "linear", "--epochs", "1", "--patience", "1", "--device", "cpu"]
     for name, flags in (("stream", ["--memory-budget", budget_text]), ("memory", ["--memory-budget", "64GB"])):
         peak, seconds = peak_rss_mb(*fit, *flags, "--out", str(runs / f"stream-{name}"), "--force")
         metrics = json.loads((runs / f"stream-{name}" / "metrics.json").read_text())
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("/tmp/framecache_bench/heads_store"))
     parser.add_argument("--lstm-fit", action="store_true", help="also time a full lstm fit-head (minutes)")
     parser.add_argument("--streaming", action="store_true", help="only the streaming figures (key 'streaming')")
-    parser.add_argument("--budget", default="256MB", help="--memory-budget of the streaming figures")
+    parser.add_argument("--budget", default="128MB", help="--memory-budget of the streaming figures")
     parser.add_argument("--stream-store", type=Path, default=Path("/tmp/framecache_bench/stream_store"))
     args = parser.parse_args()
     if args.streaming:
