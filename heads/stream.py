@@ -58,8 +58,15 @@ class StreamedCache:
 
     def clip_batches(self, idx: torch.Tensor, batch_size: int,
                      gen: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Batches of the clips idx: in order without `gen`, else drawn at random from a shuffle buffer."""
+        """Batches of the clips idx: in order without `gen`, else drawn at random from a shuffle buffer.
+
+        In order (evaluation, whose batch size is the caller's fixed 256 or 1024, not a hyperparameter), a batch
+        holds at most BLOCK_SHARE of the budget as float32 frames: 256 clips of 64 frames of 2048 dims would be 134 MB
+        a copy, and a head makes several. Clips are scored alone, so smaller batches change no prediction."""
         rng = None if gen is None else np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
+        if rng is None and len(idx):
+            longest = int(self.lengths[idx].max())
+            batch_size = max(1, min(batch_size, int(self.budget * BLOCK_SHARE) // (self.dim * 4 * longest)))
         blocks = _cut(idx.numpy(), self.lengths.numpy(), self._rows_per(BLOCK_SHARE))
         if rng is not None:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
