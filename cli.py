@@ -24,8 +24,9 @@ import typer
 from featstore.config import POOLS
 from finetune.config import FinetuneConfig
 from heads.budget import MemoryBudget
-from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig
+from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig, ZeroShotConfig
 from heads.models import HEADS
+from pipeline.catalog import CatalogQuery
 from pipeline.extract import COMPRESSIONS, ExtractConfig
 from pipeline.request import EngineFlags, SamplingFlags
 from ui.errors import FAILED_ITEMS, ExitCodes, fail, os_error_line, user_errors  # noqa: F401 (os_error_line: tests)
@@ -35,9 +36,10 @@ from ui.render import (epoch_progress, extract_progress, finetune_progress, fine
                        item_progress, lit, out, print_cluster, print_compacted, print_evaluation, print_explained,
                        print_extract_summary, print_failures, print_finetuned, print_fit, print_info, print_launch,
                        print_meta_update, print_metrics, print_pooled, print_predictions, print_repeated, print_runs,
-                       print_temporal, print_thumbnails, print_verify, progress_bar, stage_progress, sweep_progress,
-                       warn_skipped)
+                       print_temporal, print_thumbnails, print_verify, progress_bar, show_library_notes, stage_progress,
+                       sweep_progress, warn_skipped)
 
+show_library_notes()
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
 gc.enable()
 
@@ -215,6 +217,27 @@ def fit_head(
     print_fit(result)
 
 
+@app.command("zero-shot")
+@config_options(ZeroShotConfig)
+def zero_shot(
+    store: Annotated[Path, typer.Argument(help="Store made with a CLIP image tower (--backbone open_clip:ARCH).")],
+    out_dir: OutDir = None,
+    weights: StoreWeights = None,
+    force: Force = False,
+    *,
+    cfg: ZeroShotConfig,
+) -> None:
+    """A classifier from the store's own CLIP text tower, one prompt per class, no training; writes a run that
+    evaluate, predict, runs and fuse take (--out, default runs/<store>-zeroshot)."""
+    from heads.zeroshot import zero_shot as make_zero_shot
+
+    run_dir = out_dir or Path("runs") / f"{store.stem}-zeroshot"
+    with user_errors("no run was written; an earlier run in --out is unchanged"):
+        metrics = make_zero_shot(store, cfg, run_dir, None if weights is None else str(weights), force=force)
+    print_metrics({"test": metrics["test"]}, f"zero-shot on {metrics['backbone']}, {len(metrics['labels'])} "
+                  f"classes, {metrics['n_scored']} clips scored ({metrics['split']}) → {run_dir}")
+
+
 @app.command()
 @config_options(MemoryBudget, param="memory")
 def evaluate(
@@ -372,7 +395,8 @@ def explain_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory written by fit-head (on a frame store).")],
     videos: Annotated[Optional[list[Path]], typer.Argument(help="Video or image files.")] = None,
     frames: Annotated[int, typer.Option(min=1, help="Frames shown per video, uniformly spaced.")] = 8,
-    layer: Annotated[Optional[str], typer.Option(help="Backbone module to map (default: the registry's).")]
+    layer: Annotated[Optional[str], typer.Option(help="Backbone module to map (default: the store's --layer, "
+                                                 "else the registry's).")]
     = None,
     method: Annotated[Method, typer.Option(help="Class activation map method.")] = Method.gradcam,
     class_name: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: predicted).")]
@@ -460,20 +484,24 @@ def demo(
 
 
 @app.command()
+@config_options(CatalogQuery, param="query")
 def backbones(
+    query: CatalogQuery,
     check: Annotated[Optional[Path], typer.Option(help="A weights file to check against the sha256 of the files "
                                                   "the registry knows (offline).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="With --check: also load the file into this backbone.")]
     = None,
     as_json: Json = False,
 ) -> None:
-    """The registry's backbones (dim, rows, weights files) or, with --check, whether a weights file is one of them."""
-    from pipeline.weights_check import backbone_rows, check_weights
+    """Every family's backbones (dim, rows, weights local, files) or, with --check, whether a weights file is one of
+    torchvision's."""
+    from pipeline.catalog import catalog
+    from pipeline.weights_check import check_weights
     from ui.render import print_backbones, print_weights_check
 
     with user_errors():
         if check is None:
-            return print_backbones(backbone_rows(), as_json)
+            return print_backbones(catalog(query), as_json)
         result = check_weights(check, backbone)
     print_weights_check(result, as_json)
     if not result.ok:

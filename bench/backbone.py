@@ -5,6 +5,8 @@ Variants, each through pipeline.Embedder exactly as extract runs them (uint8 NHW
   compiled  the same, through torch.compile (inductor, freezing)   -- one-time cost: the first call
   int8      PT2E static int8 (torchao X86InductorQuantizer), calibrated on --calib frames of the real clips, then
             compiled                                                 -- one-time cost: export + calibrate + compile
+Backbones are any --backbone name, families' included (`timm:convnext_tiny`): measure those with `--variants eager`
+(only torchvision's are measured compiled and int8; pipeline/accel.py keeps eager-only results as CPU_BATCH).
 Frames are decoded from the real clips (every 10th frame, the weights' resize/crop); calibration and cosine use
 different clips. Cosine is to the same backbone in eager fp32 on those frames. Only mobilenet_v2 has trustworthy
 (ImageNet) weights offline (/work/shared/weights, see its README); the resnets are random init, so their cosines
@@ -13,6 +15,9 @@ Results merge into --out keyed by backbone/variant/batch, so a table is built ov
 
     flock /tmp/framecache-bench.lock python bench/backbone.py --backbones resnet18 --variants eager compiled
     python bench/backbone.py --table      # the CPU_SPEED lines for pipeline/accel.py, from --out
+
+The meta records the CPU model, its lscpu flags and the load average before and after: on a shared machine
+absolute images/s are noisy, and what carries over is the ratio between backbones measured in one run.
 """
 from __future__ import annotations
 
@@ -99,7 +104,8 @@ def measure(backbone, variant: str, batch: int, calib: torch.Tensor, evaluation:
     lo, mean = cosine(out, reference)
     row = {"backbone": backbone.name, "variant": variant, "batch": batch, "setup_s": round(setup, 2),
            "images_per_s": round(rate(embed, evaluation, batch, seconds), 1), "cosine_min": round(lo, 5),
-           "cosine_mean": round(mean, 5), "first_pass_s": round(time.perf_counter() - t, 2)}
+           "cosine_mean": round(mean, 5), "first_pass_s": round(time.perf_counter() - t, 2),
+           "loadavg_1m": round(os.getloadavg()[0], 1)}
     print(json.dumps(row), flush=True)
     return row
 
@@ -119,6 +125,18 @@ def calibration_noise(backbone, calib: torch.Tensor, evaluation: torch.Tensor, b
            "cosine_min": round(lo, 5), "cosine_mean": round(mean, 5)}
     print(json.dumps(row), flush=True)
     return row
+
+
+def cpu_info() -> dict:
+    """The CPU model and its flags as lscpu reports them (beside every figure: bf16/int8 speed depends on them)."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {"cpu_model": fields.get("Model name", "").strip(), "lscpu_flags": fields.get("Flags", "").strip()}
 
 
 def merge(out: Path, rows: list[dict], meta: dict) -> None:
@@ -143,6 +161,9 @@ def table(out: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     for name in sorted({r["backbone"] for r in rows}):
         mine = {v: [r for r in rows if r["backbone"] == name and r["variant"] == v] for v in VARIANTS}
+        if mine["eager"] and not (mine["compiled"] or mine["int8"]):  # a family's: eager only
+            print(f'    "{name}": {best_of(mine["eager"])["batch"]},  # CPU_BATCH')
+            continue
         if not all(mine.values()):
             print(f"# {name}: missing {[v for v, r in mine.items() if not r]}")
             continue
@@ -171,7 +192,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         return table(args.out)
-    rows = []
+    rows, load_before, ready = [], os.getloadavg(), []
     for name in args.backbones:
         backbone = load_backbone(name, WEIGHTS.get(name, "none"))
         calib, evaluation = real_frames(args.data, backbone, args.calib, args.eval)
@@ -182,13 +203,17 @@ def main() -> None:
             write_text_atomic(args.out, json.dumps(old, indent=1) + "\n")
             continue
         reference = embed_all(Embedder(backbone, torch.device("cpu"), "fp32"), evaluation, 16)
-        for variant in args.variants:
-            for batch in args.batches:
+        ready.append((backbone, calib, evaluation, reference))
+    # backbones take turns at each batch: on a shared machine their ratio is then measured under the same load
+    for variant in args.variants:
+        for batch in args.batches:
+            for backbone, calib, evaluation, reference in ready:
                 rows.append(measure(backbone, variant, batch, calib, evaluation, reference, args.seconds))
                 torch._dynamo.reset()  # each compiled variant starts from nothing, as a new process would
     if not rows:
         return
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": os.cpu_count(),
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": os.cpu_count(), **cpu_info(),
+            "loadavg_before_after": [load_before, os.getloadavg()],
             "weights": {n: WEIGHTS.get(n, "none (random init, seed 0)") for n in args.backbones},
             "calibration_frames": args.calib, "eval_frames": args.eval, "size": "weights' own (224)"}
     merge(args.out, rows, meta)

@@ -9,6 +9,10 @@ grad-cam scales every image of a batch to [0, 1] on its own, which would make a 
 as the decisive one. The frames of a video are one input here, so the raw maps are taken from the same CAM object
 (`get_cam_image` on the activations and gradients it recorded) and scaled together; each frame's share of the
 total evidence is reported beside its map.
+
+Transformer blocks output (B, N, D) tokens, not maps: the backbone's family says where they lie on the image
+(`cam_tokens`, pipeline/families/__init__.py), and its TokenGrid is grad-cam's reshape_transform. On a `--layer`
+store the backbone is a LayerPool: layers are named inside it, and the default is the layer its rows come from.
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from torch import nn
 
 from explain import INSTALL_HINT, METHODS, ExplainError
 from explain.model import ComposedModel
+from pipeline.backbones import family_of, get_spec
+from pipeline.families import TokenGrid
+from pipeline.layers import LayerPool
 
 
 @dataclass
@@ -47,7 +54,25 @@ def layer_choices(backbone: nn.Module) -> list[str]:
             if name and name.count(".") <= 1 and not isinstance(m, nn.Identity)]
 
 
+def cam_net(backbone: nn.Module) -> nn.Module:
+    """The model whose module names --layer takes: the one inside a `--layer` store's LayerPool."""
+    return backbone.model if isinstance(backbone, LayerPool) else backbone
+
+
+def default_layer(backbone: nn.Module, backbone_name: str) -> str:
+    """--layer's default: the block a `--layer` store's rows come from, else the registry's cam_layer."""
+    return backbone.layer if isinstance(backbone, LayerPool) else get_spec(backbone_name).cam_layer
+
+
+def token_grid(backbone: nn.Module, backbone_name: str) -> TokenGrid | None:
+    """Where the backbone's tokens lie on the image, as its family says (None: a CNN, or a torchvision name)."""
+    family = family_of(backbone_name)
+    tokens = getattr(family[0], "cam_tokens", None) if family is not None else None
+    return tokens(cam_net(backbone)) if tokens is not None else None
+
+
 def find_layer(backbone: nn.Module, name: str, backbone_name: str) -> nn.Module:
+    backbone = cam_net(backbone)
     modules = dict(backbone.named_modules())
     if not name or name not in modules:
         raise ExplainError(f"--layer {name!r} is not a module of {backbone_name}; valid layers: "
@@ -68,8 +93,10 @@ def compute_maps(model: ComposedModel, pixels: torch.Tensor, layer_name: str, ba
 
     cls = cam_class(method)
     layer = find_layer(model.backbone, layer_name, backbone_name)
-    hook = layer.register_forward_hook(_output_requires_grad)  # before grad-cam's hooks: they run in order
-    cam = cls(model=model, target_layers=[layer])
+    # first of all hooks: grad-cam's, and a LayerPool's that keeps the output as the row, must see the leaf
+    hook = layer.register_forward_hook(_output_requires_grad, prepend=True)
+    grid = token_grid(model.backbone, backbone_name)
+    cam = cls(model=model, target_layers=[layer], reshape_transform=grid.to_map if grid is not None else None)
     maps, logits = [], None
     try:
         # cuDNN's RNN backward refuses eval mode; the plain kernels give the same numbers (no-op on CPU).
@@ -98,7 +125,7 @@ def _scaled_maps(cam, pixels: torch.Tensor, layer: nn.Module, layer_name: str, t
     acts, grads = recorded.activations[0], recorded.gradients[0]
     if acts.ndim != 4 or acts.shape[-1] * acts.shape[-2] < 2:
         raise ExplainError(f"--layer {layer_name} outputs {tuple(acts.shape)}, not a spatial map: choose a "
-                           "convolutional stage")
+                           "convolutional stage or a transformer block")
     raw = cam.get_cam_image(pixels, layer, None, acts.float().numpy(), grads.float().numpy(), False)
     raw = np.maximum(raw, 0).astype(np.float32)  # (T, h, w); Grad-CAM keeps positive evidence only
     total = float(raw.sum())

@@ -12,20 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from explain import ExplainError
-from explain.cam import Maps, cam_class, compute_maps, find_layer
+from explain.cam import Maps, cam_class, compute_maps, default_layer, find_layer
 from explain.model import RunModel, clip_probabilities, decode_for, head_rows, load_run_model, to_pixels
 from explain.render import Panel, render
 from heads.report import mistakes
 from heads.run import split_predictions
 from heads.rundir import claim, write_json
-from pipeline.backbones import get_spec
 from pipeline.decode import DecodeError, Sampling, sample_indices
 
 
 @dataclass
 class ExplainConfig:
     frames: int = 8               # frames shown per video (uniformly spaced among those the head reads)
-    layer: str | None = None      # target module; None: the registry's cam_layer of the store's backbone
+    layer: str | None = None      # target module; None: a --layer store's layer, else the registry's cam_layer
     method: str = "gradcam"       # a key of explain.METHODS
     target: str | None = None     # class to explain; None: the predicted one (and the true one for mistakes)
     device: str = "auto"
@@ -55,7 +54,7 @@ class Explainer:
         self.cfg = cfg
         cam_class(cfg.method)  # the install hint comes before any decoding
         self.run: RunModel = load_run_model(run_dir, cfg.device, cfg.weights)
-        self.layer = cfg.layer or get_spec(self.run.backbone).cam_layer
+        self.layer = cfg.layer or default_layer(self.run.model.backbone, self.run.backbone)
         if not self.layer:
             raise ExplainError(f"the registry records no default layer for {self.run.backbone}: pass --layer")
         find_layer(self.run.model.backbone, self.layer, self.run.backbone)

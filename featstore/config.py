@@ -18,7 +18,8 @@ from typing import Any
 FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames",
                     "size", "resize", "crop", "mean", "std", "dtype")
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
-OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine", "recipe", "layer")
+OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine", "recipe", "layer",
+                 "token_pool")
 # Fingerprinted by format-1 stores, but a property of the file layout, not of the features in it.
 LAYOUT_KEYS = frozenset({"format"})
 # How `cli.py pool` reduces a video's rows to one, and the keys a pooled store records (and fingerprints) beside its
@@ -70,6 +71,8 @@ class StoreConfig:
     batch_size: int | None = None
     versions: dict | None = None
     layer: str | None = None            # --layer: rows are this block's pooled output (fingerprinted where set)
+    token_pool: str | None = None       # --pool cls|mean: a token model's CLS token or its patch tokens' mean
+    #                                     (fingerprinted where set; `pool` is a pooled store's key)
     recipe: dict | None = None          # a family backbone's library, version, model and data config: fingerprinted
     #                                     (torchvision stores have no key: their weights enum names all of it)
     format: int | None = None           # the store's row layout (featstore.FORMAT_VERSION); set by the writer

@@ -2,13 +2,15 @@
 
 Every shard carries the attributes the header holds (format, config, fingerprint, its keys, dim), so the header is
 redundant: when it is missing, unreadable, or its fingerprint no longer matches its own config (a flipped bit), and
-all shards agree, `load_header` writes it again from them (readers do this on open, `extract` before appending).
+all shards agree, `load_header` writes it again from them (readers do this on open, `extract` before appending)
+and says so on the `framecache` logger (the command line shows it as a note: a repair is never silent).
 When the shards disagree (a foreign shard copied in), `verify --repair` takes the settings of most shards and
 moves the old header aside; the other shards are then reported as foreign.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from featstore.format import HEADER, read_header, shard_files, write_attrs
 from featstore.integrity import Header, h5_temp
 
 QUARANTINE = "_quarantine"
+log = logging.getLogger("framecache")
 
 
 def header_problem(path: Path) -> tuple[Header | None, str | None]:
@@ -88,9 +91,12 @@ def load_header(path: Path, rebuild: bool = True) -> tuple[Header, str | None]:
     if len(votes) > 1:
         raise StoreError(f"store header {path / HEADER} {problem}, and its shards disagree on the settings: "
                          f"run `cli.py verify {path} --repair` to rebuild it from most of them")
-    header = _header(*next(iter(votes.items())))
+    key, configs = next(iter(votes.items()))
+    header = _header(key, configs)
     if rebuild and os.access(path, os.W_OK):
         write_header(path, header)
+        log.warning("store header %s %s: rebuilt from its %d shard(s), which all agree on the settings (nothing "
+                    "re-embedded)", path / HEADER, problem, len(configs))
     return header, problem
 
 

@@ -43,15 +43,16 @@ def refuse_store_part(path: Path, flag: str) -> None:
                              "does not change that); choose a path outside any store")
 
 
-def _shown(names: list[str]) -> str:
+def shown(names: list[str]) -> str:
     return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def check_out_folder(out: str | Path, kind: str, owned: Callable[[Path], bool], force: bool = False,
-                     flag: str = "--out") -> bool:
+                     flag: str = "--out", holds: Callable[[Path, list[str]], str] | None = None) -> bool:
     """Raise OwnershipError unless `kind` may write into the folder `out`: absent, empty, `owned(out)` (its own
-    earlier output), or `force`. Returns whether `out` is to be replaced whole (`force` over other files): the
-    writer calls `clear_folder` once its inputs are checked, just before it writes."""
+    earlier output), or `force`. `holds(out, entries)` says what the refused folder holds (default: files that
+    are not `kind` output). Returns whether `out` is to be replaced whole (`force` over other files): the writer
+    calls `clear_folder` once its inputs are checked, just before it writes (or moves its staged output in)."""
     out = Path(out)
     refuse_store_part(out, flag)
     if out.exists() and not out.is_dir():
@@ -61,8 +62,9 @@ def check_out_folder(out: str | Path, kind: str, owned: Callable[[Path], bool], 
         return False
     entries = sorted(p.name for p in out.iterdir())
     if entries and not force:
-        raise OwnershipError(f"{flag} {out} already holds files that are not {kind} output ({_shown(entries)}); "
-                             f"choose a new or empty folder, or pass --force to replace it whole")
+        what = holds(out, entries) if holds else f"files that are not {kind} output ({shown(entries)})"
+        raise OwnershipError(f"{flag} {out} already holds {what}; choose a new or empty folder, or pass --force to "
+                             f"replace it whole")
     return bool(entries)
 
 

@@ -28,7 +28,7 @@ class FinetuneConfig:
     # supervised (labels, TSN segments) | temporal (InfoNCE on frame pairs)
     objective: str = setting("supervised", "supervised (labels, TSN segments) | temporal (InfoNCE, no labels).",
                              choices=OBJECTIVES)
-    backbone: str = setting("resnet50", "A float registry backbone (resnet18/50, mobilenet_v2, ...).")
+    backbone: str = setting("resnet50", "A float image backbone: resnet18/50, mobilenet_v2, ..., timm:NAME.")
     # as for extract: enum name, none, or a file (a finetune backbone.pt too)
     weights: str = setting("DEFAULT", "DEFAULT, an enum name, none, or a file.")
     # a fit-head run on a store of this backbone/weights; else a new head

@@ -86,6 +86,34 @@ class TrainConfig(MemoryBudget):  # memory_budget: where the rows live, not what
                           **{k: getattr(self, k) for k in shared})
 
 
+ZERO_SHOT_TEMPLATE = "a video of a person {}."
+
+
+@dataclass
+class ZeroShotConfig:
+    """What `cli.py zero-shot` builds (heads.zeroshot): a classifier from the text tower of a CLIP store's weights,
+    one prompt per class, no training."""
+    labels: str | None = setting(None, "Class names, comma-separated: a,b,c (or --from-store).")
+    from_store: bool = setting(False, "The classes are the store's own labels.")
+    template: str = setting(ZERO_SHOT_TEMPLATE, "Each class's prompt; {} is replaced by its name.")
+
+    def __post_init__(self):
+        if (self.labels is not None) == self.from_store:
+            raise HeadError("give the classes one way: --labels a,b,c or --from-store (the store's own labels)")
+        if self.template.count("{}") != 1:
+            raise HeadError(f"--template {self.template!r} must hold {{}} once, where the class name goes "
+                            "(e.g. 'a video of a person {}.')")
+        names = self.classes([])
+        if self.labels is not None and (len(names) < 2 or len(set(names)) < len(names)):
+            raise HeadError(f"--labels {self.labels!r}: give at least 2 different class names, comma-separated")
+
+    def classes(self, store_labels: list[str]) -> list[str]:
+        """The class names: --labels as given (order kept), or the store's label vocabulary."""
+        if self.labels is None:
+            return list(store_labels)
+        return [name.strip() for name in self.labels.split(",") if name.strip()]
+
+
 class ClusterError(FramecacheError, ValueError):
     """A cluster-eval request that cannot be run as asked; the message names the CLI flag to change."""
 

@@ -244,6 +244,26 @@ class KNNHead(nn.Module):
         return share.log() - (1 - share).log() if self.multilabel else share.log()  # (B, C)
 
 
+class ZeroShotHead(nn.Module):
+    """A classifier made without training from a CLIP text tower (heads.zeroshot): each row, normalised, scores
+    cosine x logit scale against every class's unit-norm text embedding, and a clip's logits are the mean of its
+    rows' scores (the mean of the normalised rows, times the text embeddings: as a linear head pools). No
+    parameters: the buffers come from `set_classes` or a checkpoint."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.register_buffer("text", torch.zeros(cfg.n_classes, cfg.in_dim))  # (C, D) unit-norm class embeddings
+        self.register_buffer("scale", torch.tensor(1.0))                     # CLIP's exp(logit_scale)
+
+    def set_classes(self, text: torch.Tensor, scale: float) -> None:
+        self.text.copy_(text)
+        self.scale.fill_(scale)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        rows = nn.functional.normalize(x.float(), dim=-1)  # (B, T, D)
+        return self.scale * masked_mean(rows, lengths) @ self.text.T  # (B, C)
+
+
 HEADS: dict[str, type[nn.Module]] = {
     "linear": LinearHead,
     "mlp": MLPHead,
@@ -259,6 +279,10 @@ HEADS: dict[str, type[nn.Module]] = {
 MEMORY_HEADS: dict[str, type[nn.Module]] = {"knn": KNNHead}
 
 
+# Heads made from something else than the store's clips (cli.py zero-shot): fit-head and finetune cannot train them.
+MADE_HEADS: dict[str, type[nn.Module]] = {"zeroshot": ZeroShotHead}
+
+
 # Heads that pool rows order-blind into one vector: each row alone is a valid input, so evaluate also scores rows
 # (clips of a clip store) one by one.
 POOLING_HEADS = ("linear", "mlp", "attention")
@@ -266,7 +290,7 @@ POOLING_HEADS = ("linear", "mlp", "attention")
 
 def build_head(cfg: HeadConfig) -> nn.Module:
     """The head `cfg.kind` built from `cfg`; unknown kinds fail with the list of valid ones."""
-    kinds = {**HEADS, **MEMORY_HEADS}
+    kinds = {**HEADS, **MEMORY_HEADS, **MADE_HEADS}
     if cfg.kind not in kinds:
         raise HeadError(f"--head {cfg.kind!r} is not a head; choose one of: {', '.join(kinds)}")
     if cfg.in_dim < 1 or cfg.n_classes < 1:

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from featstore.atomic import OutputRaced, write_text_atomic
-from featstore.ownership import refuse_store_part
+from featstore.ownership import check_out_folder, shown
 from featstore.staging import clean_stale, temp_name
-from heads.models import HeadError
 
 MANIFEST = "run_files.json"  # {"files": [top-level names the run and its follow-ups wrote]}
 
@@ -43,11 +42,12 @@ def write_json(path: Path, obj) -> None:
 
 
 def run_kind(path: Path) -> str | None:
-    """The kind of run ("fit-head", "fit-head --seeds", "sweep", ...) that the directory `path` holds, or None, read off its config.json."""
+    """The kind of run ("fit-head", "fit-head --seeds", "sweep", ...) that the directory `path` holds, or None, read
+    off its config.json."""
     config = _run_config(path)
     if config is None:
         return None
-    if config.get("command") in ("fit-head", "cluster-eval"):
+    if config.get("command") in ("fit-head", "cluster-eval", "zero-shot"):
         return config["command"]
     if "grid" in config:
         return "sweep"
@@ -59,26 +59,31 @@ def run_kind(path: Path) -> str | None:
 
 
 def check_run_dir(out: Path, kind: str, force: bool = False) -> None:
-    """Raise HeadError unless a `kind` run may replace `out` (see the module docstring)."""
-    refuse_store_part(out, "--out")  # the one rule every writer shares (featstore.ownership)
-    if out.exists() and not out.is_dir():
-        raise HeadError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
-    if not out.exists():
-        return
-    entries = sorted(p.name for p in out.iterdir())
+    """Raise OwnershipError unless a `kind` run may replace `out` (see the module docstring): the guard every
+    writer shares (featstore.ownership), with a run's own files read off its manifest."""
+    check_out_folder(out, f"a {kind} run", lambda path: _own_run(path, kind), force,
+                     holds=lambda path, entries: _holds(path, entries, kind))
+
+
+def _foreign(out: Path, entries: list[str]) -> list[str]:
     own = set(run_files(out)) | {MANIFEST}
-    foreign = [name for name in entries if name not in own]
-    found = run_kind(out)
-    if not entries or force or (found == kind and not foreign):
-        return
+    return [name for name in entries if name not in own]
+
+
+def _own_run(out: Path, kind: str) -> bool:
+    """`out` holds a `kind` run and nothing else: that run may be replaced by this one."""
+    return run_kind(out) == kind and not _foreign(out, sorted(p.name for p in out.iterdir()))
+
+
+def _holds(out: Path, entries: list[str], kind: str) -> str:
+    """What a refused run folder holds, for the error line: a run of another kind, a run beside other files..."""
+    foreign, found = _foreign(out, entries), run_kind(out)
     what = f"files that are not a {kind} run"
     if found:
         what = f"a {found} run" + (" and other files" if found == kind else "")
         if found == kind and not (out / MANIFEST).exists():
             what = f"a {found} run without {MANIFEST} (written before runs listed their files)"
-    shown = ", ".join(foreign[:5] or entries[:5]) + (" ..." if len(foreign or entries) > 5 else "")
-    raise HeadError(f"--out {out} already holds {what} ({shown}); choose a new or empty folder, "
-                    f"or pass --force to replace it whole with the {kind} run")
+    return f"{what} ({shown(foreign or entries)})"
 
 
 @contextmanager

@@ -62,17 +62,32 @@ CPU_SPEED: dict[str, Measured] = {
                          trusted=False),
 }
 
+# Family backbones, measured eager bf16 only, beside resnet50 in the same run (bench/results/
+# backbone_families.json). That run's machine was shared (load 17-25 on 2 cores): every model, resnet50 included,
+# peaked at batch 32 there, against resnet50's 8 on the quiet machine, so the load chose the peak. What carries over
+# is the ratio: at each batch these ran at 0.6-1.5x resnet50's rate (the same cost class, 4.1-4.6 GFLOPs), so they
+# take resnet50's quiet-machine batch. `auto` neither compiles nor quantizes them (neither was measured).
+CPU_BATCH: dict[str, int] = {
+    "timm:convnext_tiny": 8,
+    "timm:vit_small_patch16_224": 8,
+}
+# A family's unmeasured names: its measured ones' batch (the curated others are as costly or costlier: vit_base,
+# DINOv2; small batches keep a costly model's activations in cache, as resnet50's 8 against resnet18's 16)
+FAMILY_CPU_BATCH: dict[str, int] = {"timm": 8}
+
 
 def default_batch(backbone: str, video: bool, device: torch.device, variant: str = "eager") -> int:
     """Units per forward pass when --batch-size is not given: large on GPUs; on CPUs the batch that ran fastest
-    in bench/backbone.py for this backbone and variant (eager | compiled | int8), else CPU_FRAME_BATCH."""
+    in bench/backbone.py for this backbone and variant (eager | compiled | int8), else its eager-only measurement
+    (CPU_BATCH), else its family's (FAMILY_CPU_BATCH), else CPU_FRAME_BATCH."""
     if video:
         return CLIP_BATCH
     if device.type != "cpu":
         return FRAME_BATCH
     m = CPU_SPEED.get(backbone)
     if m is None:
-        return CPU_FRAME_BATCH
+        family, sep, _ = backbone.partition(":")
+        return CPU_BATCH.get(backbone) or (FAMILY_CPU_BATCH.get(family) if sep else None) or CPU_FRAME_BATCH
     return {"compiled": m.compiled_batch, "int8": m.int8_batch}.get(variant, m.batch)
 
 

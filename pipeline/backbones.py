@@ -36,6 +36,8 @@ SEED_FOR_RANDOM_INIT = 0  # `--weights none` is always the same network, so one 
 # Frames per clip unless --clip-len says otherwise: torchvision's Kinetics recipes train and score VideoResNet, MViT
 # and Swin3D on 16-frame clips (their weights' docs), and 16 is also what MViT's positional encoding is built for.
 DEFAULT_CLIP_LEN = 16
+# --pool: a token model's row is its CLS token or the mean of its patch tokens (instead of its own pooling)
+TOKEN_POOLS = ("cls", "mean")
 
 
 class BackboneError(FramecacheError, ValueError):
@@ -70,6 +72,7 @@ class BackboneSpec:
     cpu_only: bool = False              # int8 quantized models run on CPU kernels only
     cam_layer: str = ""                 # default Grad-CAM target: the last block with a spatial map
     fixed_clip: bool = False            # the weights' minimal clip is also the only one (MViT)
+    token_pools: tuple[str, ...] = ()   # the --pool choices: none here (no registered model has tokens)
 
     @property
     def input_size(self) -> int:
@@ -114,6 +117,8 @@ REGISTRY: dict[str, BackboneSpec] = {
 # Families of prefixed names: prefix -> (its module, the library it needs, the pip extra that installs that library).
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "timm": ("pipeline.families.timm", "timm", "timm"),
+    "open_clip": ("pipeline.families.open_clip", "open_clip", "clip"),
+    "hf": ("pipeline.families.hf", "transformers", "hf"),
 }
 
 
@@ -146,7 +151,8 @@ class Preprocess:
     """What the weights expect: a `crop` x `crop` RGB image cut from a frame resized to `resize` (the shorter
     side, or an exact (height, width) as the VideoResNet preset's (128, 171)). `resample` is how: 'pil' (PIL
     bilinear, as the image presets on PIL images), 'pil-bicubic' (and the other PIL filters a family's recipe
-    names) or 'tensor' (torch bilinear without antialias, as the VideoClassification preset on frame tensors)."""
+    names), 'tensor' (torch bilinear without antialias, as the VideoClassification preset on frame tensors) or
+    'tensor-antialias' (with it, as transformers' torchvision-backend processors)."""
     crop: int
     resize: int | tuple[int, int]
     mean: tuple[float, float, float]
@@ -154,6 +160,8 @@ class Preprocess:
     resample: str = "pil"
     crop_pct: float | None = None   # timm's recipe: at any size the resize is floor(crop / crop_pct)
     fixed: bool = False             # the model takes `crop` only (a positional encoding built for that input)
+    crop_floor: bool = False        # the center crop's offset is floor((side - crop) / 2), as transformers cuts;
+    #                                 else round() as torchvision's CenterCrop
 
     def scaled(self, size: int) -> "Preprocess":
         """The same recipe at another input size (keeps the resize/crop ratio, or timm's crop_pct)."""
@@ -219,13 +227,8 @@ def _state_dict_from_file(path: Path, name: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "not loadable"
         raise BackboneError(f"cannot load weights file {path}: {str(e).splitlines()[0]}") from None
-    # A finetune backbone.pt: say which backbone it belongs to, not which keys miss. Its name is in the sidecar
-    # backbone.json (or, in files from before the sidecar, in the file itself beside "state_dict" and "config").
-    made_for = obj.get("backbone") if isinstance(obj, dict) else None
-    made_for = made_for if isinstance(made_for, str) else _sidecar_backbone(path)
-    if isinstance(made_for, str) and made_for != name:
-        raise BackboneError(f"{path} holds {made_for} weights (written by finetune), not {name}: "
-                            f"pass --backbone {made_for}")
+    # files from before the sidecar name their backbone in the file itself, beside "state_dict" and "config"
+    check_made_for(path, name, obj.get("backbone") if isinstance(obj, dict) else None)
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -238,6 +241,15 @@ def _state_dict_from_file(path: Path, name: str) -> dict:
     if meta is not None:
         out._metadata = type(meta)((k.removeprefix("module."), v) for k, v in meta.items())
     return out
+
+
+def check_made_for(path: Path, name: str, made_for: object = None) -> None:
+    """A finetune backbone.pt says which backbone it belongs to, not which keys miss: refuse it for another `name`,
+    naming its own (`made_for`, or the one in the sidecar backbone.json beside it)."""
+    made_for = made_for if isinstance(made_for, str) else _sidecar_backbone(path)
+    if isinstance(made_for, str) and made_for != name:
+        raise BackboneError(f"{path} holds {made_for} weights (written by finetune), not {name}: "
+                            f"pass --backbone {made_for}")
 
 
 def _sidecar_backbone(path: Path) -> str | None:
@@ -291,6 +303,7 @@ class BackboneWeights:
     recipe: dict | None = None  # a family's library, version, model config and preprocessing (JSON values): the
     #                             store records and fingerprints it
     layer: Layer | None = None  # --layer: rows are this block's output, pooled (None: the model's own row)
+    token_pool: str | None = None  # --pool: rows are the CLS token or the patch tokens' mean (None: the model's own)
 
     @property
     def dim(self) -> int:
@@ -305,10 +318,13 @@ class BackboneWeights:
         return self.spec.clip is not None
 
 
-def weights_for(name: str, weights: str = "DEFAULT", layer: str | None = None) -> BackboneWeights:
+def weights_for(name: str, weights: str = "DEFAULT", layer: str | None = None,
+                token_pool: str | None = None) -> BackboneWeights:
     """`name` with `weights` (enum name such as DEFAULT/IMAGENET1K_V2, 'none', or a local file), not built yet; its
-    rows the pooled output of the block `layer` where given."""
+    rows the pooled output of the block `layer`, or its CLS token / patch tokens' mean (`token_pool`), where given."""
     chosen = _weights(name, weights)
+    if token_pool is not None:
+        return replace(chosen, token_pool=_token_pool(chosen, token_pool, layer))
     if layer is None:
         return chosen
     skeleton = _skeleton(chosen)
@@ -319,6 +335,20 @@ def weights_for(name: str, weights: str = "DEFAULT", layer: str | None = None) -
     side = chosen.preprocess.crop
     shape = (1, 3, side, side) if chosen.spec.clip is None else (1, 3, chosen.spec.clip.min_len, side, side)
     return replace(chosen, layer=trace_layer(skeleton, layer, torch.empty(shape, device="meta")))
+
+
+def _token_pool(chosen: BackboneWeights, pool: str, layer: str | None) -> str:
+    """`pool` where the model's output has tokens to pool that way; else one line saying what applies."""
+    allowed = chosen.spec.token_pools
+    if layer is not None:
+        raise BackboneError(f"--pool {pool} and --layer {layer}: a layer's tokens are always averaged; drop one")
+    if not allowed:
+        raise BackboneError(f"--pool {pool} does not apply to {chosen.name}: its output has no tokens (a CNN); "
+                            "its row is its own pooled vector (drop --pool)")
+    if pool not in allowed:
+        raise BackboneError(f"--pool {pool} does not apply to {chosen.name}: it has no CLS token; use --pool "
+                            f"{' or '.join(allowed)}")
+    return pool
 
 
 def layers_of(name: str) -> list[str]:

@@ -29,8 +29,8 @@ from featstore.format import HEADER
 from featstore.settings import check_settings, setting
 from featstore.writer import claim_store
 from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
-from pipeline.backbones import (REGISTRY, Backbone, BackboneError, BackboneSpec, BackboneWeights, Preprocess,
-                                available_backbones, build_backbone, get_spec, preprocess_for, weights_for)
+from pipeline.backbones import (REGISTRY, TOKEN_POOLS, Backbone, BackboneError, BackboneSpec, BackboneWeights,
+                                Preprocess, available_backbones, build_backbone, get_spec, preprocess_for, weights_for)
 from pipeline.decode import CROPS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling, set_decoder_threads
 from pipeline.device import EXTRACT_PRECISIONS, resolve_device
 from pipeline.embed import Embedder
@@ -85,6 +85,10 @@ class ExtractConfig:
     # rows are this block's output, pooled (None: the model's own row); recorded and fingerprinted where set
     layer: str | None = setting(None, "Rows are this block's output, globally average-pooled (a module name: "
                                 "layer3, stages.2, blocks.6; default: the model's own row).")
+    # rows are a token model's CLS token or its patch tokens' mean (None: the model's own pooled row)
+    token_pool: str | None = setting(None, "Token models (ViTs): the row is the CLS token or the mean of the patch "
+                                     "tokens (default: the model's own pooling).", choices=TOKEN_POOLS,
+                                     flag="--pool")
 
     def __post_init__(self):
         if self.compression == "none":  # how the command line says "no compression"
@@ -177,7 +181,7 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     """The run `cfg` asks for, continuing `store` (None: a new one) on the items `todo`. No model is built: a
     weights file is hashed, and `auto` precision, compiling and batch size are chosen from the registry's and
     accel's tables (and the run's size, read from a few headers where a choice needs it)."""
-    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
+    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer, cfg.token_pool)
     engine = resize_engine_for(cfg.resize_engine, chosen.is_video, store)
     geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine)
     device = resolve_device(cfg.device, chosen.name, chosen.cpu_only)
@@ -210,8 +214,9 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         # compiling keeps the features within bf16 noise (docs/extract.md): recorded, not fingerprinted
         compile=speed.compiled, batch_size=speed.batch_size,
         versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
-        recipe=chosen.recipe, layer=None if chosen.layer is None else chosen.layer.name,
-        absent=frozenset(k for k in ("recipe", "layer") if getattr(chosen, k) is None))  # torchvision stores: no keys
+        recipe=chosen.recipe, layer=None if chosen.layer is None else chosen.layer.name, token_pool=chosen.token_pool,
+        # no keys where unset: the attributes of a store made without them stay as they were
+        absent=frozenset(k for k in ("recipe", "layer", "token_pool") if getattr(chosen, k) is None))
 
 
 def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = None) -> str:
@@ -231,7 +236,8 @@ def geometry_of(preprocess: Preprocess, size: int | None, crop: str, engine: str
     ratio), cut by `crop`, resized by `engine`. Extract, finetune and the bench scripts make theirs here; a store's
     is read back by store_geometry."""
     pre = preprocess if size is None else preprocess.scaled(size)
-    return Geometry(size=pre.crop, resize=pre.resize, crop=crop, resample=pre.resample, engine=engine)
+    return Geometry(size=pre.crop, resize=pre.resize, crop=crop, resample=pre.resample, engine=engine,
+                    crop_floor=pre.crop_floor)
 
 
 def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geometry:
@@ -245,9 +251,9 @@ def geometry_for(cfg: ExtractConfig, backbone: Backbone | None = None) -> Geomet
 def store_geometry(config: StoreConfig) -> Geometry:
     """The geometry a store's features were made with: what extract recorded (size, resize, crop, engine), resampled
     by the architecture's recipe (PIL for image presets, torch for video ones: the same for all its weights)."""
-    g = config.geometry()
-    return Geometry(size=g.size, resize=g.resize, crop=g.crop, resample=preprocess_for(config.backbone).resample,
-                    engine=g.engine)
+    g, pre = config.geometry(), preprocess_for(config.backbone)
+    return Geometry(size=g.size, resize=g.resize, crop=g.crop, resample=pre.resample, engine=g.engine,
+                    crop_floor=pre.crop_floor)
 
 
 class _Writer(threading.Thread):
@@ -507,7 +513,7 @@ def config_from_store(config: StoreConfig, device: str = "auto", workers: int | 
         sampling = Sampling(every=c.every, frames=c.frames, fps=c.fps, max_frames=c.max_frames)
     return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
                          crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype,
-                         layer=c.layer)
+                         layer=c.layer, token_pool=c.token_pool)
 
 
 def store_weights(config: StoreConfig) -> str:
@@ -523,16 +529,23 @@ def store_weights(config: StoreConfig) -> str:
                         "pass --weights PATH to a copy of it (its sha256 is checked)")
 
 
-def store_backbone(config: StoreConfig, device: str = "auto",
-                   weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
-    """(ExtractConfig, frozen backbone) that made the store with `config`: its weights found where extract recorded
-    them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
+def store_chosen(config: StoreConfig, device: str = "auto",
+                 weights: str | None = None) -> tuple[ExtractConfig, BackboneWeights]:
+    """(ExtractConfig, weights as chosen, not built) that made the store with `config`: its weights found where
+    extract recorded them, or at `weights`, and refused unless they are the same weights (sha256 of a file)."""
     cfg = config_from_store(config, device, weights=weights)
-    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer)
+    chosen = weights_for(cfg.backbone, cfg.weights, cfg.layer, cfg.token_pool)
     recorded = config.weights_sha256
     if chosen.id != config.weights or (recorded and chosen.sha256 != recorded):
         raise BackboneError(f"the weights at {cfg.weights} are not the ones the store was made with "
                             f"({chosen.sha256 or chosen.id} vs {recorded or config.weights})")
+    return cfg, chosen
+
+
+def store_backbone(config: StoreConfig, device: str = "auto",
+                   weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
+    """(ExtractConfig, frozen backbone) that made the store with `config` (its weights checked by store_chosen)."""
+    cfg, chosen = store_chosen(config, device, weights)
     return cfg, build_backbone(chosen)
 
 

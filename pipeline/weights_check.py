@@ -29,11 +29,15 @@ class KnownFile:
 
 @dataclass(frozen=True)
 class BackboneRow:
-    """A registry backbone as a table row: embedding size, what one stored row is, the files it knows."""
+    """A backbone as a table row: embedding size, what one stored row is, the files it knows, whether weights are on
+    this machine (pipeline.catalog lists the families' names with the same rows)."""
     name: str
-    dim: int
+    dim: int | None     # None: a row that is a note (a family not installed, names left out)
     rows: str           # "image" (a row per sampled frame) or "clip N" (a row per clip of N frames)
     files: list[KnownFile]
+    family: str = "torchvision"
+    local: bool | None = None  # its default weights are on this machine (None: it has none to download)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,13 +61,22 @@ def known_files(name: str) -> list[KnownFile]:
     return files
 
 
+def rows_kind(spec) -> str:
+    """What one stored row of a backbone with this spec (registry or family) is: 'image' or 'clip N'."""
+    clip = getattr(spec, "clip", None)
+    return f"clip {clip.default_len}" if clip else "image"
+
+
 def backbone_rows() -> list[BackboneRow]:
-    """Every backbone the registry holds, in name order."""
+    """Every backbone the registry holds, in name order; local where torch.hub's cache holds one of its files."""
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints"
     rows = []
     for name in available_backbones():
-        spec = get_spec(name)
-        clip = getattr(spec, "clip", None)
-        rows.append(BackboneRow(name, spec.dim, f"clip {clip.default_len}" if clip else "image", known_files(name)))
+        files = known_files(name)
+        local = any((cached / f.file).is_file() for f in files) if files else None
+        rows.append(BackboneRow(name, get_spec(name).dim, rows_kind(get_spec(name)), files, local=local))
     return rows
 
 

@@ -108,6 +108,20 @@ def write_split_clips(folder: Path, names: Sequence[str]) -> Path:
     return write_clips(folder, names, group=lambda i: f"g{i}", split=lambda i: "test" if i % 4 == 3 else "train")
 
 
+def write_smooth_clips(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Two lossless 96x128 clips of 4 smooth frames, v0 (a) and v1 (b): a resize or crop that differs between two
+    recipes shows in them. Returns the manifest, folder/m.csv, and the frames written by id."""
+    rows, written = [], {}
+    yy, xx = np.mgrid[0:96, 0:128]
+    for i in range(2):
+        frames = np.stack([np.stack([(xx * (2 + i + t)) % 256, (yy * 3 + 40 * t) % 256, (xx + yy + 17 * i) % 256],
+                                    axis=-1) for t in range(4)]).astype(np.uint8)  # (4, 96, 128, 3)
+        write_video(folder / f"v{i}.mkv", frames)
+        written[f"v{i}"] = frames
+        rows.append([f"v{i}.mkv", "ab"[i]])
+    return write_manifest(folder, rows), written
+
+
 def write_rotated(path: Path, frames: np.ndarray, degrees: int) -> Path:
     """A lossless clip whose stream carries a display matrix (what phones write) rotating it `degrees` CCW."""
     with av.open(str(path), "w") as container:
@@ -129,6 +143,21 @@ def assert_same_store(store: Path, reference: Path, n: int, atol: float = 1e-4) 
         np.testing.assert_allclose(a.features(vid), b.features(vid), atol=atol)
         np.testing.assert_array_equal(a.frame_index(vid), b.frame_index(vid))
         assert a.meta(vid).label == b.meta(vid).label
+
+
+def assert_backbone_pt_extracts_its_own_store(run: Path, clips: Path, backbone: str, tmp_path: Path) -> None:
+    """`extract --backbone BACKBONE --weights RUN/backbone.pt` (a finetune run's) makes a store whose weights id is the
+    file's sha256 (as metrics.json records it) and whose rows differ from random init's."""
+    def flags(weights):
+        return extract_flags(every=2, weights=weights, precision="fp32", dtype="float32", backbone=backbone)
+
+    assert invoke("extract", clips, *flags(run / "backbone.pt"), "--store", tmp_path / "tuned").exit_code == 0
+    assert invoke("extract", clips, *flags("none"), "--store", tmp_path / "random").exit_code == 0
+    sha = json.loads((run / "metrics.json").read_text())["backbone_sha256"]
+    a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
+    assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
+    vid = a.ids()[0]
+    assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
 
 
 def assert_predict_equals_the_head_on_stored_features(run: Path, store_path: Path, tmp_path: Path) -> None:

@@ -114,6 +114,28 @@ def test_shared_memory_or_file_size_running_out_ends_extract_with_exit_1_and_the
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_extract_with_workers_0_ends_within_seconds_while_a_file_does_not_answer(tmp_path, hold, sig):
+    """--workers 0 decodes in the command's own process, where no watchdog can time out a read blocked in the kernel
+    (docs/cli-decisions.md): the signal still ends it within seconds."""
+    manifest = write_clips(tmp_path, ["c0.mkv", "c1_held.mkv"])
+    held = hold(tmp_path / "c1_held.mkv")
+    proc = subprocess.Popen(extract_command(manifest, tmp_path / "s", "--workers", "0", "--compile", "off"),
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert held.opened.wait(PYTHON_START_S + 60), proc.poll()
+        start = time.monotonic()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()
+        held.release()
+    assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig], stderr
+    assert took < 15 and "Traceback" not in stderr
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("worker, sig", [("blocked opening a file", signal.SIGTERM),
                                          ("blocked opening a file", signal.SIGINT),
                                          ("stopped (SIGSTOP)", signal.SIGTERM), ("stopped (SIGSTOP)", signal.SIGINT),

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data.synth import write_video
 from featstore import open_store
+from helpers import write_smooth_clips
 from pipeline.backbones import BackboneError, get_spec, weights_for
 from pipeline.decode import Sampling
 from pipeline.extract import ExtractConfig, extract, resolve
@@ -26,16 +26,7 @@ FAMILY_LIBRARIES = {"timm", "open_clip", "transformers", "huggingface_hub"}
 @pytest.fixture()
 def videos(tmp_path):
     """Two lossless 96x128 clips of 4 smooth frames (a resize that differs between filters would show)."""
-    rows, written = ["path,label"], {}
-    yy, xx = np.mgrid[0:96, 0:128]
-    for i in range(2):
-        frames = np.stack([np.stack([(xx * (2 + i + t)) % 256, (yy * 3 + 40 * t) % 256, (xx + yy + 17 * i) % 256],
-                                    axis=-1) for t in range(4)]).astype(np.uint8)  # (4, 96, 128, 3)
-        write_video(tmp_path / f"v{i}.mkv", frames)
-        written[f"v{i}"] = frames
-        rows.append(f"v{i}.mkv,{'ab'[i]}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path / "m.csv", written
+    return write_smooth_clips(tmp_path)
 
 
 @pytest.fixture(scope="module")

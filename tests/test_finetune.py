@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import N_FRAMES, read_indices
-from helpers import child_env, cli_command, extract_flags, invoke, write_manifest
+from helpers import (assert_backbone_pt_extracts_its_own_store, child_env, cli_command, extract_flags, invoke,
+                     write_manifest)
 
 from data.synth import make_pattern_dataset, make_temporal_dataset
-from featstore import open_store
 from finetune import FinetuneConfig, finetune
 from finetune.data import ClipFrames, FrameSampler, pair_positions, segment_positions
 from finetune.model import trainable_backbone
@@ -104,17 +104,9 @@ def test_backbone_pt_round_trips_through_extract_with_its_sha256_in_the_fingerpr
     loaded = load_backbone("resnet18", str(tuned / "backbone.pt")).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
 
-    def flags(weights, backbone="resnet18"):
-        return extract_flags(every=2, weights=weights, precision="fp32", dtype="float32", backbone=backbone)
-
-    assert invoke("extract", clips, *flags(tuned / "backbone.pt"), "--store", tmp_path / "tuned").exit_code == 0
-    assert invoke("extract", clips, *flags("none"), "--store", tmp_path / "random").exit_code == 0
-    sha = json.loads((tuned / "metrics.json").read_text())["backbone_sha256"]
-    a, b = open_store(tmp_path / "tuned"), open_store(tmp_path / "random")
-    assert a.config.weights == f"file:sha256:{sha[:16]}" and a.fingerprint != b.fingerprint
-    vid = a.ids()[0]
-    assert not np.allclose(a.features(vid), b.features(vid)), "training must have changed the backbone"
-    res = invoke("extract", clips, *flags(tuned / "backbone.pt", "resnet34"), "--store", tmp_path / "x")
+    assert_backbone_pt_extracts_its_own_store(tuned, clips, "resnet18", tmp_path)
+    res = invoke("extract", clips, *extract_flags(every=2, weights=tuned / "backbone.pt", backbone="resnet34"),
+                 "--store", tmp_path / "x")
     assert res.exit_code == 1 and "holds resnet18 weights" in res.output and "--backbone resnet18" in res.output
 
 

@@ -7,8 +7,8 @@ import pytest
 from helpers import SMALL, blob_clips, invoke, write_store
 
 import heads
+from featstore.ownership import OwnershipError
 from featstore.staging import HOST
-from heads.models import HeadError
 from heads.rundir import MANIFEST, check_run_dir, run_kind, safe_name, staged_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +58,7 @@ def test_every_writer_refuses_what_is_not_its_own_and_replaces_it_whole_with_for
         for name, text in before.items():
             (out / name).write_text(text)
     if state in ("user file", "run of another kind"):
-        with pytest.raises(HeadError, match="--force") as e:
+        with pytest.raises(OwnershipError, match="--force") as e:
             WRITERS[writer](inputs, out, False)
         assert "\n" not in str(e.value)
         assert {p.name: p.read_text() for p in out.iterdir()} == before  # untouched
@@ -108,15 +108,16 @@ def test_check_run_dir_takes_an_absent_empty_or_same_kind_folder_and_names_force
     check_run_dir(tmp_path / "empty", "fit-head")
     run = write_run(tmp_path / "run", {"command": "fit-head"}, "head.pt", "metrics.json")
     check_run_dir(run, "fit-head")
-    with pytest.raises(HeadError, match=r"already holds a fit-head run \(.*head.pt.*\).*--force to replace it whole"):
+    holds_run = r"already holds a fit-head run \(.*head.pt.*\).*--force to replace it whole"
+    with pytest.raises(OwnershipError, match=holds_run):
         check_run_dir(run, "cluster-eval")
     (run / "notes.txt").write_text("mine")
-    with pytest.raises(HeadError, match=r"already holds a fit-head run and other files \(notes.txt\).*--force"):
+    with pytest.raises(OwnershipError, match=r"already holds a fit-head run and other files \(notes.txt\).*--force"):
         check_run_dir(run, "fit-head")
     check_run_dir(run, "fit-head", force=True)
     check_run_dir(write_run(tmp_path / "rep", {"mode": "seeds"}, "seed-0", "seed-1"), "fit-head --seeds")
     (tmp_path / "afile").write_text("mine")
-    with pytest.raises(HeadError, match="is a file"):
+    with pytest.raises(OwnershipError, match="is a file"):
         check_run_dir(tmp_path / "afile", "fit-head", force=True)
 
 
@@ -249,7 +250,7 @@ def test_a_users_file_beside_a_run_still_makes_the_rerun_refuse(inputs, tmp_path
     out = tmp_path / "out"
     WRITERS["cluster-eval"](inputs, out, False)
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(HeadError, match=r"--force.*|notes\.txt"):
+    with pytest.raises(OwnershipError, match=r"--force.*|notes\.txt"):
         WRITERS["cluster-eval"](inputs, out, False)
     assert (out / "notes.txt").read_text() == "keep me"
 
@@ -258,7 +259,7 @@ def test_a_run_from_before_run_files_json_is_refused_naming_force(inputs, tmp_pa
     out = tmp_path / "out"
     WRITERS["cluster-eval"](inputs, out, False)
     (out / "run_files.json").unlink()
-    with pytest.raises(HeadError, match="without run_files.json.*--force"):
+    with pytest.raises(OwnershipError, match="without run_files.json.*--force"):
         WRITERS["cluster-eval"](inputs, out, False)
     WRITERS["cluster-eval"](inputs, out, True)
     assert (out / "run_files.json").exists()

@@ -198,7 +198,7 @@ def test_every_damaged_file_of_a_store_is_named_with_its_fix_and_repair_gives_th
     assert_repaired(where, stores, original, original_file)
 
 
-def test_extract_into_a_store_that_lost_its_header_rebuilds_it_and_embeds_nothing_again(tmp_path):
+def test_extract_into_a_store_that_lost_its_header_rebuilds_it_says_so_and_embeds_nothing_again(tmp_path):
     from typer.testing import CliRunner
 
     import cli
@@ -217,6 +217,7 @@ def test_extract_into_a_store_that_lost_its_header_rebuilds_it_and_embeds_nothin
     (store / HEADER).unlink()
     res = CliRunner().invoke(cli.app, args)
     assert res.exit_code == 0, res.output
+    assert "note:" in res.output and "rebuilt from its 1 shard(s)" in res.output  # a repair is never silent
     assert sorted(p.name for p in store.glob("p0-*.h5")) == shards  # nothing embedded twice
     assert (store / HEADER).exists() and verify_store(store, deep=True).passed
     got = snapshot(store)

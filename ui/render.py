@@ -7,6 +7,7 @@ rich's `escape`): rich would read "[b]" in a label as a tag and drop it, and rai
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +18,21 @@ from rich.table import Table
 
 out = Console()
 err = Console(stderr=True)
+
+
+class NoteHandler(logging.Handler):
+    """What the library says on the `framecache` logger (a header rebuilt from its shards): one line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]note:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
+def show_library_notes() -> None:
+    """Route the library's notes to stderr (once per process; the library itself never prints)."""
+    log = logging.getLogger("framecache")
+    if not any(isinstance(h, NoteHandler) for h in log.handlers):
+        log.addHandler(NoteHandler(logging.WARNING))
+        log.propagate = False
 
 
 def _no_signal() -> None:
@@ -434,20 +450,25 @@ def run_cell(row: dict, col: str) -> str:
 
 # -- backbones: the registry and a weights file checked against it --------------------------------------------------
 def print_backbones(rows: list, as_json: bool) -> None:
-    """backbones' listing (pipeline.weights_check.BackboneRow): one line per backbone, its known weights files."""
+    """backbones' listing (pipeline.weights_check.BackboneRow): one line per backbone, its known weights files;
+    the families' notes (install hint, names left out) below."""
     from dataclasses import asdict
 
     if as_json:
         print(json.dumps([asdict(r) for r in rows]))
         return
-    t = Table(title="backbones (--backbone NAME; --weights one of these, none, or a file)")
-    for col in ("backbone", "dim", "rows", "weights", "file", "sha256 starts"):
-        t.add_column(col, justify="right" if col == "dim" else "left")
-    for r in rows:
+    t = Table(title="backbones (--backbone NAME; --weights one of these, DEFAULT, none, or a file)")
+    for col in ("backbone", "dim", "rows", "local", "weights", "file", "sha256 starts"):
+        t.add_column(col, justify="right" if col == "dim" else "left", overflow="fold")  # names whole, to paste
+    local = {True: "yes", False: "no", None: ""}
+    for r in (r for r in rows if r.dim is not None):
         for i, f in enumerate(r.files or [None]):
-            first = (r.name, str(r.dim), r.rows) if i == 0 else ("", "", "")
+            first = (r.name, str(r.dim), r.rows, local[r.local]) if i == 0 else ("", "", "", "")
             t.add_row(*first, *((f.weights, f.file, f.sha256_prefix) if f else ("", "", "")))
     out.print(t)
+    for r in rows:  # a family not installed, names left out: one line each
+        if r.note:
+            (out if r.dim is None else err).print(escape(f"{r.name} {r.note}"), highlight=False, soft_wrap=True)
 
 
 def print_weights_check(check, as_json: bool) -> None:

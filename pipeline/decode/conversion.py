@@ -17,7 +17,9 @@ CROPS = ("center", "square", "none")  # the --crop choices (cli.py reads them he
 # (timm's eval transform resizes PIL images with its `interpolation`, most often bicubic).
 _PIL_FILTERS = {"pil": Image.BILINEAR, "pil-bicubic": Image.BICUBIC, "pil-nearest": Image.NEAREST,
                 "pil-lanczos": Image.LANCZOS, "pil-box": Image.BOX, "pil-hamming": Image.HAMMING}
-_RESAMPLES = (*_PIL_FILTERS, "tensor")
+# 'tensor': torch bilinear without antialias (torchvision's video presets); 'tensor-antialias': with it (transformers'
+# torchvision-backend processors, as V-JEPA 2's video processor)
+_RESAMPLES = (*_PIL_FILTERS, "tensor", "tensor-antialias")
 # The --resize-engine choices (cli.py reads them here). 'exact' is the weights' own recipe; the others resize in the
 # decode worker, trading exactness for speed (numbers and the default in docs/extract.md, "Decoding cost").
 RESIZE_ENGINES = ("exact", "swscale", "torch", "swscale-yuv")
@@ -32,8 +34,9 @@ class Geometry:
     #                                       exact (height, width)), then the center size x size is cut
     crop: str = "center"   # 'center' | 'square' (shorter side -> size, center square) | 'none' (squash to size x size)
     resample: str = "pil"  # 'pil': PIL bilinear (image presets), 'pil-bicubic' etc. (a family's recipe) | 'tensor':
-    #                        torch bilinear, no antialias (video preset)
+    #                        torch bilinear, no antialias (video preset) | 'tensor-antialias' (transformers' tensors)
     engine: str = "exact"  # who resizes: 'exact' (the `resample` recipe above) or one of RESIZE_ENGINES' others
+    crop_floor: bool = False  # center crop offset floor((side - size) / 2) (transformers' processors), else round()
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -65,11 +68,16 @@ def _resized_size(width: int, height: int, geometry: Geometry) -> tuple[int, int
     return int(short * width / height), short
 
 
+def _offset(extra: int, floor: bool) -> int:
+    """Where a center crop starts: torchvision's CenterCrop rounds half the extra pixels, transformers floors it."""
+    return extra // 2 if floor else int(round(extra / 2.0))
+
+
 def _center_crop(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:  # (H, W, 3) -> (size, size, 3), a view
     if geometry.crop == "none":
         return rgb
     height, width, size = rgb.shape[0], rgb.shape[1], geometry.size
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    top, left = _offset(height - size, geometry.crop_floor), _offset(width - size, geometry.crop_floor)
     return rgb[top:top + size, left:left + size]
 
 
@@ -113,13 +121,16 @@ def _scale(rgb: np.ndarray, geometry: Geometry) -> np.ndarray:
         return np.ascontiguousarray(_center_crop(scaled, geometry))
     # The VideoClassification preset resizes uint8 frame tensors with torch's bilinear and antialias=False (kept by
     # torchvision to preserve the released accuracies); the same call on the same pixels gives the same pixels.
-    # The 'torch' engine is the image presets' recipe on tensors: antialiased.
+    # The 'torch' engine is the image presets' recipe on tensors: antialiased. transformers' torchvision-backend
+    # processors ('tensor-antialias') resize with transforms.v2, whose uint8 kernel rounds differently from v1's.
     import torch
     from torchvision.transforms import functional as tvf
+    from torchvision.transforms.v2 import functional as tvf2
 
     chw = torch.from_numpy(rgb).permute(2, 0, 1)
-    scaled = tvf.resize(chw, [height, width], interpolation=tvf.InterpolationMode.BILINEAR,
-                        antialias=geometry.engine == "torch")
+    resize = tvf2.resize if geometry.resample == "tensor-antialias" else tvf.resize
+    scaled = resize(chw, [height, width], interpolation=tvf.InterpolationMode.BILINEAR,
+                    antialias=geometry.engine == "torch" or geometry.resample == "tensor-antialias")
     return np.ascontiguousarray(_center_crop(scaled.permute(1, 2, 0).numpy(), geometry))
 
 

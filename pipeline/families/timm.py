@@ -18,14 +18,17 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import nn
 
-from pipeline.backbones import (SEED_FOR_RANDOM_INIT, Backbone, BackboneError, BackboneWeights, Preprocess,
-                                file_sha256, is_weights_file, seeded)
-from pipeline.families import FamilySpec
+from pipeline.backbones import Backbone, BackboneError, BackboneWeights, Preprocess, seeded
+from pipeline.families import FamilySpec, TokenGrid, chosen_weights, token_pools
 
 # timm interpolation names the decode stage resizes with (as the PIL filter of the same name)
 _RESAMPLE = {"bilinear": "pil", "bicubic": "pil-bicubic", "nearest": "pil-nearest", "lanczos": "pil-lanczos",
              "box": "pil-box", "hamming": "pil-hamming"}
+_GLOBAL_POOL = {"cls": "token", "mean": "avg"}  # --pool as timm's ViT global_pool names it
 HUB_FILE = "model.safetensors"  # the file timm's Hugging Face repositories hold the weights in
+# What `cli.py backbones` lists without --filter: the usual CNN and ViT feature extractors, self-supervised included
+CURATED = ("convnext_tiny", "convnext_small", "efficientnet_b0", "resnet50", "vit_small_patch16_224",
+           "vit_base_patch16_224", "vit_small_patch14_dinov2", "vit_base_patch14_dinov2")
 
 
 @lru_cache(maxsize=None)
@@ -54,7 +57,27 @@ def spec(model: str) -> FamilySpec:
     side = _data_config(model)["input_size"][-1]
     dim = int(net(torch.empty(1, 3, side, side, device="meta")).shape[-1])
     info = getattr(net, "feature_info", None) or [{}]
-    return FamilySpec(dim=dim, input_size=side, cam_layer=info[-1].get("module", ""))
+    prefix = getattr(net, "num_prefix_tokens", None)  # ViTs (and their kin): --pool picks timm's global_pool
+    return FamilySpec(dim=dim, input_size=side, cam_layer=_cam_layer(net, info[-1].get("module", "")),
+                      token_pools=token_pools(prefix))
+
+
+def _cam_layer(net: nn.Module, last: str) -> str:
+    """The last feature stage; for a transformer whose row is its class token, the last block's first norm instead:
+    the last block's patch tokens reach the row through nothing (its class token alone is read), so their gradient
+    is zero, while its norm1 output feeds the attention the class token reads (pytorch-grad-cam's ViT recipe)."""
+    block = dict(net.named_modules()).get(last)
+    if getattr(net, "global_pool", None) == "token" and hasattr(block, "norm1"):
+        return f"{last}.norm1"
+    return last
+
+
+def cam_tokens(net: nn.Module) -> TokenGrid | None:
+    """A timm vision transformer's prefix tokens and patch grid (None for a CNN): explain's token -> map reshape."""
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if grid is None or not hasattr(net, "num_prefix_tokens"):
+        return None
+    return TokenGrid(int(net.num_prefix_tokens), int(grid[0]), int(grid[1]))
 
 
 def preprocess(model: str) -> Preprocess:
@@ -83,22 +106,29 @@ def recipe(model: str) -> dict:
 
 def weights_for(name: str, model: str, weights: str) -> BackboneWeights:
     """'none' (seeded random init), a checkpoint file, or DEFAULT: the name's own pretrained weights from the Hugging
-    Face cache (fetched where there is network). A file is hashed here, once."""
-    pre, shape, made = preprocess(model), spec(model), recipe(model)
-    if weights.lower() == "none":
-        return BackboneWeights(name, shape, weights, f"none(seed={SEED_FOR_RANDOM_INIT})", None, pre, recipe=made)
-    if weights.upper() == "DEFAULT":
-        path, kind = _hub_file(name, model), "hub:" + skeleton(model).pretrained_cfg["hf_hub_id"] + ":"
-    elif is_weights_file(weights) or weights.endswith(".safetensors"):
-        path, kind = Path(weights).expanduser(), "file:"
-        if not path.is_file():
-            raise BackboneError(f"weights file {path} does not exist")
-    else:
-        raise BackboneError(f"--weights {weights} does not apply to {name}: use DEFAULT (timm's pretrained weights "
-                            f"for the name's tag, e.g. {name.split('.')[0]}.TAG), none, or a checkpoint file")
-    sha = file_sha256(path)
-    return BackboneWeights(name, shape, weights, f"{kind}sha256:{sha[:16]}", None, pre, str(path.resolve()), sha,
-                           made)
+    Face cache (fetched where there is network)."""
+    return chosen_weights(name, weights, spec(model), preprocess(model), recipe(model),
+                          lambda: (_hub_file(name, model), f"hub:{skeleton(model).pretrained_cfg['hf_hub_id']}:"),
+                          f"use DEFAULT (timm's pretrained weights for the name's tag, e.g. {name.split('.')[0]}.TAG), "
+                          "none, or a checkpoint file")
+
+
+def names(pattern: str | None) -> list[str]:
+    """CURATED, or timm's names matching `pattern` (fnmatch): architectures, or pretrained tags (`name.tag`) where
+    the pattern has a dot."""
+    if pattern is None:
+        return list(CURATED)
+    return timm.list_models(pattern, pretrained="." in pattern)
+
+
+def weights_local(model: str) -> bool | None:
+    """Whether the name's pretrained weights are in the Hugging Face cache (None: timm has none for it)."""
+    hub_id = skeleton(model).pretrained_cfg.get("hf_hub_id")
+    if not hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, HUB_FILE), str)
 
 
 def _hub_file(name: str, model: str) -> Path:
@@ -126,6 +156,8 @@ def build(chosen: BackboneWeights, model: str) -> Backbone:
     """The model with the chosen weights, classifier removed (num_classes=0), frozen, in eval mode."""
     net = seeded(partial(timm.create_model, model, pretrained=False, num_classes=0)) if chosen.file is None \
         else _from_file(chosen, model)
+    if chosen.token_pool is not None:  # timm's own pooling of the normed tokens: CLS, or the patch tokens' mean
+        net.reset_classifier(0, global_pool=_GLOBAL_POOL[chosen.token_pool])
     net.eval().requires_grad_(False)
     meta = {"library": f"timm {timm.__version__}"}
     if chosen.sha256 is not None:
