@@ -23,6 +23,7 @@ import typer
 # torch, as every command but info/runs/compact does anyway).
 from featstore.config import POOLS
 from finetune.config import FinetuneConfig
+from heads.budget import MemoryBudget
 from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig, ZeroShotConfig
 from heads.models import HEADS
 from pipeline.catalog import CatalogQuery
@@ -238,6 +239,7 @@ def zero_shot(
 
 
 @app.command()
+@config_options(MemoryBudget, param="memory")
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by fit-head.")],
     store: Annotated[Optional[Path], typer.Option(help="Store to score (default: the run's own).")] = None,
@@ -247,12 +249,14 @@ def evaluate(
     as_json: Json = False,
     report: Annotated[bool, typer.Option(help="Also write per-class and mistakes CSVs + PNGs to "
                                          "RUN/report-<split>.")] = False,
+    *,
+    memory: MemoryBudget,
 ) -> None:
     """Re-score a trained head on any split of a store made with the same extraction settings."""
     from heads.api import evaluate as run_evaluate
 
     with user_errors():
-        result = run_evaluate(run, store, split, report=report)
+        result = run_evaluate(run, store, split, report=report, memory_budget=memory.memory_budget)
     print_evaluation(result, as_json)
 
 

@@ -189,7 +189,9 @@ class Store:
         return self._rows(vid, "time_end_s")
 
     def load_all(self, ids: list[str] | None = None, dtype=np.float32) -> "Loaded":
-        """Every chosen item's features concatenated, with offsets: the fast path for training."""
+        """Every chosen item's features concatenated, with offsets: the fast path for training, and a block of a
+        streamed read (heads.stream). Per shard, one read of the rows the chosen items span (each item alone where
+        they are scattered), so a few items of a large shard cost their rows, not the shard's."""
         ids = self.ids() if ids is None else list(ids)
         lengths = np.array([self._entries[v].meta["length"] for v in ids], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(ids) else lengths
@@ -198,10 +200,17 @@ class Store:
         for pos, v in enumerate(ids):
             by_shard.setdefault(self._entries[v].shard, []).append((pos, v))
         for shard, members in by_shard.items():
-            data = self._read(shard, "features")  # one read per shard beats many small reads
-            for pos, v in members:
-                m = self._entries[v].meta
-                out[offsets[pos]:offsets[pos] + lengths[pos]] = data[m["offset"]:m["offset"] + m["length"]]
+            spans = [(pos, self._entries[v].meta["offset"]) for pos, v in members]
+            lo = min(off for _, off in spans)
+            hi = max(off + lengths[pos] for pos, off in spans)
+            if hi - lo > 2 * sum(lengths[pos] for pos, _ in spans):  # scattered items: read each one alone
+                for pos, off in spans:
+                    out[offsets[pos]:offsets[pos] + lengths[pos]] = self._read(shard, "features",
+                                                                               np.s_[off:off + lengths[pos]])
+                continue
+            data = self._read(shard, "features", np.s_[lo:hi])  # one read per shard beats many small reads
+            for pos, off in spans:
+                out[offsets[pos]:offsets[pos] + lengths[pos]] = data[off - lo:off - lo + lengths[pos]]
         metas = [self.meta(v) for v in ids]
         return Loaded(out, offsets, lengths, ids, metas)
 

@@ -98,9 +98,12 @@ def refuse_pooled(stores: Sequence[str | Path], head: str) -> None:
 
 
 def evaluate(run: str | Path, store: str | Path | None = None, split: str = "test", *,
-             report: bool = False) -> Evaluation:
+             report: bool = False, memory_budget: str | int = "auto") -> Evaluation:
     """Re-score a run's head on `split` of its store or of `store` (extracted with the same settings); with
-    `report`, also per-class and mistakes CSVs + PNGs in RUN/report-<split> (see heads.report)."""
+    `report`, also per-class and mistakes CSVs + PNGs in RUN/report-<split> (see heads.report). A split larger as
+    loaded than `memory_budget` (heads.budget) streams from the store's shards."""
+    from heads.budget import budget_bytes
+
     from heads.multitask import evaluate_multi, is_multitask
     from heads.run import load_run, split_metrics, split_predictions
 
@@ -111,7 +114,7 @@ def evaluate(run: str | Path, store: str | Path | None = None, split: str = "tes
         if report:
             raise HeadError("--report covers single-store runs; evaluate each store's run on its own for a report")
         return Evaluation("multitask", run, split, evaluate_multi(run, split, loaded))
-    p = split_predictions(run, store, split, loaded)
+    p = split_predictions(run, store, split, loaded, budget_bytes(memory_budget))
     metrics = split_metrics(p, run, split)
     if not report:
         return Evaluation("single", run, split, metrics)

@@ -17,6 +17,10 @@ Decisions:
   mean and sample std (ddof=1, as fit-head --seeds; N=1 gives 0) over seeds. Sizes, nearest clips, plots and
   assignments come from the first seed, so `seed` alone reproduces them.
 - Frame-level sets of more than MINIBATCH_ABOVE points use MiniBatchKMeans; video level always uses KMeans.
+- Rows past --memory-budget stream from the shards (heads.cluster_stream): video-level points are pooled as they go
+  by (the same points, the same KMeans); frame-level ones are fit by `ClusterModel.fit_stream` (restarts on a
+  sample, then MiniBatchKMeans.partial_fit over every frame), and metrics.json's config says
+  "data_source": "stream".
 - `fit_split` fits PCA and centroids on that split's items and scores `split` (default: every other item).
 - The 2-D scatter is t-SNE up to TSNE_MAX_POINTS points, PCA beyond (t-SNE is quadratic); both seeded.
   `plot="none"` skips only that scatter; the contingency heat map and sweep plot are cheap and always written.
@@ -33,7 +37,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
@@ -45,12 +49,16 @@ from sklearn.preprocessing import normalize
 from featstore import Loaded, open_store
 from featstore.finite import finite_rows
 from featstore.settings import check_choice
+from heads.budget import budget_bytes
+from heads.cluster_stream import FrameStream, frame_stream, pooled_clips, rows_bytes, sample_size
 from heads.config import POOLS, ClusterConfig, ClusterError
 from heads.metrics import clustering_metrics, mean_std, retrieval_precision, silhouette
 from heads.plots import plot_contingency, plot_scatter, plot_sweep
 from heads.rundir import check_run_dir, staged_run, write_json
 
 MINIBATCH_ABOVE = 20_000     # frame-level points above which MiniBatchKMeans replaces KMeans
+STREAM_PASSES = 2            # frames past --memory-budget: MiniBatchKMeans.partial_fit passes over them
+STREAM_BATCH = 4096          # frames per partial_fit step
 TSNE_MAX_POINTS = 5_000      # above this the scatter falls back to PCA
 HEADLINE = ("nmi", "ari", "purity", "accuracy", "cond_entropy_bits")
 
@@ -80,15 +88,38 @@ class Points:
     clip_labels: np.ndarray  # (V,)
 
 
+@dataclass
+class Everything:
+    """The labels of every point scored and fitted on: those of the Points in memory, or, for frames streamed
+    past --memory-budget, of every frame (the Points then hold a sample)."""
+    labels: np.ndarray       # (n,) of the scored points, aligned with their clusters
+    fit_labels: np.ndarray   # (n_fit,) of the points fitted on
+
+
+@dataclass
+class StreamedFrames:
+    """Frame-level points read from the shards block by block (heads.cluster_stream): the scored and fitted ones."""
+    score: FrameStream
+    fit: FrameStream         # the same object when they coincide
+
+    def everything(self) -> Everything:
+        return Everything(self.score.labels, self.fit.labels)
+
+
 def make_points(loaded: Loaded, level: str, pool: str) -> Points:
     clip_labels = np.array([(m.labels or [""])[0] for m in loaded.metas], dtype=object)
     clip_X = normalize(pool_features(loaded, pool))
     if level == "video":
-        idx = np.arange(len(loaded.ids))
-        return Points(clip_X, clip_labels, idx, np.zeros_like(idx), loaded.ids, clip_X, clip_labels)
+        return video_points(loaded.ids, clip_X, clip_labels)
     item = np.repeat(np.arange(len(loaded.ids)), loaded.lengths)
     row = np.arange(len(item)) - loaded.offsets[item]
     return Points(normalize(loaded.features), clip_labels[item], item, row, loaded.ids, clip_X, clip_labels)
+
+
+def video_points(ids: list[str], clip_X: np.ndarray, clip_labels: np.ndarray) -> Points:
+    """One point per clip: its pooled, L2-normalised vector."""
+    idx = np.arange(len(ids))
+    return Points(clip_X, clip_labels, idx, np.zeros_like(idx), ids, clip_X, clip_labels)
 
 
 # -- the estimator -----------------------------------------------------------------------------------
@@ -120,6 +151,23 @@ class ClusterModel(ClusterMixin, BaseEstimator):
         self.cluster_centers_ = self.kmeans_.cluster_centers_
         self.labels_ = self.kmeans_.labels_
         self.inertia_ = float(self.kmeans_.inertia_)
+        return self
+
+    def fit_stream(self, sample: np.ndarray, blocks: Callable[[], Iterable[np.ndarray]]) -> "ClusterModel":
+        """Fit on points too many for memory: the `n_init` k-means++ restarts on `sample` (in memory), then
+        MiniBatchKMeans from the best centres over every block of `blocks()`, STREAM_PASSES times. No PCA, and no
+        `labels_` or `inertia_`: predict the points as they stream by."""
+        if self.pca is not None:
+            raise ClusterError("--pca needs every point in memory: raise --memory-budget, or use --level video")
+        self.pca_ = None
+        start = KMeans(n_clusters=self.k, n_init=self.n_init, random_state=self.random_state).fit(sample)
+        km = MiniBatchKMeans(n_clusters=self.k, init=start.cluster_centers_, n_init=1, random_state=self.random_state,
+                             batch_size=STREAM_BATCH)
+        for _ in range(STREAM_PASSES):
+            for block in blocks():
+                for part in np.array_split(block, max(1, len(block) // STREAM_BATCH)):
+                    km.partial_fit(part)
+        self.kmeans_, self.cluster_centers_ = km, km.cluster_centers_
         return self
 
     def embed(self, X) -> np.ndarray:
@@ -168,12 +216,18 @@ def _seed_run(model: ClusterModel, fit: Points, score: Points, seed: int) -> tup
     Z = model.embed(score.X)
     clusters = model.labels_ if same else model.kmeans_.predict(Z)
     inertia = model.inertia_ if same else float(-model.kmeans_.score(Z))
-    out = {"inertia": inertia, "silhouette": silhouette(Z, clusters, seed)}
-    mask = score.labels != ""
+    return _run_metrics(inertia, silhouette(Z, clusters, seed), score.labels, clusters, model.k), clusters
+
+
+def _run_metrics(inertia: float, silhouette_: float | None, labels: np.ndarray, clusters: np.ndarray,
+                 k: int) -> dict:
+    """One seed's numbers: inertia, silhouette, label agreement over the labelled points, cluster sizes."""
+    out = {"inertia": inertia, "silhouette": silhouette_}
+    mask = labels != ""
     if mask.any():
-        out.update(clustering_metrics(score.labels[mask], clusters[mask]))
-    out["sizes"] = np.bincount(clusters, minlength=model.k).tolist()
-    return out, clusters
+        out.update(clustering_metrics(labels[mask], clusters[mask]))
+    out["sizes"] = np.bincount(clusters, minlength=k).tolist()
+    return out
 
 
 def _mean_std(per_seed: list[dict]) -> tuple[dict, dict]:
@@ -235,23 +289,32 @@ def cluster_eval(store_path, cfg: ClusterConfig | None = None, out_dir=None, *, 
 
     if out_dir is not None:
         check_run_dir(Path(out_dir), "cluster-eval", force)  # before the work: a refusal must not cost it
-    score, fit, store_info = _load_points(store_path, cfg, progress)
-    k, k_source = _resolve_k(cfg, fit)
-    minibatch = cfg.level == "frame" and len(fit.X) > MINIBATCH_ABOVE
+    score, fit, store_info, frames = _load_points(store_path, cfg, progress)
+    every = Everything(score.labels, fit.labels) if frames is None else frames.everything()
+    k, k_source = _resolve_k(cfg, every, fit.X.shape[1])
+    minibatch = cfg.level == "frame" and (frames is not None or len(fit.X) > MINIBATCH_ABOVE)
     args = dict(n_init=cfg.n_init, pca=cfg.pca, whiten=cfg.whiten, minibatch=minibatch)
-    per_seed, (model, clusters) = _fit_seeds(fit, score, cfg, k, args, progress)
+    if frames is None:
+        per_seed, (model, clusters) = _fit_seeds(fit, score, cfg, k, args, progress)
+        shown = clusters
+    else:
+        per_seed, (model, clusters) = _fit_seeds_streamed(frames, fit, score, cfg, k, progress)
+        shown = model.predict(score.X)  # the sample's clusters: what the pictures show
     sweep = _sweep(fit, score, cfg.k_range, {**args, "random_state": cfg.seed}, progress) if cfg.k_range else None
     config = {
         "command": "cluster-eval", "store": str(store_path), **store_info,
         "k": k, "k_source": k_source, "level": cfg.level, "pool": cfg.pool, "split": cfg.split,
         "fit_split": cfg.fit_split, "seeds": cfg.seeds, "seed": cfg.seed, "n_init": cfg.n_init, "pca": cfg.pca,
         "whiten": cfg.whiten, "k_range": list(cfg.k_range) if cfg.k_range else None, "plot": cfg.plot,
-        "algorithm": "MiniBatchKMeans" if minibatch else "KMeans",
+        "algorithm": "MiniBatchKMeans" if minibatch else "KMeans", "memory_budget": cfg.memory_budget,
     }
-    result = _describe(config, per_seed, model, clusters, score, fit, sweep)
+    result = _describe(config, per_seed, model, clusters, score, every, sweep)
     if out_dir is not None:
         with staged_run(out_dir, "cluster-eval", force) as stage:
-            _write_outputs(stage, result, score, model.embed(score.X), clusters, cfg.plot, cfg.seed, progress)
+            _write_outputs(stage, result, score, model.embed(score.X), shown, cfg.plot, cfg.seed, progress)
+            if frames is not None:  # every frame's cluster, not only the sample's
+                s = frames.score
+                _write_assignments(stage / "assignments.csv", s.ids, s.item, s.row, s.labels, clusters)
     return result
 
 
@@ -269,10 +332,11 @@ def _fit_seeds(fit: Points, score: Points, cfg: ClusterConfig, k: int, args: dic
 
 
 def _describe(config: dict, per_seed: list[dict], model: ClusterModel, clusters: np.ndarray, score: Points,
-              fit: Points, sweep: list[dict] | None) -> dict:
-    """metrics.json: seed means and stds, the first seed's clusters and retrieval, the sweep, the config."""
+              every: Everything, sweep: list[dict] | None) -> dict:
+    """metrics.json: seed means and stds, the first seed's clusters (of every point) and retrieval, the sweep, the
+    config; the clips nearest each centroid are found among `score`'s points (a sample, for streamed frames)."""
     mean, std = _mean_std(per_seed)
-    labelled = bool((score.labels != "").any())
+    labelled = bool((every.labels != "").any())
     clip_mask = score.clip_labels != ""
     retrieval = (retrieval_precision(model.embed(score.clip_X)[clip_mask], score.clip_labels[clip_mask].astype(str))
                  if labelled else {})
@@ -284,44 +348,110 @@ def _describe(config: dict, per_seed: list[dict], model: ClusterModel, clusters:
         "clusters": {
             "sizes": per_seed[0]["sizes"],
             "nearest_ids": _nearest_clips(model, model.embed(score.X), score),
-            "majority_label": _majority_labels(score.labels, clusters, config["k"]) if labelled else None,
+            "majority_label": _majority_labels(every.labels, clusters, config["k"]) if labelled else None,
         },
         "sweep": sweep,
-        "n_items": len(score.ids), "n_points": len(score.X), "n_fit_points": len(fit.X),
-        "n_unlabelled": int((score.labels == "").sum()),
+        "n_items": len(score.ids), "n_points": len(every.labels), "n_fit_points": len(every.fit_labels),
+        "n_unlabelled": int((every.labels == "").sum()),
         "config": config, "plots": [],
     }
 
 
-def _load_points(store_path, cfg: ClusterConfig, progress) -> tuple[Points, Points, dict]:
-    """(points to score, points to fit on (the same object when they coincide), what the store says of itself)."""
-    with open_store(store_path) as store:
-        score_ids, fit_ids = _select_ids(store, cfg.split, cfg.fit_split)
-        progress("load", 0, 1)
-        score = make_points(finite_rows(store, store.load_all(score_ids)), cfg.level, cfg.pool)
-        fit = score if fit_ids is None else make_points(finite_rows(store, store.load_all(fit_ids)), cfg.level,
-                                                        cfg.pool)
-        progress("load", 1, 1)
-        info = {"fingerprint": store.fingerprint, "backbone": store.config.backbone,
-                "weights": store.config.weights, "store_config": store.config.to_attrs()}
-    return score, fit, info
+def _load_points(store_path, cfg: ClusterConfig,
+                 progress) -> tuple[Points, Points, dict, StreamedFrames | None]:
+    """(points to score, points to fit on (the same object when they coincide), what the store says of itself,
+    the streamed frames or None). Rows larger than --memory-budget stream: pooled clip by clip at video level,
+    and at frame level the Points are a sample of the StreamedFrames."""
+    store = open_store(store_path)
+    score_ids, fit_ids = _select_ids(store, cfg.split, cfg.fit_split)
+    budget = budget_bytes(cfg.memory_budget)
+    stream = rows_bytes(store, score_ids + (fit_ids or [])) > budget
+    progress("load", 0, 1)
+    frames = None
+    if stream and cfg.level == "frame":
+        if cfg.k_range or cfg.pca is not None:
+            raise ClusterError(f"{'--k-range' if cfg.k_range else '--pca'} at --level frame needs every frame in "
+                               f"memory, and they exceed --memory-budget {cfg.memory_budget}: raise it, or use "
+                               "--level video")
+        score, fit, frames = _stream_frames(store, score_ids, fit_ids, cfg, budget)
+    else:
+        score = _points(store, score_ids, cfg, budget if stream else None)
+        fit = score if fit_ids is None else _points(store, fit_ids, cfg, budget if stream else None)
+    progress("load", 1, 1)
+    info = {"fingerprint": store.fingerprint, "backbone": store.config.backbone, "weights": store.config.weights,
+            "store_config": store.config.to_attrs(), "data_source": "stream" if stream else "memory"}
+    return score, fit, info, frames
 
 
-def _resolve_k(cfg: ClusterConfig, fit: Points) -> tuple[int, str]:
+def _points(store, ids: list[str], cfg: ClusterConfig, budget: int | None) -> Points:
+    """The points of `ids`: from the rows in memory, or (video level, with a budget) pooled as they stream by."""
+    if budget is None:
+        return make_points(finite_rows(store, store.load_all(ids)), cfg.level, cfg.pool)
+    return video_points(ids, normalize(pooled_clips(store, ids, cfg.pool, budget)), _first_labels(store, ids))
+
+
+def _first_labels(store, ids: list[str]) -> np.ndarray:
+    return np.array([(store.meta(v).labels or [""])[0] for v in ids], dtype=object)
+
+
+def _stream_frames(store, score_ids: list[str], fit_ids: list[str] | None, cfg: ClusterConfig,
+                   budget: int) -> tuple[Points, Points, StreamedFrames]:
+    """Frames past the budget: (a seeded sample of the scored frames, of the fitted ones, all of them streamed)."""
+    def sample(stream: FrameStream, ids: list[str]) -> Points:
+        where, X = stream.sample(sample_size(len(stream), store.dim, budget), cfg.seed)
+        clip_X = normalize(pooled_clips(store, ids, cfg.pool, budget))
+        return Points(X, stream.labels[where], stream.item[where], stream.row[where], ids, clip_X,
+                      _first_labels(store, ids))
+
+    score = frame_stream(store, score_ids, budget)
+    fit = score if fit_ids is None else frame_stream(store, fit_ids, budget)
+    score_points = sample(score, score_ids)
+    return score_points, score_points if fit is score else sample(fit, fit_ids), StreamedFrames(score, fit)
+
+
+def _fit_seeds_streamed(frames: StreamedFrames, fit: Points, score: Points, cfg: ClusterConfig, k: int,
+                        progress) -> tuple[list[dict], tuple[ClusterModel, np.ndarray]]:
+    """_fit_seeds for streamed frames: each seed fit by `fit_stream` from the sample `fit`, every frame scored in
+    one more pass (the silhouette on the sample `score`); the first seed's model and clusters of every frame."""
+    per_seed, first = [], None
+    for i in range(cfg.seeds):
+        seed = cfg.seed + i
+        model = ClusterModel(k=k, n_init=cfg.n_init, minibatch=True, random_state=seed)
+        model.fit_stream(fit.X, frames.fit.blocks)
+        clusters, inertia = _predict_stream(model, frames.score)
+        metrics = _run_metrics(inertia, silhouette(score.X, model.predict(score.X), seed), frames.score.labels,
+                               clusters, k)
+        per_seed.append({"seed": seed, **metrics})
+        first = first or (model, clusters)
+        progress("fit", i + 1, cfg.seeds)
+    return per_seed, first
+
+
+def _predict_stream(model: ClusterModel, frames: FrameStream) -> tuple[np.ndarray, float]:
+    """(cluster of every frame (n,), inertia) in one pass over the blocks."""
+    clusters, inertia = [], 0.0
+    for block in frames.blocks():
+        dist = model.kmeans_.transform(block)  # (n, k)
+        clusters.append(dist.argmin(1).astype(np.int32))
+        inertia += float((dist.min(1) ** 2).sum())
+    return np.concatenate(clusters), inertia
+
+
+def _resolve_k(cfg: ClusterConfig, every: Everything, dim: int) -> tuple[int, str]:
     """(k, where it came from), checked against the points fitted on."""
-    k, source, pca = cfg.k, "given", cfg.pca
+    k, source, pca, n_fit = cfg.k, "given", cfg.pca, len(every.fit_labels)
     if k is None:
-        fit_labels = set(fit.labels) - {""}
+        fit_labels = set(every.fit_labels) - {""}
         if not fit_labels:
             raise ClusterError("the items have no labels, so k cannot be inferred: pass --k N")
         k, source = len(fit_labels), "labels"
-        if not 2 <= k <= len(fit.X):  # no --k was given: say where this k came from
+        if not 2 <= k <= n_fit:  # no --k was given: say where this k came from
             raise ClusterError(f"k defaults to the number of labels, {k}, which is out of range: it must be between "
-                               f"2 and the {len(fit.X)} points fitted on; pass --k N")
-    _check_k(k, len(fit.X))
-    if pca is not None and pca > min(fit.X.shape):
-        raise ClusterError(f"--pca {pca} is too large: at most {min(fit.X.shape)} components "
-                           f"({len(fit.X)} points of dimension {fit.X.shape[1]})")
+                               f"2 and the {n_fit} points fitted on; pass --k N")
+    _check_k(k, n_fit)
+    if pca is not None and pca > min(n_fit, dim):
+        raise ClusterError(f"--pca {pca} is too large: at most {min(n_fit, dim)} components "
+                           f"({n_fit} points of dimension {dim})")
     return k, source
 
 
@@ -337,11 +467,7 @@ def _majority_labels(labels: np.ndarray, clusters: np.ndarray, k: int) -> list[s
 def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, clusters: np.ndarray,
                    plot: str, seed: int, progress) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "assignments.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "row", "label", "cluster"])
-        for i in range(len(score.X)):
-            w.writerow([score.ids[score.item[i]], int(score.row[i]), score.labels[i], int(clusters[i])])
+    _write_assignments(out / "assignments.csv", score.ids, score.item, score.row, score.labels, clusters)
     k = result["config"]["k"]
     labels = score.labels.astype(str)
     mask = labels != ""
@@ -365,6 +491,16 @@ def _write_outputs(out: Path, result: dict, score: Points, Z: np.ndarray, cluste
     result["plots"] = plots
     write_json(out / "config.json", result["config"])
     write_json(out / "metrics.json", result)
+
+
+def _write_assignments(path: Path, ids: list[str], item: np.ndarray, row: np.ndarray, labels: np.ndarray,
+                       clusters: np.ndarray) -> None:
+    """assignments.csv: each point's clip id, row within the clip, label and cluster."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "row", "label", "cluster"])
+        for i in range(len(clusters)):
+            w.writerow([ids[item[i]], int(row[i]), labels[i], int(clusters[i])])
 
 
 def _write_xy(path: Path, score: Points, xy: np.ndarray, method: str) -> None:

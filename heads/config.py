@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from featstore.config import POOLS  # the pool command's choices, cluster-eval's --pool too
 from featstore.errors import FramecacheError
 from featstore.settings import check_settings, setting
+from heads.budget import MemoryBudget
 from heads.models import HEADS, MEMORY_HEADS, HeadConfig, HeadError
 
 TASKS = ("auto", "multiclass", "multilabel")
@@ -24,7 +25,7 @@ FUSE_MODES = ("concat",)  # fit-head --fuse: how two stores' features of the sam
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(MemoryBudget):  # memory_budget: where the rows live, not what is learnt (no sweep axis)
     head: str = setting("linear", "Head architecture (knn: a neighbour vote, no training).",
                         choices=(*HEADS, *MEMORY_HEADS))
     task: str = setting("auto", "auto: multilabel when any item has several labels.", choices=TASKS)
@@ -77,6 +78,7 @@ class TrainConfig:
         if not 0 <= self.threshold < 1:
             raise HeadError(f"--threshold {self.threshold} must be in (0, 1), or 0 to tune it on val")
         check_settings(self, HeadError)
+        super().__post_init__()
 
     def head_config(self, in_dim: int, n_classes: int) -> HeadConfig:
         shared = {f.name for f in fields(HeadConfig)} & {f.name for f in fields(TrainConfig)}
@@ -117,7 +119,7 @@ class ClusterError(FramecacheError, ValueError):
 
 
 @dataclass
-class ClusterConfig:
+class ClusterConfig(MemoryBudget):
     """What cluster-eval runs (see heads.cluster): k-means on a store's points, scored against its labels."""
     k: int | None = setting(None, "Clusters (default: number of labels).", ge=2)
     level: str = setting("video", "video: pooled clips; frame: every sampled frame.", choices=LEVELS)
@@ -135,6 +137,7 @@ class ClusterConfig:
 
     def __post_init__(self):
         check_settings(self, ClusterError)
+        super().__post_init__()
         if self.whiten and self.pca is None:
             raise ClusterError("--whiten needs --pca N (the number of components to keep and whiten)")
         r = self.k_range

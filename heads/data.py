@@ -2,7 +2,9 @@
 
 One `load_all` reads every frame into one (N, D) tensor; a clip is a slice given by `offsets` and
 `lengths`. Batching picks frame indices for a whole batch at once with tensor ops and gathers rows,
-so there is no per-clip Python work per batch.
+so there is no per-clip Python work per batch. A store larger as loaded than the memory budget is not read
+into memory: `load_cache` returns a heads.stream.StreamedCache instead, which has the same per-clip columns and
+the same two row readers (`clip_batches`, `row_blocks`) that `batches` and `feature_stats` go through.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, ClassVar, Iterator, Union
 
 import numpy as np
 import torch
@@ -20,6 +22,9 @@ from featstore import Store, open_store
 from featstore.finite import finite_rows
 from heads.config import SAMPLINGS, SPLITS, TASKS  # noqa: F401  (re-exported: the choice tables live in config)
 from heads.models import HeadError
+
+if TYPE_CHECKING:
+    from heads.stream import StreamedCache
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
@@ -36,6 +41,7 @@ class Cache:
     labels: list[list[str]]  # per clip, possibly several
     groups: list[str]        # per clip, '' when unknown
     splits: list[str]        # per clip, the store's split column as written
+    source: ClassVar[str] = "memory"  # where batches read rows from (metrics.json's data_source)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,11 +50,32 @@ class Cache:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
+    def clip_batches(self, idx: torch.Tensor, batch_size: int,
+                     gen: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(clips (B,), rows holding them, first row of each clip (B,)) per batch; shuffled with `gen`."""
+        if gen is not None:
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+        for chunk in idx.split(batch_size):
+            yield chunk, self.features, self.offsets[chunk]
 
-def load_cache(store: Store | str | Path, ids: list[str] | None = None, features: bool = True) -> Cache:
+    def row_blocks(self, idx: torch.Tensor, chunk_rows: int = 65536) -> Iterator[torch.Tensor]:
+        """Every row of the clips idx, in that order, `chunk_rows` at a time."""
+        rows = torch.repeat_interleave(self.offsets[idx], self.lengths[idx])
+        rows += torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(self.lengths[idx], 0)
+                                                                   - self.lengths[idx], self.lengths[idx])
+        for part in rows.split(chunk_rows):
+            yield self.features[part.to(self.features.device)]
+
+
+Source = Union[Cache, "StreamedCache"]  # what the loops read clips from: in memory, or streamed from the shards
+
+
+def load_cache(store: Store | str | Path, ids: list[str] | None = None, features: bool = True,
+               budget: int | None = None) -> Source:
     """Read the chosen ok clips (all by default) of a store into memory; clips with no frames are skipped.
 
-    `features=False` reads the per-clip columns only (features is then an empty (0, D) tensor).
+    `features=False` reads the per-clip columns only (features is then an empty (0, D) tensor). With a `budget`
+    (bytes, heads.budget) smaller than the rows as loaded, the rows stay in the shards: a StreamedCache.
     """
     store = store if isinstance(store, Store) else open_store(store)
     metas = [store.meta(v) for v in (store.ids() if ids is None else ids)]
@@ -61,6 +88,11 @@ def load_cache(store: Store | str | Path, ids: list[str] | None = None, features
     # a float32 store stays float32: its values may lie beyond float16's range (the reason to store float32)
     small = int(lengths.sum()) * store.dim * 4 <= FLOAT32_LIMIT
     dtype = np.float32 if small or store.config.dtype == "float32" else np.float16
+    if budget is not None and int(lengths.sum()) * store.dim * np.dtype(dtype).itemsize > budget:
+        from heads.stream import StreamedCache
+
+        wide = np.float32 if store.config.dtype == "float32" else np.float16  # as stored: float16 holds it exactly
+        return StreamedCache(store, lengths, **columns, dtype=wide, budget=budget)
     loaded = finite_rows(store, store.load_all(columns["ids"], dtype=dtype))
     return Cache(torch.from_numpy(loaded.features), torch.from_numpy(loaded.offsets),
                  torch.from_numpy(loaded.lengths), **columns)
@@ -275,23 +307,21 @@ def train_frames(lengths: torch.Tensor, max_frames: int, gen: torch.Generator,
     return order, n
 
 
-def batches(cache: Cache, targets: torch.Tensor | None, idx: np.ndarray, batch_size: int, max_frames: int,
+def batches(cache: Source, targets: torch.Tensor | None, idx: np.ndarray, batch_size: int, max_frames: int,
             device: torch.device | str = "cpu", train: bool = False, gen: torch.Generator | None = None,
             aug: Augment | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """(x (B, T, D) float32, lengths (B,), y) per batch; shuffled with random frames when `train`."""
     aug = aug or Augment()
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.int64)
-    if train:
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-    for chunk in idx.split(batch_size):
+    for chunk, features, first in cache.clip_batches(idx, batch_size, gen if train else None):
         lengths = cache.lengths[chunk]
         if train:
             pos, n = train_frames(lengths, max_frames, gen, aug)
         else:
             pos, n = eval_frames(lengths, max_frames)
         mask = torch.arange(pos.shape[1])[None, :] < n[:, None]  # (B, T)
-        rows = (cache.offsets[chunk][:, None] + pos).masked_fill(~mask, 0)
-        x = cache.features[rows.to(cache.features.device)].to(device, torch.float32)  # (B, T, D)
+        rows = (first[:, None] + pos).masked_fill(~mask, 0)
+        x = features[rows.to(features.device)].to(device, torch.float32)  # (B, T, D)
         mask = mask.to(device)
         if train and aug.noise is not None:
             x = x + torch.randn(x.shape, generator=gen).to(device) * aug.noise.to(device)
@@ -300,20 +330,18 @@ def batches(cache: Cache, targets: torch.Tensor | None, idx: np.ndarray, batch_s
         yield x, n.to(device), y
 
 
-def feature_stats(cache: Cache, idx: np.ndarray, chunk_rows: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std over every frame of the chosen clips (float64 sums, chunked)."""
-    sel = torch.as_tensor(np.asarray(idx), dtype=torch.int64)
-    rows = torch.repeat_interleave(cache.offsets[sel], cache.lengths[sel])
-    rows += torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(cache.lengths[sel], 0)
-                                                               - cache.lengths[sel], cache.lengths[sel])
+def feature_stats(cache: Source, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std over every frame of the chosen clips (float64 sums, a block at a time)."""
     s = torch.zeros(cache.dim, dtype=torch.float64)
     ss = torch.zeros(cache.dim, dtype=torch.float64)
-    for part in rows.split(chunk_rows):
-        f = cache.features[part.to(cache.features.device)].to("cpu", torch.float64)
+    count = 0
+    for block in cache.row_blocks(torch.as_tensor(np.asarray(idx), dtype=torch.int64)):
+        f = block.to("cpu", torch.float64, copy=True)
         s += f.sum(0)
-        ss += (f * f).sum(0)
-    mean = s / len(rows)
-    std = (ss / len(rows) - mean**2).clamp_min(0).sqrt()
+        ss += f.mul_(f).sum(0)  # squared in place: one float64 copy of the block at a time, not two
+        count += len(f)
+    mean = s / count
+    std = (ss / count - mean**2).clamp_min(0).sqrt()
     # Dimensions that barely vary on train would blow up on test: floor the std at 1% of the typical one.
     std = std.clamp_min(max(1e-2 * float(std.mean()), 1e-6))
     return mean.float(), std.float()

@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 
 from featstore import Store, open_store
-from heads.data import Cache, carve_val, cv_folds, load_cache, make_splits
+from heads.budget import budget_bytes
+from heads.data import Source, carve_val, cv_folds, load_cache, make_splits
 from heads.metrics import HEADLINE, mean_std
 from heads.models import HeadError
 from heads.plots import plot_heatmap
@@ -35,7 +36,7 @@ from heads.rundir import write_json
 from heads.train import TrainConfig, train_head
 
 # TrainConfig fields that say where or how to run, not what to learn: no grid axis
-NOT_HYPERPARAMETERS = ("device", "seed", "task", "split")
+NOT_HYPERPARAMETERS = ("device", "seed", "task", "split", "memory_budget")
 
 
 @dataclass
@@ -70,7 +71,7 @@ def fit_seeds(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path, see
         raise HeadError(f"--seeds {seeds} must be at least 1")
     start = time.perf_counter()
     with staged_run(out_dir, "fit-head --seeds", force) as out:
-        store, cache = _load(store_path)
+        store, cache = _load(store_path, cfg)
         members = []
         for s in range(cfg.seed, cfg.seed + seeds):
             splits = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed, val_seed=s)
@@ -90,7 +91,7 @@ def fit_folds(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path, fol
         raise HeadError(f"--folds {folds} must be at least 2")
     start = time.perf_counter()
     with staged_run(out_dir, "fit-head --folds", force) as out:
-        store, cache = _load(store_path)
+        store, cache = _load(store_path, cfg)
         base = make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
         pool = np.sort(np.concatenate([base["train"], base["val"]]))
         members = []
@@ -102,12 +103,12 @@ def fit_folds(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path, fol
         return _write_repeated(out, store, cfg, members, "folds", start)
 
 
-def _load(store_path: str | Path) -> tuple[Store, Cache]:
+def _load(store_path: str | Path, cfg: TrainConfig) -> tuple[Store, Source]:
     store = open_store(store_path)
-    return store, load_cache(store)
+    return store, load_cache(store, budget=budget_bytes(cfg.memory_budget))
 
 
-def _fit_member(store: Store, cache: Cache, cfg: TrainConfig, out: Path, splits: dict, on_epoch: Callable,
+def _fit_member(store: Store, cache: Source, cfg: TrainConfig, out: Path, splits: dict, on_epoch: Callable,
                 eval_split: str) -> dict:
     task, labels, targets = cache_targets(store, cache, cfg.task)
     result = train_head(cache, targets, task, labels, splits, cfg, on_epoch)
@@ -197,7 +198,7 @@ def sweep(store_path: str | Path, cfg: TrainConfig, grid: dict[str, list], out_d
     `out_dir` must be absent, empty or a sweep (replaced whole) unless `force` (see heads.rundir)."""
     start = time.perf_counter()
     with staged_run(out_dir, "sweep", force) as out:
-        store, cache = _load(store_path)
+        store, cache = _load(store_path, cfg)
         task, labels, targets = cache_targets(store, cache, cfg.task)
         carvings = [make_splits(cache, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed, val_seed=s)
                     for s in range(cfg.seed, cfg.seed + seeds)]  # every cell sees the same carvings
@@ -209,7 +210,7 @@ def sweep(store_path: str | Path, cfg: TrainConfig, grid: dict[str, list], out_d
         return _write_sweep(out, store, cfg, grid, cells, best, chosen, metric_name, start)
 
 
-def _train_cells(cache: Cache, targets, task: str, labels: list[str], carvings: list[dict], cfg: TrainConfig,
+def _train_cells(cache: Source, targets, task: str, labels: list[str], carvings: list[dict], cfg: TrainConfig,
                  grid: dict[str, list], metric_name: str, on_progress) -> tuple[list[Cell], Cell]:
     """Every cell of the grid trained on the carvings; (all cells, the best by mean val metric)."""
     cells, best = [], None
@@ -230,7 +231,7 @@ def _train_cells(cache: Cache, targets, task: str, labels: list[str], carvings: 
     return cells, best
 
 
-def _train_cell(cache: Cache, targets, task: str, labels: list[str], carvings: list[dict], cfg: TrainConfig,
+def _train_cell(cache: Source, targets, task: str, labels: list[str], carvings: list[dict], cfg: TrainConfig,
                 params: dict) -> Cell:
     t0 = time.perf_counter()
     results, vals = [], []
@@ -243,7 +244,7 @@ def _train_cell(cache: Cache, targets, task: str, labels: list[str], carvings: l
     return Cell(params, mean, std, time.perf_counter() - t0, results)
 
 
-def _finish_best(store: Store, cache: Cache, targets, task: str, labels: list[str], carvings: list[dict],
+def _finish_best(store: Store, cache: Source, targets, task: str, labels: list[str], carvings: list[dict],
                  cfg: TrainConfig, best: Cell, out: Path) -> list[tuple[str, dict]]:
     """The chosen cell's runs, scored on test for the first and only time, written under out/best/."""
     members = []

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from heads.config import TrainConfig
-from heads.data import Cache, batches
+from heads.data import Source, batches
 from heads.metrics import HEADLINE, headline, tune_threshold
 from heads.models import HeadError, KNNHead, build_head
 from heads.train import TrainResult, evaluate, probabilities
 from pipeline.device import resolve_device
 
 
-def fit_knn(cache: Cache, targets: torch.Tensor, task: str, labels: list[str], splits: dict[str, np.ndarray],
+def fit_knn(cache: Source, targets: torch.Tensor, task: str, labels: list[str], splits: dict[str, np.ndarray],
             cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
             loss: nn.Module | None = None) -> TrainResult:
     """What `train_head` returns, for `cfg.head == "knn"`: the early head remembers splits['train'], the final
@@ -54,12 +54,12 @@ def fit_knn(cache: Cache, targets: torch.Tensor, task: str, labels: list[str], s
 
 
 @torch.no_grad()
-def remember(cache: Cache, targets: torch.Tensor, idx: np.ndarray, task: str, n_classes: int, cfg: TrainConfig,
+def remember(cache: Source, targets: torch.Tensor, idx: np.ndarray, task: str, n_classes: int, cfg: TrainConfig,
              device: torch.device) -> KNNHead:
     """A kNN head holding the clips `idx`: features as every head sees them at eval (up to max_frames uniformly
     spaced frames per clip), their masked mean made unit-norm."""
     head = build_head(cfg.head_config(cache.dim, n_classes)).to(device)
-    feats = torch.cat([head.embed(x, n) for x, n, _ in batches(cache, None, idx, 1024, cfg.max_frames, device)])
+    feats = torch.cat([head.embed(x, n) for x, n, _ in batches(cache, None, idx, 256, cfg.max_frames, device)])
     chosen = targets[torch.as_tensor(np.asarray(idx), dtype=torch.int64)]
     onehot = nn.functional.one_hot(chosen, n_classes) if task == "multiclass" else chosen
     head.remember(feats, onehot, cfg.k, cfg.temperature, task == "multilabel")

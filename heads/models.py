@@ -221,9 +221,23 @@ class KNNHead(nn.Module):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def neighbours(self, query: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cosine (B, k), bank row (B, k)) of each unit-norm query's k most similar clips, `chunk` bank rows at a
+        time: a bank of millions of clips never needs a (B, N) similarity matrix."""
+        k = min(int(self.k), len(self.bank))
+        top = idx = None
+        for start in range(0, len(self.bank), chunk):
+            sim = query @ self.bank[start:start + chunk].T  # (B, chunk) cosine
+            t, i = sim.topk(min(k, sim.shape[1]), dim=1)
+            if top is not None:  # the best k of the best so far and this chunk's
+                both = torch.cat([top, t], 1)
+                t, pick = both.topk(min(k, both.shape[1]), dim=1)
+                i = torch.cat([idx, i + start], 1).gather(1, pick)
+            top, idx = t, i
+        return top, idx
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        sim = self.embed(x, lengths) @ self.bank.T  # (B, N) cosine
-        top, idx = sim.topk(min(int(self.k), len(self.bank)), dim=1)  # (B, k)
+        top, idx = self.neighbours(self.embed(x, lengths))  # (B, k)
         weight = torch.exp((top - top[:, :1]) / self.temperature)  # exp(sim/T), scaled by the best: no overflow
         votes = (weight.unsqueeze(-1) * self.bank_targets[idx]).sum(1)  # (B, C)
         share = (votes / weight.sum(1, keepdim=True)).clamp(1e-7, 1 - 1e-7)

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from featstore import LAYOUT_KEYS, Store, StoreConfig, feature_diffs, open_store
-from heads.data import (Cache, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
+from heads.budget import budget_bytes
+from heads.data import (Source, batches, build_vocab, cache_from_arrays, detect_task, encode_targets, load_cache,
                         make_splits)
 from heads.metrics import HEADLINE
 from heads.models import POOLING_HEADS, HeadConfig, HeadError, build_head, count_params, model_device
@@ -46,7 +47,7 @@ def fit_head(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
     start = time.perf_counter()
     check_run_dir(Path(out_dir), "fit-head", force)  # before loading and training: a refusal costs nothing
     store = open_store(store_path)
-    cache = load_cache(store, _training_ids(store, cfg))
+    cache = load_cache(store, _training_ids(store, cfg), budget=budget_bytes(cfg.memory_budget))
     with staged_run(out_dir, "fit-head", force) as stage:
         metrics = fit_cache(store, cache, cfg, stage, on_epoch)
         metrics["seconds"] = time.perf_counter() - start
@@ -74,7 +75,7 @@ def _training_ids(store: Store, cfg: TrainConfig) -> list[str] | None:
     return None
 
 
-def cache_targets(store: Store, cache: Cache, task: str) -> tuple[str, list[str], torch.Tensor]:
+def cache_targets(store: Store, cache: Source, task: str) -> tuple[str, list[str], torch.Tensor]:
     """(task, label vocabulary, targets) of a loaded store, refusing stores a head cannot learn from."""
     if len(cache) == 0:
         raise HeadError(f"store {store.path} has no clips with features: extract some first")
@@ -85,7 +86,7 @@ def cache_targets(store: Store, cache: Cache, task: str) -> tuple[str, list[str]
     return task, labels, encode_targets(cache.labels, labels, task)
 
 
-def fit_cache(store: Store, cache: Cache, cfg: TrainConfig, out_dir: str | Path,
+def fit_cache(store: Store, cache: Source, cfg: TrainConfig, out_dir: str | Path,
               on_epoch: Callable[[dict], None] | None = None, splits: dict[str, np.ndarray] | None = None,
               eval_split: str = "test") -> dict:
     """`fit_head` on a cache already in memory, with given splits if any (`eval_split` names what the
@@ -97,7 +98,7 @@ def fit_cache(store: Store, cache: Cache, cfg: TrainConfig, out_dir: str | Path,
     return finish_run(store, cache, targets, task, labels, splits, cfg, result, out_dir, eval_split)
 
 
-def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, labels: list[str],
+def finish_run(store: Store, cache: Source, targets: torch.Tensor, task: str, labels: list[str],
                splits: dict[str, np.ndarray], cfg: TrainConfig, result: TrainResult, out_dir: str | Path,
                eval_split: str = "test") -> dict:
     """Score a trained head on val (the early-stopped model) and test (the final one), write its run directory."""
@@ -118,7 +119,7 @@ def finish_run(store: Store, cache: Cache, targets: torch.Tensor, task: str, lab
         "labels": labels, "threshold": result.threshold, "tuned_threshold": result.tuned_threshold,
         "threshold_source": "fixed (--threshold)" if cfg.threshold else "tuned on val", "best_epoch": result.best_epoch,
         "epochs_run": sum(r["phase"] == "fit" for r in result.history), "refit": cfg.refit,
-        "train_seconds": result.seconds, "seconds": result.seconds,
+        "train_seconds": result.seconds, "seconds": result.seconds, "data_source": cache.source,
     }
     if test is None:
         metrics["note"] = ("the test split is empty (no clip has split 'test'): only val metrics are reported, "
@@ -155,7 +156,7 @@ def _write_run(out: Path, cfg: TrainConfig, result: TrainResult, store: Store, m
                        f"{cfg.head} on {metrics['eval_split']}")
 
 
-def score_split(model: nn.Module, cache: Cache, targets: torch.Tensor, idx: np.ndarray, task: str,
+def score_split(model: nn.Module, cache: Source, targets: torch.Tensor, idx: np.ndarray, task: str,
                 labels: list[str], threshold: float, max_frames: int, tuned: float | None = None,
                 fixed: float = 0.5) -> dict:
     """Metrics of `model` on the clips `idx` of a cache (multilabel: at `threshold`, and at tuned/fixed)."""
@@ -254,13 +255,14 @@ def run_store_keys(store: Store, ckpt: dict) -> list[str] | None:
     return None
 
 
-def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test") -> dict:
+def evaluate_run(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test",
+                 budget: int | None = None) -> dict:
     """Metrics of a run's head on a split of its store, or of another store extracted with the same settings.
 
     split: train | val | test (the run's own split, re-applied to another store), all (every clip), or
     any other value of the store's split column (e.g. holdout).
     """
-    return split_metrics(split_predictions(run_dir, store_path, split), run_dir, split)
+    return split_metrics(split_predictions(run_dir, store_path, split, budget=budget), run_dir, split)
 
 
 def split_metrics(p: SplitPredictions, run_dir: str | Path, split: str) -> dict:
@@ -294,9 +296,10 @@ class SplitPredictions:
 
 
 def split_predictions(run_dir: str | Path, store_path: str | Path | None = None, split: str = "test",
-                      loaded: tuple[nn.Module, dict] | None = None) -> SplitPredictions:
+                      loaded: tuple[nn.Module, dict] | None = None, budget: int | None = None) -> SplitPredictions:
     """Apply a run's head to the clips of `split` (as `evaluate_run` describes) and keep every clip's output.
-    `loaded`: the run's (model, checkpoint) if already loaded by `load_run`."""
+    `loaded`: the run's (model, checkpoint) if already loaded by `load_run`; `budget`: bytes the split's rows may
+    take in memory before they stream (heads.budget; None: no limit)."""
     model, ckpt = loaded or load_run(run_dir)
     config = read_run_config(run_dir)
     store = open_store(store_path or config["store"])
@@ -309,7 +312,7 @@ def split_predictions(run_dir: str | Path, store_path: str | Path | None = None,
     if not keep:
         raise HeadError(f"no clip of split {split!r} in {store.path} has labels this run knows: "
                         "nothing to evaluate")
-    sub = load_cache(store, [index.ids[i] for i in keep])
+    sub = load_cache(store, [index.ids[i] for i in keep], budget=budget)
     targets = encode_targets(sub.labels, labels, task)
     cfg = ckpt["train_config"]
     device = model_device(model)
@@ -335,18 +338,23 @@ def _seen(split: str, cfg: dict, own_store: bool) -> str | None:
     return None
 
 
-def _row_accuracy(model: nn.Module, cache: Cache, targets: torch.Tensor) -> float:
+def _row_accuracy(model: nn.Module, cache: Source, targets: torch.Tensor) -> float:
     """Accuracy with every row (a clip of a clip store, a frame of a frame store) classified alone."""
-    n = len(cache.features)
-    rows = Cache(cache.features, torch.arange(n), torch.ones(n, dtype=torch.int64), [str(i) for i in range(n)],
-                 [[]] * n, [""] * n, [""] * n)
-    row_targets = targets.repeat_interleave(cache.lengths)
-    device = model_device(model)
-    logits, y, _ = evaluate(model, batches(rows, row_targets, np.arange(n), 1024, 1, device))
+    logits, y, _ = evaluate(model, _row_batches(cache, targets.repeat_interleave(cache.lengths), model_device(model)))
     return float((logits.argmax(1) == y).mean())
 
 
-def _split_ids(cache: Cache, run_dir, config: dict, store: Store, split: str) -> list[int]:
+def _row_batches(cache: Source, row_targets: torch.Tensor, device: torch.device, size: int = 1024):
+    """(x (B, 1, D), lengths of 1, y) over every row of the cache, in order: each row a clip of its own."""
+    done = 0
+    for block in cache.row_blocks(torch.arange(len(cache))):
+        for part in block.split(size):
+            yield (part.to(device, torch.float32)[:, None, :], torch.ones(len(part), dtype=torch.int64, device=device),
+                   row_targets[done:done + len(part)].to(device))
+            done += len(part)
+
+
+def _split_ids(cache: Source, run_dir, config: dict, store: Store, split: str) -> list[int]:
     """Clip positions of `split`: the run's own split when this is its store, else the same rule re-applied."""
     if split == "all":
         return list(range(len(cache)))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from heads.config import OPTIMIZERS, SCHEDULERS, TrainConfig
-from heads.data import Augment, Cache, batches, feature_stats
+from heads.data import Augment, Cache, Source, batches, feature_stats
 from heads.metrics import HEADLINE, headline, multiclass_metrics, multilabel_metrics, tune_threshold
 from heads.models import MEMORY_HEADS, HeadConfig, build_head
 from pipeline.device import resolve_device
@@ -138,7 +138,7 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     return None
 
 
-def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str], splits: dict[str, np.ndarray],
+def train_head(cache: Source, targets: torch.Tensor, task: str, labels: list[str], splits: dict[str, np.ndarray],
                cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
                loss: nn.Module | None = None) -> TrainResult:
     """Train `cfg.head` on splits['train'], early-stop on splits['val'] and restore the best weights;
@@ -151,7 +151,7 @@ def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str]
         return fit_knn(cache, targets, task, labels, splits, cfg, on_epoch, loss)
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    if device.type == "cuda":
+    if device.type == "cuda" and isinstance(cache, Cache):  # a streamed store's batches go to the GPU one by one
         cache = Cache(**{**vars(cache), "features": cache.features.to(device)})  # gather on the GPU
     gen = torch.Generator().manual_seed(cfg.seed)
     model, loss_fn, aug = prepare_head(cache, targets, task, splits["train"], cfg, len(labels), device)
@@ -205,7 +205,7 @@ def train_head(cache: Cache, targets: torch.Tensor, task: str, labels: list[str]
                        time.perf_counter() - start, tuned)
 
 
-def prepare_head(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig,
+def prepare_head(cache: Source, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig,
                  n_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module, Augment]:
     """A new head (same init for the same seed) normalized with the frames of `idx`, its loss and augmentation."""
     torch.manual_seed(cfg.seed)
@@ -219,7 +219,7 @@ def prepare_head(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray
     return model.to(device), make_loss(task, cfg, targets[idx], n_classes, device), aug
 
 
-def _refit(cache: Cache, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig, n_classes: int,
+def _refit(cache: Source, targets: torch.Tensor, task: str, idx: np.ndarray, cfg: TrainConfig, n_classes: int,
            lrs: list[float], device: torch.device, on_epoch: Callable | None, history: list[dict],
            loss: nn.Module | None = None) -> nn.Module:
     """Retrain on `idx` (train + val) for len(lrs) epochs, replaying the learning rates the fit phase used."""
