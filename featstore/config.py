@@ -19,6 +19,9 @@ FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames
                     "size", "resize", "crop", "mean", "std", "dtype")
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
 OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine", "recipe", "layer")
+# The settings that decide which timestamps a store's rows have: two stores hold rows of the same moments only where
+# these agree (stores fused side by side must; heads.fusion refuses them otherwise).
+SAMPLING_KEYS = ("every", "frames", "fps", "max_frames", "clip_len", "clip_stride", "clips")
 # Fingerprinted by format-1 stores, but a property of the file layout, not of the features in it.
 LAYOUT_KEYS = frozenset({"format"})
 # How `cli.py pool` reduces a video's rows to one, and the keys a pooled store records (and fingerprints) beside its
@@ -115,6 +118,11 @@ class StoreConfig:
         """The recorded resize and crop (a store without an engine key was made by the exact recipe)."""
         resize = tuple(self.resize) if isinstance(self.resize, (list, tuple)) else self.resize
         return StoreGeometry(self.size, resize, self.crop, self.resize_engine or "exact")
+
+    def sampling_diffs(self, other: StoreConfig, mine: str, theirs: str) -> list[str]:
+        """How two stores' sampling differs, one "every: A 5, B 10" per setting (SAMPLING_KEYS); empty if alike."""
+        return [f"{k}: {mine} {self.value(k)!r}, {theirs} {other.value(k)!r}"
+                for k in SAMPLING_KEYS if self.value(k) != other.value(k)]
 
     def fingerprint_keys(self) -> tuple[str, ...]:
         """The keys whose values identify the features: the base set, plus the newer ones that are set."""

@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from featstore.config import SAMPLING_KEYS
+
 out = Console()
 err = Console(stderr=True)
 
@@ -127,9 +129,7 @@ def store_table(store, summary: dict) -> Table:
         t.add_row(k, lit(summary[k]))
     cfg = summary["config"]
     t.add_row("weights", lit(cfg.get("weights")))
-    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames", "clip_len",
-                                                              "clip_stride", "clips")
-                                    if cfg.get(k) is not None))
+    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in SAMPLING_KEYS if cfg.get(k) is not None))
     t.add_row("input", f"{cfg.get('size')}px, crop={cfg.get('crop')}, resize={cfg.get('resize')}, "
                        f"resize engine={cfg.get('resize_engine') or 'exact'}")  # no key: made by the exact recipe
     splits: dict[str, int] = {}
