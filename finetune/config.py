@@ -13,10 +13,12 @@ from heads.config import SPLITS
 from heads.models import HEADS
 from pipeline.decode import CROPS
 from pipeline.device import PRECISIONS
+from pipeline.flow.compute import FLOW_METHODS
 
 OBJECTIVES = ("supervised", "temporal")
 SCHEDULERS = ("cosine", "plateau", "none")
 BN_MODES = ("frozen", "partial", "train")
+MODALITIES = ("rgb", "flow")  # what a segment is: one RGB frame, or a stack of flows (extract --modality's values)
 
 
 class FinetuneError(FramecacheError, ValueError):
@@ -31,6 +33,11 @@ class FinetuneConfig:
     backbone: str = setting("resnet50", "A float registry backbone (resnet18/50, mobilenet_v2, ...).")
     # as for extract: enum name, none, or a file (a finetune backbone.pt too)
     weights: str = setting("DEFAULT", "DEFAULT, an enum name, none, or a file.")
+    # rgb frames | flow stacks (the flow stream: TSN's cross-modality init from the RGB --weights)
+    modality: str = setting("rgb", "rgb frames, or flow: TSN's flow stream (stacks of --flow-stack flows).",
+                            choices=MODALITIES)
+    flow: str = setting("farneback", "--modality flow: the optical flow method.", choices=FLOW_METHODS)
+    flow_stack: int = setting(5, "--modality flow: flows per stack (L: 2L input channels).", ge=1)
     # a fit-head run on a store of this backbone/weights; else a new head
     init_head: str | None = setting(None, "Start from this fit-head run's head (same backbone/weights/input).")
     head: str = setting("linear", "New head's kind when no --init-head.", choices=HEADS)
@@ -72,5 +79,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_settings(self, FinetuneError)
+        if self.modality == "flow" and self.objective != "supervised":
+            raise FinetuneError("--modality flow trains with --objective supervised (TSN segments of flow stacks)")
         if self.objective == "temporal" and self.batch_size < 2:
             raise FinetuneError("--objective temporal needs --batch-size >= 2: the other clips are the negatives")
