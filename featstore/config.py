@@ -18,7 +18,8 @@ from typing import Any
 FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames",
                     "size", "resize", "crop", "mean", "std", "dtype")
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
-OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine", "recipe", "layer")
+OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine", "recipe", "layer",
+                 "modality", "flow", "flow_stack", "flow_weights")
 # The settings that decide which timestamps a store's rows have: two stores hold rows of the same moments only where
 # these agree (stores fused side by side must; heads.fusion refuses them otherwise).
 SAMPLING_KEYS = ("every", "frames", "fps", "max_frames", "clip_len", "clip_stride", "clips")
@@ -75,6 +76,10 @@ class StoreConfig:
     layer: str | None = None            # --layer: rows are this block's pooled output (fingerprinted where set)
     recipe: dict | None = None          # a family backbone's library, version, model and data config: fingerprinted
     #                                     (torchvision stores have no key: their weights enum names all of it)
+    modality: str | None = None         # "flow": rows embed optical-flow stacks (None: RGB frames or clips)
+    flow: str | None = None             # --flow method (farneback, tvl1, raft_small, raft_large)
+    flow_stack: int | None = None       # --flow-stack L: flows per row (2L input channels)
+    flow_weights: str | None = None     # RAFT's weights: enum member, none(seed=0) or file:sha256:<16 hex>
     format: int | None = None           # the store's row layout (featstore.FORMAT_VERSION); set by the writer
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this code does not know (fused or multitask runs)
     absent: frozenset[str] = frozenset()  # known keys the recorded attributes lack: to_attrs leaves them out
@@ -108,6 +113,11 @@ class StoreConfig:
     def pooled(self) -> str | None:
         """How a pooled store (one row per video, `cli.py pool`) reduced each video's rows; None for any other."""
         return self.value("pool")
+
+    @property
+    def is_flow(self) -> bool:
+        """Rows embed optical-flow stacks (extract --modality flow)."""
+        return self.modality == "flow"
 
     @property
     def is_clip(self) -> bool:

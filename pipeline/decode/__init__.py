@@ -12,6 +12,7 @@ frames and nothing else. Clips stream: `ClipStream` holds at most one clip's fra
     seek.py        the packet index and the seeker that FrameStream's --seek uses
     conversion.py  frame -> size x size RGB (Geometry, the resize engines)
     clips.py       clips cut while decoding (ClipStream, clip_count)
+    stacks.py      each sampled frame with the frames after it, for flow stacks (StackStream, StackSampling)
 """
 from pipeline.decode.clips import Clip, ClipStream, clip_count, uniform_starts
 from pipeline.decode.container import DecodeError, set_decoder_threads
@@ -20,8 +21,9 @@ from pipeline.decode.frames import (WINDOW, DecodedVideo, FrameStream, FrameWind
                                     decode_image, decode_video)
 from pipeline.decode.sampling import ClipSampling, Sampling, SamplingError, sample_indices
 from pipeline.decode.seek import SEEK_MODES
+from pipeline.decode.stacks import StackSampling, StackStream
 
 __all__ = ["CROPS", "RESIZE_ENGINES", "SEEK_MODES", "WINDOW", "Clip", "ClipSampling", "ClipStream", "DecodeError",
-           "DecodedVideo", "FrameStream", "FrameWindow", "Geometry", "Sampling", "SamplingError", "VideoInfo",
-           "clip_count", "decode_chosen", "decode_image", "decode_video", "quarter_turns", "sample_indices",
+           "DecodedVideo", "FrameStream", "FrameWindow", "Geometry", "Sampling", "SamplingError", "StackSampling",
+           "StackStream", "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video", "quarter_turns", "sample_indices",
            "set_decoder_threads", "uniform_starts"]

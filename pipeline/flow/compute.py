@@ -38,6 +38,7 @@ class RaftWeights:
     method: str               # raft_small | raft_large
     arg: str                  # --flow-weights as given: DEFAULT, an enum name, none, or a file
     id: str                   # Raft_Small_Weights.C_T_V2, none(seed=0) or file:sha256:<16 hex>
+    file: str | None = None   # a weights file's absolute path (recorded, so the store's RAFT can be found again)
 
 
 def raft_weights(method: str, weights: str = "DEFAULT") -> RaftWeights:
@@ -51,12 +52,26 @@ def raft_weights(method: str, weights: str = "DEFAULT") -> RaftWeights:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FlowError(f"--flow-weights {path} does not exist")
-        return RaftWeights(method, weights, f"file:sha256:{file_sha256(path)[:16]}")
+        return RaftWeights(method, weights, f"file:sha256:{file_sha256(path)[:16]}", str(path.resolve()))
     if weights.upper() not in enum.__members__:
         raise FlowError(f"--flow-weights {weights!r} is not a {method} weight: use one of "
                         f"{', '.join(enum.__members__)}, none, or a file")
     member = enum[weights.upper()]
     return RaftWeights(method, weights, f"{enum.__name__}.{member.name}")
+
+
+def recorded_raft(method: str, weights_id: str, file: str | None) -> RaftWeights:
+    """The RAFT weights a store recorded (its id, and the file where it was one), found again: a file must still
+    hold the same content."""
+    if weights_id.startswith("none"):
+        return raft_weights(method, "none")
+    if not weights_id.startswith("file:"):
+        return raft_weights(method, weights_id.rpartition(".")[2])
+    again = raft_weights(method, file) if file and Path(file).is_file() else None
+    if again is None or again.id != weights_id:
+        raise FlowError(f"the RAFT weights file the store was made with is gone or changed ({file}, {weights_id}): "
+                        "put it back to re-embed files as the store did")
+    return again
 
 
 def _raft(method: str):
@@ -84,13 +99,14 @@ class FlowComputer:
     """Flow between consecutive frames by one method, built once: RAFT on `device` (fp32), the classical methods on
     the CPU, one pair at a time (OpenCV uses its own threads inside each)."""
 
-    def __init__(self, method: str, weights: str = "DEFAULT", device: torch.device | str = "cpu"):
+    def __init__(self, method: str, weights: str | RaftWeights | None = "DEFAULT",
+                 device: torch.device | str = "cpu"):
         self.method, self.device = method, torch.device(device)
         if method in CLASSICAL:
             self._cv2 = cv2_module()
             self._tvl1 = _tvl1(self._cv2) if method == "tvl1" else None
         else:
-            self.weights = raft_weights(method, weights)
+            self.weights = weights if isinstance(weights, RaftWeights) else raft_weights(method, weights or "DEFAULT")
             self.model, self.transforms = _build_raft(self.weights)
             self.model = self.model.to(self.device)
 
@@ -117,13 +133,18 @@ class FlowComputer:
 
     @torch.inference_mode()
     def _raft(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        h, w = first.shape[1:3]
-        if h % 8 or w % 8 or min(h, w) < RAFT_MIN_SIDE:
-            raise FlowError(f"--flow {self.method} takes frames whose sides are multiples of 8 and at least "
-                            f"{RAFT_MIN_SIDE}, got {w}x{h}: use --size 224 (or 128, 160, ...)")
+        check_flow_size(self.method, *first.shape[1:3])
         a, b = (x.to(self.device).permute(0, 3, 1, 2) for x in (first, second))  # (N, 3, H, W) uint8
         a, b = self.transforms(a, b)
         return self.model(a, b)[-1].permute(0, 2, 3, 1).float().cpu()  # the last of RAFT's refinements
+
+
+def check_flow_size(method: str, height: int, width: int | None = None) -> None:
+    """Refuse frames RAFT cannot take (sides multiples of 8, at least RAFT_MIN_SIDE); any size suits the others."""
+    width = height if width is None else width
+    if method not in CLASSICAL and (height % 8 or width % 8 or min(height, width) < RAFT_MIN_SIDE):
+        raise FlowError(f"--flow {method} takes frames whose sides are multiples of 8 and at least {RAFT_MIN_SIDE}, "
+                        f"got {width}x{height}: use --size 224 (or 128, 160, ...)")
 
 
 def flow_between(first: np.ndarray, second: np.ndarray, method: str = "farneback",
