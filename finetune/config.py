@@ -13,12 +13,12 @@ from heads.config import SPLITS
 from heads.models import HEADS
 from pipeline.decode import CROPS
 from pipeline.device import PRECISIONS
+from pipeline.extract import DEFAULT_FLOW, DEFAULT_FLOW_STACK, MODALITIES
 from pipeline.flow.compute import FLOW_METHODS
 
 OBJECTIVES = ("supervised", "temporal")
 SCHEDULERS = ("cosine", "plateau", "none")
 BN_MODES = ("frozen", "partial", "train")
-MODALITIES = ("rgb", "flow")  # what a segment is: one RGB frame, or a stack of flows (extract --modality's values)
 
 
 class FinetuneError(FramecacheError, ValueError):
@@ -36,8 +36,9 @@ class FinetuneConfig:
     # rgb frames | flow stacks (the flow stream: TSN's cross-modality init from the RGB --weights)
     modality: str = setting("rgb", "rgb frames, or flow: TSN's flow stream (stacks of --flow-stack flows).",
                             choices=MODALITIES)
-    flow: str = setting("farneback", "--modality flow: the optical flow method.", choices=FLOW_METHODS)
-    flow_stack: int = setting(5, "--modality flow: flows per stack (L: 2L input channels).", ge=1)
+    flow: str = setting(DEFAULT_FLOW, "--modality flow: the optical flow method (RAFT with its DEFAULT weights).",
+                        choices=FLOW_METHODS)
+    flow_stack: int = setting(DEFAULT_FLOW_STACK, "--modality flow: flows per stack (L: 2L input channels).", ge=1)
     # a fit-head run on a store of this backbone/weights; else a new head
     init_head: str | None = setting(None, "Start from this fit-head run's head (same backbone/weights/input).")
     head: str = setting("linear", "New head's kind when no --init-head.", choices=HEADS)

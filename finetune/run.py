@@ -43,7 +43,7 @@ CHECKPOINT = "checkpoint.pt"
 BACKBONE_FILE = "backbone.pt"
 BACKBONE_SIDECAR = "backbone.json"  # the name pipeline.backbones looks for beside a weights file
 # What an --init-head run's store must share with this run for its head to read our features.
-INIT_HEAD_KEYS = ("backbone", "weights", "size", "resize", "crop", "mean", "std")
+INIT_HEAD_KEYS = ("backbone", "weights", "size", "resize", "crop", "mean", "std", "modality", "flow", "flow_stack")
 STAT_CLIPS = 32  # clips whose features standardize a new head's input (as fit-head does with train frames)
 
 
@@ -165,14 +165,16 @@ def _targets(index: Cache, vocab: list[str] | None) -> tuple[list[str], torch.Te
 def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneConfig) -> Prepared:
     """The head of a fit-head run, refused when its store's features are not the ones this run computes."""
     head, ckpt = load_run(cfg.init_head)
+    flow = cfg.modality == "flow"  # an RGB store records no flow keys (None)
     ours = StoreConfig(backbone=backbone.name, weights=backbone.weights_id, size=geometry.size,
                        resize=geometry.resize, crop=geometry.crop, mean=list(backbone.preprocess.mean),
-                       std=list(backbone.preprocess.std))
+                       std=list(backbone.preprocess.std), modality="flow" if flow else None,
+                       flow=cfg.flow if flow else None, flow_stack=cfg.flow_stack if flow else None)
     diffs = StoreConfig.from_attrs(ckpt["store_config"]).diff(ours, INIT_HEAD_KEYS)
     if diffs:
         raise FinetuneError(f"--init-head {cfg.init_head} was trained on other features than this run computes "
-                            f"({'; '.join(diffs)}): pass the matching --backbone/--weights/--size/--crop, "
-                            "or fit a head on a store extracted with them")
+                            f"({'; '.join(diffs)}): pass the matching --backbone/--weights/--size/--crop "
+                            "(and --modality/--flow/--flow-stack), or fit a head on a store extracted with them")
     if ckpt["task"] != "multiclass":
         raise FinetuneError(f"--init-head {cfg.init_head} is a {ckpt['task']} head; finetune trains multiclass heads")
     hc = ckpt["head_config"]

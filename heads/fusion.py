@@ -70,15 +70,10 @@ def test_probabilities(run_dir: str | Path) -> tuple[RunProbs, Cache]:
 FLOW_WEIGHT = 1.5
 
 
-def is_flow(config: StoreConfig) -> bool:
-    """Whether a store holds flow-stream features (`extract --modality flow`); stores before modalities are RGB."""
-    return config.value("modality") == "flow"
-
-
 def default_weights(configs: list[StoreConfig]) -> list[float] | None:
     """The weights `fuse` uses without --weights: TSN's 1 (RGB) : 1.5 (flow) where the runs mix the two streams,
     else None (equal)."""
-    flows = [is_flow(c) for c in configs]
+    flows = [c.is_flow for c in configs]
     if all(flows) or not any(flows):
         return None
     return [FLOW_WEIGHT if f else 1.0 for f in flows]

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import extract_flags, invoke
+
 from data.synth import make_temporal_dataset
+from featstore import open_store
 from finetune import FinetuneConfig, finetune
 from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler
@@ -48,8 +51,8 @@ def test_a_flow_segment_is_a_stack_of_the_flows_after_its_frame(clips):
     assert flow.frame_positions(np.array([0]), 2).tolist() == [0, 1, 1]  # a short clip repeats its last frame
 
 
-@pytest.mark.slow  # one epoch and its checkpoints: ~7 s
-def test_finetune_trains_a_flow_stream_that_loads_as_extract_loads_its_weights(flow_run):
+@pytest.mark.slow  # one epoch and its checkpoints, then an extract: ~10 s
+def test_finetune_trains_a_flow_stream_that_extract_embeds_with(clips, flow_run, tmp_path):
     run, metrics = flow_run
     assert metrics["n_train"] and metrics["test"]["n"] and not metrics["failed"]
     saved = torch.load(run / "backbone.pt", weights_only=True)
@@ -61,6 +64,11 @@ def test_finetune_trains_a_flow_stream_that_loads_as_extract_loads_its_weights(f
 
     loaded = flow_backbone(weights_for("resnet18", str(run / "backbone.pt")), 2)  # what extract --weights builds
     assert torch.equal(loaded.model.conv1.weight, saved["conv1.weight"])  # taken as it is, not re-initialised
+    res = invoke("extract", clips, *extract_flags(every=2, weights=str(run / "backbone.pt")),
+                 *config["extract"].split("backbone.pt")[1].split(), "--store", tmp_path / "store")
+    assert res.exit_code == 0, res.output
+    store = open_store(tmp_path / "store").config
+    assert store.is_flow and store.flow_stack == 2 and store.weights == f"file:sha256:{metrics['backbone_sha256'][:16]}"
 
 
 def test_flow_trains_only_the_supervised_objective():

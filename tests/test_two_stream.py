@@ -73,3 +73,27 @@ def test_fusing_two_rgb_runs_weighs_them_alike(rgb_and_flow_runs, tmp_path):
     other = tmp_path / "lin2"
     fit_head(rgb_and_flow_runs / "rgb", TrainConfig(head="mlp", **FAST), other)
     assert fuse_runs([rgb, other], tmp_path / "f")["weights"] == [0.5, 0.5]
+
+
+@pytest.fixture(scope="module")
+def flow_store(tiny_store, tmp_path_factory):
+    """tiny_store's clips as a Farneback flow store of the same sampling (every frame, 32 px)."""
+    pytest.importorskip("cv2")
+    from pipeline.extract import extract
+    from pipeline.sources import load_source
+
+    store = tmp_path_factory.mktemp("flow") / "store"
+    extract(load_source(tiny_store.parent / "m.csv"), store, tiny_config(dtype="float16", modality="flow",
+                                                                          flow_stack=2))
+    return store
+
+
+def test_an_rgb_and_a_flow_store_of_one_sampling_fuse_both_ways(tiny_store, tiny_run, flow_store, tmp_path):
+    assert invoke("fit-head", flow_store, "--epochs", "2", "--out", tmp_path / "flow").exit_code == 0
+    late = fuse_runs([tiny_run, tmp_path / "flow"], tmp_path / "late")
+    assert late["weights"] == pytest.approx([0.4, 0.6]) and late["n_common"] == 2
+    res = invoke("fit-head", "--store", tiny_store, "--store", flow_store, "--fuse", "concat", "--epochs", "2",
+                 "--out", tmp_path / "concat")
+    assert res.exit_code == 0, res.output
+    fused = json.loads((tmp_path / "concat" / "metrics.json").read_text())
+    assert fused["fusion"]["n_common"] == 8 and fused["fusion"]["label_mismatches"] == 0
