@@ -97,3 +97,27 @@ def test_an_rgb_and_a_flow_store_of_one_sampling_fuse_both_ways(tiny_store, tiny
     assert res.exit_code == 0, res.output
     fused = json.loads((tmp_path / "concat" / "metrics.json").read_text())
     assert fused["fusion"]["n_common"] == 8 and fused["fusion"]["label_mismatches"] == 0
+
+
+@pytest.mark.slow  # two extracts and three heads on 32 motion-only clips: ~20 s
+def test_on_motion_only_classes_two_streams_score_at_least_the_flow_stream(tmp_path):
+    """Issue 21's check: clips that differ only in motion. RGB alone is near chance; the fusions must not lose what
+    the flow stream finds (late fusion at TSN's 1 : 1.5, and the concatenated features)."""
+    pytest.importorskip("cv2")
+    from data.motion import make_motion_dataset
+    from heads.fusion import fit_fused
+    from pipeline.decode import Sampling
+    from pipeline.extract import extract
+    from pipeline.sources import load_source
+
+    items = load_source(make_motion_dataset(tmp_path / "clips", n_per_class=8, frames=12, size=64,
+                                            directions=("left", "right")))
+    cfg = TrainConfig(head="linear", epochs=60, patience=60, device="cpu")
+    for name, extra in (("rgb", {}), ("flow", {"modality": "flow", "flow_stack": 3})):
+        extract(items, tmp_path / name, tiny_config(sampling=Sampling(every=4), size=64, **extra))
+        fit_head(tmp_path / name, cfg, tmp_path / f"run-{name}")
+    late = fuse_runs([tmp_path / "run-rgb", tmp_path / "run-flow"], tmp_path / "late")
+    concat = fit_fused([tmp_path / "rgb", tmp_path / "flow"], cfg, tmp_path / "concat")
+    flow = late["alone"][str(tmp_path / "run-flow")]["accuracy"]
+    assert flow >= 0.9 and late["test"]["accuracy"] >= flow and concat["test"]["accuracy"] >= flow, \
+        (late["alone"], late["test"]["accuracy"], concat["test"]["accuracy"])
