@@ -267,7 +267,8 @@ def _final_metrics(trainer: Trainer, prep: Prepared, cfg: FinetuneConfig, state:
     eval_split = "test" if scored["test"] else "val"
     metric_key = "accuracy" if supervised else "cos_gap"
     return {
-        "kind": "finetune", "objective": cfg.objective, "backbone": cfg.backbone,
+        "kind": "finetune", "objective": cfg.objective, "backbone": cfg.backbone, "modality": cfg.modality,
+        "extract_flags": _extract_flow_flags(cfg).strip(),  # what extract needs besides --backbone and --weights
         "head": prep.head_config["kind"], "task": "multiclass" if supervised else "temporal", "split": cfg.split,
         "eval_split": eval_split, "metric_name": metric_key, "metric": scored[eval_split].get(metric_key),
         **scored, "labels": prep.labels,

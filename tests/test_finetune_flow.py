@@ -58,14 +58,14 @@ def test_finetune_trains_a_flow_stream_that_extract_embeds_with(clips, flow_run,
     saved = torch.load(run / "backbone.pt", weights_only=True)
     assert saved["conv1.weight"].shape[1] == 4  # 2 flows: x and y each
     config = json.loads((run / "config.json").read_text())
-    assert config["finetune"]["modality"] == "flow" and config["extract"].endswith(
-        "--modality flow --flow farneback --flow-stack 2")
+    assert metrics["extract_flags"] == "--modality flow --flow farneback --flow-stack 2"
+    assert config["finetune"]["modality"] == "flow" and config["extract"].endswith(metrics["extract_flags"])
     from pipeline.flow import flow_backbone
 
     loaded = flow_backbone(weights_for("resnet18", str(run / "backbone.pt")), 2)  # what extract --weights builds
     assert torch.equal(loaded.model.conv1.weight, saved["conv1.weight"])  # taken as it is, not re-initialised
     res = invoke("extract", clips, *extract_flags(every=2, weights=str(run / "backbone.pt")),
-                 *config["extract"].split("backbone.pt")[1].split(), "--store", tmp_path / "store")
+                 *metrics["extract_flags"].split(), "--store", tmp_path / "store")
     assert res.exit_code == 0, res.output
     store = open_store(tmp_path / "store").config
     assert store.is_flow and store.flow_stack == 2 and store.weights == f"file:sha256:{metrics['backbone_sha256'][:16]}"

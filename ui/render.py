@@ -221,7 +221,8 @@ def finetune_progress(bar: Progress, objective: str, epochs: int):
 
 
 def finetune_title(metrics: dict, out_dir: Path) -> str:
-    return f"finetune {metrics['objective']} {metrics['backbone']} → {lit(out_dir)}/backbone.pt"
+    stream = " flow stream" if metrics.get("modality") == "flow" else ""
+    return f"finetune {metrics['objective']} {metrics['backbone']}{stream} → {lit(out_dir)}/backbone.pt"
 
 
 def finetune_splits(metrics: dict) -> dict:
@@ -243,8 +244,9 @@ def print_temporal(metrics: dict, title: str) -> None:
 
 
 def print_finetuned(metrics: dict, out_dir: Path) -> None:
+    flags = f" {metrics['extract_flags']}" if metrics.get("extract_flags") else ""
     out.print(f"use it: cli.py extract SOURCE --backbone {metrics['backbone']} --weights "
-              f"{lit(out_dir)}/backbone.pt", highlight=False)
+              f"{lit(out_dir)}/backbone.pt{flags}", highlight=False)
     print_failures(metrics["failed"], " (all in metrics.json)")
 
 
