@@ -42,3 +42,11 @@ class FlowInput:
         from pipeline.flow import FlowComputer
 
         return FlowComputer(self.method)
+
+    def check(self, size: int) -> None:
+        """Build the method once before any work, so that a missing OpenCV or RAFT weights, or frames RAFT cannot
+        take, are refused in one line here rather than inside a decode worker."""
+        from pipeline.flow.compute import check_flow_size
+
+        check_flow_size(self.method, size)
+        self.computer()

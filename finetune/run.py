@@ -107,6 +107,8 @@ def setup(cfg: FinetuneConfig) -> Setup:
     precision = resolve_precision(cfg.precision, device, backbone)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     geometry = geometry_of(backbone.preprocess, cfg.size, cfg.crop, resize_engine_for("auto", backbone.is_video))
+    if (flow := flow_input(cfg)) is not None:
+        flow.check(geometry.size)
     return Setup(backbone, device, precision, amp, geometry)
 
 

@@ -71,6 +71,10 @@ def test_finetune_trains_a_flow_stream_that_extract_embeds_with(clips, flow_run,
     assert store.is_flow and store.flow_stack == 2 and store.weights == f"file:sha256:{metrics['backbone_sha256'][:16]}"
 
 
-def test_flow_trains_only_the_supervised_objective():
+def test_flow_trains_only_the_supervised_objective_and_raft_sizes_are_checked_before_any_work(clips, tmp_path):
     with pytest.raises(FinetuneError, match="--modality flow trains with --objective supervised"):
         FinetuneConfig(**{**TINY_FLOW, "objective": "temporal"})
+    res = invoke("finetune", clips, "--modality", "flow", "--flow", "raft_small", "--backbone", "resnet18",
+                 "--weights", "none", "--size", "32", "--out", tmp_path / "r")
+    assert res.exit_code == 1 and "--flow raft_small takes frames" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
