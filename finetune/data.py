@@ -142,10 +142,12 @@ class ClipFrames(Dataset):
         return i, self.flow.stacks(frames, self._computer), ""
 
     def _decode(self, item: Item, choose: _Chooser) -> torch.Tensor:  # (T, H, W, 3) uint8
+        if item.kind == "image" and self.flow is not None:  # as extract --modality flow refuses it
+            raise DecodeError(f"failed to sample {item.path}: a still image has no motion, which --modality flow "
+                              "trains on; give it videos")
         if item.kind == "image":
-            video = decode_image(item.path, self.geometry)  # a still: its flow stacks are zero
-            per_segment = self.flow.stack + 1 if self.flow is not None else 1
-            wanted = np.zeros(self.sampler.frames * per_segment, dtype=np.int64)
+            video = decode_image(item.path, self.geometry)
+            wanted = np.zeros(self.sampler.frames, dtype=np.int64)
         else:
             video = decode_chosen(item.path, choose, self.geometry)
             wanted = choose(video.n_frames, video.fps)

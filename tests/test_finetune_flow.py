@@ -51,6 +51,18 @@ def test_a_flow_segment_is_a_stack_of_the_flows_after_its_frame(clips):
     assert flow.frame_positions(np.array([0]), 2).tolist() == [0, 1, 1]  # a short clip repeats its last frame
 
 
+def test_a_still_image_is_a_failed_clip_of_a_flow_run(tmp_path):
+    from PIL import Image
+
+    from pipeline.sources import Item
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "still.png")
+    item = Item(id="still", path=str(tmp_path / "still.png"), labels=("a",), kind="image")
+    data = ClipFrames([item], [0], Geometry(32, 32, "none"), FrameSampler("segments", 2), False, 0,
+                      FlowInput("farneback", 2))
+    assert data[0][1] is None and "a still image has no motion" in data[0][2]
+
+
 @pytest.mark.slow  # one epoch and its checkpoints, then an extract: ~10 s
 def test_finetune_trains_a_flow_stream_that_extract_embeds_with(clips, flow_run, tmp_path):
     run, metrics = flow_run
