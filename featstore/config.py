@@ -129,10 +129,10 @@ class StoreConfig:
         resize = tuple(self.resize) if isinstance(self.resize, (list, tuple)) else self.resize
         return StoreGeometry(self.size, resize, self.crop, self.resize_engine or "exact")
 
-    def sampling_diffs(self, other: StoreConfig, mine: str, theirs: str) -> list[str]:
-        """How two stores' sampling differs, one "every: A 5, B 10" per setting (SAMPLING_KEYS); empty if alike."""
-        return [f"{k}: {mine} {self.value(k)!r}, {theirs} {other.value(k)!r}"
-                for k in SAMPLING_KEYS if self.value(k) != other.value(k)]
+    def sampling_diffs(self, other: StoreConfig) -> list[str]:
+        """How two stores' sampling differs, one "every: 5 vs 10" per setting (SAMPLING_KEYS); empty if alike."""
+        return [f"{k}: {self.value(k)!r} vs {other.value(k)!r}" for k in SAMPLING_KEYS
+                if self.value(k) != other.value(k)]
 
     def fingerprint_keys(self) -> tuple[str, ...]:
         """The keys whose values identify the features: the base set, plus the newer ones that are set."""

@@ -133,9 +133,9 @@ def fuse_runs(run_dirs: list[str | Path], out_dir: str | Path, weights: list[flo
 
 def check_same_sampling(a: StoreConfig, b: StoreConfig, name_a: str, name_b: str, what: str) -> None:
     """Refuse two stores whose rows sample other moments (different every/frames/fps/max_frames/clip settings)."""
-    diffs = a.sampling_diffs(b, name_a, name_b)
+    diffs = a.sampling_diffs(b)
     if diffs:
-        raise HeadError(f"{what} needs stores of the same sampling, and {name_a} and {name_b} differ in "
+        raise HeadError(f"{what} needs stores of the same sampling; {name_a} and {name_b} differ in "
                         f"{'; '.join(diffs)}: extract both with the same --every/--frames/--fps/--max-frames "
                         "and clip settings")
 
@@ -144,8 +144,7 @@ def _check_compatible(runs: list[RunProbs]) -> None:
     first = runs[0]
     for r in runs[1:]:
         if r.store != first.store:
-            check_same_sampling(first.config, r.config, f"the store of {first.run}", f"the store of {r.run}",
-                                "fuse")
+            check_same_sampling(first.config, r.config, first.store, r.store, f"fuse {first.run} {r.run}")
         if r.task != first.task:
             raise HeadError(f"cannot fuse a {first.task} run ({first.run}) with a {r.task} run ({r.run})")
         if r.labels != first.labels:
