@@ -24,7 +24,7 @@ from heads.run import load_run
 from heads.train import probabilities
 from pipeline.backbones import REGISTRY, get_spec
 from pipeline.decode import DecodedVideo, Geometry, Sampling, StackSampling, decode_image, decode_video
-from pipeline import resolve_device, store_backbone, store_geometry
+from pipeline import ExtractConfig, resolve_device, store_backbone, store_geometry
 from pipeline.sources import item_kind
 
 STORE_DTYPES = {"float16": torch.float16, "float32": None}  # None: features are stored as computed
@@ -106,7 +106,7 @@ def load_run_model(run_dir: str | Path, device: str = "auto", weights: str | Non
                     int(ckpt["train_config"]["max_frames"]), dev, stacks, flow)
 
 
-def _flow_method(cfg, device: torch.device):
+def _flow_method(cfg: ExtractConfig, device: torch.device):
     """The flow method a flow store was extracted with (RAFT with its recorded weights), on `device`."""
     from pipeline.flow import FlowComputer, raft_weights
 
