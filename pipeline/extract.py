@@ -584,8 +584,14 @@ def config_from_store(config: StoreConfig, device: str = "auto", workers: int | 
     return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
                          crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype,
                          layer=c.layer, modality="flow" if c.is_flow else "rgb", flow=c.flow, flow_stack=c.flow_stack,
-                         flow_weights=None if c.flow_weights is None else recorded_raft(c.flow, c.flow_weights,
-                                                                                       c.value("flow_weights_file")).arg)
+                         flow_weights=_store_flow_weights(c))
+
+
+def _store_flow_weights(config: StoreConfig) -> str | None:
+    """The --flow-weights that rebuilds a flow store's RAFT (None for RGB and classical flow stores)."""
+    if config.flow_weights is None:
+        return None
+    return recorded_raft(config.flow, config.flow_weights, config.value("flow_weights_file")).arg
 
 
 def store_weights(config: StoreConfig) -> str:

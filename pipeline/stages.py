@@ -5,10 +5,10 @@
     Embedder (pipeline.embed)          ->  (B, D) features per Batch
     InOrder                            ->  VideoRecords in item order, each as soon as it and those before it are done
 
-A unit is a frame (H, W, 3) for image backbones, a clip (T, H, W, 3) for video backbones, or the L + 1 frames of a
-flow stack (L + 1, H, W, 3) for --modality flow (pipeline.flow turns them into flows after rebatching). A worker sends a clip as
-soon as it is cut and frames in windows of at most pipeline.decode.WINDOW, so at most one clip or window per video
-(plus the DataLoader's prefetch) is in memory.
+A unit is a frame (H, W, 3) for image backbones, a clip (T, H, W, 3) for video backbones, or the L + 1 frames of
+a flow stack (L + 1, H, W, 3) for --modality flow (pipeline.flow turns them into flows after rebatching). A worker
+sends a clip (or stack) as soon as it is cut and frames in windows of at most pipeline.decode.WINDOW, so at most one
+clip or window per video (plus the DataLoader's prefetch) is in memory.
 
 DecodeWorkers iterates the DataLoader with every wait bounded: no worker, dead, stuck or out of shared memory, can
 make the main process wait forever, and a signal reaches it within a second.
@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore import VideoRecord
 from featstore.errors import FramecacheError
-from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodeError, FrameStream, Geometry, Sampling, StackSampling,
-                             StackStream, VideoInfo, decode_image)
+from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodeError, FrameStream, Geometry, Sampling,
+                             StackSampling, StackStream, VideoInfo, decode_image)
 from pipeline.sources import Item
 
 
@@ -252,7 +252,8 @@ class PendingVideo:
 
     def add(self, rows: Rows, features: np.ndarray) -> None:
         self.features.append(features)
-        self.spans.append(Rows(rows.slot, rows.units[:0], rows.frame_index, rows.frame_end, rows.time_s,
+        # no view of the units (even an empty one keeps their whole batch's memory alive until the video ends)
+        self.spans.append(Rows(rows.slot, rows.units.new_empty(0), rows.frame_index, rows.frame_end, rows.time_s,
                                rows.time_end_s))
 
     def record(self) -> VideoRecord:

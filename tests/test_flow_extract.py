@@ -1,8 +1,6 @@
 """extract --modality flow: stacks decoded at the RGB path's own positions, flow rows aligned in time with an RGB
 store's, the settings fingerprinted, RAFT rows equal to torchvision's RAFT and the flow stream called directly,
 --save-flow's folder, and a head that tells motion-only classes apart."""
-import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -142,7 +140,8 @@ def test_raft_rows_equal_torchvision_raft_then_the_cross_modality_flow_stream(tm
     net.fc = torch.nn.Identity()
     net.conv1.weight = torch.nn.Parameter(net.conv1.weight.mean(dim=1, keepdim=True).repeat(1, 2, 1, 1))
     with torch.no_grad():
-        pair = Raft_Small_Weights.DEFAULT.transforms()(decoded[:1].permute(0, 3, 1, 2), decoded[1:2].permute(0, 3, 1, 2))
+        first, second = decoded[:1].permute(0, 3, 1, 2), decoded[1:2].permute(0, 3, 1, 2)
+        pair = Raft_Small_Weights.DEFAULT.transforms()(first, second)
         flow = raft(*pair)[-1]                                       # (1, 2, H, W): x, y
         direct = net((flow / 20).clamp(-1, 1))[0]
     cosine = torch.nn.functional.cosine_similarity(direct, torch.from_numpy(row), dim=0)

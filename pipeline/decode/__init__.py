@@ -25,5 +25,5 @@ from pipeline.decode.stacks import StackSampling, StackStream
 
 __all__ = ["CROPS", "RESIZE_ENGINES", "SEEK_MODES", "WINDOW", "Clip", "ClipSampling", "ClipStream", "DecodeError",
            "DecodedVideo", "FrameStream", "FrameWindow", "Geometry", "Sampling", "SamplingError", "StackSampling",
-           "StackStream", "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video", "quarter_turns", "sample_indices",
-           "set_decoder_threads", "uniform_starts"]
+           "StackStream", "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video", "quarter_turns",
+           "sample_indices", "set_decoder_threads", "uniform_starts"]

@@ -64,5 +64,6 @@ class FlowSaver:
             for index, row in zip(part.frame_index.tolist(), flows[pos:pos + len(part)]):
                 np.savez_compressed(folder / f"{index:06d}.npz", flow=row.numpy())
                 tiles = flow_to_image(row.permute(0, 3, 1, 2))          # (L, 3, H, W) uint8
-                Image.fromarray(torch.cat(list(tiles), dim=2).permute(1, 2, 0).numpy()).save(folder / f"{index:06d}.png")
+                side_by_side = torch.cat(list(tiles), dim=2).permute(1, 2, 0)   # (H, L x W, 3)
+                Image.fromarray(side_by_side.numpy()).save(folder / f"{index:06d}.png")
             pos += len(part)
