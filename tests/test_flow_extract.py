@@ -11,7 +11,7 @@ from data.motion import make_motion_dataset
 from data.synth import write_video
 from featstore import StoreError, open_store
 from featstore.ownership import OwnershipError
-from helpers import tiny_config
+from helpers import extract_flags, invoke, tiny_config
 from pipeline.decode import Geometry, Sampling, StackSampling, StackStream, decode_video
 from pipeline.extract import ExtractError, embed_files, extract, resolve
 from pipeline.sources import load_source
@@ -162,3 +162,15 @@ def test_motion_only_classes_rgb_head_at_chance_farneback_flow_head_above_0_9(tm
         extract(items, tmp_path / name, cfg)
         accuracy[name] = fit(tmp_path / name, head, tmp_path / f"run-{name}").metrics["test"]["accuracy"]
     assert accuracy["rgb"] <= 0.75 and accuracy["flow"] >= 0.9, accuracy
+
+
+def test_cli_extracts_a_flow_store_and_refuses_flow_flags_without_it_in_one_line(motion, tmp_path):
+    manifest, _ = motion
+    res = invoke("extract", manifest, "--store", tmp_path / "s", *extract_flags(every=4), "--flow", "farneback")
+    assert res.exit_code == 1 and "--flow only apply to --modality flow" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = invoke("extract", manifest, "--store", tmp_path / "s", *extract_flags(every=4), "--modality", "flow",
+                 "--flow-stack", "2")
+    assert res.exit_code == 0, res.output
+    with open_store(tmp_path / "s") as store:
+        assert (store.config.modality, store.config.flow, store.config.flow_stack) == ("flow", "farneback", 2)
