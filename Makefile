@@ -11,7 +11,7 @@ $(BIN)/python:
 # The stamp re-installs when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,ray,explain,int8,torchcodec]"
+	$(BIN)/pip install -q -e ".[dev,ray,explain,int8,torchcodec,timm,clip,hf,flow]"
 	touch $@
 
 # torchcodec (--decoder torchcodec) loads FFmpeg's shared libraries, which pip cannot bring: Debian's, where this

@@ -349,8 +349,8 @@ def sweep(
 @app.command()
 def fuse(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories of the same classes.")],
-    weights: Annotated[Optional[str], typer.Option(help="One weight per run, e.g. 0.7,0.3 (default: equal).")]
-    = None,
+    weights: Annotated[Optional[str], typer.Option(help="One weight per run, e.g. 0.7,0.3 (default: equal; RGB "
+                                                   "and flow runs 1 and 1.5, TSN's two streams).")] = None,
     out_dir: OutDir = None,
     force: Force = False,
 ) -> None:
@@ -362,7 +362,8 @@ def fuse(
     with user_errors():
         metrics = fuse_runs(run_dirs, run_dir, parse_weights(weights), force=force)
     print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
-                  f"late fusion on {metrics['n_common']} common test clips → {run_dir}")
+                  f"late fusion on {metrics['n_common']} common test clips, weights "
+                  f"{','.join(f'{w:.2f}' for w in metrics['weights'])} → {run_dir}")
 
 
 @app.command()

@@ -13,7 +13,7 @@ import numpy as np
 
 from explain import ExplainError
 from explain.cam import Maps, cam_class, compute_maps, default_layer, find_layer
-from explain.model import RunModel, clip_probabilities, decode_for, head_rows, load_run_model, to_pixels
+from explain.model import RunModel, clip_probabilities, decode_for, head_rows, load_run_model, model_input
 from explain.render import Panel, render
 from heads.report import mistakes
 from heads.run import split_predictions
@@ -73,7 +73,7 @@ class Explainer:
         except DecodeError as e:
             return Explained(str(path), true=true, error=str(e))
         rows = head_rows(len(video.frames), self.run.max_frames)
-        pixels = to_pixels(video.frames[rows], self.run.device)
+        pixels = model_input(video, rows, self.run.device)
         targets = [self.target] if self.target is not None else [None]
         if self.target is None and true is not None:
             targets.append(self._class_index(true))
@@ -92,8 +92,9 @@ class Explainer:
 
     def _title(self, path: str, probs: np.ndarray, top: int, true: str | None, shown: int, sampled: int) -> str:
         truth = f", true {true}" if true is not None else ""
+        stream = "" if self.run.stacks is None else f" on {self.run.flow.method} flow x{self.run.stacks.length}"
         return (f"{Path(path).name}\npredicted {self.run.labels[top]} ({probs[top]:.2f}){truth} · "
-                f"{self.run.backbone} {self.layer}, {self.cfg.method} · {shown} of {sampled} sampled frames")
+                f"{self.run.backbone} {self.layer}{stream}, {self.cfg.method} · {shown} of {sampled} sampled frames")
 
     def _row_name(self, target: int, top: int, true: str | None) -> str:
         name = self.run.labels[target]

@@ -19,7 +19,10 @@ FINGERPRINT_KEYS = ("backbone", "weights", "every", "frames", "fps", "max_frames
                     "size", "resize", "crop", "mean", "std", "dtype")
 # Settings added after stores existed: they count only where set, so an older store keeps its fingerprint.
 OPTIONAL_KEYS = ("clip_len", "clip_stride", "clips", "quantization", "resize_engine", "recipe", "layer",
-                 "token_pool", "decoder")
+                 "token_pool", "decoder", "modality", "flow", "flow_stack", "flow_weights")
+# The settings that decide which timestamps a store's rows have: two stores hold rows of the same moments only where
+# these agree (stores fused side by side must; heads.fusion refuses them otherwise).
+SAMPLING_KEYS = ("every", "frames", "fps", "max_frames", "clip_len", "clip_stride", "clips")
 # Fingerprinted by format-1 stores, but a property of the file layout, not of the features in it.
 LAYOUT_KEYS = frozenset({"format"})
 # How `cli.py pool` reduces a video's rows to one, and the keys a pooled store records (and fingerprints) beside its
@@ -76,6 +79,10 @@ class StoreConfig:
     #                                     (fingerprinted where set; `pool` is a pooled store's key)
     recipe: dict | None = None          # a family backbone's library, version, model and data config: fingerprinted
     #                                     (torchvision stores have no key: their weights enum names all of it)
+    modality: str | None = None         # "flow": rows embed optical-flow stacks (None: RGB frames or clips)
+    flow: str | None = None             # --flow method (farneback, tvl1, raft_small, raft_large)
+    flow_stack: int | None = None       # --flow-stack L: flows per row (2L input channels)
+    flow_weights: str | None = None     # RAFT's weights: enum member, none(seed=0) or file:sha256:<16 hex>
     format: int | None = None           # the store's row layout (featstore.FORMAT_VERSION); set by the writer
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this code does not know (fused or multitask runs)
     absent: frozenset[str] = frozenset()  # known keys the recorded attributes lack: to_attrs leaves them out
@@ -111,6 +118,11 @@ class StoreConfig:
         return self.value("pool")
 
     @property
+    def is_flow(self) -> bool:
+        """Rows embed optical-flow stacks (extract --modality flow)."""
+        return self.modality == "flow"
+
+    @property
     def is_clip(self) -> bool:
         """Rows are clips of a video backbone (format-1 stores have no clip keys: frame rows)."""
         return self.clip_len is not None
@@ -119,6 +131,11 @@ class StoreConfig:
         """The recorded resize and crop (a store without an engine key was made by the exact recipe)."""
         resize = tuple(self.resize) if isinstance(self.resize, (list, tuple)) else self.resize
         return StoreGeometry(self.size, resize, self.crop, self.resize_engine or "exact")
+
+    def sampling_diffs(self, other: StoreConfig) -> list[str]:
+        """How two stores' sampling differs, one "every: 5 vs 10" per setting (SAMPLING_KEYS); empty if alike."""
+        return [f"{k}: {self.value(k)!r} vs {other.value(k)!r}" for k in SAMPLING_KEYS
+                if self.value(k) != other.value(k)]
 
     def fingerprint_keys(self) -> tuple[str, ...]:
         """The keys whose values identify the features: the base set, plus the newer ones that are set."""

@@ -13,6 +13,8 @@ from heads.config import SPLITS
 from heads.models import HEADS
 from pipeline.decode import CROPS
 from pipeline.device import PRECISIONS
+from pipeline.extract import DEFAULT_FLOW, DEFAULT_FLOW_STACK, MODALITIES
+from pipeline.flow.compute import FLOW_METHODS
 
 OBJECTIVES = ("supervised", "temporal")
 SCHEDULERS = ("cosine", "plateau", "none")
@@ -31,6 +33,12 @@ class FinetuneConfig:
     backbone: str = setting("resnet50", "A float image backbone: resnet18/50, mobilenet_v2, ..., timm:NAME.")
     # as for extract: enum name, none, or a file (a finetune backbone.pt too)
     weights: str = setting("DEFAULT", "DEFAULT, an enum name, none, or a file.")
+    # rgb frames | flow stacks (the flow stream: TSN's cross-modality init from the RGB --weights)
+    modality: str = setting("rgb", "rgb frames, or flow: TSN's flow stream (stacks of --flow-stack flows).",
+                            choices=MODALITIES)
+    flow: str = setting(DEFAULT_FLOW, "--modality flow: the optical flow method (RAFT with its DEFAULT weights).",
+                        choices=FLOW_METHODS)
+    flow_stack: int = setting(DEFAULT_FLOW_STACK, "--modality flow: flows per stack (L: 2L input channels).", ge=1)
     # a fit-head run on a store of this backbone/weights; else a new head
     init_head: str | None = setting(None, "Start from this fit-head run's head (same backbone/weights/input).")
     head: str = setting("linear", "New head's kind when no --init-head.", choices=HEADS)
@@ -72,5 +80,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_settings(self, FinetuneError)
+        if self.modality == "flow" and self.objective != "supervised":
+            raise FinetuneError("--modality flow trains with --objective supervised (TSN segments of flow stacks)")
         if self.objective == "temporal" and self.batch_size < 2:
             raise FinetuneError("--objective temporal needs --batch-size >= 2: the other clips are the negatives")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from finetune.config import FinetuneError
+from finetune.flow import FlowInput
 from heads.data import Cache
 from pipeline.decode import DecodeError, Geometry, decode_chosen, decode_image, set_decoder_threads
 from pipeline.sources import Item
@@ -61,31 +62,38 @@ def pair_positions(n_frames: int, fps: float, window_s: float, rng: np.random.Ge
 
 
 class _Chooser:
-    """choose(n_frames, fps) for decode_chosen: a pure function of its arguments, as decode_chosen requires."""
+    """choose(n_frames, fps) for decode_chosen: a pure function of its arguments, as decode_chosen requires.
+    With `flow`, each segment's start is followed by the L frames its flow stack needs."""
 
-    def __init__(self, sampler: FrameSampler, seed: tuple[int, ...]):
-        self.sampler, self.seed = sampler, seed
+    def __init__(self, sampler: FrameSampler, seed: tuple[int, ...], flow: FlowInput | None = None):
+        self.sampler, self.seed, self.flow = sampler, seed, flow
 
     def __call__(self, n_frames: int, fps: float) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
-        if self.sampler.kind == "segments":
-            return segment_positions(n_frames, self.sampler.segments, rng if self.sampler.random else None)
-        return pair_positions(n_frames, fps, self.sampler.window_s, rng)
+        if self.sampler.kind == "pair":
+            return pair_positions(n_frames, fps, self.sampler.window_s, rng)
+        rng = rng if self.sampler.random else None
+        if self.flow is None:
+            return segment_positions(n_frames, self.sampler.segments, rng)
+        starts = segment_positions(self.flow.segment_span(n_frames), self.sampler.segments, rng)
+        return self.flow.frame_positions(starts, n_frames)
 
 
-def augmentation(size: int) -> v2.Compose:
+def augmentation(size: int, flow: bool = False) -> v2.Compose:
     """Pixel augmentation at training (none at evaluation). One call draws one set of parameters for all frames
     it is given: the K segments of a clip share a crop (as in TSN), the two views of a pair are drawn apart.
     No hue jitter: it costs 32 of the 47 ms this takes on a clip of 8 frames at 224 px (one thread), a quarter of
-    a decode worker's time per clip, and TSN trains without it."""
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)])
+    a decode worker's time per clip, and TSN trains without it. Frames for flow get no colour jitter either
+    (TSN's flow stream trains on crops and flips; the flow ignores colour)."""
+    geometric = [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    return v2.Compose(geometric if flow else
+                      [*geometric, v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)])
 
 
 @dataclass
 class Batch:
     """Clips of one step; clips that failed to decode are left out and listed."""
-    frames: torch.Tensor                # (B, T, H, W, 3) uint8
+    frames: torch.Tensor                # (B, T, H, W, 3) uint8, or flow stacks (B, T, 2L, H, W) float32
     index: torch.Tensor                 # (B,) int64, positions in the source's item list
     failed: list[tuple[int, str]]       # (source position, reason)
 
@@ -99,14 +107,19 @@ class Batch:
 class ClipFrames(Dataset):
     """The clips `chosen` (positions in `items`, the whole source): dataset entry k gives (chosen[k], frames
     (T, H, W, 3) uint8 or None, error), so batches carry source positions, which index targets and ids whatever
-    the split. Set `epoch` before iterating."""
+    the split. With `flow`, each of the T segments is a flow stack: frames (T, 2L, H, W) float32 (finetune.flow).
+    Set `epoch` before iterating."""
 
     def __init__(self, items: list[Item], chosen: list[int] | np.ndarray, geometry: Geometry, sampler: FrameSampler,
-                 augment: bool, seed: int):
+                 augment: bool, seed: int, flow: FlowInput | None = None):
         self.items, self.chosen = items, [int(i) for i in chosen]
-        self.geometry, self.sampler, self.seed = geometry, sampler, seed
-        self.augment = augmentation(geometry.size) if augment else None
+        self.geometry, self.sampler, self.seed, self.flow = geometry, sampler, seed, flow
+        self.augment = augmentation(geometry.size, flow is not None) if augment else None
         self.epoch = 0
+        self._computer = None  # the flow method, built on first use in the process decoding (never pickled)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_computer": None}
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -116,14 +129,22 @@ class ClipFrames(Dataset):
         epoch = self.epoch if self.sampler.random else 0  # evaluation sees the same frames every epoch
         seed = (self.seed, epoch, i)
         try:
-            frames = self._decode(self.items[i], _Chooser(self.sampler, seed))
+            frames = self._decode(self.items[i], _Chooser(self.sampler, seed, self.flow))
         except DecodeError as e:
             return i, None, str(e)
         except Exception as e:  # noqa: BLE001 — an unforeseen decoder failure must cost one clip, not the run
             return i, None, f"{type(e).__name__}: {e} ({self.items[i].path})"
-        return i, self._augmented(frames, seed), ""
+        frames = self._augmented(frames, seed)
+        if self.flow is None:
+            return i, frames, ""
+        if self._computer is None:
+            self._computer = self.flow.computer()
+        return i, self.flow.stacks(frames, self._computer), ""
 
     def _decode(self, item: Item, choose: _Chooser) -> torch.Tensor:  # (T, H, W, 3) uint8
+        if item.kind == "image" and self.flow is not None:  # as extract --modality flow refuses it
+            raise DecodeError(f"failed to sample {item.path}: a still image has no motion, which --modality flow "
+                              "trains on; give it videos")
         if item.kind == "image":
             video = decode_image(item.path, self.geometry)
             wanted = np.zeros(self.sampler.frames, dtype=np.int64)

@@ -2,7 +2,8 @@
 
 `VideoNet(frames (B, T, H, W, 3) uint8) -> head(features (B, T, D), lengths)`: pooling heads average the K
 segments (TSN's consensus), sequence heads read them in order (LRCN), the temporal objective's projection head maps
-every frame on its own. Normalization with the weights' mean/std happens on the device, as in extract.
+every frame on its own. Normalization with the weights' mean/std happens on the device, as in extract. A flow
+stream reads (B, T, 2L, H, W) flow stacks instead, already scaled to [-1, 1] (pipeline.flow.stack).
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import torch
 from torch import nn
 
 from finetune.config import BN_MODES, FinetuneError
-from pipeline.backbones import REGISTRY, Backbone, BackboneError, get_spec, load_backbone
+from pipeline.backbones import REGISTRY, Backbone, BackboneError, get_spec, load_backbone, weights_for
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def trainable_backbone(name: str, weights: str) -> Backbone:
-    """`load_backbone`, refusing int8 models (integer weights have no gradients) with the float one to use."""
+def trainable_backbone(name: str, weights: str, flow_stack: int | None = None) -> Backbone:
+    """`load_backbone`, refusing int8 models (integer weights have no gradients) with the float one to use; with
+    `flow_stack` L, the flow-stream backbone (2L input channels, TSN's cross-modality init from RGB `weights`, or a
+    flow-stream weights file as it is: pipeline.flow.flow_backbone)."""
     spec = get_spec(name)
     if spec.cpu_only:
         twin = name.removeprefix("quantized_")
@@ -27,7 +30,11 @@ def trainable_backbone(name: str, weights: str) -> Backbone:
     if spec.clip is not None:
         raise BackboneError(f"{name} is a video backbone; finetune trains image backbones frame by frame "
                             "(resnet18/50, mobilenet_v2, ...)")
-    return load_backbone(name, weights)
+    if flow_stack is None:
+        return load_backbone(name, weights)
+    from pipeline.flow import flow_backbone
+
+    return flow_backbone(weights_for(name, weights), flow_stack)
 
 
 class ProjectionHead(nn.Module):
@@ -42,11 +49,11 @@ class ProjectionHead(nn.Module):
 
 
 class VideoNet(nn.Module):
-    def __init__(self, backbone: Backbone, head: nn.Module, bn: str = "frozen"):
+    def __init__(self, backbone: Backbone, head: nn.Module, bn: str = "frozen", flow: bool = False):
         super().__init__()
         if bn not in BN_MODES:
             raise FinetuneError(f"--bn {bn!r} is not valid; choose one of: {', '.join(BN_MODES)}")
-        self.backbone, self.head = backbone.model, head
+        self.backbone, self.head, self.flow = backbone.model, head, flow
         pre = backbone.preprocess
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255, persistent=False)
@@ -64,11 +71,13 @@ class VideoNet(nn.Module):
             m.eval()  # frozen statistics: running mean/var are used, never updated
         return self
 
-    def embed(self, frames: torch.Tensor) -> torch.Tensor:  # (N, H, W, 3) uint8 -> (N, D)
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:  # (N, H, W, 3) uint8 or (N, 2L, H, W) flow -> (N, D)
+        if self.flow:
+            return self.backbone(frames)  # flow stacks are the flow stream's input as they are
         x = frames.permute(0, 3, 1, 2).float()  # NHWC memory read as NCHW = channels_last
         return self.backbone((x - self.mean) / self.std)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, 3) uint8
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, 3) uint8 or (B, T, 2L, H, W) flow
         b, t = frames.shape[:2]
         feats = self.embed(frames.flatten(0, 1)).view(b, t, -1).float()  # (B, T, D)
         return self.head(feats, torch.full((b,), t, dtype=torch.int64, device=frames.device))

@@ -22,6 +22,7 @@ from featstore import StoreConfig
 from featstore.ownership import clear_folder
 from finetune.config import FinetuneError
 from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
+from finetune.flow import FlowInput
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
 from finetune.rundir import check_finetune_out
@@ -42,7 +43,7 @@ CHECKPOINT = "checkpoint.pt"
 BACKBONE_FILE = "backbone.pt"
 BACKBONE_SIDECAR = "backbone.json"  # the name pipeline.backbones looks for beside a weights file
 # What an --init-head run's store must share with this run for its head to read our features.
-INIT_HEAD_KEYS = ("backbone", "weights", "size", "resize", "crop", "mean", "std")
+INIT_HEAD_KEYS = ("backbone", "weights", "size", "resize", "crop", "mean", "std", "modality", "flow", "flow_stack")
 STAT_CLIPS = 32  # clips whose features standardize a new head's input (as fit-head does with train frames)
 
 
@@ -101,11 +102,13 @@ class Setup(NamedTuple):
 def setup(cfg: FinetuneConfig) -> Setup:
     """The trainable backbone, and the device, precision and frame geometry a run of `cfg` uses (bench/finetune.py
     times this same setup)."""
-    backbone = trainable_backbone(cfg.backbone, cfg.weights)
+    backbone = trainable_backbone(cfg.backbone, cfg.weights, cfg.flow_stack if cfg.modality == "flow" else None)
     device = resolve_device(cfg.device, backbone.name, backbone.cpu_only)
     precision = resolve_precision(cfg.precision, device, backbone)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     geometry = geometry_of(backbone.preprocess, cfg.size, cfg.crop, resize_engine_for("auto", backbone.is_video))
+    if (flow := flow_input(cfg)) is not None:
+        flow.check(geometry.size)
     return Setup(backbone, device, precision, amp, geometry)
 
 
@@ -117,7 +120,7 @@ def prepare(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneC
         head = ProjectionHead(backbone.dim, cfg.hidden, cfg.proj_dim)
         splits = make_splits(index, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
         hc = {"kind": "projection", "in_dim": backbone.dim, "hidden": cfg.hidden, "out_dim": cfg.proj_dim}
-        prep = Prepared(VideoNet(backbone, head, cfg.bn), Temporal(cfg.tau), hc, [], splits, True)
+        prep = Prepared(_net(backbone, head, cfg), Temporal(cfg.tau), hc, [], splits, True)
     elif cfg.init_head:
         prep = _from_init_head(backbone, geometry, index, cfg)
     else:
@@ -125,13 +128,22 @@ def prepare(backbone: Backbone, geometry: Geometry, index: Cache, cfg: FinetuneC
         hc = HeadConfig(kind=cfg.head, in_dim=backbone.dim, n_classes=len(labels), hidden=cfg.hidden,
                         max_len=cfg.segments)
         splits = make_splits(index, cfg.split, cfg.val_frac, cfg.test_frac, cfg.seed)
-        prep = Prepared(VideoNet(backbone, build_head(hc), cfg.bn), Supervised(targets, labels, cfg.label_smoothing),
+        prep = Prepared(_net(backbone, build_head(hc), cfg), Supervised(targets, labels, cfg.label_smoothing),
                         asdict(hc), labels, splits, True)
     if cfg.backbone_lr_mult == 0:
         prep.net.backbone.requires_grad_(False)
     elif cfg.freeze_until:
         freeze_until(prep.net.backbone, cfg.freeze_until)
     return prep
+
+
+def _net(backbone: Backbone, head: torch.nn.Module, cfg: FinetuneConfig) -> VideoNet:
+    return VideoNet(backbone, head, cfg.bn, flow=cfg.modality == "flow")
+
+
+def flow_input(cfg: FinetuneConfig) -> FlowInput | None:
+    """What a flow run's segments are made of; None for RGB frames."""
+    return FlowInput(cfg.flow, cfg.flow_stack) if cfg.modality == "flow" else None
 
 
 def _refit_start(prep: Prepared, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -167,14 +179,16 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
     """The head of a fit-head run, refused when its store's features are not the ones this run computes."""
     head, ckpt = load_run(cfg.init_head)
     _check_trainable(cfg.init_head, ckpt["head_config"]["kind"])
+    flow = cfg.modality == "flow"  # an RGB store records no flow keys (None)
     ours = StoreConfig(backbone=backbone.name, weights=backbone.weights_id, size=geometry.size,
                        resize=geometry.resize, crop=geometry.crop, mean=list(backbone.preprocess.mean),
-                       std=list(backbone.preprocess.std))
+                       std=list(backbone.preprocess.std), modality="flow" if flow else None,
+                       flow=cfg.flow if flow else None, flow_stack=cfg.flow_stack if flow else None)
     diffs = StoreConfig.from_attrs(ckpt["store_config"]).diff(ours, INIT_HEAD_KEYS)
     if diffs:
         raise FinetuneError(f"--init-head {cfg.init_head} was trained on other features than this run computes "
-                            f"({'; '.join(diffs)}): pass the matching --backbone/--weights/--size/--crop, "
-                            "or fit a head on a store extracted with them")
+                            f"({'; '.join(diffs)}): pass the matching --backbone/--weights/--size/--crop "
+                            "(and --modality/--flow/--flow-stack), or fit a head on a store extracted with them")
     if ckpt["task"] != "multiclass":
         raise FinetuneError(f"--init-head {cfg.init_head} is a {ckpt['task']} head; finetune trains multiclass heads")
     hc = ckpt["head_config"]
@@ -188,7 +202,7 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
     splits = _run_splits(Path(cfg.init_head), index)
     early = load_early_head(cfg.init_head, ckpt)  # a refit run: fit from its early head, refit from its final one
     fit_head, refit_head = (head, None) if early is None else (early, head)
-    return Prepared(VideoNet(backbone, fit_head, cfg.bn), Supervised(targets, labels, cfg.label_smoothing), hc,
+    return Prepared(_net(backbone, fit_head, cfg), Supervised(targets, labels, cfg.label_smoothing), hc,
                     labels, splits, False, refit_head)
 
 
@@ -209,9 +223,10 @@ def loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: Pr
     """Training clips (the train split), validation clips, and train + val for the refit."""
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     train = FrameSampler(prep.objective.sampler, cfg.segments, cfg.pos_window, random=True)
+    flow = flow_input(cfg)
     refit = (ClipFrames(items, np.sort(np.concatenate([prep.splits["train"], prep.splits["val"]])), geometry, train,
-                        cfg.augment, cfg.seed) if cfg.refit and len(prep.splits["val"]) else None)
-    return Loaders(ClipFrames(items, prep.splits["train"], geometry, train, cfg.augment, cfg.seed),
+                        cfg.augment, cfg.seed, flow) if cfg.refit and len(prep.splits["val"]) else None)
+    return Loaders(ClipFrames(items, prep.splits["train"], geometry, train, cfg.augment, cfg.seed, flow),
                    _eval_set(items, prep.splits["val"], geometry, cfg, prep), workers, device.type == "cuda", refit)
 
 
@@ -222,7 +237,7 @@ def _eval_set(items: list[Item], chosen: np.ndarray, geometry: Geometry, cfg: Fi
     pooled = prep.head_config["kind"] in POOLING_HEADS
     sampler = FrameSampler(prep.objective.sampler, cfg.eval_segments if pooled else cfg.segments, cfg.pos_window,
                            random=False)
-    return ClipFrames(items, chosen, geometry, sampler, augment=False, seed=cfg.seed)
+    return ClipFrames(items, chosen, geometry, sampler, augment=False, seed=cfg.seed, flow=flow_input(cfg))
 
 
 @torch.no_grad()
@@ -230,7 +245,8 @@ def _standardize_head(net: VideoNet, data: Loaders, device: torch.device, amp: t
     """A new head standardizes its input like fit-head's (center each dim, one std for all) with the features of
     the first training clips' segment centres, so its learning rate means the same whatever the backbone."""
     probe = ClipFrames(data.train.items, data.train.chosen[:STAT_CLIPS], data.train.geometry,
-                       FrameSampler("segments", data.train.sampler.segments, random=False), False, data.train.seed)
+                       FrameSampler("segments", data.train.sampler.segments, random=False), False, data.train.seed,
+                       data.train.flow)
     feats = []
     net.eval()
     for i in range(len(probe)):
@@ -262,7 +278,8 @@ def _final_metrics(trainer: Trainer, prep: Prepared, cfg: FinetuneConfig, state:
     eval_split = "test" if scored["test"] else "val"
     metric_key = "accuracy" if supervised else "cos_gap"
     return {
-        "kind": "finetune", "objective": cfg.objective, "backbone": cfg.backbone,
+        "kind": "finetune", "objective": cfg.objective, "backbone": cfg.backbone, "modality": cfg.modality,
+        "extract_flags": _extract_flow_flags(cfg).strip(),  # what extract needs besides --backbone and --weights
         "head": prep.head_config["kind"], "task": "multiclass" if supervised else "temporal", "split": cfg.split,
         "eval_split": eval_split, "metric_name": metric_key, "metric": scored[eval_split].get(metric_key),
         **scored, "labels": prep.labels,
@@ -295,11 +312,19 @@ def _write_run(out: Path, cfg: FinetuneConfig, prep: Prepared, backbone: Backbon
     metrics["backbone_file"] = str((out / BACKBONE_FILE).resolve())
     metrics["backbone_sha256"] = _sha256(out / BACKBONE_FILE)
     write_json(out / "config.json", {**made, "head": prep.head_config, "labels": prep.labels,
-                                      "extract": f"--backbone {cfg.backbone} --weights {out / BACKBONE_FILE}"})
+                                      "extract": f"--backbone {cfg.backbone} --weights {out / BACKBONE_FILE}"
+                                                 + _extract_flow_flags(cfg)})
     write_json(out / "splits.json", {k: [index.ids[i] for i in v] for k, v in prep.splits.items()})
     write_history(out / "history.csv", state.history)
     plot_curves([r for r in state.history if r["phase"] == "fit"], out / "curves.png", metrics["metric_name"],
                 state.best_epoch)
+
+
+def _extract_flow_flags(cfg: FinetuneConfig) -> str:
+    """The extract flags that embed flow as this run trained on it (none for RGB)."""
+    if cfg.modality != "flow":
+        return ""
+    return f" --modality flow --flow {cfg.flow} --flow-stack {cfg.flow_stack}"
 
 
 def _sha256(path: Path) -> str:

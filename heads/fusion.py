@@ -39,6 +39,7 @@ class RunProbs:
     head: str
     backbone: str | None
     store: str
+    config: StoreConfig      # the store's: its sampling and modality
 
 
 def test_probabilities(run_dir: str | Path) -> tuple[RunProbs, Cache]:
@@ -61,7 +62,21 @@ def test_probabilities(run_dir: str | Path) -> tuple[RunProbs, Cache]:
                                            ckpt["train_config"]["max_frames"]))
     return RunProbs(str(run_dir), cache.ids, probabilities(logits, ckpt["task"]), ckpt["labels"], ckpt["task"],
                     float(ckpt["threshold"]), ckpt["train_config"]["head"], store.config.backbone,
-                    str(store.path)), cache
+                    str(store.path), store.config), cache
+
+
+# TSN's two-stream late fusion weighs the flow stream 1.5 to the RGB stream's 1 (Wang et al., ECCV 2016, "Network
+# testing")
+FLOW_WEIGHT = 1.5
+
+
+def default_weights(configs: list[StoreConfig]) -> list[float] | None:
+    """The weights `fuse` uses without --weights: TSN's 1 (RGB) : 1.5 (flow) where the runs mix the two streams,
+    else None (equal)."""
+    flows = [c.is_flow for c in configs]
+    if all(flows) or not any(flows):
+        return None
+    return [FLOW_WEIGHT if f else 1.0 for f in flows]
 
 
 def check_weights(weights: list[float] | None, n: int) -> np.ndarray:
@@ -88,15 +103,18 @@ def fuse_runs(run_dirs: list[str | Path], out_dir: str | Path, weights: list[flo
               force: bool = False) -> dict:
     """Late fusion: the weighted mean of the runs' probabilities on their common test clips, scored and written.
 
+    Without `weights`, runs that mix RGB and flow stores weigh 1 (RGB) : 1.5 (flow), as TSN's two streams; others
+    weigh alike. Runs on stores of different sampling are refused (`check_same_sampling`).
     `out_dir` must be absent, empty or a fuse run (replaced whole) unless `force` (see heads.rundir)."""
     start = time.perf_counter()
     check_run_dir(Path(out_dir), "fuse", force)  # before the work: a refusal must not cost it
     if len(run_dirs) < 2:
         raise HeadError("fuse needs at least two runs")
-    w = check_weights(weights, len(run_dirs))
+    check_weights(weights, len(run_dirs))  # a bad --weights is refused before the runs are scored
     loaded = [test_probabilities(r) for r in run_dirs]
     runs = [p for p, _ in loaded]
     _check_compatible(runs)
+    w = check_weights(weights if weights is not None else default_weights([r.config for r in runs]), len(runs))
     common = sorted(set.intersection(*(set(r.ids) for r in runs)))
     if not common:
         raise HeadError("the runs share no test clip (fusion averages predictions on the same clips): "
@@ -113,9 +131,20 @@ def fuse_runs(run_dirs: list[str | Path], out_dir: str | Path, weights: list[flo
         return _write_fusion(out, runs, w, fused, alone, common, start)
 
 
+def check_same_sampling(a: StoreConfig, b: StoreConfig, name_a: str, name_b: str, what: str) -> None:
+    """Refuse two stores whose rows sample other moments (different every/frames/fps/max_frames/clip settings)."""
+    diffs = a.sampling_diffs(b)
+    if diffs:
+        raise HeadError(f"{what} needs stores of the same sampling; {name_a} and {name_b} differ in "
+                        f"{'; '.join(diffs)}: extract both with the same --every/--frames/--fps/--max-frames "
+                        "and clip settings")
+
+
 def _check_compatible(runs: list[RunProbs]) -> None:
     first = runs[0]
     for r in runs[1:]:
+        if r.store != first.store:
+            check_same_sampling(first.config, r.config, first.store, r.store, f"fuse {first.run} {r.run}")
         if r.task != first.task:
             raise HeadError(f"cannot fuse a {first.task} run ({first.run}) with a {r.task} run ({r.run})")
         if r.labels != first.labels:
@@ -177,6 +206,7 @@ def fused_cache(store_paths: list[str | Path], head: str, mode: str = "concat") 
     if len(store_paths) != 2:
         raise HeadError(f"--fuse {mode} takes exactly two stores (got {len(store_paths)})")
     a, b = (open_store(p) for p in store_paths)
+    check_same_sampling(a.config, b.config, str(a.path), str(b.path), f"--fuse {mode}")
     ids_a, ids_b = a.ids(), set(b.ids())
     common = [v for v in ids_a if v in ids_b]
     if not common:

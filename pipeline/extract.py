@@ -29,14 +29,20 @@ from featstore.meta import MetaChange, diff_meta, write_meta_update
 from featstore.format import HEADER
 from featstore.settings import check_settings, setting
 from featstore.writer import claim_store
-from pipeline.accel import CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION  # noqa: F401
+from pipeline.accel import (CALIBRATION_UNITS, CLIP_BATCH, COMPILE_MODES, FRAME_BATCH, QUANTIZATION,  # noqa: F401
+                            default_batch)
 from pipeline.backbones import (REGISTRY, TOKEN_POOLS, Backbone, BackboneError, BackboneSpec, BackboneWeights,
                                 Preprocess, available_backbones, build_backbone, get_spec, preprocess_for, weights_for)
 from pipeline.decode import (CROPS, DECODERS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling,
-                             set_decoder_threads)
+                             StackSampling, set_decoder_threads)
 from pipeline.decoder_choice import decoder_for
-from pipeline.device import EXTRACT_PRECISIONS, resolve_device
+from pipeline.device import EXTRACT_PRECISIONS, resolve_device, resolve_precision
 from pipeline.embed import Embedder
+from pipeline.flow.compute import (CLASSICAL, FLOW_METHODS, FlowComputer, RaftWeights, check_flow_size, raft_weights,
+                                   recorded_raft)
+from pipeline.flow.save import FlowSaver, claim_flow_folder
+from pipeline.flow.steps import flow_steps
+from pipeline.flow.stream import FlowEmbedder, flow_backbone
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import POLL_S, Batch, DecodeStream, DecodeWorkers, Done, InOrder, Rows, rebatch
@@ -44,6 +50,9 @@ from pipeline.stages import POLL_S, Batch, DecodeStream, DecodeWorkers, Done, In
 # --resize-engine auto on a new store (docs/extract.md, "Decoding cost"); video backbones keep their preset's recipe.
 DEFAULT_RESIZE_ENGINE = "exact"
 DTYPES = ("float16", "float32")          # storage dtype of features
+MODALITIES = ("rgb", "flow")             # what a row embeds: decoded frames (or clips), or optical-flow stacks
+FLOW_KEYS = frozenset({"modality", "flow", "flow_stack", "flow_weights"})  # what a flow store records of its flow
+DEFAULT_FLOW, DEFAULT_FLOW_STACK = "farneback", 5  # TSN's stack of 5 flows (10 channels); Farneback needs no weights
 COMPRESSIONS = ("none", "lzf", "gzip")   # HDF5 compression of features; "none" is stored as None
 
 
@@ -99,6 +108,18 @@ class ExtractConfig:
     token_pool: str | None = setting(None, "Token models (ViTs): the row is the CLS token or the mean of the patch "
                                      "tokens (default: the model's own pooling).", choices=TOKEN_POOLS,
                                      flag="--pool")
+    # what a row embeds; the flow settings below apply to --modality flow only (None: their defaults there)
+    modality: str = setting("rgb", "rgb: the sampled frames; flow: optical flow from each sampled frame on, a stack "
+                            "of --flow-stack flows through the flow-stream backbone (docs/motion.md).",
+                            choices=MODALITIES)
+    flow: str | None = setting(None, f"--modality flow: the flow method (default {DEFAULT_FLOW}; tvl1 where OpenCV "
+                               "has its contrib module; raft_* run on --device).", choices=FLOW_METHODS)
+    flow_stack: int | None = setting(None, f"--modality flow: flows per row, L (2L input channels; default "
+                                     f"{DEFAULT_FLOW_STACK}).", ge=1)
+    flow_weights: str | None = setting(None, "--flow raft_*: RAFT's weights: DEFAULT, an enum name (C_T_V1), none "
+                                       "(seeded random init) or a file.")
+    save_flow: str | None = setting(None, "--modality flow: also write each row's flow fields (.npz and .png) into "
+                                    "this folder, new or empty (or this store's own).")
 
     def __post_init__(self):
         if self.compression == "none":  # how the command line says "no compression"
@@ -112,6 +133,26 @@ class ExtractConfig:
         _check_sampling_kind(self.backbone, spec, self.sampling)
         if spec.clip is not None:  # the one check of the clip's shape, made before any work starts
             spec.clip.check(self.backbone, self.sampling.clip_len, self.size or spec.input_size)
+        _check_modality(self)
+
+
+def _check_modality(cfg: ExtractConfig) -> None:
+    """Flow settings only with --modality flow (then defaulted here), and only what the flow stream can honour."""
+    flags = {"--flow": cfg.flow, "--flow-stack": cfg.flow_stack, "--flow-weights": cfg.flow_weights,
+             "--save-flow": cfg.save_flow}
+    if cfg.modality != "flow":
+        if given := [flag for flag, value in flags.items() if value is not None]:
+            raise ExtractError(f"{', '.join(given)} only apply to --modality flow")
+        return
+    cfg.flow, cfg.flow_stack = cfg.flow or DEFAULT_FLOW, cfg.flow_stack or DEFAULT_FLOW_STACK
+    if cfg.flow in CLASSICAL and cfg.flow_weights is not None:
+        raise ExtractError(f"--flow-weights applies to RAFT; --flow {cfg.flow} has no weights")
+    if cfg.precision == "int8" or cfg.compile == "on":
+        raise ExtractError(f"{'--precision int8' if cfg.precision == 'int8' else '--compile on'} does not apply to "
+                           "--modality flow (its backbone runs eager, in fp32, bf16 or fp16)")
+    if isinstance(cfg.sampling, ClipSampling):
+        raise ExtractError(f"--modality flow embeds flow stacks with an image backbone; {cfg.backbone} embeds clips: "
+                           "use resnet18, mobilenet_v2, resnet50, ...")
 
 
 def sampling_for(backbone: str, every: int | None = None, frames: int | None = None, fps: float | None = None,
@@ -187,6 +228,7 @@ class Resolved:
     speed: Speed                      # precision, compiled or not, batch size
     store: StoreConfig                # what the store records
     note: str | None = None           # why --decoder auto fell back to pyav, where it did (one line, shown)
+    raft: RaftWeights | None = None   # --flow raft_*: RAFT's weights (a file hashed once)
 
 
 def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> Resolved:
@@ -198,8 +240,21 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     device = resolve_device(cfg.device, chosen.name, chosen.cpu_only)
     decoder = decoder_for(cfg.decoder, engine, device, store)
     geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine, decoder.name)
-    speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling)
-    return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed), decoder.note)
+    if cfg.modality != "flow":
+        speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling)
+        return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed),
+                        note=decoder.note)
+    if decoder.name != "pyav":  # flow stacks are cut from PyAV's frame stream (pipeline/decode/stacks.py)
+        raise ExtractError(f"--modality flow decodes with PyAV; --decoder {decoder.name} applies to RGB stores")
+    check_flow_size(cfg.flow, geometry.size)
+    # the flow stream runs eager: accel's measurements (int8, compile, batch) are of the RGB models
+    speed = Speed(resolve_precision(cfg.precision, device, chosen), False,
+                  cfg.batch_size or default_batch(chosen.name, False, device, "eager"))
+    raft = None if cfg.flow in CLASSICAL else raft_weights(cfg.flow, cfg.flow_weights or "DEFAULT")
+    store = store_config(cfg, chosen, geometry, device, speed).with_extra(
+        modality="flow", flow=cfg.flow, flow_stack=cfg.flow_stack, flow_weights=raft and raft.id,
+        **({"flow_weights_file": raft.file} if raft and raft.file else {}))  # recorded, not fingerprinted
+    return Resolved(chosen, geometry, device, speed, store, note=decoder.note, raft=raft)
 
 
 def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry, device: torch.device,
@@ -229,8 +284,9 @@ def store_config(cfg: ExtractConfig, chosen: BackboneWeights, geometry: Geometry
         compile=speed.compiled, batch_size=speed.batch_size,
         versions={"torch": torch.__version__, "torchvision": torchvision.__version__, "av": av.__version__},
         recipe=chosen.recipe, layer=None if chosen.layer is None else chosen.layer.name, token_pool=chosen.token_pool,
-        # no keys where unset: the attributes of a store made without them stay as they were
-        absent=frozenset(k for k in ("recipe", "layer", "token_pool") if getattr(chosen, k) is None))
+        # no keys where unset (torchvision stores: no recipe or layer keys); RGB stores no flow keys (with_extra
+        # records a flow store's): the attributes of a store made without them stay as they were
+        absent=frozenset(k for k in ("recipe", "layer", "token_pool") if getattr(chosen, k) is None) | FLOW_KEYS)
 
 
 def resize_engine_for(asked: str, is_video: bool, store: StoreConfig | None = None) -> str:
@@ -371,9 +427,11 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
             todo, skipped = _pending(items, store, cfg)
             meta_changed = _meta_changes(items, store)
             run = resolve(cfg, None if store is None else store.config, todo)
+        save = FlowSaver(claim_flow_folder(cfg.save_flow, store_path), todo) if cfg.save_flow else None
         # Decode workers start now and fill their prefetch queue while the model builds.
         units = iter(decode_loader(todo, cfg, run.geometry, run.device))
-        backbone = build_backbone(run.backbone)
+        backbone = flow_backbone(run.backbone, cfg.flow_stack) if cfg.modality == "flow" else \
+            build_backbone(run.backbone)
     except BaseException:
         lock.abandon()  # a typo in --weights must not leave an empty store directory behind
         raise
@@ -383,22 +441,24 @@ def extract(items: list[Item], store_path: str | Path, cfg: ExtractConfig,
                            unit="clips" if run.backbone.is_video else "frames", meta_changed=meta_changed,
                            compiled=run.speed.compiled, batch_size=run.speed.batch_size,
                            notes=[run.note] if run.note else [])
-    _embed_into(writer, backbone, run, items, todo, units, cfg, result, on_progress)
+    _embed_into(writer, backbone, run, items, todo, units, cfg, result, on_progress, save)
     return result
 
 
 def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: list[Item], todo: list[Item],
-                units: DecodeWorkers, cfg: ExtractConfig, result: ExtractResult, on_progress) -> None:
+                units: DecodeWorkers, cfg: ExtractConfig, result: ExtractResult, on_progress,
+                save: FlowSaver | None = None) -> None:
     """Embed `todo`, handing each finished item to a writer thread; the store is saved on any exit (Ctrl-C too)."""
     thread = _Writer(writer)
     thread.start()
     start = time.perf_counter()
     try:
         with _model_threads(cfg.model_threads):
-            embed = Embedder(backbone, run.device, run.speed.precision, run.speed.compiled, run.speed.batch_size)
+            embed, stage = embedder(backbone, run.device, run.speed, cfg, run.raft, save)
             if embed.needs_calibration and todo:
                 embed.calibrate(calibration_units(items, cfg, run.geometry, run.device))
-            _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress)
+            _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress,
+                 stage)
     finally:
         result.seconds = time.perf_counter() - start
         try:
@@ -419,6 +479,23 @@ def _model_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def embedder(backbone: Backbone, device: torch.device, speed: Speed, cfg: ExtractConfig,
+             raft: RaftWeights | None = None, save: FlowSaver | None = None
+             ) -> tuple[Embedder | FlowEmbedder, Callable[[Iterator], Iterator] | None]:
+    """(what embeds a batch, the stage between rebatching and it): for --modality flow, the flow computed from the
+    batch's frames (and saved where --save-flow asks) and embedded by the flow stream; for RGB, no stage."""
+    if cfg.modality != "flow":
+        return Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size), None
+    compute = FlowComputer(cfg.flow, raft, device)
+    return FlowEmbedder(backbone, device, speed.precision), lambda steps: flow_steps(steps, compute, save)
+
+
+def decode_sampling(cfg: ExtractConfig) -> Sampling | ClipSampling | StackSampling:
+    """What the decode workers cut: the sampled frames or clips, or for --modality flow each sampled frame with the
+    --flow-stack frames after it."""
+    return StackSampling(cfg.sampling, cfg.flow_stack) if cfg.modality == "flow" else cfg.sampling
+
+
 def _auto_workers(device: torch.device, cores: int | None = None) -> int:
     cores = cores or len(os.sched_getaffinity(0))
     return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
@@ -428,16 +505,17 @@ def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, devi
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
     workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
     init = partial(_init_decode_worker, nice=cfg.decode_nice) if workers else None
-    return DecodeWorkers(DataLoader(DecodeStream(todo, cfg.sampling, geometry, cfg.seek), batch_size=None,
+    return DecodeWorkers(DataLoader(DecodeStream(todo, decode_sampling(cfg), geometry, cfg.seek), batch_size=None,
                                     num_workers=workers, prefetch_factor=2 if workers else None,
                                     pin_memory=device.type == "cuda", persistent_workers=False,
                                     worker_init_fn=init, timeout=POLL_S if workers else 0))
 
 
-def _run(todo: list[Item], units: DecodeWorkers, batch_size: int, embed: Embedder,
-         sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress) -> None:
+def _run(todo: list[Item], units: DecodeWorkers, batch_size: int, embed: Embedder | FlowEmbedder,
+         sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress,
+         stage: Callable[[Iterator], Iterator] | None = None) -> None:
     videos = InOrder(todo, sink)
-    steps = rebatch(units, batch_size)
+    steps = rebatch(units, batch_size) if stage is None else stage(rebatch(units, batch_size))
     try:
         for step in calibrated(steps, embed) if embed.needs_calibration else steps:
             if isinstance(step, Batch):
@@ -546,7 +624,16 @@ def config_from_store(config: StoreConfig, device: str = "auto", workers: int | 
         sampling = Sampling(every=c.every, frames=c.frames, fps=c.fps, max_frames=c.max_frames)
     return ExtractConfig(backbone=c.backbone, weights=weights or store_weights(c), sampling=sampling, size=c.size,
                          crop=c.crop, device=device, workers=workers, resize_engine=c.geometry().engine, dtype=c.dtype,
-                         decoder=c.decoder or "pyav", layer=c.layer, token_pool=c.token_pool)
+                         decoder=c.decoder or "pyav", layer=c.layer, token_pool=c.token_pool,
+                         modality="flow" if c.is_flow else "rgb", flow=c.flow, flow_stack=c.flow_stack,
+                         flow_weights=_store_flow_weights(c))
+
+
+def _store_flow_weights(config: StoreConfig) -> str | None:
+    """The --flow-weights that rebuilds a flow store's RAFT (None for RGB and classical flow stores)."""
+    if config.flow_weights is None:
+        return None
+    return recorded_raft(config.flow, config.flow_weights, config.value("flow_weights_file")).arg
 
 
 def store_weights(config: StoreConfig) -> str:
@@ -579,7 +666,7 @@ def store_backbone(config: StoreConfig, device: str = "auto",
                    weights: str | None = None) -> tuple[ExtractConfig, Backbone]:
     """(ExtractConfig, frozen backbone) that made the store with `config` (its weights checked by store_chosen)."""
     cfg, chosen = store_chosen(config, device, weights)
-    return cfg, build_backbone(chosen)
+    return cfg, flow_backbone(chosen, cfg.flow_stack) if config.is_flow else build_backbone(chosen)
 
 
 def embed_files(paths: list[str], config: StoreConfig, device: str = "auto",
@@ -598,10 +685,11 @@ def embed_files(paths: list[str], config: StoreConfig, device: str = "auto",
     # int8 stores are re-embedded in int8, calibrated on these files (docs/extract.md); nothing else is compiled
     speed = speed_for(config.precision or "auto", "off" if config.precision != "int8" else "auto",
                       config.batch_size, backbone, dev, items, cfg.sampling)
-    embed = Embedder(backbone, dev, speed.precision, speed.compiled, speed.batch_size)
+    raft = None if cfg.flow_weights is None else raft_weights(cfg.flow, cfg.flow_weights)
+    embed, stage = embedder(backbone, dev, speed, cfg, raft)
     units = decode_loader(items, cfg, geometry, dev)
     try:
-        _run(items, units, speed.batch_size, embed, records.append, result, None)
+        _run(items, units, speed.batch_size, embed, records.append, result, None, stage)
     finally:
         units.close()
     for r in (fail_non_finite(r, cfg.dtype) for r in records):  # as extract would store them, or failed

@@ -5,9 +5,10 @@
     Embedder (pipeline.embed)          ->  (B, D) features per Batch
     InOrder                            ->  VideoRecords in item order, each as soon as it and those before it are done
 
-A unit is a frame (H, W, 3) for image backbones or a clip (T, H, W, 3) for video backbones. A worker sends a clip as
-soon as it is cut and frames in windows of at most pipeline.decode.WINDOW, so at most one clip or window per video
-(plus the DataLoader's prefetch) is in memory.
+A unit is a frame (H, W, 3) for image backbones, a clip (T, H, W, 3) for video backbones, or the L + 1 frames of
+a flow stack (L + 1, H, W, 3) for --modality flow (pipeline.flow turns them into flows after rebatching). A worker
+sends a clip (or stack) as soon as it is cut and frames in windows of at most pipeline.decode.WINDOW, so at most one
+clip or window per video (plus the DataLoader's prefetch) is in memory.
 
 DecodeWorkers iterates the DataLoader with every wait bounded: no worker, dead, stuck or out of shared memory, can
 make the main process wait forever, and a signal reaches it within a second.
@@ -31,8 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore import VideoRecord
 from featstore.errors import FramecacheError
-from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodeError, FrameStream, Geometry, Sampling, VideoInfo,
-                             decode_image)
+from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodeError, FrameStream, Geometry, Sampling,
+                             StackSampling, StackStream, VideoInfo, decode_image)
 from pipeline.sources import Item
 
 
@@ -89,7 +90,8 @@ class DecodeStream(IterableDataset):
     and clips both stream: a worker holds one window of a video's sampled frames (or one clip) at a time. `seek`
     applies to frame sampling (pipeline.decode.FrameStream)."""
 
-    def __init__(self, items: list[Item], sampling: Sampling | ClipSampling, geometry: Geometry, seek: str = "never"):
+    def __init__(self, items: list[Item], sampling: Sampling | ClipSampling | StackSampling, geometry: Geometry,
+                 seek: str = "never"):
         self.items, self.sampling, self.geometry, self.seek = items, sampling, geometry, seek
         self.board: Board | None = None  # set by DecodeWorkers before the workers start
 
@@ -128,6 +130,8 @@ class DecodeStream(IterableDataset):
                 info = yield from self._image(slot, item)
             elif isinstance(self.sampling, ClipSampling):
                 info = yield from self._clips(slot, item)
+            elif isinstance(self.sampling, StackSampling):
+                info = yield from self._stacks(slot, item)
             else:
                 info = yield from self._frames(slot, item)
         except DecodeError as e:
@@ -149,7 +153,16 @@ class DecodeStream(IterableDataset):
             yield _clip_rows(slot, clip)
         return stream.info
 
+    def _stacks(self, slot: int, item: Item):
+        stream = StackStream(item.path, self.sampling, self.geometry)
+        for stack in stream:
+            yield _clip_rows(slot, stack)
+        return stream.info
+
     def _image(self, slot: int, item: Item):
+        if isinstance(self.sampling, StackSampling):
+            raise DecodeError(f"failed to sample {item.path}: a still image has no motion, which --modality flow "
+                              "embeds; give it videos")
         v = decode_image(item.path, self.geometry)
         if isinstance(self.sampling, ClipSampling):  # a still image is a clip of one frame, padded like a short video
             frames = np.repeat(v.frames, self.sampling.clip_len, axis=0)
@@ -239,7 +252,8 @@ class PendingVideo:
 
     def add(self, rows: Rows, features: np.ndarray) -> None:
         self.features.append(features)
-        self.spans.append(Rows(rows.slot, rows.units[:0], rows.frame_index, rows.frame_end, rows.time_s,
+        # no view of the units (even an empty one keeps their whole batch's memory alive until the video ends)
+        self.spans.append(Rows(rows.slot, rows.units.new_empty(0), rows.frame_index, rows.frame_end, rows.time_s,
                                rows.time_end_s))
 
     def record(self) -> VideoRecord:

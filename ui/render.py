@@ -16,6 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from featstore.config import SAMPLING_KEYS
+
 out = Console()
 err = Console(stderr=True)
 
@@ -148,9 +150,7 @@ def store_table(store, summary: dict) -> Table:
     for key in ("layer", "token_pool"):  # what a row is, where it is not the backbone's own row (--layer, --pool)
         if cfg.get(key) is not None:
             t.add_row(key, lit(cfg[key]))
-    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in ("every", "frames", "fps", "max_frames", "clip_len",
-                                                              "clip_stride", "clips")
-                                    if cfg.get(k) is not None))
+    t.add_row("sampling", ", ".join(f"{k}={cfg[k]}" for k in SAMPLING_KEYS if cfg.get(k) is not None))
     t.add_row("input", f"{cfg.get('size')}px, crop={cfg.get('crop')}, resize={cfg.get('resize')}, "
                        f"resize engine={cfg.get('resize_engine') or 'exact'}")  # no key: made by the exact recipe
     splits: dict[str, int] = {}
@@ -242,7 +242,8 @@ def finetune_progress(bar: Progress, objective: str, epochs: int):
 
 
 def finetune_title(metrics: dict, out_dir: Path) -> str:
-    return f"finetune {metrics['objective']} {metrics['backbone']} → {lit(out_dir)}/backbone.pt"
+    stream = " flow stream" if metrics.get("modality") == "flow" else ""
+    return f"finetune {metrics['objective']} {metrics['backbone']}{stream} → {lit(out_dir)}/backbone.pt"
 
 
 def finetune_splits(metrics: dict) -> dict:
@@ -264,8 +265,9 @@ def print_temporal(metrics: dict, title: str) -> None:
 
 
 def print_finetuned(metrics: dict, out_dir: Path) -> None:
+    flags = f" {metrics['extract_flags']}" if metrics.get("extract_flags") else ""
     out.print(f"use it: cli.py extract SOURCE --backbone {metrics['backbone']} --weights "
-              f"{lit(out_dir)}/backbone.pt", highlight=False)
+              f"{lit(out_dir)}/backbone.pt{flags}", highlight=False)
     print_failures(metrics["failed"], " (all in metrics.json)")
 
 

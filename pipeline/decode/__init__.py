@@ -13,6 +13,7 @@ frames and nothing else. Clips stream: `ClipStream` holds at most one clip's fra
     conversion.py  frame -> size x size RGB (Geometry, the resize engines)
     clips.py       clips cut while decoding (ClipStream, clip_count)
     torchcodec_frames.py  the second decoder (--decoder torchcodec): the frames an index names, by torchcodec
+    stacks.py      each sampled frame with the frames after it, for flow stacks (StackStream, StackSampling)
 """
 from pipeline.decode.clips import Clip, ClipStream, clip_count, uniform_starts
 from pipeline.decode.container import DecodeError, set_decoder_threads
@@ -21,9 +22,11 @@ from pipeline.decode.frames import (WINDOW, DecodedVideo, FrameStream, FrameWind
                                     decode_image, decode_video)
 from pipeline.decode.sampling import ClipSampling, Sampling, SamplingError, sample_indices
 from pipeline.decode.seek import SEEK_MODES
+from pipeline.decode.stacks import StackSampling, StackStream
 from pipeline.decode.torchcodec_frames import DECODERS
 
 __all__ = ["CROPS", "DECODERS", "RESIZE_ENGINES", "SEEK_MODES", "WINDOW", "Clip", "ClipSampling", "ClipStream",
            "DecodeError", "DecodedVideo", "FrameStream", "FrameWindow", "Geometry", "Sampling", "SamplingError",
-           "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video", "quarter_turns",
+           "StackSampling", "StackStream", "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video",
+           "quarter_turns",
            "sample_indices", "set_decoder_threads", "uniform_starts"]
