@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
-from pipeline import Geometry, Sampling, decode_video, load_source  # noqa: E402
-from pipeline.flow import FlowComputer  # noqa: E402
+from pipeline import FlowComputer, Geometry, Sampling, decode_video, load_source  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_float_dequantized.pth"

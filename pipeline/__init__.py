@@ -24,6 +24,7 @@ _EXPORTS = {
     "pipeline.decoder_choice": ("DECODE_SPEED", "DecoderError", "decoder_for"),
     "pipeline.device": ("EXTRACT_PRECISIONS", "PRECISIONS", "DeviceError", "resolve_device", "resolve_precision"),
     "pipeline.embed": ("Embedder",),
+    "pipeline.flow": ("FlowComputer", "FlowEmbedder", "flow_backbone", "flow_stack"),
     "pipeline.extract": ("ExtractConfig", "ExtractResult", "Resolved", "config_from_store", "decode_loader",
                          "embed_files", "geometry_for", "geometry_of", "resolve", "sampling_for", "store_backbone",
                          "store_geometry"),
