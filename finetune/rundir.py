@@ -9,7 +9,8 @@ from featstore.ownership import check_out_folder
 
 # What finetune writes into its run folder (backbone.pt for extract, checkpoint.pt every epoch for --resume);
 # NAME.tmp is one of them half-written by a killed run.
-RUN_FILES = {"backbone.pt", "backbone.json", "checkpoint.pt", "config.json", "splits.json", "history.csv", "metrics.json",
+RUN_FILES = {"backbone.pt", "backbone.json", "checkpoint.pt", "probe.pt", "config.json", "splits.json", "history.csv",
+             "metrics.json",
              "curves.png"}
 
 

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -264,15 +264,22 @@ def evaluate(net: VideoNet, objective: Supervised | Temporal, dataset: ClipFrame
              device: torch.device, amp: torch.dtype | None, failures: dict[str, str] | None = None) -> dict:
     """The objective's metrics over `dataset` in item order (segment centres / fixed pairs, no augmentation)."""
     net.eval()
-    outputs = []
+    return objective.metrics(list(forward_all(net, dataset, batch_size, workers, device, amp, failures)))
+
+
+@torch.no_grad()
+def forward_all(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ClipFrames, batch_size: int, workers: int,
+                device: torch.device, amp: torch.dtype | None,
+                failures: dict[str, str] | None = None) -> Iterator[tuple[torch.Tensor, Batch]]:
+    """(fn(frames) as float32 on the CPU, batch) for the batches of `dataset` in item order; clips that fail to
+    decode go into `failures` (id -> reason)."""
     for batch in clip_loader(dataset, list(range(len(dataset))), batch_size, workers, device.type == "cuda"):
         if failures is not None:
             failures.update({dataset.items[i].id: reason for i, reason in batch.failed})
         if len(batch):
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = net(batch.frames.to(device, non_blocking=True))
-            outputs.append((out.float().cpu(), batch))
-    return objective.metrics(outputs)
+                out = fn(batch.frames.to(device, non_blocking=True))
+            yield out.float().cpu(), batch
 
 
 def save_atomic(obj: dict, path: Path) -> None:
