@@ -6,8 +6,8 @@ for a frozen linear head). So the run first embeds its train and val clips with 
 evaluates on), fits `--head` on those features with fit-head's own training (heads.train.train_head: its defaults,
 early stopping on val, refit on train + val), and fine-tunes from that head, which then competes as epoch 0.
 
-The probe is saved in the run folder (PROBE_FILE) so that `--resume` continues from the very same head without
-embedding the clips again.
+The probe is saved in the run folder (PROBE_FILE) with the settings it was fit with, so that `--resume` (after a
+kill at any point past the probe) continues from the very same head without embedding the clips again.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from finetune.config import FinetuneConfig, FinetuneError
 from finetune.data import ClipFrames
 from finetune.model import VideoNet
-from finetune.train import NothingTrained, forward_all, save_atomic
+from finetune.train import RESUMABLE_CHANGES, NothingTrained, forward_all, save_atomic
 from heads.config import TrainConfig
 from heads.data import Cache
 from heads.models import HeadConfig, build_head
@@ -40,13 +40,19 @@ class Probe:
     def from_result(cls, result: TrainResult) -> "Probe":
         return cls(result.head_config, result.early, result.model, result.best_epoch)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, cfg: FinetuneConfig) -> None:
         save_atomic({"head_config": asdict(self.head_config), "early": cpu_state(self.early.state_dict()),
-                     "final": cpu_state(self.final.state_dict()), "best_epoch": self.best_epoch}, path)
+                     "final": cpu_state(self.final.state_dict()), "best_epoch": self.best_epoch,
+                     "config": asdict(cfg)}, path)
 
     @classmethod
-    def load(cls, path: Path) -> "Probe":
+    def load(cls, path: Path, cfg: FinetuneConfig) -> "Probe | None":
+        """The probe saved at `path` by a run of `cfg` (settings that do not change the result aside); None when
+        it was fit with other settings."""
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        now = asdict(cfg)
+        if any(saved["config"].get(k) != v for k, v in now.items() if k not in RESUMABLE_CHANGES):
+            return None
         hc = HeadConfig(**saved["head_config"])
         heads = []
         for key in ("early", "final"):

@@ -82,8 +82,7 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     failures: dict[str, str] = {}
     if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
         if cfg.probe:
-            prep = _from_probe(prep, data, cfg, device, amp, out / PROBE_FILE, resume and checkpoint.exists(),
-                               failures)
+            prep = _from_probe(prep, data, cfg, device, amp, out / PROBE_FILE, resume, failures)
         else:
             _standardize_head(prep.net, data, device, amp)
     start = cpu_state(prep.net.state_dict())
@@ -196,14 +195,13 @@ def _from_probe(prep: Prepared, data: Loaders, cfg: FinetuneConfig, device: torc
                 saved: Path, resume: bool, failures: dict[str, str]) -> Prepared:
     """`prep` with its new head replaced by a linear probe of the frozen backbone (finetune.probe), which then
     competes as epoch 0 like an --init-head; on --resume the probe the run started from is read back."""
-    if resume and saved.exists():
-        probe = Probe.load(saved)
-    else:
+    probe = Probe.load(saved, cfg) if resume and saved.exists() else None
+    if probe is None:
         chosen = np.concatenate([prep.splits["train"], prep.splits["val"]])
         clips = _eval_set(data.train.items, chosen, data.train.geometry, cfg, prep)
         probe = fit_probe(prep.net, clips, len(prep.splits["train"]), prep.objective.targets, prep.labels, cfg,
                           data.workers, device, amp, failures)
-        probe.save(saved)
+        probe.save(saved, cfg)
     prep.net.head = probe.early.to(device)
     refit = probe.final.to(device) if probe.final is not probe.early else None
     return replace(prep, head_config=asdict(probe.head_config), new_head=False, refit_head=refit, start_from="probe")

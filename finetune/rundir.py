@@ -10,8 +10,7 @@ from featstore.ownership import check_out_folder
 # What finetune writes into its run folder (backbone.pt for extract, checkpoint.pt every epoch for --resume);
 # NAME.tmp is one of them half-written by a killed run.
 RUN_FILES = {"backbone.pt", "backbone.json", "checkpoint.pt", "probe.pt", "config.json", "splits.json", "history.csv",
-             "metrics.json",
-             "curves.png"}
+             "metrics.json", "curves.png"}
 
 
 def is_finetune_run(path: Path) -> bool:

@@ -41,6 +41,9 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), cwd=ROOT, text=True, capture_output=True, timeout=600)
 
 
+PYTHON_START_S = 30  # a cold `cli.py` start on a busy 2-core machine (imports torch, builds the model)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment, with the worktree importable, plus `extra`."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
@@ -175,3 +178,35 @@ def blob_clips(n_classes: int = 3, per_class: int = 16, seed: int = 0, split: bo
             s = ("test" if i % 4 == 0 else "train") if split else ""
             clips.append((f"c{c}_{i}", f"class{c}", f"g{c}_{i // 2}", s, feats))
     return clips
+
+
+# -- processes, shared memory ----------------------------------------------------------------------------------------
+def children_of(pid: int) -> set[int]:
+    """The pids of a process's children (its decode workers)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def gone(pids: set[int], within: float = 5.0) -> bool:
+    """Whether every one of `pids` has exited (or is a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
+                   for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def private_shm(free_kb: int | None) -> list[str]:
+    """A prefix running the command with its own /dev/shm (1 MB, `free_kb` of it free; None: 64 MB, empty) in a
+    private mount namespace, listing what is left in it afterwards."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here (unshare -m needs root or user namespaces)")
+    size, fill = ("1M", f"dd if=/dev/zero of=/dev/shm/fill bs=1k count={1024 - free_kb} 2>/dev/null; "
+                  ) if free_kb is not None else ("64M", "")
+    return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && {fill}"
+            '"$@"; code=$?; echo "left in /dev/shm: $(ls /dev/shm | grep -v "^fill$" | tr "\\n" " ")" >&2; '
+            "exit $code", "sh"]

@@ -19,11 +19,11 @@ import pytest
 
 from data.synth import write_video
 from featstore import open_store
+from helpers import PYTHON_START_S, children_of, gone, private_shm
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "1", "--size", "32", "--crop", "none",
            "--precision", "fp32", "--batch-size", "1"]
-PYTHON_START_S = 30  # a cold `cli.py` start on a busy 2-core machine (imports torch, builds the model)
 
 
 def write_clips(folder: Path, names: list[str]) -> Path:
@@ -43,35 +43,6 @@ def timed_run(command: list[str], limit: float) -> tuple[subprocess.CompletedPro
     start = time.monotonic()
     res = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, timeout=limit)
     return res, time.monotonic() - start
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(c) for c in (task / "children").read_text().split()}
-    return found
-
-
-def gone(pids: set[int], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
-                   for p in pids):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def private_shm(free_kb: int | None) -> list[str]:
-    """A prefix running the command with its own /dev/shm (1 MB, `free_kb` of it free; None: 64 MB, empty) in a
-    private mount namespace, listing what is left in it afterwards."""
-    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        pytest.skip("no private mount namespace here (unshare -m needs root or user namespaces)")
-    size, fill = ("1M", f"dd if=/dev/zero of=/dev/shm/fill bs=1k count={1024 - free_kb} 2>/dev/null; "
-                  ) if free_kb is not None else ("64M", "")
-    return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && {fill}"
-            '"$@"; code=$?; echo "left in /dev/shm: $(ls /dev/shm | grep -v "^fill$" | tr "\\n" " ")" >&2; '
-            "exit $code", "sh"]
 
 
 @pytest.mark.slow

@@ -89,7 +89,8 @@ def test_a_clips_frames_and_augmentation_depend_on_seed_epoch_and_clip_only(inde
 
 
 def test_a_run_directory_like_every_run_and_runs_lists_it(tuned):
-    for name in ("backbone.pt", "checkpoint.pt", "config.json", "history.csv", "metrics.json", "curves.png"):
+    for name in ("backbone.pt", "checkpoint.pt", "probe.pt", "config.json", "history.csv", "metrics.json",
+                 "curves.png"):
         assert (tuned / name).exists(), name
     metrics = json.loads((tuned / "metrics.json").read_text())
     assert metrics["objective"] == "supervised" and 0 <= metrics["test"]["accuracy"] <= 1
@@ -174,6 +175,29 @@ def test_a_refit_head_run_starts_the_fit_from_its_early_head_and_a_refit_from_ep
     torch.save({k: v for k, v in ckpt.items() if k != "early_state_dict"}, head / "head.pt")  # an older fit-head
     with pytest.raises(HeadError, match="keeps no early-stopped head.*--no-refit"):
         finetune(load_source(clips), cfg, tmp_path / "ft2")
+
+
+def test_without_init_head_a_probe_of_the_frozen_backbone_is_fit_first_and_kept_when_no_epoch_beats_it(
+        clips, tmp_path):
+    items = load_source(clips)
+    # an lr far below float32's resolution moves no weight: the probe (epoch 0) wins on val, and the refit of 0
+    # epochs leaves the probe's own refit head on the unchanged backbone
+    m = finetune(items, FinetuneConfig(**TINY, lr=1e-30, epochs=1), tmp_path / "ft")
+    assert m["start_from"] == "probe" and m["best_epoch"] == 0 and m["kept"] == "start"
+    assert m["test"] == m["start"]["test"], "the final weights are the probe's refit head"
+    probe = torch.load(tmp_path / "ft" / "probe.pt", weights_only=True)
+    head = {k.removeprefix("head."): v for k, v in
+            torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["model"].items() if k.startswith("head.")}
+    # the fit phase started from the probe's early-stopped head (which 1e-30 did not move), the refit from its
+    # refit head
+    assert head.keys() == probe["early"].keys() and all(torch.equal(head[k], probe["early"][k]) for k in head)
+    assert not all(torch.equal(probe["early"][k], v) for k, v in probe["final"].items()), "fit, then refit"
+    # the defaults: a trained head is fine-tuned gently, a new one (--no-probe) at the new-head rate
+    assert FinetuneConfig(**TINY).lr == 3e-5 and FinetuneConfig(**TINY, probe=False).lr == 1e-3
+    plain = finetune(items, FinetuneConfig(**TINY, probe=False, epochs=1), tmp_path / "plain")
+    assert plain["start_from"] == "new head" and plain["start"] is None and not (tmp_path / "plain" / "probe.pt").exists()
+    res = invoke("finetune", clips, *TINY_FLAGS, "--epochs", "1", "--lr", "1e-30", "--out", tmp_path / "cli")
+    assert res.exit_code == 0 and "the linear probe as it was" in res.output and "kept the linear probe" in res.output
 
 
 def test_a_source_where_every_video_fails_exits_2_listing_them_and_writes_nothing(tmp_path):
@@ -306,7 +330,7 @@ def test_supervised_finetune_learns_what_frozen_random_features_cannot(tmp_path)
     # 8 eval segments on 8-frame clips see each frame once (25 would repeat them); the early-stopped model is scored
     # without a refit: the claim is about what training the backbone can learn, and both take half the time
     base = {**TINY, "size": 48, "batch_size": 8, "augment": False, "lr": 1e-3, "patience": 6, "eval_segments": 8,
-            "refit": False}
+            "refit": False, "probe": False}
     # the control: the same run with every backbone stage frozen (layer4 is ResNet-18's last), a head-only lr
     frozen = finetune(items, FinetuneConfig(**{**base, "lr": 1e-2}, freeze_until="layer4", epochs=6),
                       tmp_path / "frozen")
