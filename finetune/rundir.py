@@ -14,13 +14,13 @@ RUN_FILES = {"backbone.pt", "backbone.json", "checkpoint.pt", "probe.pt", "confi
 
 
 def is_finetune_run(path: Path) -> bool:
-    """A folder holding only finetune's files: a finished run (its config.json) or an interrupted one (only a
-    checkpoint, which --resume continues)."""
+    """A folder holding only finetune's files: a finished run (its config.json) or an interrupted one (a checkpoint
+    or the probe, which --resume continues from)."""
     names = {p.name for p in path.iterdir()}
     if {n.removesuffix(".tmp") for n in names} - RUN_FILES:
         return False
     if "config.json" not in names:
-        return "checkpoint.pt" in names
+        return bool({"checkpoint.pt", "probe.pt"} & names)
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):

@@ -1,6 +1,7 @@
 """What many test files share: the CLI run in this process or in a child, the settings of a tiny extract, clips
 written with their manifest, comparing two stores, and synthetic stores for the heads. The fixtures built on these
 live in conftest.py. Import what you need (`from helpers import invoke`), so a test file states only what it checks."""
+import contextlib
 import json
 import os
 import signal
@@ -210,3 +211,32 @@ def private_shm(free_kb: int | None) -> list[str]:
     return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && {fill}"
             '"$@"; code=$?; echo "left in /dev/shm: $(ls /dev/shm | grep -v "^fill$" | tr "\\n" " ")" >&2; '
             "exit $code", "sh"]
+
+
+def stop_at_held_file(command: list[str], held, fate: str, sig: int | None, wrapped: bool = False,
+                      start_s: float = PYTHON_START_S + 60) -> tuple[int, str, float, set[int]]:
+    """Run `command` until its decode worker opens `held` (conftest's hold), leave that worker blocked there, stop
+    it or kill it (`fate`, one of WORKER_FATES), then send `sig` (if any) to the main process: the command itself,
+    or its child when `wrapped` (under private_shm's sh). Returns (exit code, stderr, seconds from then to the exit,
+    the worker pids); no process is left behind, whatever failed."""
+    proc = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    workers: set[int] = set()
+    try:
+        assert held.opened.wait(start_s), proc.poll()
+        (main,) = children_of(proc.pid) if wrapped else (proc.pid,)
+        workers = children_of(main)
+        assert workers
+        if fate != "blocked opening a file":
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP if fate.startswith("stopped") else signal.SIGKILL)
+        start = time.monotonic()
+        if sig is not None:
+            os.kill(main, sig)
+        _, stderr = proc.communicate(timeout=60)
+        return proc.returncode, stderr, time.monotonic() - start, workers
+    finally:
+        proc.kill()
+        for pid in workers:  # never leave a stopped worker behind
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        held.release()

@@ -4,7 +4,6 @@ Each rule loops over the inputs or resources it covers: files that are not regul
 size limit running out, decode workers dead or stuck, and SIGTERM / SIGINT whatever the workers are doing. Every
 process must end within seconds with its documented exit code, leaving no worker behind and nothing in /dev/shm.
 """
-import contextlib
 import os
 import re
 import signal
@@ -19,7 +18,7 @@ import pytest
 
 from data.synth import write_video
 from featstore import open_store
-from helpers import PYTHON_START_S, children_of, gone, private_shm
+from helpers import PYTHON_START_S, gone, private_shm, stop_at_held_file
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "1", "--size", "32", "--crop", "none",
@@ -95,29 +94,9 @@ def test_extract_ends_within_seconds_whatever_its_decode_worker_is_doing(tmp_pat
     outlives the run. (A worker alive but stuck is found after STALL_S: tests/test_stages.py.)"""
     manifest = write_clips(tmp_path, ["c0.mkv", "c1.mkv", "c2_held.mkv", "c3.mkv"])
     held = hold(tmp_path / "c2_held.mkv")
-    proc = subprocess.Popen(extract_command(manifest, tmp_path / "s", "--workers", "1", "--compile", "off"),
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    workers: set[int] = set()
-    try:
-        assert held.opened.wait(PYTHON_START_S + 60), proc.poll()
-        workers = children_of(proc.pid)
-        assert workers
-        if worker != "blocked opening a file":
-            for pid in workers:
-                os.kill(pid, signal.SIGSTOP if worker.startswith("stopped") else signal.SIGKILL)
-        start = time.monotonic()
-        if sig is not None:
-            proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
-        took = time.monotonic() - start
-    finally:
-        proc.kill()
-        for pid in workers:  # never leave a stopped worker behind, whatever failed
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        held.release()
-    expected = {signal.SIGTERM: 143, signal.SIGINT: 130, None: 2}[sig]
-    assert proc.returncode == expected, stderr
+    code, stderr, took, workers = stop_at_held_file(
+        extract_command(manifest, tmp_path / "s", "--workers", "1", "--compile", "off"), held, worker, sig)
+    assert code == {signal.SIGTERM: 143, signal.SIGINT: 130, None: 2}[sig], stderr
     assert took < 15 and gone(workers) and "Traceback" not in stderr
     if sig is None:
         failed = open_store(tmp_path / "s").meta("c2_held")

@@ -2,17 +2,14 @@
 worker that dies or hangs on a clip ends the run naming that clip, shared memory running out ends it with the fix,
 and SIGTERM / SIGINT end it within seconds whatever the workers are doing, leaving no worker and nothing in
 /dev/shm. Real `cli.py finetune` processes, real signals, a real held file and a real full /dev/shm."""
-import contextlib
 import multiprocessing
-import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from helpers import PYTHON_START_S, children_of, cli_command, gone, private_shm, write_split_clips
+from helpers import PYTHON_START_S, cli_command, gone, private_shm, stop_at_held_file, write_split_clips
 
 from finetune.data import ClipFrames, ClipsLost, FrameSampler, clip_batches
 from pipeline.decode import Geometry
@@ -36,30 +33,10 @@ def test_finetune_ends_within_seconds_whatever_its_decode_worker_is_doing(tmp_pa
     /dev/shm. (A worker alive but stuck is found after STALL_S: the test below.)"""
     manifest = write_split_clips(tmp_path, [f"c{i}.mkv" for i in range(8)])
     held = hold(tmp_path / "c0.mkv")  # a training clip: the probe's first pass reaches it
-    proc = subprocess.Popen(private_shm(None) + finetune_command(manifest, tmp_path / "run"), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    workers: set[int] = set()
-    try:
-        assert held.opened.wait(PYTHON_START_S + 90), proc.poll()
-        (main,) = children_of(proc.pid)  # private_shm's sh runs cli.py as its child
-        workers = children_of(main)
-        assert workers
-        if worker != "blocked opening a file":
-            for pid in workers:
-                os.kill(pid, signal.SIGSTOP if worker.startswith("stopped") else signal.SIGKILL)
-        start = time.monotonic()
-        if sig is not None:
-            os.kill(main, sig)
-        _, stderr = proc.communicate(timeout=60)
-        took = time.monotonic() - start
-    finally:
-        proc.kill()
-        for pid in workers:  # never leave a stopped worker behind, whatever failed
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        held.release()
-    expected = {signal.SIGTERM: 143, signal.SIGINT: 130, None: 2}[sig]
-    assert proc.returncode == expected, stderr
+    # cli.py starts and builds the model before the probe's first pass opens the clips
+    code, stderr, took, workers = stop_at_held_file(private_shm(None) + finetune_command(manifest, tmp_path / "run"),
+                                                    held, worker, sig, wrapped=True, start_s=PYTHON_START_S + 240)
+    assert code == {signal.SIGTERM: 143, signal.SIGINT: 130, None: 2}[sig], stderr
     assert took < 15 and gone(workers) and "Traceback" not in stderr
     assert re.search(r"^left in /dev/shm: *$", stderr, re.M), stderr
     if sig is None:
