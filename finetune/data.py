@@ -25,8 +25,8 @@ from pipeline.sources import Item
 from pipeline.stages import IDLE, POLL_S, STALL_S, Board, DecodeWorkers, Fault, share_units
 
 SAMPLERS = ("segments", "pair")
-# How a run goes on after its decode workers were lost: the checkpoint keeps every finished epoch.
-RERUN = "rerun with --resume (it continues from the last finished epoch)"
+# How a run goes on after its decode workers were lost (the checkpoint keeps every finished epoch).
+RERUN = "rerun with --resume"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -56,7 +56,7 @@ class Prepared:
     labels: list[str]
     splits: dict[str, np.ndarray]
     new_head: bool
-    refit_head: torch.nn.Module | None = None  # the --init-head run's head refit on train + val, the refit's start
+    refit_head: torch.nn.Module | None = None  # the --init-head run's or probe's head refit on train + val
     start_from: str = "new head"  # what the head starts as: a new head, the probe, or the --init-head run's
 
 
@@ -82,7 +82,7 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     failures: dict[str, str] = {}
     if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
         if cfg.probe:
-            prep = _from_probe(prep, data, cfg, device, amp, out / PROBE_FILE, resume, failures)
+            _start_from_probe(prep, data, cfg, device, amp, out / PROBE_FILE, resume, failures)
         else:
             _standardize_head(prep.net, data, device, amp)
     start = cpu_state(prep.net.state_dict())
@@ -191,10 +191,10 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
                     labels, splits, False, refit_head, "--init-head")
 
 
-def _from_probe(prep: Prepared, data: Loaders, cfg: FinetuneConfig, device: torch.device, amp: torch.dtype | None,
-                saved: Path, resume: bool, failures: dict[str, str]) -> Prepared:
-    """`prep` with its new head replaced by a linear probe of the frozen backbone (finetune.probe), which then
-    competes as epoch 0 like an --init-head; on --resume the probe the run started from is read back."""
+def _start_from_probe(prep: Prepared, data: Loaders, cfg: FinetuneConfig, device: torch.device,
+                      amp: torch.dtype | None, saved: Path, resume: bool, failures: dict[str, str]) -> None:
+    """Replace `prep`'s new head by a linear probe of the frozen backbone (finetune.probe), which then competes as
+    epoch 0 like an --init-head; on --resume the probe the run started from is read back."""
     probe = Probe.load(saved, cfg) if resume and saved.exists() else None
     if probe is None:
         chosen = np.concatenate([prep.splits["train"], prep.splits["val"]])
@@ -203,8 +203,8 @@ def _from_probe(prep: Prepared, data: Loaders, cfg: FinetuneConfig, device: torc
                           data.workers, device, amp, failures)
         probe.save(saved, cfg)
     prep.net.head = probe.early.to(device)
-    refit = probe.final.to(device) if probe.final is not probe.early else None
-    return replace(prep, head_config=asdict(probe.head_config), new_head=False, refit_head=refit, start_from="probe")
+    prep.refit_head = probe.final.to(device) if probe.final is not probe.early else None
+    prep.head_config, prep.new_head, prep.start_from = asdict(probe.head_config), False, "probe"
 
 
 def _run_splits(run_dir: Path, index: Cache) -> dict[str, np.ndarray]:

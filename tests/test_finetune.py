@@ -192,6 +192,10 @@ def test_without_init_head_a_probe_of_the_frozen_backbone_is_fit_first_and_kept_
     # refit head
     assert head.keys() == probe["early"].keys() and all(torch.equal(head[k], probe["early"][k]) for k in head)
     assert not all(torch.equal(probe["early"][k], v) for k, v in probe["final"].items()), "fit, then refit"
+    # --resume reads the probe back instead of embedding the clips again, and ends where the run ended
+    written = (tmp_path / "ft" / "probe.pt").stat().st_mtime_ns
+    assert finetune(items, FinetuneConfig(**TINY, lr=1e-30, epochs=1), tmp_path / "ft", resume=True)["test"] == m["test"]
+    assert (tmp_path / "ft" / "probe.pt").stat().st_mtime_ns == written
     # the defaults: a trained head is fine-tuned gently, a new one (--no-probe) at the new-head rate
     assert FinetuneConfig(**TINY).lr == 3e-5 and FinetuneConfig(**TINY, probe=False).lr == 1e-3
     plain = finetune(items, FinetuneConfig(**TINY, probe=False, epochs=1), tmp_path / "plain")
@@ -249,7 +253,7 @@ KILLED_RUN = textwrap.dedent("""
     from finetune import FinetuneConfig, finetune
     from pipeline.sources import load_source
     cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
-                         workers=1, batch_size=4, epochs=3, objective=sys.argv[4], pos_window=0.2)
+                         workers=1, batch_size=4, epochs=3, objective=sys.argv[4], pos_window=0.2, probe=False)
     # Stall after the first epoch of the phase named (fit or refit) so the kill lands between checkpoints,
     # however fast the machine.
     finetune(load_source(sys.argv[1]), cfg, sys.argv[2],
@@ -270,8 +274,9 @@ def _wait_for_epoch(checkpoint: Path, proc: subprocess.Popen, timeout: float = 1
 
 
 def killed_run_config(objective: str) -> FinetuneConfig:
-    """KILLED_RUN's config."""
-    return FinetuneConfig(**{**TINY, "workers": 1}, epochs=3, objective=objective, pos_window=0.2)
+    """KILLED_RUN's config: a new head (no probe), so that epochs beat the start and a refit phase runs (a resumed
+    probe: test_without_init_head_a_probe_...)."""
+    return FinetuneConfig(**{**TINY, "workers": 1}, epochs=3, objective=objective, pos_window=0.2, probe=False)
 
 
 @pytest.fixture(scope="module")

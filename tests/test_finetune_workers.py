@@ -37,7 +37,8 @@ def test_finetune_ends_within_seconds_whatever_its_decode_worker_is_doing(tmp_pa
     code, stderr, took, workers = stop_at_held_file(private_shm(None) + finetune_command(manifest, tmp_path / "run"),
                                                     held, worker, sig, wrapped=True, start_s=PYTHON_START_S + 240)
     assert code == {signal.SIGTERM: 143, signal.SIGINT: 130, None: 2}[sig], stderr
-    assert took < 15 and gone(workers) and "Traceback" not in stderr
+    # within seconds, not minutes: a bound loose enough for a cold interpreter's exit on a saturated 2-core machine
+    assert took < 30 and gone(workers) and "Traceback" not in stderr
     assert re.search(r"^left in /dev/shm: *$", stderr, re.M), stderr
     if sig is None:
         assert "clip c0: decode worker 0" in stderr and "died while decoding it" in stderr and "--resume" in stderr
