@@ -439,7 +439,7 @@ def finetune(
 ) -> None:
     """Stage three: train the backbone end to end (supervised) or on temporal coherence (temporal); writes
     RUN/backbone.pt for `extract --weights RUN/backbone.pt`, plus config, history, metrics and curves."""
-    from finetune import NothingTrained, finetune_source
+    from finetune import ClipsLost, NothingTrained, finetune_source
 
     with user_errors(memory="lower --batch-size or --segments", interrupted=f"interrupted: {out_dir}/checkpoint.pt "
                      "keeps the last finished epoch; rerun with --resume"), progress_bar() as bar:
@@ -449,6 +449,8 @@ def finetune(
         except NothingTrained as e:
             print_failures(sorted(e.failures.items()), " (all in metrics.json)")
             fail(f"{e}; fix the clips above (nothing was written to {out_dir})", code=2)
+        except ClipsLost as e:  # the clips in hand when decode workers died or hung; the checkpoint is kept
+            fail(str(e), code=FAILED_ITEMS)
     if metrics["objective"] == "supervised":
         print_metrics(finetune_splits(metrics), finetune_title(metrics, out_dir))
     else:

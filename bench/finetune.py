@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from finetune.data import clip_loader, epoch_order, item_index  # noqa: E402
+from finetune.data import clip_batches, epoch_order, item_index  # noqa: E402
 from finetune.run import loaders, prepare, setup  # noqa: E402
 from finetune.train import FinetuneConfig, Trainer  # noqa: E402
 from pipeline import load_source  # noqa: E402
@@ -66,11 +66,13 @@ def main() -> None:
     images = len(dataset) * cfg.segments
 
     t = time.perf_counter()
-    for _ in clip_loader(dataset, epoch_order(len(dataset), 0, 1), cfg.batch_size, cfg.workers, False):
-        pass
+    with clip_batches(dataset, epoch_order(len(dataset), 0, 1), cfg.batch_size, cfg.workers, False) as batches:
+        for _ in batches:
+            pass
     decode_s = time.perf_counter() - t
 
-    fake = next(iter(clip_loader(dataset, list(range(cfg.batch_size)), cfg.batch_size, 0, False)))
+    with clip_batches(dataset, list(range(cfg.batch_size)), cfg.batch_size, 0, False) as batches:
+        fake = next(iter(batches))
     trainer.step(fake)  # warm-up: first-call allocations and kernel selection
     steps = -(-len(dataset) // cfg.batch_size)
     compute_before = compute_rate(trainer, fake, steps, cfg.segments)

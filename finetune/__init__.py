@@ -9,6 +9,7 @@ from featstore.lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "finetune.config": ("FinetuneConfig", "FinetuneError"),
     "finetune.train": ("NothingTrained",),
+    "finetune.data": ("ClipsLost",),
     "finetune.run": ("finetune",),
     "finetune.source": ("finetune_source",),
 })

@@ -19,6 +19,10 @@ from pipeline.flow.compute import FLOW_METHODS
 OBJECTIVES = ("supervised", "temporal")
 SCHEDULERS = ("cosine", "plateau", "none")
 BN_MODES = ("frozen", "partial", "train")
+# The default --lr (finetune.md, "Measured"): a trained head is fine-tuned gently, as the backbone at a tenth of
+# it; a new head must first learn something.
+TRAINED_HEAD_LR = 3e-5
+NEW_HEAD_LR = 1e-3
 
 
 class FinetuneError(FramecacheError, ValueError):
@@ -42,6 +46,8 @@ class FinetuneConfig:
     # a fit-head run on a store of this backbone/weights; else a new head
     init_head: str | None = setting(None, "Start from this fit-head run's head (same backbone/weights/input).")
     head: str = setting("linear", "New head's kind when no --init-head.", choices=HEADS)
+    # without --init-head: fit --head on the frozen backbone's features first, then fine-tune from it (LP-FT)
+    probe: bool = setting(True, "Without --init-head: start from a probe of the frozen backbone.")
     hidden: int = setting(256, "", ge=1)  # the new head's width; the temporal projection's hidden width
     segments: int = setting(8, "TSN segments per clip.", ge=1)  # K TSN segments per clip (supervised)
     # TSN tests on 25 frames; sequence heads read the K they were trained on
@@ -53,7 +59,8 @@ class FinetuneConfig:
     val_frac: float = setting(0.2, "", ge=0.01, le=0.9)  # as fit-head
     test_frac: float = setting(0.2, "", ge=0.01, le=0.9)  # as fit-head
     epochs: int = setting(10, "Upper bound; early stopping ends sooner.", ge=1)
-    lr: float = setting(1e-3, "Head learning rate.", gt=0)  # peak, after warm-up
+    # peak, after warm-up; None: TRAINED_HEAD_LR from a trained head (the probe's, --init-head's), else NEW_HEAD_LR
+    lr: float | None = setting(None, "Head learning rate (default: 3e-5 from a trained head, else 1e-3).", gt=0)
     backbone_lr_mult: float = setting(0.1, "Backbone lr = lr x this (0: frozen).", ge=0)
     weight_decay: float = setting(1e-4, "", ge=0)  # AdamW, decoupled; weight matrices and kernels only
     batch_size: int = setting(8, "Clips per step.", ge=1)  # x segments frames through the backbone
@@ -82,5 +89,12 @@ class FinetuneConfig:
         check_settings(self, FinetuneError)
         if self.modality == "flow" and self.objective != "supervised":
             raise FinetuneError("--modality flow trains with --objective supervised (TSN segments of flow stacks)")
+        if self.lr is None:
+            self.lr = NEW_HEAD_LR if self.new_head else TRAINED_HEAD_LR
+
+    @property
+    def new_head(self) -> bool:
+        """Whether training starts from an untrained head (temporal's projection, or --no-probe)."""
+        return self.objective == "temporal" or not (self.init_head or self.probe)
         if self.objective == "temporal" and self.batch_size < 2:
             raise FinetuneError("--objective temporal needs --batch-size >= 2: the other clips are the negatives")

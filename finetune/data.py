@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import v2
 
 from finetune.config import FinetuneError
@@ -21,8 +23,11 @@ from finetune.flow import FlowInput
 from heads.data import Cache
 from pipeline.decode import DecodeError, Geometry, decode_chosen, decode_image, set_decoder_threads
 from pipeline.sources import Item
+from pipeline.stages import IDLE, POLL_S, STALL_S, Board, DecodeWorkers, Fault, share_units
 
 SAMPLERS = ("segments", "pair")
+# How a run goes on after its decode workers were lost (the checkpoint keeps every finished epoch).
+RERUN = "rerun with --resume"
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class ClipFrames(Dataset):
         self.geometry, self.sampler, self.seed, self.flow = geometry, sampler, seed, flow
         self.augment = augmentation(geometry.size, flow is not None) if augment else None
         self.epoch = 0
+        self.board: Board | None = None  # set by DecodeWorkers: what each worker decodes, for its liveness checks
         self._computer = None  # the flow method, built on first use in the process decoding (never pickled)
 
     def __getstate__(self) -> dict:
@@ -125,6 +131,16 @@ class ClipFrames(Dataset):
         return len(self.chosen)
 
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor | None, str]:
+        worker = get_worker_info() if self.board is not None else None
+        if worker is not None:
+            self.board.post(worker.id, self.chosen[k])  # a worker that dies or hangs now costs this clip
+        try:
+            return self._clip(k)
+        finally:
+            if worker is not None:
+                self.board.post(worker.id, IDLE)
+
+    def _clip(self, k: int) -> tuple[int, torch.Tensor | None, str]:
         i = self.chosen[k]
         epoch = self.epoch if self.sampler.random else 0  # evaluation sees the same frames every epoch
         seed = (self.seed, epoch, i)
@@ -167,12 +183,16 @@ class ClipFrames(Dataset):
         return x.permute(0, 2, 3, 1).contiguous()
 
 
-def collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
+def collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> Batch | Fault:
+    """One Batch of a step's clips; in a worker, a Fault when its frames cannot be put in shared memory."""
     ok = [(i, f) for i, f, _ in samples if f is not None]
     failed = [(i, e) for i, f, e in samples if f is None]
     if not ok:
         return Batch(torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), failed)
-    return Batch(torch.stack([f for _, f in ok]), torch.tensor([i for i, _ in ok], dtype=torch.int64), failed)
+    frames = torch.stack([f for _, f in ok])
+    if get_worker_info() is not None and (why := share_units(frames)):
+        return Fault(why)
+    return Batch(frames, torch.tensor([i for i, _ in ok], dtype=torch.int64), failed)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -180,12 +200,35 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return np.random.default_rng((seed, epoch, 0x5EED)).permutation(n).tolist()
 
 
-def clip_loader(dataset: ClipFrames, order: list[int], batch_size: int, workers: int,
-                pin_memory: bool) -> DataLoader:
-    """Batches of decoded clips in `order`, decoded by `workers` processes (0: in this process)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate, num_workers=workers,
-                      prefetch_factor=2 if workers else None, pin_memory=pin_memory, persistent_workers=False,
-                      worker_init_fn=_init_worker if workers else None)
+class ClipsLost(FinetuneError):
+    """Decode workers died or hung while decoding clips: the run stopped there (exit 2); `failures` maps each
+    clip's id to why, and the checkpoint keeps every finished epoch."""
+
+    def __init__(self, failures: dict[str, str]):
+        super().__init__("; ".join(f"clip {vid}: {why}" for vid, why in failures.items()))
+        self.failures = failures
+
+
+@contextmanager
+def clip_batches(dataset: ClipFrames, order: list[int], batch_size: int, workers: int, pin_memory: bool,
+                 stall_s: float = STALL_S) -> Iterator[DecodeWorkers]:
+    """Batches of decoded clips in `order`, decoded by `workers` processes (0: in this process), watched as
+    extract's are (pipeline.stages.DecodeWorkers): every wait is bounded, a worker that dies or makes no progress
+    on a clip for `stall_s` raises ClipsLost naming it (wherever the body is: torch reports a dead worker in the
+    main thread), shared memory running out raises DecodeWorkerError with the fix, and on leaving, Ctrl-C and
+    SIGTERM included, the workers end within seconds."""
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate, num_workers=workers,
+                        prefetch_factor=2 if workers else None, pin_memory=pin_memory, persistent_workers=False,
+                        worker_init_fn=_init_worker if workers else None, timeout=POLL_S if workers else 0)
+    batches = DecodeWorkers(loader, stall_s, rerun=RERUN)
+    try:
+        yield batches
+    except RuntimeError as e:
+        if (lost := batches.lost(e)) is None:
+            raise
+        raise ClipsLost({dataset.items[slot].id: why for slot, why in lost.lost.items()}) from None
+    finally:
+        batches.close()
 
 
 def default_workers(device: torch.device) -> int:

@@ -4,6 +4,7 @@
                     .load_state_dict(torch.load(p, weights_only=True))` works, and `extract --weights` takes it
     backbone.json  beside it: {"backbone": name, "config": what made it} (extract reads the name from it)
     checkpoint.pt  the training state after the last finished epoch (what --resume continues from)
+    probe.pt       without --init-head: the linear probe the fine-tune started from (finetune.probe)
     config.json, splits.json, history.csv, metrics.json, curves.png
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
 from finetune.flow import FlowInput
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
+from finetune.probe import PROBE_FILE, Probe, fit_probe, frozen_features
 from finetune.rundir import check_finetune_out
 from finetune.train import FinetuneConfig, Loaders, LoopState, Trainer, evaluate, save_atomic
 from heads.data import Cache, build_vocab, detect_task, encode_targets, make_splits
@@ -55,7 +57,8 @@ class Prepared:
     labels: list[str]
     splits: dict[str, np.ndarray]
     new_head: bool
-    refit_head: torch.nn.Module | None = None  # the --init-head run's head refit on train + val, the refit's start
+    refit_head: torch.nn.Module | None = None  # the --init-head run's or probe's head refit on train + val
+    start_from: str = "new head"  # what the head starts as: a new head, the probe, or the --init-head run's
 
 
 def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume: bool = False,
@@ -75,12 +78,17 @@ def finetune(items: list[Item], cfg: FinetuneConfig, out_dir: str | Path, resume
     prep = prepare(backbone, geometry, index, cfg)
     data = loaders(items, geometry, cfg, prep, device)
     prep.net.to(device)
-    if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
-        _standardize_head(prep.net, data, device, amp)
-    start = cpu_state(prep.net.state_dict())
     if replace:  # --force over a folder of other files: replaced whole, now that the inputs are checked
         clear_folder(out)
+    failures: dict[str, str] = {}
+    if prep.new_head and isinstance(prep.objective, Supervised):  # on resume too: the refit starts from it
+        if cfg.probe:
+            _start_from_probe(prep, data, cfg, device, amp, out / PROBE_FILE, resume, failures)
+        else:
+            _standardize_head(prep.net, data, device, amp)
+    start = cpu_state(prep.net.state_dict())
     trainer = Trainer(prep.net, prep.objective, cfg, data, device, amp, checkpoint, _refit_start(prep, start))
+    trainer.state.failures.update(failures)
     if resume and checkpoint.exists():
         trainer.resume()
     state = trainer.run(on_epoch, keep_start=not prep.new_head)
@@ -203,7 +211,23 @@ def _from_init_head(backbone: Backbone, geometry: Geometry, index: Cache, cfg: F
     early = load_early_head(cfg.init_head, ckpt)  # a refit run: fit from its early head, refit from its final one
     fit_head, refit_head = (head, None) if early is None else (early, head)
     return Prepared(_net(backbone, fit_head, cfg), Supervised(targets, labels, cfg.label_smoothing), hc,
-                    labels, splits, False, refit_head)
+                    labels, splits, False, refit_head, "--init-head")
+
+
+def _start_from_probe(prep: Prepared, data: Loaders, cfg: FinetuneConfig, device: torch.device,
+                      amp: torch.dtype | None, saved: Path, resume: bool, failures: dict[str, str]) -> None:
+    """Replace `prep`'s new head by a linear probe of the frozen backbone (finetune.probe), which then competes as
+    epoch 0 like an --init-head; on --resume the probe the run started from is read back."""
+    probe = Probe.load(saved, cfg) if resume and saved.exists() else None
+    if probe is None:
+        chosen = np.concatenate([prep.splits["train"], prep.splits["val"]])
+        clips = _eval_set(data.train.items, chosen, data.train.geometry, cfg, prep)
+        probe = fit_probe(prep.net, clips, len(prep.splits["train"]), prep.objective.targets, prep.labels, cfg,
+                          data.workers, device, amp, failures)
+        probe.save(saved, cfg)
+    prep.net.head = probe.early.to(device)
+    prep.refit_head = probe.final.to(device) if probe.final is not probe.early else None
+    prep.head_config, prep.new_head, prep.start_from = asdict(probe.head_config), False, "probe"
 
 
 def _run_splits(run_dir: Path, index: Cache) -> dict[str, np.ndarray]:
@@ -244,18 +268,12 @@ def _eval_set(items: list[Item], chosen: np.ndarray, geometry: Geometry, cfg: Fi
 def _standardize_head(net: VideoNet, data: Loaders, device: torch.device, amp: torch.dtype | None) -> None:
     """A new head standardizes its input like fit-head's (center each dim, one std for all) with the features of
     the first training clips' segment centres, so its learning rate means the same whatever the backbone."""
-    probe = ClipFrames(data.train.items, data.train.chosen[:STAT_CLIPS], data.train.geometry,
+    first = ClipFrames(data.train.items, data.train.chosen[:STAT_CLIPS], data.train.geometry,
                        FrameSampler("segments", data.train.sampler.segments, random=False), False, data.train.seed,
                        data.train.flow)
-    feats = []
-    net.eval()
-    for i in range(len(probe)):
-        _, frames, _ = probe[i]
-        if frames is not None:
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                feats.append(net.embed(frames.to(device)).float().cpu())
-    if feats:
-        f = torch.cat(feats)  # (N, D)
+    cache, _ = frozen_features(net, first, 1, 0, device, amp, {})
+    if len(cache):
+        f = cache.features  # (N, D)
         std = f.std(0, unbiased=False).pow(2).mean().sqrt().clamp_min(1e-6)
         net.head.input.set_stats(f.mean(0).to(device), std.expand(f.shape[1]).to(device))
 
@@ -289,6 +307,7 @@ def _final_metrics(trainer: Trainer, prep: Prepared, cfg: FinetuneConfig, state:
         "eval_segments": trainer.data.val.sampler.segments, "precision": precision, "device": str(trainer.device),
         "train_seconds": sum(r["seconds"] for r in state.history),
         "failed": sorted(state.failures.items()), "init_head": cfg.init_head, "start": state.start,
+        "start_from": prep.start_from, "kept": "start" if state.best_epoch == 0 and state.start else "fine-tuned",
     }
 
 

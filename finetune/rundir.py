@@ -9,18 +9,18 @@ from featstore.ownership import check_out_folder
 
 # What finetune writes into its run folder (backbone.pt for extract, checkpoint.pt every epoch for --resume);
 # NAME.tmp is one of them half-written by a killed run.
-RUN_FILES = {"backbone.pt", "backbone.json", "checkpoint.pt", "config.json", "splits.json", "history.csv", "metrics.json",
-             "curves.png"}
+RUN_FILES = {"backbone.pt", "backbone.json", "checkpoint.pt", "probe.pt", "config.json", "splits.json", "history.csv",
+             "metrics.json", "curves.png"}
 
 
 def is_finetune_run(path: Path) -> bool:
-    """A folder holding only finetune's files: a finished run (its config.json) or an interrupted one (only a
-    checkpoint, which --resume continues)."""
+    """A folder holding only finetune's files: a finished run (its config.json) or an interrupted one (a checkpoint
+    or the probe, which --resume continues from)."""
     names = {p.name for p in path.iterdir()}
     if {n.removesuffix(".tmp") for n in names} - RUN_FILES:
         return False
     if "config.json" not in names:
-        return "checkpoint.pt" in names
+        return bool({"checkpoint.pt", "probe.pt"} & names)
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):

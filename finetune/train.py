@@ -11,14 +11,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from featstore.atomic import atomic_output
 from finetune.config import FinetuneConfig, FinetuneError
-from finetune.data import Batch, ClipFrames, clip_loader, epoch_order, steps_per_epoch
+from finetune.data import Batch, ClipFrames, clip_batches, epoch_order, steps_per_epoch
 from finetune.model import VideoNet, param_groups
 from finetune.objectives import Supervised, Temporal, headline
 from heads.train import cpu_state
@@ -166,12 +166,13 @@ class Trainer:
         dataset.epoch = epoch
         order = epoch_order(len(dataset), self.cfg.seed, epoch)
         total, n = 0.0, 0
-        for batch in clip_loader(dataset, order, self.cfg.batch_size, self.data.workers, self.data.pin_memory):
-            self._record_failures(dataset, batch)
-            if len(batch) < (2 if isinstance(self.objective, Temporal) else 1):
-                continue
-            loss = self.step(batch)
-            total, n = total + loss * len(batch), n + len(batch)
+        with clip_batches(dataset, order, self.cfg.batch_size, self.data.workers, self.data.pin_memory) as batches:
+            for batch in batches:
+                self._record_failures(dataset, batch)
+                if len(batch) < (2 if isinstance(self.objective, Temporal) else 1):
+                    continue
+                loss = self.step(batch)
+                total, n = total + loss * len(batch), n + len(batch)
         if n == 0:
             raise NothingTrained(self.state.failures)
         return total / n, n
@@ -264,15 +265,23 @@ def evaluate(net: VideoNet, objective: Supervised | Temporal, dataset: ClipFrame
              device: torch.device, amp: torch.dtype | None, failures: dict[str, str] | None = None) -> dict:
     """The objective's metrics over `dataset` in item order (segment centres / fixed pairs, no augmentation)."""
     net.eval()
-    outputs = []
-    for batch in clip_loader(dataset, list(range(len(dataset))), batch_size, workers, device.type == "cuda"):
-        if failures is not None:
-            failures.update({dataset.items[i].id: reason for i, reason in batch.failed})
-        if len(batch):
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = net(batch.frames.to(device, non_blocking=True))
-            outputs.append((out.float().cpu(), batch))
-    return objective.metrics(outputs)
+    return objective.metrics(list(forward_all(net, dataset, batch_size, workers, device, amp, failures)))
+
+
+@torch.no_grad()
+def forward_all(fn: Callable[[torch.Tensor], torch.Tensor], dataset: ClipFrames, batch_size: int, workers: int,
+                device: torch.device, amp: torch.dtype | None,
+                failures: dict[str, str] | None = None) -> Iterator[tuple[torch.Tensor, Batch]]:
+    """(fn(frames) as float32 on the CPU, batch) for the batches of `dataset` in item order; clips that fail to
+    decode go into `failures` (id -> reason)."""
+    with clip_batches(dataset, list(range(len(dataset))), batch_size, workers, device.type == "cuda") as batches:
+        for batch in batches:
+            if failures is not None:
+                failures.update({dataset.items[i].id: reason for i, reason in batch.failed})
+            if len(batch):
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    out = fn(batch.frames.to(device, non_blocking=True))
+                yield out.float().cpu(), batch
 
 
 def save_atomic(obj: dict, path: Path) -> None:

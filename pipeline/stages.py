@@ -114,7 +114,7 @@ class DecodeStream(IterableDataset):
         prints it and drops the message, leaving the main process waiting for it). False if it ended in a Fault."""
         board.post(worker, slot)
         for message in self.video(slot):
-            if isinstance(message, Rows) and (why := _share(message.units)):
+            if isinstance(message, Rows) and (why := share_units(message.units)):
                 yield Fault(why)
                 return False
             board.post(worker, IDLE)
@@ -177,8 +177,9 @@ def _frame_rows(slot: int, frames: np.ndarray, index: np.ndarray, time_s: np.nda
     return Rows(slot, torch.from_numpy(frames), index, index + 1, time_s, time_end_s)
 
 
-def _share(units: torch.Tensor) -> str:
-    """Move `units` into shared memory; '' when done, else why not (naming the setting to change)."""
+def share_units(units: torch.Tensor) -> str:
+    """Move `units` into shared memory; '' when done, else why not (naming the setting to change). A worker calls
+    it before sending: a failure in the queue's feeder thread would only be printed, and the message lost."""
     try:
         units.share_memory_()
     except RuntimeError as e:
@@ -360,10 +361,11 @@ class DecodeWorkers:
     Between waits the workers are watched: one that died, or that has worked on one item while its CPU time stood
     still for `stall_s`, raises WorkerLost naming that item; one that cannot put frames in shared memory raises
     DecodeWorkerError with the fix. `close` ends the workers within seconds whatever they are doing. Without
-    workers (num_workers=0) it is the loader's own iterator."""
+    workers (num_workers=0) it is the loader's own iterator. `rerun` ends the messages: how the command goes on.
+    The loader's dataset gets the `board` its workers post on (DecodeStream, or any dataset that posts likewise)."""
 
-    def __init__(self, loader: DataLoader, stall_s: float = STALL_S):
-        self.loader, self.stall_s = loader, stall_s
+    def __init__(self, loader: DataLoader, stall_s: float = STALL_S, rerun: str = "rerun the same command"):
+        self.loader, self.stall_s, self.rerun = loader, stall_s, rerun
         self.board = Board(loader.num_workers) if loader.num_workers else None
         self._it: Iterator | None = None
         self._children: list = []  # the worker processes (multiprocessing.Process)
@@ -426,10 +428,10 @@ class DecodeWorkers:
             return None
         said = " ".join(str(error).split())
         if not any(slot >= 0 for *_, slot in dead):
-            raise DecodeWorkerError(f"decode worker {dead[0][0]} died between items ({said}): rerun the same "
-                                    "command to go on") from None
+            raise DecodeWorkerError(f"decode worker {dead[0][0]} died between items ({said}): {self.rerun} to go "
+                                    "on") from None
         return WorkerLost({slot: f"decode worker {w} (pid {pid}) died while decoding it ({said}); the run stopped "
-                                 "here: rerun the same command for the rest" for w, pid, slot in dead if slot >= 0})
+                                 f"here: {self.rerun} for the rest" for w, pid, slot in dead if slot >= 0})
 
     def _check_stall(self) -> None:
         working = [(w, pid, slot) for w, pid, slot in self.board.workers() if slot >= 0]
@@ -442,10 +444,10 @@ class DecodeWorkers:
             return
         if not working:  # every worker waits for the main process, which waits for them: a message was lost
             raise DecodeWorkerError(f"the decode workers sent nothing for {self.stall_s:.0f} s (a message of theirs "
-                                    "was lost, see the error above): rerun the same command, or use --workers 0")
+                                    f"was lost, see the error above): {self.rerun}, or use --workers 0")
         raise WorkerLost({slot: f"decode worker {w} (pid {pid}) made no progress on it for {self.stall_s:.0f} s (a "
                                 "file that does not answer, such as one on a stalled network mount); the run stopped "
-                                "here: rerun the same command for the rest" for w, pid, slot in working})
+                                f"here: {self.rerun} for the rest" for w, pid, slot in working})
 
     def close(self) -> None:
         """End the workers within seconds: those inside a video at once (they hold nothing to save), the others as

@@ -1,6 +1,7 @@
 """What many test files share: the CLI run in this process or in a child, the settings of a tiny extract, clips
 written with their manifest, comparing two stores, and synthetic stores for the heads. The fixtures built on these
 live in conftest.py. Import what you need (`from helpers import invoke`), so a test file states only what it checks."""
+import contextlib
 import json
 import os
 import signal
@@ -39,6 +40,9 @@ def cli_command(*args) -> list[str]:
 def run_cli(*args) -> subprocess.CompletedProcess:
     """`python cli.py ARGS` run to its end in a child process, its output captured as text."""
     return subprocess.run(cli_command(*args), cwd=ROOT, text=True, capture_output=True, timeout=600)
+
+
+PYTHON_START_S = 30  # a cold `cli.py` start on a busy 2-core machine (imports torch, builds the model)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -257,3 +261,64 @@ def hand_gradcam(model, pixels, layer, grid, target: int) -> np.ndarray:
     cam = torch.relu((grads.mean((1, 2), keepdim=True) * acts).sum(-1))[:, None]  # (T, 1, rows, cols)
     up = torch.nn.functional.interpolate(cam, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return (up / up.max()).numpy() if up.max() > 0 else up.numpy()
+
+
+# -- processes, shared memory ----------------------------------------------------------------------------------------
+def children_of(pid: int) -> set[int]:
+    """The pids of a process's children (its decode workers)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def gone(pids: set[int], within: float = 5.0) -> bool:
+    """Whether every one of `pids` has exited (or is a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
+                   for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def private_shm(free_kb: int | None) -> list[str]:
+    """A prefix running the command with its own /dev/shm (1 MB, `free_kb` of it free; None: 64 MB, empty) in a
+    private mount namespace, listing what is left in it afterwards."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here (unshare -m needs root or user namespaces)")
+    size, fill = ("1M", f"dd if=/dev/zero of=/dev/shm/fill bs=1k count={1024 - free_kb} 2>/dev/null; "
+                  ) if free_kb is not None else ("64M", "")
+    return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && {fill}"
+            '"$@"; code=$?; echo "left in /dev/shm: $(ls /dev/shm | grep -v "^fill$" | tr "\\n" " ")" >&2; '
+            "exit $code", "sh"]
+
+
+def stop_at_held_file(command: list[str], held, fate: str, sig: int | None, wrapped: bool = False,
+                      start_s: float = PYTHON_START_S + 60) -> tuple[int, str, float, set[int]]:
+    """Run `command` until its decode worker opens `held` (conftest's hold), leave that worker blocked there, stop
+    it or kill it (`fate`, one of WORKER_FATES), then send `sig` (if any) to the main process: the command itself,
+    or its child when `wrapped` (under private_shm's sh). Returns (exit code, stderr, seconds from then to the exit,
+    the worker pids); no process is left behind, whatever failed."""
+    proc = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    workers: set[int] = set()
+    try:
+        assert held.opened.wait(start_s), proc.poll()
+        (main,) = children_of(proc.pid) if wrapped else (proc.pid,)
+        workers = children_of(main)
+        assert workers
+        if fate != "blocked opening a file":
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP if fate.startswith("stopped") else signal.SIGKILL)
+        start = time.monotonic()
+        if sig is not None:
+            os.kill(main, sig)
+        _, stderr = proc.communicate(timeout=60)
+        return proc.returncode, stderr, time.monotonic() - start, workers
+    finally:
+        proc.kill()
+        for pid in workers:  # never leave a stopped worker behind
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        held.release()

@@ -4,7 +4,6 @@ Each rule loops over the inputs or resources it covers: files that are not regul
 size limit running out, decode workers dead or stuck, and SIGTERM / SIGINT whatever the workers are doing. Every
 process must end within seconds with its documented exit code, leaving no worker behind and nothing in /dev/shm.
 """
-import contextlib
 import os
 import re
 import signal
@@ -19,11 +18,11 @@ import pytest
 
 from data.synth import write_video
 from featstore import open_store
+from helpers import PYTHON_START_S, gone, private_shm, stop_at_held_file
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--every", "1", "--size", "32", "--crop", "none",
            "--precision", "fp32", "--batch-size", "1"]
-PYTHON_START_S = 30  # a cold `cli.py` start on a busy 2-core machine (imports torch, builds the model)
 
 
 def write_clips(folder: Path, names: list[str]) -> Path:
@@ -43,35 +42,6 @@ def timed_run(command: list[str], limit: float) -> tuple[subprocess.CompletedPro
     start = time.monotonic()
     res = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, timeout=limit)
     return res, time.monotonic() - start
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(c) for c in (task / "children").read_text().split()}
-    return found
-
-
-def gone(pids: set[int], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
-                   for p in pids):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def private_shm(free_kb: int | None) -> list[str]:
-    """A prefix running the command with its own /dev/shm (1 MB, `free_kb` of it free; None: 64 MB, empty) in a
-    private mount namespace, listing what is left in it afterwards."""
-    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        pytest.skip("no private mount namespace here (unshare -m needs root or user namespaces)")
-    size, fill = ("1M", f"dd if=/dev/zero of=/dev/shm/fill bs=1k count={1024 - free_kb} 2>/dev/null; "
-                  ) if free_kb is not None else ("64M", "")
-    return ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && {fill}"
-            '"$@"; code=$?; echo "left in /dev/shm: $(ls /dev/shm | grep -v "^fill$" | tr "\\n" " ")" >&2; '
-            "exit $code", "sh"]
 
 
 @pytest.mark.slow
@@ -146,29 +116,9 @@ def test_extract_ends_within_seconds_whatever_its_decode_worker_is_doing(tmp_pat
     outlives the run. (A worker alive but stuck is found after STALL_S: tests/test_stages.py.)"""
     manifest = write_clips(tmp_path, ["c0.mkv", "c1.mkv", "c2_held.mkv", "c3.mkv"])
     held = hold(tmp_path / "c2_held.mkv")
-    proc = subprocess.Popen(extract_command(manifest, tmp_path / "s", "--workers", "1", "--compile", "off"),
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    workers: set[int] = set()
-    try:
-        assert held.opened.wait(PYTHON_START_S + 60), proc.poll()
-        workers = children_of(proc.pid)
-        assert workers
-        if worker != "blocked opening a file":
-            for pid in workers:
-                os.kill(pid, signal.SIGSTOP if worker.startswith("stopped") else signal.SIGKILL)
-        start = time.monotonic()
-        if sig is not None:
-            proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
-        took = time.monotonic() - start
-    finally:
-        proc.kill()
-        for pid in workers:  # never leave a stopped worker behind, whatever failed
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        held.release()
-    expected = {signal.SIGTERM: 143, signal.SIGINT: 130, None: 2}[sig]
-    assert proc.returncode == expected, stderr
+    code, stderr, took, workers = stop_at_held_file(
+        extract_command(manifest, tmp_path / "s", "--workers", "1", "--compile", "off"), held, worker, sig)
+    assert code == {signal.SIGTERM: 143, signal.SIGINT: 130, None: 2}[sig], stderr
     assert took < 15 and gone(workers) and "Traceback" not in stderr
     if sig is None:
         failed = open_store(tmp_path / "s").meta("c2_held")

@@ -89,7 +89,8 @@ def test_a_clips_frames_and_augmentation_depend_on_seed_epoch_and_clip_only(inde
 
 
 def test_a_run_directory_like_every_run_and_runs_lists_it(tuned):
-    for name in ("backbone.pt", "checkpoint.pt", "config.json", "history.csv", "metrics.json", "curves.png"):
+    for name in ("backbone.pt", "checkpoint.pt", "probe.pt", "config.json", "history.csv", "metrics.json",
+                 "curves.png"):
         assert (tuned / name).exists(), name
     metrics = json.loads((tuned / "metrics.json").read_text())
     assert metrics["objective"] == "supervised" and 0 <= metrics["test"]["accuracy"] <= 1
@@ -168,6 +169,33 @@ def test_a_refit_head_run_starts_the_fit_from_its_early_head_and_a_refit_from_ep
         finetune(load_source(clips), cfg, tmp_path / "ft2")
 
 
+def test_without_init_head_a_probe_of_the_frozen_backbone_is_fit_first_and_kept_when_no_epoch_beats_it(
+        clips, tmp_path):
+    items = load_source(clips)
+    # an lr far below float32's resolution moves no weight: the probe (epoch 0) wins on val, and the refit of 0
+    # epochs leaves the probe's own refit head on the unchanged backbone
+    m = finetune(items, FinetuneConfig(**TINY, lr=1e-30, epochs=1), tmp_path / "ft")
+    assert m["start_from"] == "probe" and m["best_epoch"] == 0 and m["kept"] == "start"
+    assert m["test"] == m["start"]["test"], "the final weights are the probe's refit head"
+    probe = torch.load(tmp_path / "ft" / "probe.pt", weights_only=True)
+    head = {k.removeprefix("head."): v for k, v in
+            torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["model"].items() if k.startswith("head.")}
+    # the fit phase started from the probe's early-stopped head (which 1e-30 did not move), the refit from its
+    # refit head
+    assert head.keys() == probe["early"].keys() and all(torch.equal(head[k], probe["early"][k]) for k in head)
+    assert not all(torch.equal(probe["early"][k], v) for k, v in probe["final"].items()), "fit, then refit"
+    # --resume reads the probe back instead of embedding the clips again, and ends where the run ended
+    written = (tmp_path / "ft" / "probe.pt").stat().st_mtime_ns
+    assert finetune(items, FinetuneConfig(**TINY, lr=1e-30, epochs=1), tmp_path / "ft", resume=True)["test"] == m["test"]
+    assert (tmp_path / "ft" / "probe.pt").stat().st_mtime_ns == written
+    # the defaults: a trained head is fine-tuned gently, a new one (--no-probe) at the new-head rate
+    assert FinetuneConfig(**TINY).lr == 3e-5 and FinetuneConfig(**TINY, probe=False).lr == 1e-3
+    plain = finetune(items, FinetuneConfig(**TINY, probe=False, epochs=1), tmp_path / "plain")
+    assert plain["start_from"] == "new head" and plain["start"] is None and not (tmp_path / "plain" / "probe.pt").exists()
+    res = invoke("finetune", clips, *TINY_FLAGS, "--epochs", "1", "--lr", "1e-30", "--out", tmp_path / "cli")
+    assert res.exit_code == 0 and "the linear probe as it was" in res.output and "kept the linear probe" in res.output
+
+
 def test_a_source_where_every_video_fails_exits_2_listing_them_and_writes_nothing(tmp_path):
     rows = []
     for name, split in (("a1", "train"), ("b1", "train"), ("a2", "val"), ("b2", "test")):
@@ -217,7 +245,7 @@ KILLED_RUN = textwrap.dedent("""
     from finetune import FinetuneConfig, finetune
     from pipeline.sources import load_source
     cfg = FinetuneConfig(backbone="resnet18", weights="none", size=32, crop="none", segments=2, precision="fp32",
-                         workers=1, batch_size=4, epochs=3, objective=sys.argv[4], pos_window=0.2)
+                         workers=1, batch_size=4, epochs=3, objective=sys.argv[4], pos_window=0.2, probe=False)
     # Stall after the first epoch of the phase named (fit or refit) so the kill lands between checkpoints,
     # however fast the machine.
     finetune(load_source(sys.argv[1]), cfg, sys.argv[2],
@@ -238,8 +266,9 @@ def _wait_for_epoch(checkpoint: Path, proc: subprocess.Popen, timeout: float = 1
 
 
 def killed_run_config(objective: str) -> FinetuneConfig:
-    """KILLED_RUN's config."""
-    return FinetuneConfig(**{**TINY, "workers": 1}, epochs=3, objective=objective, pos_window=0.2)
+    """KILLED_RUN's config: a new head (no probe), so that epochs beat the start and a refit phase runs (a resumed
+    probe: test_without_init_head_a_probe_...)."""
+    return FinetuneConfig(**{**TINY, "workers": 1}, epochs=3, objective=objective, pos_window=0.2, probe=False)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +327,7 @@ def test_supervised_finetune_learns_what_frozen_random_features_cannot(tmp_path)
     # 8 eval segments on 8-frame clips see each frame once (25 would repeat them); the early-stopped model is scored
     # without a refit: the claim is about what training the backbone can learn, and both take half the time
     base = {**TINY, "size": 48, "batch_size": 8, "augment": False, "lr": 1e-3, "patience": 6, "eval_segments": 8,
-            "refit": False}
+            "refit": False, "probe": False}
     # the control: the same run with every backbone stage frozen (layer4 is ResNet-18's last), a head-only lr
     frozen = finetune(items, FinetuneConfig(**{**base, "lr": 1e-2}, freeze_until="layer4", epochs=6),
                       tmp_path / "frozen")

@@ -250,7 +250,12 @@ def finetune_splits(metrics: dict) -> dict:
     """A supervised finetune's rows, as print_metrics shows them."""
     start = (metrics.get("start") or {}).get("test")
     return {"val": metrics.get("val"), "test (no refit)": metrics.get("test_early"), "test": metrics.get("test"),
-            "test, --init-head as it was": start}
+            f"test, {_began(metrics)} as it was": start}
+
+
+def _began(metrics: dict) -> str:
+    """What a supervised finetune's head started as, in words."""
+    return "the linear probe" if metrics.get("start_from") == "probe" else "--init-head"
 
 
 def print_temporal(metrics: dict, title: str) -> None:
@@ -268,6 +273,8 @@ def print_finetuned(metrics: dict, out_dir: Path) -> None:
     flags = f" {metrics['extract_flags']}" if metrics.get("extract_flags") else ""
     out.print(f"use it: cli.py extract SOURCE --backbone {metrics['backbone']} --weights "
               f"{lit(out_dir)}/backbone.pt{flags}", highlight=False)
+    if metrics.get("kept") == "start":
+        out.print(f"kept {_began(metrics)} as it was: no fine-tuned epoch scored better on val")
     print_failures(metrics["failed"], " (all in metrics.json)")
 
 
