@@ -99,8 +99,8 @@ class Trainer:
         diffs = [f"{k}: checkpoint has {before.get(k)!r}, this run has {now[k]!r}" for k in now
                  if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
         if diffs:
-            raise FinetuneError(f"cannot --resume {self.checkpoint}: it was made with other settings ({'; '.join(diffs)})"
-                                "; rerun with the same options or choose another --out")
+            raise FinetuneError(f"cannot --resume {self.checkpoint}: it was made with other settings "
+                                f"({'; '.join(diffs)}); rerun with the same options or choose another --out")
         self.net.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = LoopState(**ckpt["state"])
