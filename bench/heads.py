@@ -172,7 +172,7 @@ def streaming(store: Path, budget_text: str) -> dict:
     """The streaming figures (see the module docstring)."""
     budget = budget_bytes(budget_text)
     out: dict = {"clips": STREAM_CLIPS, "frames_per_clip": FRAMES, "dim": DIM, "dtype_on_disk": "float16",
-                 "budget": budget_text, **machine()}
+                 "budget": budget_text, **machine(), "load_average_start": os.getloadavg()}
     out["write_seconds"] = write_store(store, STREAM_CLIPS)
     loaded = STREAM_CLIPS * FRAMES * DIM * 4  # float32: under heads.data.FLOAT32_LIMIT as float32
     out["store_gb_as_loaded"], out["store_to_budget"] = loaded / 2**30, loaded / budget
@@ -190,6 +190,7 @@ def streaming(store: Path, budget_text: str) -> dict:
         stream = epoch_rows_per_second(store, budget, train_model)
         out[kind] = {"memory": memory, "stream": stream, "stream_to_memory_rows_per_s":
                      stream["rows_per_s"] / memory["rows_per_s"]}
+    out["load_average_end"] = os.getloadavg()  # the machine is shared: rows/s move with what else runs on it
     return out
 
 

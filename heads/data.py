@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
+STATS_BYTES = 8 * 2**20  # feature_stats widens rows to float64 this many bytes at a time
 FLOAT32_LIMIT = 512 * 2**20  # caches of float16 stores smaller than this (as float32) stay float32; larger ones float16
 
 
@@ -336,10 +337,13 @@ def feature_stats(cache: Source, idx: np.ndarray) -> tuple[torch.Tensor, torch.T
     ss = torch.zeros(cache.dim, dtype=torch.float64)
     count = 0
     for block in cache.row_blocks(torch.as_tensor(np.asarray(idx), dtype=torch.int64)):
-        f = block.to("cpu", torch.float64, copy=True)
-        s += f.sum(0)
-        ss += f.mul_(f).sum(0)  # squared in place: one float64 copy of the block at a time, not two
-        count += len(f)
+        # widened STATS_BYTES at a time: a float64 copy of a whole block is 4x a float16 one (64 MB of a 128 MB
+        # budget's block), and sums of pieces differ from one sum by float64 rounding only
+        for part in block.split(max(1, STATS_BYTES // (8 * cache.dim))):
+            f = part.to("cpu", torch.float64, copy=True)
+            s += f.sum(0)
+            ss += f.mul_(f).sum(0)  # squared in place: one float64 copy of the piece at a time, not two
+            count += len(f)
     mean = s / count
     std = (ss / count - mean**2).clamp_min(0).sqrt()
     # Dimensions that barely vary on train would blow up on test: floor the std at 1% of the typical one.

@@ -43,7 +43,12 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: str | Path,
     c = len(labels)
     size = min(4 + 0.3 * c, 30)
     fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    # one square per cell, as imshow draws them: imshow resamples the rates to the canvas (~3000 px a side at 101
+    # classes) and colours that, ~200 MB of canvas-sized arrays, more than a streamed run's whole budget
+    edges = np.arange(c + 1) - 0.5
+    im = ax.pcolormesh(edges, edges, rates, cmap="Blues", vmin=0, vmax=1, antialiased=False, edgecolors="none")
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
     ax.set_xticks(range(c), labels, rotation=90, fontsize=max(4, 10 - c // 15))
     ax.set_yticks(range(c), labels, fontsize=max(4, 10 - c // 15))
     ax.set(xlabel="predicted", ylabel="true", title=title)
