@@ -362,8 +362,8 @@ def _skeleton(chosen: BackboneWeights) -> nn.Module:
         return family[0].skeleton(family[1])
     if chosen.spec.cpu_only:
         raise BackboneError(f"--layer does not apply to {chosen.name} (int8 modules): use its float twin")
-    with torch.device("meta"):
-        model = chosen.spec.builder(weights=None)
+    with torch.device("meta"), torch.inference_mode(False):  # traced later: no inference tensors, no graph
+        model = chosen.spec.builder(weights=None).requires_grad_(False)
     setattr(model, chosen.spec.head, nn.Identity())
     return model
 

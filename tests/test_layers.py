@@ -91,3 +91,14 @@ def test_cli_extract_layer_records_it_and_an_unknown_block_exits_1_naming_simila
     assert open_store(tmp_path / "s").config.layer == "layer2"
     bad = invoke(*args, "--layer", "layer9", "--store", tmp_path / "t")
     assert bad.exit_code == 1 and "--layer 'layer9' is not a block of resnet18; similar: layer4" in bad.output
+
+
+def test_a_family_skeleton_first_built_under_inference_mode_still_traces_a_layer():
+    """The skeleton is cached: one first built inside a caller's inference_mode (predict, embed_files) must not hold
+    inference tensors that a later --layer trace, outside it, would refuse to save for backward."""
+    timm_family = pytest.importorskip("pipeline.families.timm", exc_type=ImportError)
+    timm_family.skeleton.cache_clear()
+    with torch.inference_mode():
+        timm_family.skeleton("vit_tiny_patch16_224")
+    chosen = weights_for("timm:vit_tiny_patch16_224", "none", "blocks.2", None)
+    assert chosen.layer.dim == 192

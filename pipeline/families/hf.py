@@ -172,9 +172,9 @@ def skeleton(model: str) -> nn.Module:
     """The architecture on the meta device (no memory, no init): its config, blocks and shapes without building
     it."""
     config = _config(model)
-    with torch.device("meta"), _quiet():
+    with torch.device("meta"), torch.inference_mode(False), _quiet():  # cached: no inference tensors, no graph
         try:
-            return AutoModel.from_config(config)
+            return AutoModel.from_config(config).requires_grad_(False)
         except ValueError as e:  # "Unrecognized configuration class ... for this kind of AutoModel"
             raise BackboneError(f"hf:{model} ({config.model_type}) has no AutoModel in transformers "
                                 f"{transformers.__version__}: not supported ({str(e).splitlines()[0][:80]})") from None

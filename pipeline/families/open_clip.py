@@ -89,8 +89,9 @@ def _quiet():
 def skeleton(model: str) -> nn.Module:
     """The image tower on the meta device (no memory, no init), its preprocess config set as create_model sets it."""
     try:
-        with torch.device("meta"), _quiet():
-            return open_clip.create_model(_names(model)[0], device="meta", **_create_kwargs(model)).visual
+        with torch.device("meta"), torch.inference_mode(False), _quiet():  # cached: no inference tensors, no graph
+            return open_clip.create_model(_names(model)[0], device="meta",
+                                          **_create_kwargs(model)).visual.requires_grad_(False)
     except (RuntimeError, ValueError, OSError) as e:  # a config OpenCLIP cannot build here (a hub text config offline)
         raise BackboneError(f"--backbone open_clip:{model}: OpenCLIP {open_clip.__version__} cannot build it: "
                             f"{str(e).splitlines()[0][:160]}") from None

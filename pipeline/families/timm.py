@@ -36,8 +36,8 @@ def skeleton(model: str) -> nn.Module:
     """The architecture on the meta device, classifier removed (no memory, no init): its config, blocks and shapes
     without building it."""
     try:
-        with torch.device("meta"):
-            return timm.create_model(model, pretrained=False, num_classes=0)
+        with torch.device("meta"), torch.inference_mode(False):  # cached: never inference tensors, never a graph
+            return timm.create_model(model, pretrained=False, num_classes=0).requires_grad_(False)
     except RuntimeError as e:  # "Unknown model (x)", "Invalid pretrained tag (t) for x."
         like = timm.list_models(f"*{model.split('.')[0]}*")[:6]
         raise BackboneError(f"--backbone timm:{model}: {e} in timm {timm.__version__}"
