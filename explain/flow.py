@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import DecodeError, Geometry, StackSampling, StackStream
+from pipeline.decode import Geometry, StackSampling, StackStream, no_motion
 from pipeline.sources import item_kind
 
 
@@ -30,8 +30,7 @@ def decode_flow(path: str | Path, stacks: StackSampling, geometry: Geometry, com
     """The flow stacks a store of `stacks` and `geometry` holds for `path`, by `computer` (a pipeline.flow
     FlowComputer); DecodeError when it cannot be read, or is a still image (no motion)."""
     if item_kind(Path(path)) == "image":
-        raise DecodeError(f"failed to sample {path}: a still image has no motion, which a flow-stream run reads; "
-                          "give it videos")
+        raise no_motion(path, "a flow-stream run reads")
     from pipeline.flow import flow_stack
 
     clips = list(StackStream(path, stacks, geometry))

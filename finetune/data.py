@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from finetune.config import FinetuneError
 from finetune.flow import FlowInput
 from heads.data import Cache
-from pipeline.decode import DecodeError, Geometry, decode_chosen, decode_image, set_decoder_threads
+from pipeline.decode import DecodeError, Geometry, decode_chosen, decode_image, no_motion, set_decoder_threads
 from pipeline.sources import Item
 from pipeline.stages import IDLE, POLL_S, STALL_S, Board, DecodeWorkers, Fault, share_units
 
@@ -159,8 +159,7 @@ class ClipFrames(Dataset):
 
     def _decode(self, item: Item, choose: _Chooser) -> torch.Tensor:  # (T, H, W, 3) uint8
         if item.kind == "image" and self.flow is not None:  # as extract --modality flow refuses it
-            raise DecodeError(f"failed to sample {item.path}: a still image has no motion, which --modality flow "
-                              "trains on; give it videos")
+            raise no_motion(item.path, "--modality flow trains on")
         if item.kind == "image":
             video = decode_image(item.path, self.geometry)
             wanted = np.zeros(self.sampler.frames, dtype=np.int64)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from featstore import VideoRecord
 from featstore.errors import FramecacheError
 from pipeline.decode import (Clip, ClipSampling, ClipStream, DecodeError, FrameStream, Geometry, Sampling,
-                             StackSampling, StackStream, VideoInfo, decode_image)
+                             StackSampling, StackStream, VideoInfo, decode_image, no_motion)
 from pipeline.sources import Item
 
 
@@ -161,8 +161,7 @@ class DecodeStream(IterableDataset):
 
     def _image(self, slot: int, item: Item):
         if isinstance(self.sampling, StackSampling):
-            raise DecodeError(f"failed to sample {item.path}: a still image has no motion, which --modality flow "
-                              "embeds; give it videos")
+            raise no_motion(item.path, "--modality flow embeds")
         v = decode_image(item.path, self.geometry)
         if isinstance(self.sampling, ClipSampling):  # a still image is a clip of one frame, padded like a short video
             frames = np.repeat(v.frames, self.sampling.clip_len, axis=0)

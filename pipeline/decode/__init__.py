@@ -22,11 +22,10 @@ from pipeline.decode.frames import (WINDOW, DecodedVideo, FrameStream, FrameWind
                                     decode_image, decode_video)
 from pipeline.decode.sampling import ClipSampling, Sampling, SamplingError, sample_indices
 from pipeline.decode.seek import SEEK_MODES
-from pipeline.decode.stacks import StackSampling, StackStream
+from pipeline.decode.stacks import StackSampling, StackStream, no_motion
 from pipeline.decode.torchcodec_frames import DECODERS
 
 __all__ = ["CROPS", "DECODERS", "RESIZE_ENGINES", "SEEK_MODES", "WINDOW", "Clip", "ClipSampling", "ClipStream",
            "DecodeError", "DecodedVideo", "FrameStream", "FrameWindow", "Geometry", "Sampling", "SamplingError",
            "StackSampling", "StackStream", "VideoInfo", "clip_count", "decode_chosen", "decode_image", "decode_video",
-           "quarter_turns",
-           "sample_indices", "set_decoder_threads", "uniform_starts"]
+           "no_motion", "quarter_turns", "sample_indices", "set_decoder_threads", "uniform_starts"]

@@ -19,11 +19,16 @@ import av
 import numpy as np
 
 from pipeline.decode.clips import Clip
-from pipeline.decode.container import _check_file, _count_packets, _demux_count, _FrameReader, _no_frames, \
-    _no_timestamps, _nominal_rate, _opened
+from pipeline.decode.container import (DecodeError, _check_file, _count_packets, _demux_count, _FrameReader,
+                                       _no_frames, _no_timestamps, _nominal_rate, _opened)
 from pipeline.decode.conversion import Geometry, _Converter, quarter_turns
 from pipeline.decode.frames import VideoInfo, _duration, _frame_time, _measured_fps, _picker
 from pipeline.decode.sampling import Sampling, SamplingError, _check_positive_int, sample_indices
+
+
+def no_motion(path, wanted_by: str) -> DecodeError:
+    """The one line for a still image where flow is wanted (`wanted_by`: "--modality flow embeds", ...)."""
+    return DecodeError(f"failed to sample {path}: a still image has no motion, which {wanted_by}; give it videos")
 
 
 @dataclass(frozen=True)
