@@ -25,12 +25,14 @@ ffmpeg-libs:
 
 install: $(VENV)/.installed ffmpeg-libs
 
+# Every core: the suite is mostly processes (real extracts, kills, signals) that wait as much as they compute.
+# --dist loadfile keeps a module's tests, and its module-scoped fixtures, in one worker.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The edit loop: every module's tests but the `slow` end-to-end ones (real processes, kills, training to a score).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 # docs/cli.md from the commands' own option definitions (tests/test_cli_reference.py fails when they differ)
 docs: install
