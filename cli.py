@@ -34,10 +34,10 @@ from ui.options import (Device, Force, Json, OutDir, StoreWeights, choices, conf
                         with_settings)
 from ui.render import (epoch_progress, extract_progress, finetune_progress, finetune_splits, finetune_title,
                        item_progress, lit, out, print_cluster, print_compacted, print_evaluation, print_explained,
-                       print_extract_summary, print_failures, print_finetuned, print_fit, print_info, print_launch,
-                       print_meta_update, print_metrics, print_pooled, print_predictions, print_repeated, print_runs,
-                       print_temporal, print_thumbnails, print_verify, progress_bar, show_library_notes, stage_progress,
-                       sweep_progress, warn_skipped)
+                       print_extract_summary, print_failures, print_finetuned, print_fit, print_fused, print_info,
+                       print_launch, print_meta_update, print_metrics, print_pooled, print_predictions,
+                       print_repeated, print_runs, print_temporal, print_thumbnails, print_verify, print_zero_shot,
+                       progress_bar, show_library_notes, stage_progress, sweep_progress, warn_skipped)
 
 show_library_notes()
 gc.freeze()  # what is loaded by now stays for the process: later full collections need not walk it again
@@ -234,8 +234,7 @@ def zero_shot(
     run_dir = out_dir or Path("runs") / f"{store.stem}-zeroshot"
     with user_errors("no run was written; an earlier run in --out is unchanged"):
         metrics = make_zero_shot(store, cfg, run_dir, None if weights is None else str(weights), force=force)
-    print_metrics({"test": metrics["test"]}, f"zero-shot on {metrics['backbone']}, {len(metrics['labels'])} "
-                  f"classes, {metrics['n_scored']} clips scored ({metrics['split']}) → {run_dir}")
+    print_zero_shot(metrics, run_dir)
 
 
 @app.command()
@@ -361,9 +360,7 @@ def fuse(
     run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
         metrics = fuse_runs(run_dirs, run_dir, parse_weights(weights), force=force)
-    print_metrics({"fused": metrics["test"], **metrics["alone"]},  # alone: keyed by each run's path as given
-                  f"late fusion on {metrics['n_common']} common test clips, weights "
-                  f"{','.join(f'{w:.2f}' for w in metrics['weights'])} → {run_dir}")
+    print_fused(metrics, run_dir)
 
 
 @app.command()

@@ -327,6 +327,19 @@ def print_metrics(by_split: dict[str, dict], title: str) -> None:
     out.print(t)
 
 
+def print_zero_shot(metrics: dict, run_dir: Path) -> None:
+    """zero-shot: the run's scores, titled with its backbone, classes and clips (print_metrics escapes the title)."""
+    print_metrics({"test": metrics["test"]}, f"zero-shot on {metrics['backbone']}, {len(metrics['labels'])} "
+                  f"classes, {metrics['n_scored']} clips scored ({metrics['split']}) → {run_dir}")
+
+
+def print_fused(metrics: dict, run_dir: Path) -> None:
+    """fuse: the fused and each run's own metrics (keyed by each run's path as given) on the common test clips."""
+    weights = ",".join(f"{w:.2f}" for w in metrics["weights"])
+    print_metrics({"fused": metrics["test"], **metrics["alone"]},
+                  f"late fusion on {metrics['n_common']} common test clips, weights {weights} → {run_dir}")
+
+
 def print_repeated(metrics: dict, title: str) -> None:
     """mean ± std per split of a repeated run or a sweep's chosen cell."""
     rows = {name: (metrics[name], metrics.get(f"{name}_std") or {}) for name in ("val", "cv", "test")
