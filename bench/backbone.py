@@ -3,6 +3,7 @@
 Variants, each through pipeline.Embedder exactly as extract runs them (uint8 NHWC frames in, normalization inside):
   eager     bf16 autocast + channels_last (extract's path before issue 13)
   compiled  the same, through torch.compile (inductor, freezing)   -- one-time cost: the first call
+  autocast  eager bf16 autocast without pipeline.fold's folded bf16 weights (what `eager` was before it)
   int8      PT2E static int8 (torchao X86InductorQuantizer), calibrated on --calib frames of the real clips, then
             compiled                                                 -- one-time cost: export + calibrate + compile
 Backbones are any --backbone name, families' included (`timm:convnext_tiny`): measure those with `--variants eager`
@@ -44,7 +45,8 @@ from pipeline import (Embedder, ExtractConfig, cpu_flags, cpu_kind, cpu_model, d
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = {"mobilenet_v2": str(SHARED / "weights" / "mobilenet_v2_float_dequantized.pth")}
-VARIANTS = ("eager", "compiled", "int8")
+TABLE_VARIANTS = ("eager", "compiled", "int8")  # what pipeline/accel.py's Measured holds
+VARIANTS = (*TABLE_VARIANTS, "autocast")  # autocast: eager bf16 as before pipeline.fold (for the ratio)
 
 
 def real_frames(manifest: Path, backbone, n_calib: int, n_eval: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,12 +98,12 @@ def embed_all(embed: Embedder, x: torch.Tensor, batch: int) -> np.ndarray:
 def measure(backbone, variant: str, batch: int, calib: torch.Tensor, evaluation: torch.Tensor,
             reference: np.ndarray, seconds: float) -> dict:
     embed = Embedder(backbone, torch.device("cpu"), "int8" if variant == "int8" else "bf16",
-                     compile=variant == "compiled", batch=batch)
+                     compile=variant == "compiled", batch=batch, fold=variant != "autocast")
     if variant == "int8":
         embed.calibrate(calib)
     t = time.perf_counter()
     out = embed_all(embed, evaluation, batch)  # compiles on its first call
-    setup = embed.setup_s if variant != "eager" else 0.0
+    setup = embed.setup_s if variant in ("compiled", "int8") else 0.0
     lo, mean = cosine(out, reference)
     row = {"backbone": backbone.name, "variant": variant, "batch": batch, "setup_s": round(setup, 2),
            "images_per_s": round(rate(embed, evaluation, batch, seconds), 1), "cosine_min": round(lo, 5),
@@ -149,16 +151,16 @@ def table(out: Path) -> None:
     batches (the coldest compile), and its min cosine; `trusted` where the weights are real (ImageNet)."""
     rows = json.loads(out.read_text())["rows"]
     for name in sorted({r["backbone"] for r in rows}):
-        mine = {v: [r for r in rows if r["backbone"] == name and r["variant"] == v] for v in VARIANTS}
+        mine = {v: [r for r in rows if r["backbone"] == name and r["variant"] == v] for v in TABLE_VARIANTS}
         if mine["eager"] and not (mine["compiled"] or mine["int8"]):  # a family's: eager only
             print(f'    "{name}": {best_of(mine["eager"])["batch"]},  # CPU_BATCH')
             continue
         if not all(mine.values()):
             print(f"# {name}: missing {[v for v, r in mine.items() if not r]}")
             continue
-        e, c, q = (best_of(mine[v]) for v in VARIANTS)
-        cost = {v: max(r["setup_s"] for r in mine[v]) for v in VARIANTS}
-        cos = {v: min(r["cosine_min"] for r in mine[v]) for v in VARIANTS}
+        e, c, q = (best_of(mine[v]) for v in TABLE_VARIANTS)
+        cost = {v: max(r["setup_s"] for r in mine[v]) for v in TABLE_VARIANTS}
+        cos = {v: min(r["cosine_min"] for r in mine[v]) for v in TABLE_VARIANTS}
         print(f'    "{name}": Measured(batch={e["batch"]}, eager={e["images_per_s"]}, compiled={c["images_per_s"]}, '
               f'compiled_batch={c["batch"]}, compile_s={cost["compiled"]}, compile_cosine={cos["compiled"]}, '
               f'int8={q["images_per_s"]}, int8_batch={q["batch"]}, int8_s={cost["int8"]}, '

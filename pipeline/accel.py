@@ -97,8 +97,22 @@ CPU_TABLES: dict[str, dict[str, Measured]] = {
                              trusted=False),
     },
 }
-# The table `auto` reads on this machine: its kind's, else the AVX512-BF16 one (the only one measured before kinds
-# were told apart) until bench/backbone.py has measured this kind.
+CPU_TABLES["amx"] = {
+    # bench/results/backbone_amx.json: 2 cores of an Intel Xeon with AMX-BF16/INT8 (+ AVX512-BF16/VNNI), idle.
+    # eager is pipeline.fold's folded bf16 weights (1.30-1.35x autocast's rate there, same run); compile_s is a
+    # fresh process's first compile (resnet18's and resnet50's own rows), the cost a run pays.
+    "mobilenet_v2": Measured(batch=8, eager=261.2, compiled=557.7, compiled_batch=8, compile_s=16.47,
+                             compile_cosine=0.99913, int8=571.5, int8_batch=8, int8_s=17.85, int8_cosine=0.99312,
+                             trusted=True),
+    "resnet18": Measured(batch=8, eager=286.5, compiled=477.7, compiled_batch=16, compile_s=13.57,
+                         compile_cosine=1.0, int8=765.6, int8_batch=8, int8_s=11.95, int8_cosine=0.99985,
+                         trusted=False),
+    "resnet50": Measured(batch=8, eager=104.1, compiled=193.6, compiled_batch=8, compile_s=17.43,
+                         compile_cosine=0.99999, int8=281.6, int8_batch=16, int8_s=35.76, int8_cosine=0.99979,
+                         trusted=False),
+}
+# The table `auto` reads on this machine: its kind's, else the AVX512-BF16 one (its eager figures are autocast's,
+# measured before pipeline.fold: compiling looks a little better there than it is) for a kind not measured.
 CPU_SPEED: dict[str, Measured] = CPU_TABLES.get(cpu_kind(), CPU_TABLES["avx512_bf16"])
 
 # Family backbones, measured eager bf16 only, beside resnet50 in the same run (bench/results/

@@ -9,6 +9,7 @@ import torch
 
 from pipeline.accel import batches_of, compile_model, pad_to, quantize_int8
 from pipeline.backbones import Backbone
+from pipeline.fold import folded_bf16
 
 
 class Embedder:
@@ -20,12 +21,21 @@ class Embedder:
 
     `compile` runs the model through torch.compile (inductor), compiled on the first call; precision 'int8' also
     needs `calibrate(units)` first (PT2E static quantization, then compiled). Both run `batch` units per call (the
-    first call's size when None), padding shorter ones. `setup_s` is what that one-time work took."""
+    first call's size when None), padding shorter ones. `setup_s` is what that one-time work took.
+
+    Eager bf16 on a CPU runs a copy with BatchNorm folded and bf16 weights where the model qualifies
+    (pipeline.fold; `fold=False`: autocast, as before, for bench/backbone.py's comparison), autocast otherwise."""
 
     def __init__(self, backbone: Backbone, device: torch.device, precision: str, compile: bool = False,
-                 batch: int | None = None):
+                 batch: int | None = None, fold: bool = True):
         self.device, self.quantized, self.video = device, backbone.cpu_only, backbone.is_video
         self.model = backbone.model.to(device)
+        self.int8 = precision == "int8"
+        self.compile, self.batch, self.setup_s = compile or self.int8, batch, 0.0
+        eager_bf16 = fold and device.type == "cpu" and precision == "bf16" and not (self.compile or self.quantized)
+        folded = folded_bf16(self.model) if eager_bf16 else None
+        self.bf16_weights = folded is not None  # the model's own weights are bf16 (pipeline.fold): no autocast
+        self.model = self.model if folded is None else folded
         if not self.quantized:
             self.model = self.model.to(memory_format=torch.channels_last_3d if self.video else torch.channels_last)
         shape = (1, 3, 1, 1, 1) if self.video else (1, 3, 1, 1)
@@ -34,8 +44,6 @@ class Embedder:
         self.std = torch.tensor(pre.std, device=device).view(shape) * 255
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.name = backbone.name
-        self.int8 = precision == "int8"
-        self.compile, self.batch, self.setup_s = compile or self.int8, batch, 0.0
         self.fast: torch.nn.Module | None = None  # the compiled (int8) model, once built
 
     @property
@@ -57,6 +65,8 @@ class Embedder:
         x = self._normalized(units)
         if self.needs_calibration:
             raise ValueError("an int8 Embedder quantizes on the source's own frames: call calibrate(units) first")
+        if self.bf16_weights:
+            return self.model(x.to(torch.bfloat16)).float().numpy()
         if self.compile and self.fast is None:
             self.batch = self.batch or len(x)
             self.fast, self.setup_s = compile_model(self.model, pad_to(x[:self.batch], self.batch), self.amp)
