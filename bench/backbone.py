@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=64, help="frames the cosine is computed on")
     ap.add_argument("--seconds", type=float, default=1.5, help="length of one timed block")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backbone.json")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's, one per core); 1 measures one lane of pipeline.lanes")
     ap.add_argument("--table", action="store_true", help="print the CPU_SPEED entries from --out and exit")
     ap.add_argument("--calibration-noise", action="store_true",
                     help="instead: int8 cosine between two calibrations on disjoint halves of --calib frames")
@@ -184,6 +186,8 @@ def main() -> None:
     if args.table:
         return table(args.out)
     rows, load_before, ready = [], os.getloadavg(), []
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for name in args.backbones:
         backbone = load_backbone(name, WEIGHTS.get(name, "none"))
         calib, evaluation = real_frames(args.data, backbone, args.calib, args.eval)

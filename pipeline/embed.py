@@ -24,16 +24,17 @@ class Embedder:
     first call's size when None), padding shorter ones. `setup_s` is what that one-time work took.
 
     Eager bf16 on a CPU runs a copy with BatchNorm folded and bf16 weights where the model qualifies
-    (pipeline.fold; `fold=False`: autocast, as before, for bench/backbone.py's comparison), autocast otherwise."""
+    (pipeline.fold; `fold=False`: autocast, as before, for bench/backbone.py's comparison), autocast otherwise. It
+    folds in place, holding no second copy, where `owns_model` says nothing else will run the backbone's model."""
 
     def __init__(self, backbone: Backbone, device: torch.device, precision: str, compile: bool = False,
-                 batch: int | None = None, fold: bool = True):
+                 batch: int | None = None, fold: bool = True, owns_model: bool = False):
         self.device, self.quantized, self.video = device, backbone.cpu_only, backbone.is_video
         self.model = backbone.model.to(device)
         self.int8 = precision == "int8"
         self.compile, self.batch, self.setup_s = compile or self.int8, batch, 0.0
         eager_bf16 = fold and device.type == "cpu" and precision == "bf16" and not (self.compile or self.quantized)
-        folded = folded_bf16(self.model) if eager_bf16 else None
+        folded = folded_bf16(self.model, in_place=owns_model) if eager_bf16 else None
         self.bf16_weights = folded is not None  # the model's own weights are bf16 (pipeline.fold): no autocast
         self.model = self.model if folded is None else folded
         if not self.quantized:

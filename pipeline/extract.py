@@ -43,6 +43,7 @@ from pipeline.flow.compute import (CLASSICAL, FLOW_METHODS, FlowComputer, RaftWe
 from pipeline.flow.save import FlowSaver, claim_flow_folder
 from pipeline.flow.steps import flow_steps
 from pipeline.flow.stream import FlowEmbedder, flow_backbone
+from pipeline.lanes import in_lanes
 from pipeline.speed import Speed, speed_for
 from pipeline.sources import Item, item_kind, shard_items
 from pipeline.stages import POLL_S, Batch, DecodeStream, DecodeWorkers, Done, InOrder, Rows, rebatch
@@ -241,7 +242,8 @@ def resolve(cfg: ExtractConfig, store: StoreConfig | None, todo: list[Item]) -> 
     decoder = decoder_for(cfg.decoder, engine, device, store)
     geometry = geometry_of(chosen.preprocess, cfg.size, cfg.crop, engine, decoder.name)
     if cfg.modality != "flow":
-        speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling)
+        speed = speed_for(cfg.precision, cfg.compile, cfg.batch_size, chosen, device, todo, cfg.sampling,
+                          _lane_cores(cfg))
         return Resolved(chosen, geometry, device, speed, store_config(cfg, chosen, geometry, device, speed),
                         note=decoder.note)
     if decoder.name != "pyav":  # flow stacks are cut from PyAV's frame stream (pipeline/decode/stacks.py)
@@ -457,8 +459,7 @@ def _embed_into(writer: StoreWriter, backbone: Backbone, run: Resolved, items: l
             embed, stage = embedder(backbone, run.device, run.speed, cfg, run.raft, save)
             if embed.needs_calibration and todo:
                 embed.calibrate(calibration_units(items, cfg, run.geometry, run.device))
-            _run(todo, units, run.speed.batch_size, embed, finite_only(thread.put, cfg.dtype), result, on_progress,
-                 stage)
+            _run(todo, units, run.speed, embed, finite_only(thread.put, cfg.dtype), result, on_progress, stage)
     finally:
         result.seconds = time.perf_counter() - start
         try:
@@ -485,7 +486,8 @@ def embedder(backbone: Backbone, device: torch.device, speed: Speed, cfg: Extrac
     """(what embeds a batch, the stage between rebatching and it): for --modality flow, the flow computed from the
     batch's frames (and saved where --save-flow asks) and embedded by the flow stream; for RGB, no stage."""
     if cfg.modality != "flow":
-        return Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size), None
+        # the backbone was built for this run: the embedder may fold it in place (pipeline.fold)
+        return Embedder(backbone, device, speed.precision, speed.compiled, speed.batch_size, owns_model=True), None
     compute = FlowComputer(cfg.flow, raft, device)
     return FlowEmbedder(backbone, device, speed.precision), lambda steps: flow_steps(steps, compute, save)
 
@@ -494,6 +496,12 @@ def decode_sampling(cfg: ExtractConfig) -> Sampling | ClipSampling | StackSampli
     """What the decode workers cut: the sampled frames or clips, or for --modality flow each sampled frame with the
     --flow-stack frames after it."""
     return StackSampling(cfg.sampling, cfg.flow_stack) if cfg.modality == "flow" else cfg.sampling
+
+
+def _lane_cores(cfg: ExtractConfig) -> int:
+    """Cores the model's lanes may use (pipeline.lanes): the process's, or ExtractConfig.model_threads where a
+    benchmark set the split by hand (then one lane runs that many threads)."""
+    return 1 if cfg.model_threads else cfg.cores or len(os.sched_getaffinity(0))
 
 
 def _auto_workers(device: torch.device, cores: int | None = None) -> int:
@@ -511,15 +519,16 @@ def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, devi
                                     worker_init_fn=init, timeout=POLL_S if workers else 0))
 
 
-def _run(todo: list[Item], units: DecodeWorkers, batch_size: int, embed: Embedder | FlowEmbedder,
+def _run(todo: list[Item], units: DecodeWorkers, speed: Speed, embed: Embedder | FlowEmbedder,
          sink: Callable[[VideoRecord], None], result: ExtractResult, on_progress,
          stage: Callable[[Iterator], Iterator] | None = None) -> None:
     videos = InOrder(todo, sink)
-    steps = rebatch(units, batch_size) if stage is None else stage(rebatch(units, batch_size))
+    steps = rebatch(units, speed.batch_size) if stage is None else stage(rebatch(units, speed.batch_size))
     try:
-        for step in calibrated(steps, embed) if embed.needs_calibration else steps:
+        steps = calibrated(steps, embed) if embed.needs_calibration else steps
+        for step, features in in_lanes(steps, embed, speed.lanes):
             if isinstance(step, Batch):
-                videos.add(step, embed(step.units()))
+                videos.add(step, features)
                 result.startup_s = result.startup_s or seconds_since_process_start()
                 result.setup_s = embed.setup_s
                 continue
@@ -689,7 +698,7 @@ def embed_files(paths: list[str], config: StoreConfig, device: str = "auto",
     embed, stage = embedder(backbone, dev, speed, cfg, raft)
     units = decode_loader(items, cfg, geometry, dev)
     try:
-        _run(items, units, speed.batch_size, embed, records.append, result, None, stage)
+        _run(items, units, speed, embed, records.append, result, None, stage)
     finally:
         units.close()
     for r in (fail_non_finite(r, cfg.dtype) for r in records):  # as extract would store them, or failed

@@ -3,6 +3,7 @@ vector. The block is found by its module name (`model.named_modules()`: `layer3`
 `blocks.6`), so one mechanism serves torchvision and every family."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -39,16 +40,20 @@ class LayerPool(nn.Module):
     def __init__(self, model: nn.Module, layer: str, channels_last: bool = False):
         super().__init__()
         self.model, self.layer, self.channels_last = model, layer, channels_last
-        self._out: torch.Tensor | None = None
+        self._kept = threading.local()  # per thread: pipeline.lanes runs one module in several threads at once
         self.hook = model.get_submodule(layer).register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, args, output) -> None:
-        self._out = output
+        self._kept.out = output
+
+    def taken(self) -> torch.Tensor | tuple | None:
+        """What the layer gave in this thread's last forward pass (then forgotten)."""
+        out, self._kept.out = getattr(self._kept, "out", None), None
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.model(x)
-        out, self._out = self._out, None
-        return pool(out, self.channels_last)
+        return pool(self.taken(), self.channels_last)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -63,6 +68,7 @@ def trace_layer(skeleton: nn.Module, layer: str, example: torch.Tensor) -> Layer
         skeleton(example)
     finally:
         probe.hook.remove()  # the skeleton is cached: leave it as it was
-    out = probe._out[0] if isinstance(probe._out, (tuple, list)) else probe._out
+    out = probe.taken()
+    out = out[0] if isinstance(out, (tuple, list)) else out
     channels_last = _is_channels_last(out.shape)
     return Layer(layer, int(pool(out, channels_last).shape[-1]), channels_last)

@@ -24,21 +24,26 @@ class Speed:
     precision: str    # fp32 | bf16 | fp16 | int8
     compiled: bool    # torch.compile (inductor); int8 always is
     batch_size: int   # units per forward pass
+    lanes: int = 1    # batches embedding at once, each in a thread with one intra-op thread (pipeline.lanes)
 
 
 def speed_for(precision: str, compile: str, batch_size: int | None, backbone: Backbone | BackboneWeights,
-              device: torch.device, todo: list[Item], sampling: Sampling | ClipSampling) -> Speed:
+              device: torch.device, todo: list[Item], sampling: Sampling | ClipSampling, cores: int = 1) -> Speed:
     """The Speed for the --precision / --compile / --batch-size asked for; `auto` picks int8 or compiling only
     where bench/backbone.py measured cosine >= 0.999 to fp32 and the time saved on this run exceeds the one-time
-    cost. --batch-size is honoured as given; otherwise accel.default_batch for the device and variant."""
+    cost. Eager models on a CPU run one lane per core of `cores` (pipeline.lanes). --batch-size is honoured as
+    given (per lane); otherwise accel.default_batch for the device and variant, split between the lanes."""
     size = RunSize(todo, sampling)
     chosen = resolve_precision(precision, device, backbone)
     if precision == "auto" and _auto_int8(backbone, device, size):
         chosen = "int8"
     compiled = _compiled(compile, chosen, backbone, device, size)
     variant = "int8" if chosen == "int8" else "compiled" if compiled else "eager"
-    batch = batch_size or accel.default_batch(backbone.name, backbone.is_video, device, variant)
-    return Speed(chosen, compiled, batch)
+    lanes = cores if device.type == "cpu" and variant == "eager" and not backbone.cpu_only else 1
+    # lanes split the measured batch: as many units in flight as one lane of it, and one thread's best batch is
+    # smaller (bench/results/backbone_amx_lane.json: batch 4 within 4 % of the best for each measured backbone)
+    batch = batch_size or max(1, accel.default_batch(backbone.name, backbone.is_video, device, variant) // lanes)
+    return Speed(chosen, compiled, batch, lanes)
 
 
 def _compiled(compile: str, precision: str, backbone: Backbone, device: torch.device, size: RunSize) -> bool:

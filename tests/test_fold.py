@@ -109,3 +109,15 @@ def test_a_hooked_model_such_as_a_layer_store_keeps_its_hook_and_runs_under_auto
     bf16 = Embedder(b, CPU, "bf16")
     assert not bf16.bf16_weights
     assert min_cosine(bf16(x), Embedder(b, CPU, "fp32")(x)) > 0.999
+
+
+def test_a_model_its_owner_hands_over_is_folded_in_place_with_no_second_copy_and_the_same_features():
+    torch.manual_seed(0)
+    model = with_real_looking_statistics(torchvision.models.resnet18(num_classes=10))
+    x = frames(4)
+    copied = Embedder(backbone(model, 10), CPU, "bf16")(x)
+    conv_weight = model.conv1.weight
+    owned = Embedder(backbone(model, 10), CPU, "bf16", owns_model=True)
+    assert owned.bf16_weights and model.conv1.weight is not conv_weight and model.conv1.weight.dtype == torch.bfloat16
+    assert owned.model.conv1 is model.conv1  # the model's own module, folded: nothing was copied
+    assert np.array_equal(owned(x), copied)
