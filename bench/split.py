@@ -28,12 +28,14 @@ from pipeline import (ExtractConfig, cpu_flags, cpu_kind, cpu_model, load_backbo
                       resolve_device, sampling_for, speed_for)
 
 # name -> (ExtractConfig.model_threads, ExtractConfig.decode_nice, extra environment of the process)
+CORES = len(os.sched_getaffinity(0))
 SPLITS = {
-    "default": (None, 0, {}),                                 # torch's threads on every core, the worker beside them
+    "default": (None, 0, {}),                   # eager: one lane per core (pipeline.lanes), the worker beside them
+    "one_lane": (CORES, 0, {}),                 # one lane, torch's threads on every core (the default before lanes)
     "worker_nice_10": (None, 10, {}),                         # the model keeps its cores, the worker fills the gaps
     "omp_passive": (None, 0, {"OMP_WAIT_POLICY": "PASSIVE"}),  # idle model threads sleep instead of spinning
     "omp_passive_nice_10": (None, 10, {"OMP_WAIT_POLICY": "PASSIVE"}),
-    "model_cores_minus_1": (max(1, len(os.sched_getaffinity(0)) - 1), 0, {}),  # a core of the decoder's own
+    "model_cores_minus_1": (max(1, CORES - 1), 0, {}),  # one lane, a core of the decoder's own
 }
 
 CHILD = """

@@ -78,6 +78,7 @@ class Measured:
     int8_s: float         # export + calibration + convert + compile
     int8_cosine: float
     trusted: bool         # cosines measured with real (ImageNet) weights; the random-init ones say less
+    lane_batch: int | None = None  # eager batch per lane (pipeline.lanes); None: `batch` split between the lanes
 
 
 # Per CPU kind (cpu_kind: oneDNN runs other kernels with AMX tiles than with AVX512-BF16), each from its own
@@ -107,9 +108,11 @@ CPU_TABLES["amx"] = {
     "resnet18": Measured(batch=8, eager=286.5, compiled=477.7, compiled_batch=16, compile_s=13.57,
                          compile_cosine=1.0, int8=765.6, int8_batch=8, int8_s=11.95, int8_cosine=0.99985,
                          trusted=False),
+    # lane_batch 2: in the loop beside the decoder (80 clips, 2 lanes, alternating, twice) batch 2 ran at 0.98 of
+    # batch 4's frames/s and peaked 45 MB lower (901 vs 949 MB): what keeps resnet50 within the peer's RSS + 15 %
     "resnet50": Measured(batch=8, eager=104.1, compiled=193.6, compiled_batch=8, compile_s=17.43,
                          compile_cosine=0.99999, int8=281.6, int8_batch=16, int8_s=35.76, int8_cosine=0.99979,
-                         trusted=False),
+                         trusted=False, lane_batch=2),
 }
 # The table `auto` reads on this machine: its kind's, else the AVX512-BF16 one (its eager figures are autocast's,
 # measured before pipeline.fold: compiling looks a little better there than it is) for a kind not measured.
@@ -127,6 +130,16 @@ CPU_BATCH: dict[str, int] = {
 # A family's unmeasured names: its measured ones' batch (the curated others are as costly or costlier: vit_base,
 # DINOv2; small batches keep a costly model's activations in cache, as resnet50's 8 against resnet18's 16)
 FAMILY_CPU_BATCH: dict[str, int] = {"timm": 8}
+
+
+def lane_batch(backbone: str, video: bool, device: torch.device, lanes: int) -> int:
+    """Eager units per forward pass in each of `lanes` lanes (pipeline.lanes): measured where bench measured it in
+    the loop (Measured.lane_batch), else the one-lane batch split between the lanes: as many units in flight, and
+    one thread's best batch is smaller (bench/results/backbone_amx_lane.json: batch 4 within 4 % of the best)."""
+    m = CPU_SPEED.get(backbone)
+    if lanes > 1 and m is not None and m.lane_batch:
+        return m.lane_batch
+    return max(1, default_batch(backbone, video, device, "eager") // lanes)
 
 
 def default_batch(backbone: str, video: bool, device: torch.device, variant: str = "eager") -> int:

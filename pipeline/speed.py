@@ -40,9 +40,8 @@ def speed_for(precision: str, compile: str, batch_size: int | None, backbone: Ba
     compiled = _compiled(compile, chosen, backbone, device, size)
     variant = "int8" if chosen == "int8" else "compiled" if compiled else "eager"
     lanes = cores if device.type == "cpu" and variant == "eager" and not backbone.cpu_only else 1
-    # lanes split the measured batch: as many units in flight as one lane of it, and one thread's best batch is
-    # smaller (bench/results/backbone_amx_lane.json: batch 4 within 4 % of the best for each measured backbone)
-    batch = batch_size or max(1, accel.default_batch(backbone.name, backbone.is_video, device, variant) // lanes)
+    batch = batch_size or (accel.lane_batch(backbone.name, backbone.is_video, device, lanes) if lanes > 1 else
+                           accel.default_batch(backbone.name, backbone.is_video, device, variant))
     return Speed(chosen, compiled, batch, lanes)
 
 
