@@ -25,7 +25,7 @@ from featstore.config import POOLS
 from finetune.config import FinetuneConfig
 from heads.budget import MemoryBudget
 from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig, ZeroShotConfig
-from heads.models import HEADS
+from heads.kinds import HEAD_KINDS
 from pipeline.catalog import CatalogQuery
 from pipeline.extract import COMPRESSIONS, ExtractConfig
 from pipeline.request import EngineFlags, SamplingFlags
@@ -177,7 +177,7 @@ def pool(
     print_pooled(result)
 
 
-HeadKind = choices("HeadKind", *HEADS)
+HeadKind = choices("HeadKind", *HEAD_KINDS)
 SplitKind = choices("SplitKind", *SPLITS)
 Plot = choices("Plot", *PLOTS)
 Fuse = choices("Fuse", *FUSE_MODES)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from featstore.errors import FramecacheError
 from featstore.settings import check_settings, setting
 from heads.config import SPLITS
-from heads.models import HEADS
+from heads.kinds import HEAD_KINDS
 from pipeline.decode import CROPS
 from pipeline.device import PRECISIONS
 from pipeline.extract import DEFAULT_FLOW, DEFAULT_FLOW_STACK, MODALITIES
@@ -45,7 +45,7 @@ class FinetuneConfig:
     flow_stack: int = setting(DEFAULT_FLOW_STACK, "--modality flow: flows per stack (L: 2L input channels).", ge=1)
     # a fit-head run on a store of this backbone/weights; else a new head
     init_head: str | None = setting(None, "Start from this fit-head run's head (same backbone/weights/input).")
-    head: str = setting("linear", "New head's kind when no --init-head.", choices=HEADS)
+    head: str = setting("linear", "New head's kind when no --init-head.", choices=HEAD_KINDS)
     # without --init-head: fit --head on the frozen backbone's features first, then fine-tune from it (LP-FT)
     probe: bool = setting(True, "Without --init-head: start from a probe of the frozen backbone.")
     hidden: int = setting(256, "", ge=1)  # the new head's width; the temporal projection's hidden width

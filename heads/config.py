@@ -11,7 +11,7 @@ from featstore.config import POOLS  # the pool command's choices, cluster-eval's
 from featstore.errors import FramecacheError
 from featstore.settings import check_settings, setting
 from heads.budget import MemoryBudget
-from heads.models import HEADS, MEMORY_HEADS, HeadConfig, HeadError
+from heads.kinds import HEAD_KINDS, MEMORY_HEAD_KINDS, HeadConfig, HeadError
 
 TASKS = ("auto", "multiclass", "multilabel")
 SPLITS = ("official", "group", "stratified")
@@ -27,7 +27,7 @@ FUSE_MODES = ("concat",)  # fit-head --fuse: how two stores' features of the sam
 @dataclass
 class TrainConfig(MemoryBudget):  # memory_budget: where the rows live, not what is learnt (no sweep axis)
     head: str = setting("linear", "Head architecture (knn: a neighbour vote, no training).",
-                        choices=(*HEADS, *MEMORY_HEADS))
+                        choices=(*HEAD_KINDS, *MEMORY_HEAD_KINDS))
     task: str = setting("auto", "auto: multilabel when any item has several labels.", choices=TASKS)
     split: str = setting("official", "official: the store's split column; stratified: by label, no group on "
                          "both sides when the store has groups; group: the same, refused without groups.",

@@ -9,32 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from featstore.errors import FramecacheError
-
-
-class HeadError(FramecacheError, ValueError):
-    """A head, split or run that cannot be built as asked; the message names the flag and value."""
-
-
-@dataclass
-class HeadConfig:
-    kind: str = "linear"         # a key of HEADS
-    in_dim: int = 0              # D, the store's feature dimension
-    n_classes: int = 2           # C, logits per clip
-    hidden: int = 256            # MLP width, RNN hidden size, transformer width
-    layers: int = 1              # MLP hidden layers, RNN layers, transformer encoder layers
-    bidirectional: bool = False  # rnn / gru / lstm only
-    dropout: float = 0.0         # before the classifier (and between layers where there are several)
-    proj_dim: int = 0            # project frames to this many dims first (0: keep D)
-    heads: int = 4               # transformer attention heads (must divide hidden)
-    max_len: int = 64            # transformer learned positions: the most frames a clip may have
-    pool: str = "mean"           # transformer pooling: masked "mean" or a learned "cls" token
+from heads.kinds import HEAD_KINDS, MADE_HEAD_KINDS, MEMORY_HEAD_KINDS, HeadConfig, HeadError  # noqa: F401
 
 
 def length_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
@@ -281,6 +261,7 @@ MEMORY_HEADS: dict[str, type[nn.Module]] = {"knn": KNNHead}
 
 # Heads made from something else than the store's clips (cli.py zero-shot): fit-head and finetune cannot train them.
 MADE_HEADS: dict[str, type[nn.Module]] = {"zeroshot": ZeroShotHead}
+assert (tuple(HEADS), tuple(MEMORY_HEADS), tuple(MADE_HEADS)) == (HEAD_KINDS, MEMORY_HEAD_KINDS, MADE_HEAD_KINDS)
 
 
 # Heads that pool rows order-blind into one vector: each row alone is a valid input, so evaluate also scores rows
