@@ -85,11 +85,11 @@ def test_flags_of_the_wrong_kind_are_one_line_errors(clip_dataset, tmp_path, arg
     assert message in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
 
 
-# The CLI builds every command's choices from the registries (heads.config, heads.budget and heads.models: torch only),
+# The CLI builds every command's choices from the registries (heads.config, heads.budget and heads.kinds: no torch),
 # so those load; nothing that trains, scores or plots may: no other heads module, no scikit-learn, no matplotlib.
 STARTUP_PROBE = """
 import atexit, sys
-LIGHT = {"heads", "heads.budget", "heads.config", "heads.models"}
+LIGHT = {"heads", "heads.budget", "heads.config", "heads.kinds"}
 atexit.register(lambda: print("STAGE2", sorted(m for m in sys.modules if m.split(".")[0] in {"heads", "sklearn",
                                                                                              "matplotlib"}
                                                and m not in LIGHT)))
