@@ -15,6 +15,9 @@ from pipeline.decode import ClipSampling, Sampling
 from pipeline.device import resolve_precision
 from pipeline.sources import Item, special_file
 
+# Lanes were measured on 2 cores (bench/results/split_amx.json). A bigger CPU keeps one lane on every core until
+# measured: one lane per core there would mean batches of 1 and as many in flight as cores, beside one decode worker.
+MAX_LANES = 4
 PROBED_ITEMS = 4  # headers read to estimate a run's size (a few ms each), only when auto must weigh a one-time cost
 PROBE_S = 2.0     # a header not read by then counts 0 (a file that does not answer: a stalled network mount)
 
@@ -31,15 +34,17 @@ def speed_for(precision: str, compile: str, batch_size: int | None, backbone: Ba
               device: torch.device, todo: list[Item], sampling: Sampling | ClipSampling, cores: int = 1) -> Speed:
     """The Speed for the --precision / --compile / --batch-size asked for; `auto` picks int8 or compiling only
     where bench/backbone.py measured cosine >= 0.999 to fp32 and the time saved on this run exceeds the one-time
-    cost. Eager models on a CPU run one lane per core of `cores` (pipeline.lanes). --batch-size is honoured as
-    given (per lane); otherwise accel.default_batch for the device and variant, split between the lanes."""
+    cost. Eager models on a CPU of up to MAX_LANES `cores` run one lane per core (pipeline.lanes). --batch-size
+    is honoured as given (per lane); otherwise accel.default_batch for the device and variant, split between the
+    lanes."""
     size = RunSize(todo, sampling)
     chosen = resolve_precision(precision, device, backbone)
     if precision == "auto" and _auto_int8(backbone, device, size):
         chosen = "int8"
     compiled = _compiled(compile, chosen, backbone, device, size)
     variant = "int8" if chosen == "int8" else "compiled" if compiled else "eager"
-    lanes = cores if device.type == "cpu" and variant == "eager" and not backbone.cpu_only else 1
+    lanes = cores if device.type == "cpu" and variant == "eager" and not backbone.cpu_only and cores <= MAX_LANES \
+        else 1
     batch = batch_size or (accel.lane_batch(backbone.name, backbone.is_video, device, lanes) if lanes > 1 else
                            accel.default_batch(backbone.name, backbone.is_video, device, variant))
     return Speed(chosen, compiled, batch, lanes)

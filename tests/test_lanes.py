@@ -14,7 +14,7 @@ from pipeline.decode import Sampling
 from pipeline.extract import extract
 from pipeline.lanes import in_lanes
 from pipeline.sources import load_source
-from pipeline.speed import speed_for
+from pipeline.speed import MAX_LANES, speed_for
 from pipeline.stages import Batch, Done, Rows
 
 CPU = torch.device("cpu")
@@ -80,13 +80,14 @@ def test_an_error_in_a_lane_reaches_the_caller_and_no_lane_keeps_running():
     assert not [t for t in threading.enumerate() if t.name.startswith("lane")]
 
 
-def test_eager_cpu_runs_one_lane_per_core_splitting_the_measured_batch_and_everything_else_one_lane():
+def test_eager_cpu_runs_one_lane_per_core_of_a_small_cpu_splitting_the_measured_batch_else_one_lane():
     resnet = load_backbone("resnet18", "none")
     whole = speed_for("bf16", "off", None, resnet, CPU, [], Sampling(every=2))
     split = speed_for("bf16", "off", None, resnet, CPU, [], Sampling(every=2), cores=2)
     assert (whole.lanes, split.lanes) == (1, 2) and split.batch_size == max(1, whole.batch_size // 2)
     assert speed_for("bf16", "off", 6, resnet, CPU, [], Sampling(every=2), cores=2).batch_size == 6  # as given
     assert speed_for("bf16", "off", None, resnet, torch.device("cuda"), [], Sampling(every=2), cores=2).lanes == 1
+    assert speed_for("bf16", "off", None, resnet, CPU, [], Sampling(every=2), cores=MAX_LANES + 1).lanes == 1
 
 
 def test_extract_in_lanes_stores_what_one_lane_stores(tmp_path):
