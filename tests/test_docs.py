@@ -3,17 +3,18 @@
 A command line is a `python cli.py ...` or `framecache ...` line in a fenced block (backslash continuations
 joined). A block is illustrative when its fence says ```text (a synopsis) or a line of it starts with
 `# illustrative` (it needs a cluster, the dataset, a GPU); every other block's commands are run here, in order, in
-one folder, on generated clips, with the substitutions below making them small. docs/cli.md is generated from the
-commands themselves and checked against them by its own test, so it is left out here.
+one folder, on generated clips, with the substitutions below making them small. They run in this process
+(helpers.invoke): what is checked is each command's result, and a child process would pay the imports again for
+every line. docs/cli.md is generated from the commands themselves and checked against them by its own test, so it is
+left out here.
 """
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import typer
+from helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "cli.md")]
@@ -52,7 +53,7 @@ def test_every_fenced_command_names_a_command_the_cli_has():
 
 
 @pytest.mark.slow
-def test_every_fenced_command_that_is_not_illustrative_runs_on_generated_clips(tmp_path):
+def test_every_fenced_command_that_is_not_illustrative_runs_on_generated_clips(tmp_path, monkeypatch):
     import torch
 
     from data.synth import make_temporal_dataset
@@ -62,6 +63,7 @@ def test_every_fenced_command_that_is_not_illustrative_runs_on_generated_clips(t
     make_temporal_dataset(clips, n_per_class=4, frames=8, size=32, seed=1)
     mobilenet = tmp_path / "mobilenet_v2.pth"
     torch.save(load_backbone("mobilenet_v2", "none").model.state_dict(), mobilenet)
+    monkeypatch.chdir(tmp_path)  # the documented relative paths (stores/, runs/) land here
     values = {"clips": clips, "clip": sorted(clips.rglob("*.mp4"))[0], "mobilenet": mobilenet}
     for doc, illustrative, line in fenced_commands():
         if illustrative:
@@ -70,6 +72,5 @@ def test_every_fenced_command_that_is_not_illustrative_runs_on_generated_clips(t
         for pattern, replacement in SMALL:
             small = re.sub(pattern, replacement.format(**values), small)
         args = shlex.split(re.sub(r"^(\$ )?(framecache|python cli\.py)", "", small), comments=True)
-        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)
-        assert res.returncode == 0, f"{doc}: {line}\n(run as: {' '.join(args)})\n{res.stderr[-1500:]}"
+        res = invoke(*args)
+        assert res.exit_code == 0, f"{doc}: {line}\n(run as: {' '.join(args)})\n{res.output[-1500:]}\n{res.exception!r}"

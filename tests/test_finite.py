@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import extract_flags, run_cli, write_clips
+from helpers import extract_flags, invoke, run_cli, write_clips
 
 from featstore import StoreWriter, VideoRecord, open_store, verify_store
 from featstore.finite import fail_non_finite
@@ -27,9 +27,9 @@ def clips(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def float32_store(clips, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("f32") / "store"
-    done = run_cli("extract", clips, *OVERFLOWS, "--dtype", "float32", "--store", store)
-    assert done.returncode == 0, done.stderr
+    store = tmp_path_factory.mktemp("f32") / "store"  # a store to read: made in this process
+    done = invoke("extract", clips, *OVERFLOWS, "--dtype", "float32", "--store", store)
+    assert done.exit_code == 0, done.output
     return store
 
 
