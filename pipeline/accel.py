@@ -31,23 +31,23 @@ class AccelError(FramecacheError, ValueError):
     """A --precision int8 / --compile request this machine or backbone cannot honour; the message says what to do."""
 
 
+def _cpuinfo(key: str) -> str | None:
+    """The value of /proc/cpuinfo's first `key` line (None where it cannot be read or has none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), None)
+
+
 def cpu_flags() -> set[str]:
     """This CPU's flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_model() -> str:
     """This CPU's model name as /proc/cpuinfo gives it ("unknown" where it cannot be read)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown"
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+    return _cpuinfo("model name") or "unknown"
 
 
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # the instructions oneDNN's int8 convolutions are fast with
@@ -97,22 +97,22 @@ CPU_TABLES: dict[str, dict[str, Measured]] = {
                              compile_cosine=0.99999, int8=75.9, int8_batch=8, int8_s=75.06, int8_cosine=0.99979,
                              trusted=False),
     },
-}
-CPU_TABLES["amx"] = {
-    # bench/results/backbone_amx.json: 2 cores of an Intel Xeon with AMX-BF16/INT8 (+ AVX512-BF16/VNNI), idle.
-    # eager is pipeline.fold's folded bf16 weights (1.30-1.35x autocast's rate there, same run); compile_s is a
-    # fresh process's first compile (resnet18's and resnet50's own rows), the cost a run pays.
-    "mobilenet_v2": Measured(batch=8, eager=261.2, compiled=557.7, compiled_batch=8, compile_s=16.47,
-                             compile_cosine=0.99913, int8=571.5, int8_batch=8, int8_s=17.85, int8_cosine=0.99312,
-                             trusted=True),
-    "resnet18": Measured(batch=8, eager=286.5, compiled=477.7, compiled_batch=16, compile_s=13.57,
-                         compile_cosine=1.0, int8=765.6, int8_batch=8, int8_s=11.95, int8_cosine=0.99985,
-                         trusted=False),
-    # lane_batch 2: in the loop beside the decoder (80 clips, 2 lanes, alternating, twice) batch 2 ran at 0.98 of
-    # batch 4's frames/s and peaked 45 MB lower (901 vs 949 MB): what keeps resnet50 within the peer's RSS + 15 %
-    "resnet50": Measured(batch=8, eager=104.1, compiled=193.6, compiled_batch=8, compile_s=17.43,
-                         compile_cosine=0.99999, int8=281.6, int8_batch=16, int8_s=35.76, int8_cosine=0.99979,
-                         trusted=False, lane_batch=2),
+    "amx": {
+        # bench/results/backbone_amx.json: 2 cores of an Intel Xeon with AMX-BF16/INT8 (+ AVX512-BF16/VNNI), idle.
+        # eager is pipeline.fold's folded bf16 weights (1.30-1.35x autocast's rate there, same run); compile_s is a
+        # fresh process's first compile (resnet18's and resnet50's own rows), the cost a run pays.
+        "mobilenet_v2": Measured(batch=8, eager=261.2, compiled=557.7, compiled_batch=8, compile_s=16.47,
+                                 compile_cosine=0.99913, int8=571.5, int8_batch=8, int8_s=17.85, int8_cosine=0.99312,
+                                 trusted=True),
+        "resnet18": Measured(batch=8, eager=286.5, compiled=477.7, compiled_batch=16, compile_s=13.57,
+                             compile_cosine=1.0, int8=765.6, int8_batch=8, int8_s=11.95, int8_cosine=0.99985,
+                             trusted=False),
+        # lane_batch 2: in the loop beside the decoder (80 clips, 2 lanes, alternating, twice) batch 2 ran at 0.98 of
+        # batch 4's frames/s and peaked 45 MB lower (901 vs 949 MB): what keeps resnet50 within the peer's RSS + 15 %
+        "resnet50": Measured(batch=8, eager=104.1, compiled=193.6, compiled_batch=8, compile_s=17.43,
+                             compile_cosine=0.99999, int8=281.6, int8_batch=16, int8_s=35.76, int8_cosine=0.99979,
+                             trusted=False, lane_batch=2),
+    },
 }
 # The table `auto` reads on this machine: its kind's, else the AVX512-BF16 one (its eager figures are autocast's,
 # measured before pipeline.fold: compiling looks a little better there than it is) for a kind not measured.
@@ -133,11 +133,11 @@ FAMILY_CPU_BATCH: dict[str, int] = {"timm": 8}
 
 
 def lane_batch(backbone: str, video: bool, device: torch.device, lanes: int) -> int:
-    """Eager units per forward pass in each of `lanes` lanes (pipeline.lanes): measured where bench measured it in
+    """Eager units per forward pass in each of `lanes` (> 1) lanes (pipeline.lanes): measured where bench measured it in
     the loop (Measured.lane_batch), else the one-lane batch split between the lanes: as many units in flight, and
     one thread's best batch is smaller (bench/results/backbone_amx_lane.json: batch 4 within 4 % of the best)."""
     m = CPU_SPEED.get(backbone)
-    if lanes > 1 and m is not None and m.lane_batch:
+    if m is not None and m.lane_batch:
         return m.lane_batch
     return max(1, default_batch(backbone, video, device, "eager") // lanes)
 
