@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
-from pipeline import FlowComputer, Geometry, Sampling, decode_video, load_source  # noqa: E402
+from pipeline import FlowComputer, Geometry, Sampling, cpu_model, decode_video, load_source  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_float_dequantized.pth"
@@ -41,8 +40,7 @@ PAIRS = {"farneback": 200, "raft_small": 6, "raft_large": 3}  # pairs timed per 
 
 def machine() -> dict:
     """The CPU every figure here was measured on (and how busy it was: this machine may be shared)."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+    model = cpu_model()
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     flags = next((ln.split(":", 1)[1].split() for ln in lscpu.splitlines() if ln.startswith("Flags")), [])
     import cv2

@@ -40,6 +40,7 @@ from heads.budget import budget_bytes  # noqa: E402
 from heads.data import batches, build_vocab, encode_targets, load_cache, make_splits  # noqa: E402
 from heads.run import fit_head  # noqa: E402
 from heads.train import TrainConfig, make_optimizer, prepare_head, train_one_epoch  # noqa: E402
+from pipeline.accel import cpu_model  # noqa: E402
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 CLIPS, FRAMES, DIM, CLASSES = 9537, 25, 2048, 101
@@ -120,8 +121,7 @@ def resnet50_frames_per_second(batch: int = 16, steps: int = 3) -> dict:
 
 def machine() -> dict:
     """The CPU model and its lscpu flags, beside every figure."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
+    model = cpu_model()
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     flags = next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
     return {"cpu_model": model, "lscpu_flags": flags, "cpus": os.cpu_count(), "torch": torch.__version__,

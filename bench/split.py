@@ -83,7 +83,7 @@ def main() -> None:
     manifest = args.data / "manifest.csv"
     items = load_source(manifest)[:args.limit]
     flags = sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512", "avx_vnni", "avx2")))
-    result = {"cpu_model": cpu_model(), "cpu_kind": cpu_kind(), "flags": flags, "cores": len(os.sched_getaffinity(0)),
+    result = {"cpu_model": cpu_model(), "cpu_kind": cpu_kind(), "flags": flags, "cores": CORES,
               "clips": len(items), "every": args.every, "runs": []}
     for name in args.backbones:
         run = {"backbone": name, **ceiling(name, items, args.every), "E_loop": {s: [] for s in args.splits}}

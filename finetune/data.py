@@ -8,7 +8,6 @@ run sees exactly the data an uninterrupted one sees, whatever the number of work
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -228,12 +227,6 @@ def clip_batches(dataset: ClipFrames, order: list[int], batch_size: int, workers
         raise ClipsLost({dataset.items[slot].id: why for slot, why in lost.lost.items()}) from None
     finally:
         batches.close()
-
-
-def default_workers(device: torch.device) -> int:
-    """extract's rule: on a GPU up to 8 decode processes (one core left for the main one); on a CPU one, since
-    decoding and the model share the same cores there."""
-    return min(8, max(1, len(os.sched_getaffinity(0)) - 1)) if device.type == "cuda" else 1
 
 
 def _init_worker(_: int) -> None:

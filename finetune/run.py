@@ -22,7 +22,7 @@ import torch
 from featstore import StoreConfig
 from featstore.ownership import clear_folder
 from finetune.config import FinetuneError
-from finetune.data import ClipFrames, FrameSampler, default_workers, item_index
+from finetune.data import ClipFrames, FrameSampler, item_index
 from finetune.flow import FlowInput
 from finetune.model import ProjectionHead, VideoNet, freeze_until, trainable_backbone
 from finetune.objectives import Supervised, Temporal
@@ -37,7 +37,7 @@ from heads.rundir import write_json
 from heads.train import cpu_state
 from pipeline.backbones import Backbone
 from pipeline.decode import Geometry
-from pipeline.device import resolve_device, resolve_precision
+from pipeline.device import auto_decode_workers, resolve_device, resolve_precision
 from pipeline.extract import geometry_of, resize_engine_for
 from pipeline.sources import Item
 
@@ -245,7 +245,7 @@ def _run_splits(run_dir: Path, index: Cache) -> dict[str, np.ndarray]:
 def loaders(items: list[Item], geometry: Geometry, cfg: FinetuneConfig, prep: Prepared,
             device: torch.device) -> Loaders:
     """Training clips (the train split), validation clips, and train + val for the refit."""
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    workers = auto_decode_workers(device) if cfg.workers is None else cfg.workers
     train = FrameSampler(prep.objective.sampler, cfg.segments, cfg.pos_window, random=True)
     flow = flow_input(cfg)
     refit = (ClipFrames(items, np.sort(np.concatenate([prep.splits["train"], prep.splits["val"]])), geometry, train,

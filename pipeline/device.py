@@ -5,6 +5,7 @@ Light on purpose (no torchvision): heads/ resolves its device here too.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -55,3 +56,14 @@ def resolve_precision(precision: str, device: torch.device, backbone: Backbone) 
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def process_cores(cores: int | None = None) -> int:
+    """CPU cores this process may use: `cores` where a launcher split the node, else its affinity."""
+    return cores or len(os.sched_getaffinity(0))
+
+
+def auto_decode_workers(device: torch.device, cores: int | None = None) -> int:
+    """Decode processes when --workers is not given (extract and finetune alike): on a GPU up to 8, one core left
+    for the main process; on a CPU one, since decoding and the model share the same cores there."""
+    return min(8, max(1, process_cores(cores) - 1)) if device.type == "cuda" else 1

@@ -36,7 +36,8 @@ from pipeline.backbones import (REGISTRY, TOKEN_POOLS, Backbone, BackboneError, 
 from pipeline.decode import (CROPS, DECODERS, RESIZE_ENGINES, SEEK_MODES, ClipSampling, Geometry, Sampling,
                              StackSampling, set_decoder_threads)
 from pipeline.decoder_choice import decoder_for
-from pipeline.device import EXTRACT_PRECISIONS, resolve_device, resolve_precision
+from pipeline.device import (EXTRACT_PRECISIONS, auto_decode_workers, process_cores, resolve_device,
+                             resolve_precision)
 from pipeline.embed import Embedder
 from pipeline.flow.compute import (CLASSICAL, FLOW_METHODS, FlowComputer, RaftWeights, check_flow_size, raft_weights,
                                    recorded_raft)
@@ -501,17 +502,12 @@ def decode_sampling(cfg: ExtractConfig) -> Sampling | ClipSampling | StackSampli
 def _lane_cores(cfg: ExtractConfig) -> int:
     """Cores the model's lanes may use (pipeline.lanes): the process's, or ExtractConfig.model_threads where a
     benchmark set the split by hand (then one lane runs that many threads)."""
-    return 1 if cfg.model_threads else cfg.cores or len(os.sched_getaffinity(0))
-
-
-def _auto_workers(device: torch.device, cores: int | None = None) -> int:
-    cores = cores or len(os.sched_getaffinity(0))
-    return min(8, max(1, cores - 1)) if device.type == "cuda" else 1
+    return 1 if cfg.model_threads else process_cores(cfg.cores)
 
 
 def decode_loader(todo: list[Item], cfg: ExtractConfig, geometry: Geometry, device: torch.device) -> DecodeWorkers:
     """Rows and Done messages of the items (pipeline.stages), from `cfg.workers` processes (auto when None)."""
-    workers = _auto_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
+    workers = auto_decode_workers(device, cfg.cores) if cfg.workers is None else cfg.workers
     init = partial(_init_decode_worker, nice=cfg.decode_nice) if workers else None
     return DecodeWorkers(DataLoader(DecodeStream(todo, decode_sampling(cfg), geometry, cfg.seek), batch_size=None,
                                     num_workers=workers, prefetch_factor=2 if workers else None,
