@@ -13,12 +13,9 @@ import threading
 from contextlib import contextmanager
 
 import typer
-from rich.markup import escape
-from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 from typer.core import TyperGroup
 
 from ui import render
-from ui.render import err
 
 USER_ERROR, FAILED_ITEMS, INTERRUPTED, TERMINATED = 1, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
 
@@ -28,15 +25,10 @@ class ExitCodes(TyperGroup):
     reads as "finished with failed items"."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
-        from typer import rich_utils
-
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except NoArgsIsHelpError as e:  # no command given: the help, as a usage error
-            e.show()
-            code = USER_ERROR
-        except ClickException as e:  # usage errors: a bad flag value is a user error like any other
-            rich_utils.rich_format_error(e)
+        except render.UsageError as e:  # a bad flag value, or no command given: a user error like any other
+            render.show_usage_error(e)
             code = USER_ERROR
         except typer.Abort:
             code = INTERRUPTED
@@ -47,8 +39,7 @@ class ExitCodes(TyperGroup):
 
 
 def fail(message: str, code: int = USER_ERROR) -> None:
-    # escaped: a message may hold brackets that are not markup (pip install "framecache[ray]")
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    render.print_error(message)
     raise typer.Exit(code)
 
 
@@ -157,8 +148,8 @@ def user_errors(on_interrupt: str = "nothing was written", memory: str = "lower 
             raise
         fail(line)
     except Terminated:
-        err.print(escape(interrupted or f"terminated by SIGTERM ({on_interrupt})"), highlight=False, soft_wrap=True)
+        render.print_stopped(interrupted or f"terminated by SIGTERM ({on_interrupt})")
         raise typer.Exit(TERMINATED)
     except KeyboardInterrupt:
-        err.print(escape(interrupted or f"interrupted ({on_interrupt})"), highlight=False, soft_wrap=True)
+        render.print_stopped(interrupted or f"interrupted ({on_interrupt})")
         raise typer.Exit(INTERRUPTED)

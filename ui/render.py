@@ -15,11 +15,36 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 
 from featstore.config import SAMPLING_KEYS
 
 out = Console()
 err = Console(stderr=True)
+
+
+UsageError = ClickException  # what the command line itself got wrong: a bad flag value, no command at all
+
+
+def show_usage_error(e: UsageError) -> None:
+    """The help when no command was given, else click's message for the bad flag, as typer formats it."""
+    from typer import rich_utils
+
+    if isinstance(e, NoArgsIsHelpError):
+        e.show()
+    else:
+        rich_utils.rich_format_error(e)
+
+
+def print_error(message: str) -> None:
+    """The line a failed command ends with, on stderr. Escaped: a message may hold brackets that are not markup
+    (pip install "framecache[ray]")."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def print_stopped(line: str) -> None:
+    """What an interrupted command says as it ends (it may quote paths and ids: escaped)."""
+    err.print(escape(line), highlight=False, soft_wrap=True)
 
 
 class NoteHandler(logging.Handler):
