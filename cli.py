@@ -24,7 +24,8 @@ import typer
 from featstore.config import POOLS
 from finetune.config import FinetuneConfig
 from heads.budget import MemoryBudget
-from heads.config import FUSE_MODES, PLOTS, SPLITS, ClusterConfig, TrainConfig, ZeroShotConfig
+from heads.config import (FUSE_MODES, PLOTS, RUNS, SPLITS, ClusterConfig, TrainConfig, ZeroShotConfig,
+                          default_run_dir)
 from heads.kinds import HEAD_KINDS
 from pipeline.catalog import CatalogQuery
 from pipeline.extract import COMPRESSIONS, ExtractConfig
@@ -210,7 +211,7 @@ def fit_head(
     stores = [s for s in (store, *(more_stores or []), *(store_opt or [])) if s is not None]
     if not stores:
         fail("give a store: `cli.py fit-head STORE --head linear` (see --help)")
-    run_dir = out_dir or Path("runs") / f"{stores[0].stem}-{cfg.head}"
+    run_dir = out_dir or default_run_dir(cfg.head, stores[0])
     with user_errors("no run was written; an earlier run in --out is unchanged"), progress_bar() as bar:
         result = fit(stores, cfg, run_dir, fuse=plain(fuse), seeds=seeds, folds=folds, force=force,
                      on_epoch=epoch_progress(bar, cfg.head, cfg.epochs))
@@ -231,7 +232,7 @@ def zero_shot(
     evaluate, predict, runs and fuse take (--out, default runs/<store>-zeroshot)."""
     from heads.zeroshot import zero_shot as make_zero_shot
 
-    run_dir = out_dir or Path("runs") / f"{store.stem}-zeroshot"
+    run_dir = out_dir or default_run_dir("zeroshot", store)
     with user_errors("no run was written; an earlier run in --out is unchanged"):
         metrics = make_zero_shot(store, cfg, run_dir, None if weights is None else str(weights), force=force)
     print_zero_shot(metrics, run_dir)
@@ -299,7 +300,7 @@ def cluster_eval(
 
     if thumbnails and cfg.plot == "none":
         fail("--thumbnails draws on the 2-D map: use --plot tsne or --plot pca")
-    run_dir = out_dir or Path("runs") / f"{store.stem}-kmeans"
+    run_dir = out_dir or default_run_dir("kmeans", store)
     with user_errors("no run was written; an earlier run in --out is unchanged"):
         cfg = replace(cfg, k_range=parse_k_range(k_range))
         with progress_bar() as bar:
@@ -335,7 +336,7 @@ def sweep(
     from heads.experiments import parse_grid
     from heads.experiments import sweep as run_sweep
 
-    run_dir = out_dir or Path("runs") / f"{store.stem}-sweep"
+    run_dir = out_dir or default_run_dir("sweep", store)
     with user_errors():
         axes = parse_grid(grid, cfg)
         with progress_bar() as bar:
@@ -357,7 +358,7 @@ def fuse(
     (--out, default runs/fuse-<runs>)."""
     from heads.fusion import fuse_runs, parse_weights
 
-    run_dir = out_dir or Path("runs") / ("fuse-" + "-".join(p.name for p in run_dirs))
+    run_dir = out_dir or default_run_dir("fuse-" + "-".join(p.name for p in run_dirs))
     with user_errors():
         metrics = fuse_runs(run_dirs, run_dir, parse_weights(weights), force=force)
     print_fused(metrics, run_dir)
@@ -365,7 +366,7 @@ def fuse(
 
 @app.command()
 def runs(
-    runs_dir: Annotated[Path, typer.Argument(help="Folder holding run directories.")] = Path("runs"),
+    runs_dir: Annotated[Path, typer.Argument(help="Folder holding run directories.")] = RUNS,
     sort: Annotated[Optional[str], typer.Option(help="Sort by this column, best first (e.g. accuracy).")] = None,
     as_json: Json = False,
 ) -> None:
@@ -427,7 +428,7 @@ def explain_cmd(
 def finetune(
     source: Annotated[Path, typer.Argument(help="Anything extract accepts: manifest, class folders, UCF101/HMDB51 "
                                            "root.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/finetune"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = default_run_dir("finetune"),
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's last finished epoch.")] = False,
     split_id: Annotated[int, typer.Option(min=1, max=3, help="Official split for UCF101/HMDB51 roots.")] = 1,
     force: Force = False,

@@ -6,6 +6,7 @@ paying for stage two's imports on every command (`extract` starts in about the t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from featstore.config import POOLS  # the pool command's choices, cluster-eval's --pool too
 from featstore.errors import FramecacheError
@@ -153,3 +154,12 @@ def parse_k_range(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in text.split(":"))
     except ValueError:
         raise ClusterError(f"--k-range expects LO:HI or LO:HI:STEP such as 5:50, got {text!r}") from None
+
+
+RUNS = Path("runs")  # where runs go when no --out is given, relative to the working folder
+
+
+def default_run_dir(kind: str, store: str | Path | None = None) -> Path:
+    """A run's folder when --out is not given: runs/<store name>-<kind> (fit-head's kind is its head), or
+    runs/<kind> for a run made of other runs (fuse-<runs>)."""
+    return RUNS / (kind if store is None else f"{Path(store).stem}-{kind}")
