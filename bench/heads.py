@@ -40,7 +40,7 @@ from heads.budget import budget_bytes  # noqa: E402
 from heads.data import batches, build_vocab, encode_targets, load_cache, make_splits  # noqa: E402
 from heads.run import fit_head  # noqa: E402
 from heads.train import TrainConfig, make_optimizer, prepare_head, train_one_epoch  # noqa: E402
-from pipeline.accel import cpu_model  # noqa: E402
+from pipeline import cpu_model  # noqa: E402
 from featstore.atomic import write_text_atomic  # noqa: E402  (results complete or absent)
 
 CLIPS, FRAMES, DIM, CLASSES = 9537, 25, 2048, 101

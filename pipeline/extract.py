@@ -339,12 +339,23 @@ class _Writer(threading.Thread):
         self.writer, self.q, self.error = writer, queue.Queue(maxsize=64), None
 
     def run(self) -> None:
-        while (rec := self.q.get()) is not None:
+        while (rec := self._next()) is not None:
             try:
                 if self.error is None:
                     self.writer.add(rec)
             except Exception as e:  # noqa: BLE001 — re-raised on the main thread by put()/finish()
                 self.error = e
+
+    def _next(self) -> VideoRecord | None:
+        # A wait that wakes every second to look again. Seen under load (test_extract_faults, a signal while a
+        # worker is blocked): finish() had queued the closing None and joined, while the writer still waited in an
+        # unbounded get() (faulthandler dump): a wake-up was lost, most likely to the signal's exception raised
+        # inside the main thread's queue calls. The cause is not pinned down; a bounded wait cannot miss the item.
+        while True:
+            try:
+                return self.q.get(timeout=1.0)
+            except queue.Empty:
+                continue
 
     def put(self, rec: VideoRecord) -> None:
         if self.error is not None:
